@@ -1,0 +1,418 @@
+"""Fetch, format, start, watch and stop a single-node Kafka broker (KRaft).
+
+The broker is Apache Kafka itself: Maven fetches ``org.apache.kafka:kafka_2.13``
+and its runtime dependencies (see pom.xml beside this file) into a cache once,
+then ``java -cp 'libs/*' kafka.Kafka server.properties`` runs a combined
+broker + controller, as Kafka's own scripts do.
+
+Layout of a data dir (default ``~/.cache/evc/broker``)::
+
+    server.properties   written from the options at every start
+    kraft/              the broker's log dirs (formatted once)
+    logs/server.log     the broker's log
+    broker.out          its stdout/stderr
+    broker.pid          pid + address of the running broker
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from evc.bus import ping
+from evc.errors import ConfigError, EvcError
+from evc.runtime import Address
+
+KAFKA_MAIN = "kafka.Kafka"
+MIN_JAVA = 17
+
+
+class BrokerError(EvcError):
+    """A broker could not be fetched, started or stopped."""
+
+
+def cache_home() -> Path:
+    explicit = os.environ.get("EVC_BROKER_HOME")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "evc"
+
+
+def _resource(name: str) -> str:
+    return resources.files("evc.broker").joinpath(name).read_text(encoding="utf-8")
+
+
+def kafka_version() -> str:
+    match = re.search(r"<kafka.version>([^<]+)</kafka.version>", _resource("pom.xml"))
+    assert match, "pom.xml names kafka.version"
+    return match.group(1)
+
+
+# ---------------------------------------------------------------------- prerequisites
+
+
+def check_java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerError(
+            f"Java not found: Kafka needs Java {MIN_JAVA}+ "
+            "(apt-get install openjdk-17-jre-headless), or use docker compose up -d"
+        )
+    try:
+        out = subprocess.run(
+            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
+        ).stderr
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BrokerError(f"cannot run {java} -version: {exc}") from None
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if not match:
+        raise BrokerError(f"cannot tell the Java version from: {out.strip()[:200]}")
+    major = int(match.group(1))
+    if major == 1 and match.group(2):  # "1.8" style
+        major = int(match.group(2))
+    if major < MIN_JAVA:
+        raise BrokerError(f"Java {major} is too old: Kafka {kafka_version()} needs Java {MIN_JAVA}+")
+    return java
+
+
+def libs_dir() -> Path:
+    return cache_home() / f"kafka-{kafka_version()}" / "libs"
+
+
+def ensure_libs(echo: Callable[[str], None] = print) -> Path:
+    """Fetch the broker jars with Maven once; return the folder holding them."""
+    libs = libs_dir()
+    marker = libs / ".complete"
+    if marker.exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError(
+            "Maven (mvn) not found: it fetches the Kafka broker "
+            "(apt-get install maven), or use docker compose up -d"
+        )
+    staging = libs.with_name("libs.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    pom = staging.parent / "pom.xml"
+    pom.write_text(_resource("pom.xml"), encoding="utf-8")
+    echo(f"Fetching Apache Kafka {kafka_version()} with Maven into {libs} (once) ...")
+    cmd = [
+        mvn, "-B", "-q", "-f", str(pom),
+        "dependency:copy-dependencies", "-DincludeScope=runtime",
+        f"-DoutputDirectory={staging}",
+    ]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    except subprocess.TimeoutExpired:
+        raise BrokerError("Maven did not finish fetching Kafka within 15 minutes") from None
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        raise BrokerError(f"Maven could not fetch Kafka (exit {result.returncode}):\n{tail}")
+    if not any(staging.glob("kafka_2.13-*.jar")):
+        raise BrokerError(f"Maven finished but no kafka_2.13 jar is in {staging}")
+    shutil.rmtree(libs, ignore_errors=True)
+    staging.rename(libs)
+    marker.write_text(kafka_version(), encoding="utf-8")
+    return libs
+
+
+# ---------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    listen: Address
+    advertise: Address
+    controller: Address
+    data_dir: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    @property
+    def properties(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def kraft_dir(self) -> Path:
+        return self.data_dir / "kraft"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "logs" / "server.log"
+
+    @property
+    def out_file(self) -> Path:
+        return self.data_dir / "broker.out"
+
+    def render(self) -> str:
+        return _resource("server.properties.in").format(
+            listen_host=self.listen.host,
+            listen_port=self.listen.port,
+            controller_host=self.controller.host,
+            controller_port=self.controller.port,
+            advertise=self.advertise,
+            log_dirs=self.kraft_dir,
+        )
+
+
+def default_data_dir() -> Path:
+    return cache_home() / "broker"
+
+
+def make_config(
+    listen: Address, advertise: Address | None, data_dir: Path | None, controller_port: int | None
+) -> BrokerConfig:
+    if advertise is None:
+        if listen.host in ("0.0.0.0", "::", ""):
+            raise ConfigError(
+                f"--listen {listen} accepts any address: say with --advertise HOST:PORT "
+                "which address clients on other machines use"
+            )
+        advertise = listen
+    controller_host = "127.0.0.1" if listen.host in ("0.0.0.0", "::") else listen.host
+    ctrl_port = controller_port or listen.port + 1
+    if ctrl_port > 65535:
+        raise ConfigError("controller port out of range: give --controller-port")
+    return BrokerConfig(
+        listen=listen,
+        advertise=advertise,
+        controller=Address(controller_host, ctrl_port),
+        data_dir=(data_dir or default_data_dir()).resolve(),
+    )
+
+
+# ---------------------------------------------------------------------- process
+
+
+@dataclass(frozen=True)
+class Running:
+    pid: int
+    bootstrap: str
+    data_dir: Path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie or a recycled pid is not our broker
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+        return False
+    return KAFKA_MAIN.encode() in cmdline
+
+
+def running(data_dir: Path) -> Running | None:
+    pid_file = data_dir / "broker.pid"
+    try:
+        info = json.loads(pid_file.read_text(encoding="utf-8"))
+        pid, bootstrap = int(info["pid"]), str(info["bootstrap"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not _pid_alive(pid):
+        return None
+    return Running(pid, bootstrap, data_dir)
+
+
+def _port_free(addr: Address) -> bool:
+    family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr.pair)
+        except OSError:
+            return False
+    return True
+
+
+def _tail(path: Path, lines: int = 12) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    picked = [ln for ln in text.splitlines() if ln.strip()][-lines:]
+    return "\n".join(picked) or "(empty log)"
+
+
+def _java_cmd(java: str, libs: Path, cfg: BrokerConfig, main: str, *args: str) -> list[str]:
+    log_conf = resources.files("evc.broker").joinpath("log4j2.properties")
+    return [
+        java, "-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        f"-Dkafka.logs.dir={cfg.log_file.parent}",
+        f"-Dlog4j2.configurationFile={log_conf}",
+        "-cp", f"{libs}/*", main, *args,
+    ]
+
+
+def _format_storage(java: str, libs: Path, cfg: BrokerConfig) -> None:
+    if (cfg.kraft_dir / "meta.properties").exists():
+        return
+    cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cmd = _java_cmd(java, libs, cfg, "kafka.tools.StorageTool",
+                    "format", "-t", cid, "-c", str(cfg.properties))
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-10:])
+        raise BrokerError(f"formatting Kafka storage in {cfg.kraft_dir} failed:\n{tail}")
+
+
+def prepare(cfg: BrokerConfig, *, fresh: bool, echo: Callable[[str], None] = print) -> list[str]:
+    """Everything before launch; returns the java command line of the broker."""
+    java = check_java()
+    libs = ensure_libs(echo)
+    if fresh:
+        shutil.rmtree(cfg.kraft_dir, ignore_errors=True)
+        shutil.rmtree(cfg.log_file.parent, ignore_errors=True)
+    for addr, what in ((cfg.listen, "listen"), (cfg.controller, "controller")):
+        if not _port_free(addr):
+            raise BrokerError(f"port {addr} ({what}) is already in use by another program")
+    cfg.log_file.parent.mkdir(parents=True, exist_ok=True)
+    cfg.properties.write_text(cfg.render(), encoding="utf-8")
+    _format_storage(java, libs, cfg)
+    return _java_cmd(java, libs, cfg, KAFKA_MAIN, str(cfg.properties))
+
+
+def _write_pid(cfg: BrokerConfig, pid: int) -> None:
+    cfg.pid_file.write_text(
+        json.dumps({"pid": pid, "bootstrap": str(cfg.advertise), "listen": str(cfg.listen)}),
+        encoding="utf-8",
+    )
+
+
+def wait_ready(cfg: BrokerConfig, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Until a client call succeeds; BrokerError if the broker dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    probe = str(cfg.listen if cfg.listen.host not in ("0.0.0.0", "::") else cfg.advertise)
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BrokerError(
+                f"the broker died during start (exit {proc.returncode}); last log lines:\n"
+                f"{_tail(cfg.log_file)}\n{_tail(cfg.out_file, 5)}"
+            )
+        if ping(probe, timeout=2.0):
+            return
+        time.sleep(0.3)
+    _terminate(proc.pid, 10)
+    raise BrokerError(
+        f"the broker did not become ready within {timeout:g} s; last log lines:\n"
+        f"{_tail(cfg.log_file)}"
+    )
+
+
+def start(cfg: BrokerConfig, *, fresh: bool, timeout: float, echo: Callable[[str], None] = print) -> Running:
+    current = running(cfg.data_dir)
+    if current is not None:
+        return current
+    cmd = prepare(cfg, fresh=fresh, echo=echo)
+    with open(cfg.out_file, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=cfg.data_dir,
+        )
+    _write_pid(cfg, proc.pid)
+    try:
+        wait_ready(cfg, proc, timeout)
+    except BaseException:
+        if proc.poll() is None:
+            _terminate(proc.pid, 10)
+        cfg.pid_file.unlink(missing_ok=True)
+        raise
+    return Running(proc.pid, str(cfg.advertise), cfg.data_dir)
+
+
+def run_foreground(cfg: BrokerConfig, *, fresh: bool, timeout: float, echo: Callable[[str], None] = print) -> int:
+    """Run the broker attached to this terminal until Ctrl+C / SIGTERM."""
+    current = running(cfg.data_dir)
+    if current is not None:
+        raise BrokerError(f"a broker already runs at {current.bootstrap} (pid {current.pid})")
+    cmd = prepare(cfg, fresh=fresh, echo=echo)
+    with open(cfg.out_file, "wb") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=cfg.data_dir)
+    _write_pid(cfg, proc.pid)
+    stopping = {"flag": False}
+
+    def _forward(signum: int, _frame: object) -> None:
+        stopping["flag"] = True
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, _forward)
+    signal.signal(signal.SIGTERM, _forward)
+    try:
+        wait_ready(cfg, proc, timeout)
+        echo(f"Kafka broker ready at {cfg.advertise} (pid {proc.pid}); log {cfg.log_file}")
+        echo("Ctrl+C stops it.")
+        while proc.poll() is None:
+            try:
+                proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
+        if not stopping["flag"]:
+            raise BrokerError(f"the broker exited (code {proc.returncode}):\n{_tail(cfg.log_file)}")
+        return 0
+    finally:
+        if proc.poll() is None:
+            _terminate(proc.pid, 30)
+        cfg.pid_file.unlink(missing_ok=True)
+
+
+def _terminate(pid: int, grace: float) -> bool:
+    """SIGTERM, wait up to ``grace`` s, then SIGKILL. True if it ended by SIGTERM."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return True
+        except ChildProcessError:
+            if not _pid_alive(pid):
+                return True
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def stop(data_dir: Path, grace: float = 30.0) -> Running | None:
+    current = running(data_dir)
+    if current is None:
+        (data_dir / "broker.pid").unlink(missing_ok=True)
+        return None
+    _terminate(current.pid, grace)
+    (data_dir / "broker.pid").unlink(missing_ok=True)
+    return current
+
+
+__all__ = [
+    "BrokerConfig", "BrokerError", "Running", "make_config", "start", "stop", "running",
+    "run_foreground", "default_data_dir",
+]

@@ -1,0 +1,80 @@
+"""The root ``evc`` command.
+
+Subcommands are plugins: setup.cfg declares them in the ``evc.commands``
+entry-point group (name -> ``module:attr``). The group lists them without
+importing them, loads one only when it runs, and reports a plugin that fails
+to load by name instead of leaving it silently missing.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import EntryPoint, entry_points
+
+import click
+
+from evc import __version__
+
+ENTRY_POINT_GROUP = "evc.commands"
+
+
+def _plugins() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+class PluginGroup(click.Group):
+    """A click group whose commands come from entry points, loaded lazily."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_plugins()))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        entry = _plugins().get(cmd_name)
+        if entry is None:
+            return None
+        try:
+            loaded = entry.load()
+        except Exception as exc:  # noqa: BLE001 - any import failure is reported by name
+            return _broken(cmd_name, f"{entry.value} failed to load: {type(exc).__name__}: {exc}")
+        if not isinstance(loaded, click.Command):
+            return _broken(cmd_name, f"{entry.value} is not a click command")
+        return loaded
+
+
+def _broken(name: str, problem: str) -> click.Command:
+    """Stands in for a plugin that cannot load: listed in --help, fails clearly when run."""
+
+    def _run() -> None:
+        raise click.ClickException(f"plugin {name!r}: {problem}")
+
+    return click.Command(
+        name,
+        callback=_run,
+        help=f"(BROKEN PLUGIN) {problem}",
+        short_help=f"BROKEN: {problem}"[:120],
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
+
+
+@click.group(
+    cls=PluginGroup,
+    context_settings={"auto_envvar_prefix": "EVC", "help_option_names": ["-h", "--help"]},
+)
+@click.version_option(__version__, prog_name="evc")
+def cli() -> None:
+    """EVCharging: central, charge points and drivers over Apache Kafka and TCP.
+
+    Every option can also be given as an environment variable EVC_<COMMAND>_<OPTION>,
+    for example EVC_CENTRAL_HEARTBEAT_TIMEOUT=5.
+    """
+
+
+def main() -> None:
+    cli(prog_name="evc")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Wire formats shared by every component: TCP framing and typed messages."""

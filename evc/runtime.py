@@ -1,0 +1,104 @@
+"""Process plumbing shared by every component: addresses, logging, clean stops.
+
+Nothing here knows about charge points; it only makes each ``evc`` process
+parse its addresses the same way, log the same way and stop the same way
+(Ctrl+C and SIGTERM set one ``threading.Event`` that every thread watches).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from evc.errors import ConfigError
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pair(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+
+def parse_address(text: str, *, default_host: str | None = None, what: str = "address") -> Address:
+    """``HOST:PORT`` (or ``PORT`` when ``default_host`` is given) -> Address.
+
+    Raises ConfigError with a message that names ``what`` and the bad text.
+    """
+    raw = text.strip()
+    host, sep, port_text = raw.rpartition(":")
+    if not sep:
+        if default_host is None:
+            raise ConfigError(f"bad {what} {text!r}: expected HOST:PORT")
+        host, port_text = default_host, raw
+    host = host.strip("[]")
+    if not host:
+        if default_host is None:
+            raise ConfigError(f"bad {what} {text!r}: missing host, expected HOST:PORT")
+        host = default_host
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"bad {what} {text!r}: port {port_text!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"bad {what} {text!r}: port must be 1-65535")
+    return Address(host, port)
+
+
+def setup_logging(level: str, log_file: str | None, *, to_stderr: bool = True) -> None:
+    """Log to ``log_file`` (if given) and to stderr (unless a screen owns it)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.setLevel(level.upper())
+    fmt = logging.Formatter(LOG_FORMAT)
+    if log_file:
+        try:
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot open log file {log_file}: {exc.strerror}") from None
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    if to_stderr:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(fmt)
+        root.addHandler(stream)
+    # kafka-python is chatty at INFO and logs expected reconnects as errors.
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    """Ctrl+C and SIGTERM set ``stop``; a second Ctrl+C is ignored while stopping."""
+
+    def _handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _handler)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, _handler)
+
+
+def join_all(threads: list[threading.Thread], timeout: float = 1.5) -> list[str]:
+    """Join ``threads`` within ``timeout`` in total; return the names still alive."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [t.name for t in threads if t.is_alive()]
