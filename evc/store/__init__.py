@@ -39,6 +39,9 @@ class AtomicJSONStorage(Storage):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create folder for {self.path}: {exc.strerror}") from None
+        # One writer: a temp file left now is from a writer killed mid-write.
+        for stale in self.path.parent.glob(f".{self.path.name}.*"):
+            stale.unlink(missing_ok=True)
 
     def read(self) -> dict[str, dict[str, Any]] | None:
         try:

@@ -1,0 +1,116 @@
+"""Test helpers: polling with deadlines, free ports, real `evc` subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+EVC = [sys.executable, "-m", "evc.cli"]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Proc:
+    """A real `evc ...` process whose output is collected line by line."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str] | None = None,
+                 stdin: bool = True, cwd: str | Path | None = None, name: str = "") -> None:
+        full_env = dict(os.environ)
+        full_env.update({"PYTHONUNBUFFERED": "1", "NO_COLOR": "1"})
+        full_env.update(env or {})
+        self.name = name or args[0]
+        self.args = args
+        self.popen = subprocess.Popen(
+            EVC + args,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            with self._lock:
+                self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines)
+
+    def matching(self, text: str) -> list[str]:
+        with self._lock:
+            return [ln for ln in self.lines if text in ln]
+
+    def wait_line(self, text: str, timeout: float = 15.0, count: int = 1) -> str:
+        found = wait_for(lambda: len(self.matching(text)) >= count and self.matching(text),
+                         timeout, f"{text!r} (x{count}) in the output of {self.name}:\n"
+                         + "\n".join(self.lines[-30:]))
+        return found[count - 1]
+
+    def send(self, text: str) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(text + "\n")
+        self.popen.stdin.flush()
+
+    def signal(self, sig: int) -> None:
+        self.popen.send_signal(sig)
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM and wait; a process that does not end in time is killed and reported."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+                raise AssertionError(f"{self.name} did not stop within {timeout} s:\n{self.output}")
+        self._reader.join(2)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(5)
+
+
+def run_evc(args: list[str], timeout: float = 60.0, env: dict[str, str] | None = None,
+            input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(EVC + args, capture_output=True, text=True, timeout=timeout,
+                          env=full_env, input=input_text)

@@ -1,0 +1,122 @@
+"""KafkaBus against the real broker."""
+
+import threading
+import time
+
+import pytest
+
+from evc.bus import CONTROL, REQUESTS, TELEMETRY, KafkaBus
+from evc.errors import BusError
+from evc.protocol import messages as m
+from tests.helpers import free_port, wait_for
+
+pytestmark = pytest.mark.broker
+
+
+def collect(consumer, n, timeout=15.0):
+    got = []
+
+    def more():
+        got.extend(consumer.poll(0.2))
+        return len(got) >= n
+
+    wait_for(more, timeout, f"{n} messages")
+    return got
+
+
+def test_typed_round_trip(bus):
+    consumer = bus.consumer([REQUESTS, TELEMETRY, CONTROL])
+    sent = [
+        (REQUESTS, m.ChargeRequest(driver_id="D-1", cp_id="CP-01"), "CP-01"),
+        (TELEMETRY, m.Telemetry(cp_id="CP-01", driver_id="D-1", consumo_kwh=1.5,
+                                importe_eur=0.5), "CP-01"),
+        (CONTROL, m.Ticket(driver_id="D-1", cp_id="CP-01", session_id="s", consumo_kwh=1.5,
+                           importe_eur=0.5, price_eur_kwh=0.33, started_at=1.0, ended_at=2.0,
+                           reason=m.EndReason.FINISHED), "D-1"),
+    ]
+    for topic, msg, key in sent:
+        bus.send(topic, msg, key)
+    bus.flush()
+    got = collect(consumer, 3)
+    consumer.close()
+    assert sorted((msg for msg, _ in got), key=lambda x: x.TYPE) == sorted(
+        (msg for _, msg, _ in sent), key=lambda x: x.TYPE)
+    assert {d.topic for _, d in got} == {bus.topic(t) for t in (REQUESTS, TELEMETRY, CONTROL)}
+
+
+def test_raw_seed_keys_on_the_wire(bus, kafka):
+    from kafka import KafkaConsumer
+    raw = KafkaConsumer(bus.topic(REQUESTS), bootstrap_servers=kafka,
+                        auto_offset_reset="earliest", consumer_timeout_ms=10000)
+    bus.send(REQUESTS, m.ChargeRequest(driver_id="D-23", cp_id="CP-01"), "CP-01")
+    bus.flush()
+    import json
+    record = next(iter(raw))
+    raw.close()
+    body = json.loads(record.value)
+    assert body["driver_id"] == "D-23" and body["cp_id_solicitado"] == "CP-01"
+    assert record.key == b"CP-01"
+
+
+def test_malformed_records_are_skipped(bus, kafka, caplog):
+    from kafka import KafkaProducer
+    consumer = bus.consumer([REQUESTS])
+    raw = KafkaProducer(bootstrap_servers=kafka)
+    topic = bus.topic(REQUESTS)
+    for junk in [b"\xff\xfe", b"not json", b"[1]", b'{"type": "nope"}',
+                 b'{"type": "charge_request", "driver_id": 5}']:
+        raw.send(topic, key=b"CP-01", value=junk)
+    raw.flush()
+    raw.close()
+    bus.send(REQUESTS, m.ChargeRequest(driver_id="D-1", cp_id="CP-01"), "CP-01")
+    bus.flush()
+    got = collect(consumer, 1)
+    consumer.close()
+    assert [type(x) for x, _ in got] == [m.ChargeRequest]
+    assert caplog.text.count("skipping malformed record") == 5
+
+
+def test_group_resumes_after_the_last_acknowledged_message(bus):
+    group = f"{bus.prefix}group"
+    for i in range(6):
+        bus.send(REQUESTS, m.Heartbeat(cp_id=f"n{i}"), "same-key")  # one partition, in order
+    bus.flush()
+    first = bus.consumer([REQUESTS], group_id=group, from_beginning=True)
+    got = collect(first, 6, timeout=30)
+    assert [x.cp_id for x, _ in got] == [f"n{i}" for i in range(6)]
+    for _msg, delivery in got[:4]:
+        first.ack(delivery)  # applied four, crashed before the rest
+    stop = threading.Event()
+    stop.set()
+    first.run(lambda *_: None, stop)  # commits acknowledged offsets and closes
+    second = bus.consumer([REQUESTS], group_id=group, from_beginning=True)
+    rest = collect(second, 2, timeout=30)
+    second.close()
+    assert [x.cp_id for x, _ in rest] == ["n4", "n5"]
+
+
+def test_run_stops_promptly(bus):
+    consumer = bus.consumer([CONTROL])
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(lambda *_: None, stop))
+    thread.start()
+    time.sleep(0.3)  # let it block in poll: stopping must still be prompt
+    t0 = time.monotonic()
+    stop.set()
+    thread.join(3)
+    assert not thread.is_alive() and time.monotonic() - t0 < 2
+
+
+def test_unreachable_broker_is_a_clear_error_within_the_bound():
+    port = free_port()  # nothing listens there
+    t0 = time.monotonic()
+    with pytest.raises(BusError, match=f"cannot reach Kafka broker at 127.0.0.1:{port} within 2 s"):
+        KafkaBus(f"127.0.0.1:{port}", connect_timeout=2)
+    assert time.monotonic() - t0 < 4
+
+
+def test_send_after_close(bus):
+    bus.close()
+    with pytest.raises(BusError, match="bus closed"):
+        bus.send(REQUESTS, m.Heartbeat(cp_id="a"), "a")
+    bus.close()  # idempotent

@@ -1,0 +1,86 @@
+import dataclasses
+
+import pytest
+
+from evc.errors import ProtocolError
+from evc.protocol import messages as m
+
+SAMPLES = [
+    m.Register(cp_id="CP-01", location="C/Italia 5"),
+    m.RegisterAccepted(cp_id="CP-01", location="C/Italia 5", price_eur_kwh=0.35),
+    m.RegisterRejected(cp_id="CP-99", reason="unknown"),
+    m.Heartbeat(cp_id="CP-01"),
+    m.HeartbeatAck(cp_id="CP-01"),
+    m.FaultReport(cp_id="CP-01", reason="KO"),
+    m.RecoveryReport(cp_id="CP-01"),
+    m.ErrorFrame(reason="bad frame"),
+    m.HealthCheck(cp_id="CP-01"),
+    m.HealthReply(cp_id="CP-01", status=m.Health.KO),
+    m.ChargeRequest(driver_id="D-23", cp_id="CP-01"),
+    m.EndRequest(driver_id="D-23", cp_id="CP-01", session_id="s1"),
+    m.Telemetry(cp_id="CP-01", driver_id="D-23", consumo_kwh=1.5, importe_eur=0.52),
+    m.StartSupply(cp_id="CP-01", driver_id="D-23", session_id="s1", price_eur_kwh=0.35),
+    m.EndSupply(cp_id="CP-01", session_id="s1", reason=m.EndReason.FINISHED),
+    m.StopCP(cp_id="CP-01"),
+    m.ResumeCP(cp_id="CP-01"),
+    m.Authorization(driver_id="D-23", cp_id="CP-01", request_id="r", authorized=True),
+    m.Ticket(driver_id="D-23", cp_id="CP-01", session_id="s1", consumo_kwh=2.0,
+             importe_eur=0.7, price_eur_kwh=0.35, started_at=1.0, ended_at=9.0,
+             reason=m.EndReason.FAULT),
+]
+
+
+def test_every_message_type_has_a_sample():
+    assert {type(s).TYPE for s in SAMPLES} == set(m.message_types())
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda s: s.TYPE)
+def test_round_trip(msg):
+    wire = msg.to_wire()
+    assert wire["type"] == msg.TYPE
+    assert isinstance(wire["msg_id"], str) and isinstance(wire["ts"], float)
+    assert m.from_wire(wire) == msg
+
+
+def test_seed_keys_exactly():
+    req = m.ChargeRequest(driver_id="D-23", cp_id="CP-01").to_wire()
+    assert req["driver_id"] == "D-23" and req["cp_id_solicitado"] == "CP-01"
+    assert "cp_id" not in req
+    tel = m.Telemetry(cp_id="CP-01", driver_id="D-23", consumo_kwh=1.5, importe_eur=0.5).to_wire()
+    assert {"cp_id", "driver_id", "consumo_kwh", "importe_eur"} <= set(tel)
+
+
+def test_ids_are_unique():
+    assert len({m.Heartbeat(cp_id="a").msg_id for _ in range(1000)}) == 1000
+
+
+def test_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.Heartbeat(cp_id="a").cp_id = "b"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "obj, message",
+    [
+        ({"type": "nope"}, "unknown message type"),
+        ({"type": "heartbeat"}, "missing key 'cp_id'"),
+        ({"type": "heartbeat", "cp_id": 5}, "expected a string"),
+        ({"type": "telemetry", "cp_id": "a", "driver_id": "d", "consumo_kwh": "x",
+          "importe_eur": 1}, "expected a number"),
+        ({"type": "telemetry", "cp_id": "a", "driver_id": "d", "consumo_kwh": True,
+          "importe_eur": 1}, "expected a number"),
+        ({"type": "health", "cp_id": "a", "status": "MAYBE"}, "not one of"),
+        ({"type": "register", "cp_id": "has space"}, "bad cp_id"),
+        ({"type": "register", "cp_id": ""}, "bad cp_id"),
+        ({"type": "authorization", "driver_id": "d", "cp_id": "c", "request_id": "r",
+          "authorized": "yes"}, "true/false"),
+    ],
+)
+def test_bad_messages(obj, message):
+    with pytest.raises(ProtocolError, match=message):
+        m.from_wire(obj)
+
+
+def test_parse_insists_on_the_class():
+    with pytest.raises(ProtocolError, match="expected 'register'"):
+        m.parse(m.Heartbeat(cp_id="a").to_wire(), m.Register)
