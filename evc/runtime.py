@@ -8,6 +8,7 @@ parse its addresses the same way, log the same way and stop the same way
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -76,8 +77,8 @@ def setup_logging(level: str, log_file: str | None, *, to_stderr: bool = True) -
         stream = logging.StreamHandler(sys.stderr)
         stream.setFormatter(fmt)
         root.addHandler(stream)
-    # kafka-python is chatty at INFO and logs expected reconnects as errors.
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+    # kafka-python logs expected reconnects and metadata races as warnings.
+    logging.getLogger("kafka").setLevel(max(logging.ERROR, root.level))
     if not root.handlers:
         root.addHandler(logging.NullHandler())
 
@@ -102,3 +103,70 @@ def join_all(threads: list[threading.Thread], timeout: float = 1.5) -> list[str]
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     return [t.name for t in threads if t.is_alive()]
+
+
+class KeyReader:
+    """Single keys without Enter on a terminal, whole lines on a pipe.
+
+    ``read(timeout)`` returns the next key or line (stripped), "" when nothing
+    came in time, or None at end of input. The terminal is restored by
+    ``close()`` (and on exit, even after a signal).
+    """
+
+    def __init__(self, stream: object = None) -> None:
+        import atexit
+
+        self.stream = stream if stream is not None else sys.stdin
+        self.fd: int | None
+        try:
+            self.fd = self.stream.fileno()  # type: ignore[attr-defined]
+        except (AttributeError, ValueError, OSError):
+            self.fd = None
+        self.is_tty = self.fd is not None and os.isatty(self.fd)
+        self._saved: list[object] | None = None
+        self._buffer = b""
+        if self.is_tty:
+            import termios
+            import tty
+
+            assert self.fd is not None
+            self._saved = termios.tcgetattr(self.fd)
+            tty.setcbreak(self.fd)
+            atexit.register(self.close)
+
+    def read(self, timeout: float) -> str | None:
+        import select
+
+        if self.fd is None:
+            return None
+        if self.is_tty:
+            ready, _, _ = select.select([self.fd], [], [], timeout)
+            if not ready:
+                return ""
+            data = os.read(self.fd, 1)
+            if not data:
+                return None
+            return data.decode("utf-8", "replace")
+        while b"\n" not in self._buffer:
+            ready, _, _ = select.select([self.fd], [], [], timeout)
+            if not ready:
+                return ""
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                if self._buffer:
+                    line, self._buffer = self._buffer, b""
+                    return line.decode("utf-8", "replace").strip()
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode("utf-8", "replace").strip()
+
+    def close(self) -> None:
+        if self._saved is not None and self.fd is not None:
+            import termios
+
+            try:
+                termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
+            except (termios.error, OSError):
+                pass
+            self._saved = None

@@ -214,6 +214,7 @@ class Consumer:
         self._ack_lock = threading.Lock()
         self._closed = False
         self._close_lock = threading.Lock()
+        self.ready = threading.Event()  # set once partitions are assigned and positioned
         timeout_ms = int(bus.connect_timeout * 1000)
         try:
             self._consumer = KafkaConsumer(
@@ -256,6 +257,7 @@ class Consumer:
         # Resolve positions now, so nothing produced after this call is missed.
         for tp in partitions:
             self._consumer.position(tp)
+        self.ready.set()
 
     def ack(self, delivery: Delivery) -> None:
         """The owner applied this record: it may be committed."""
@@ -285,6 +287,8 @@ class Consumer:
         except KafkaError as exc:
             log.warning("poll failed, retrying: %s", exc)
             return []
+        if not self.ready.is_set() and self._consumer.assignment():
+            self.ready.set()
         out: list[tuple[Message, Delivery]] = []
         for tp, records in batches.items():
             for record in records:

@@ -52,6 +52,8 @@ class EndReason(StrEnum):
     FAULT = "fault"  # the engine failed
     DISCONNECTED = "disconnected"  # central lost the CP's monitor
     NO_ENGINE = "no_engine"  # the engine never started supplying
+    REFUSED = "refused"  # the engine could not start (faulted, stopped or busy)
+    TIME_LIMIT = "time_limit"  # the engine's maximum supply time was reached
     CENTRAL_RESTART = "central_restart"  # central restarted during the supply
 
 
@@ -200,6 +202,7 @@ class RegisterRejected(Message):
     TYPE: ClassVar[str] = "register_rejected"
     cp_id: str
     reason: str
+    code: str = ""  # "unknown" (not in the registry: give up) or "duplicate" (retry later)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

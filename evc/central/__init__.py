@@ -1,0 +1,1 @@
+"""EV_Central: the brain of the charging network."""

@@ -1,0 +1,125 @@
+"""Operator commands typed at central's console, parsed into plain data.
+
+    stop CP-01 | stop all | parar CP-01          -> Stop("CP-01") / Stop(None)
+    resume CP-01 | resume all | reanudar all     -> Resume(...)
+    add CP-11 "C/Mayor 3" 0.42                   -> Add("CP-11", "C/Mayor 3", 0.42)
+    remove CP-11 | price CP-01 0.39 | help | quit
+
+Parsing never touches state; the brain applies the result.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from dataclasses import dataclass
+
+
+class CommandError(ValueError):
+    """A line that is not a valid command; the message is shown as is."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    cp_id: str | None  # None = all
+
+
+@dataclass(frozen=True)
+class Resume:
+    cp_id: str | None
+
+
+@dataclass(frozen=True)
+class Add:
+    cp_id: str
+    location: str
+    price: float
+
+
+@dataclass(frozen=True)
+class Remove:
+    cp_id: str
+
+
+@dataclass(frozen=True)
+class SetPrice:
+    cp_id: str
+    price: float
+
+
+@dataclass(frozen=True)
+class Help:
+    pass
+
+
+@dataclass(frozen=True)
+class Quit:
+    pass
+
+
+Command = Stop | Resume | Add | Remove | SetPrice | Help | Quit
+
+HELP = (
+    "commands: stop <cp>|all, resume <cp>|all (parar/reanudar), "
+    'add <cp> "<location>" <price>, remove <cp>, price <cp> <eur>, help, quit'
+)
+
+ALIASES = {
+    "stop": "stop", "parar": "stop",
+    "resume": "resume", "reanudar": "resume",
+    "add": "add", "alta": "add",
+    "remove": "remove", "baja": "remove",
+    "price": "price", "precio": "price",
+    "help": "help", "ayuda": "help", "?": "help",
+    "quit": "quit", "exit": "quit", "salir": "quit",
+}
+
+
+def parse_price(text: str) -> float:
+    try:
+        price = float(text.replace(",", "."))
+    except ValueError:
+        raise CommandError(f"price {text!r} is not a number") from None
+    if not math.isfinite(price) or price < 0 or price > 100:
+        raise CommandError(f"price {text!r} must be between 0 and 100 €/kWh")
+    return price
+
+
+def _cp_id(text: str) -> str:
+    if not text or len(text) > 64:
+        raise CommandError(f"bad charge point id {text!r}")
+    return text
+
+
+def parse_command(line: str) -> Command | None:
+    """A typed line -> a command; None for an empty line; CommandError otherwise."""
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise CommandError(f"cannot read that line: {exc}") from None
+    if not words:
+        return None
+    verb = ALIASES.get(words[0].lower())
+    args = words[1:]
+    if verb is None:
+        raise CommandError(f"unknown command {words[0]!r}; {HELP}")
+    if verb in ("stop", "resume"):
+        if len(args) != 1:
+            raise CommandError(f"usage: {words[0]} <cp>|all")
+        target = None if args[0].lower() in ("all", "todos") else _cp_id(args[0])
+        return Stop(target) if verb == "stop" else Resume(target)
+    if verb == "add":
+        if len(args) != 3:
+            raise CommandError('usage: add <cp> "<location>" <price>')
+        return Add(_cp_id(args[0]), args[1], parse_price(args[2]))
+    if verb == "remove":
+        if len(args) != 1:
+            raise CommandError("usage: remove <cp>")
+        return Remove(_cp_id(args[0]))
+    if verb == "price":
+        if len(args) != 2:
+            raise CommandError("usage: price <cp> <eur>")
+        return SetPrice(_cp_id(args[0]), parse_price(args[1]))
+    if args:
+        raise CommandError(f"{words[0]} takes no arguments")
+    return Help() if verb == "help" else Quit()

@@ -1,0 +1,275 @@
+"""Central's TCP server for monitors: one selector thread, many connections.
+
+The server only moves bytes: it frames, decodes and validates, answers
+heartbeats, enforces the silence timeout and the connection limit, and hands
+typed frames and losses to the brain as events. It never decides anything
+about a charge point.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import selectors
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from evc.central.events import ConnectionLost, Event, MonitorFrame
+from evc.errors import ConfigError, ProtocolError
+from evc.protocol.framing import FrameDecoder, encode_frame
+from evc.protocol.messages import (
+    TCP_CENTRAL_TYPES,
+    ErrorFrame,
+    Heartbeat,
+    HeartbeatAck,
+    Message,
+    from_wire,
+)
+from evc.runtime import Address
+
+log = logging.getLogger(__name__)
+
+MAX_OUTBUF = 1 << 20
+
+
+@dataclass
+class _Conn:
+    conn_id: int
+    sock: socket.socket
+    peer: str
+    last_rx: float
+    decoder: FrameDecoder = field(default_factory=FrameDecoder)
+    outbuf: bytearray = field(default_factory=bytearray)
+    closing: str | None = None  # close once outbuf is flushed, with this reason
+
+
+class MonitorServer:
+    def __init__(
+        self,
+        listen: Address,
+        events: queue.Queue[Event],
+        *,
+        silence_timeout: float = 3.0,
+        max_connections: int = 4096,
+    ) -> None:
+        self.events = events
+        self.silence_timeout = silence_timeout
+        self.max_connections = max_connections
+        self._sel = selectors.DefaultSelector()
+        self._conns: dict[int, _Conn] = {}
+        self._next_id = 1
+        self._next_expiry_check = 0.0
+        self._requests: queue.SimpleQueue[tuple[str, int, object]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="central-tcp")
+        try:
+            family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+            self._listener = socket.socket(family, socket.SOCK_STREAM)
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._listener.bind(listen.pair)
+            self._listener.listen(1024)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+        self._listener.setblocking(False)
+        self.address = Address(listen.host, self._listener.getsockname()[1])
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._listener, selectors.EVENT_READ, "listen")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+
+    # ------------------------------------------------------------------ API (any thread)
+    def start(self) -> None:
+        self._thread.start()
+
+    def send(self, conn_id: int, message: Message) -> None:
+        self._request("send", conn_id, message)
+
+    def close_connection(self, conn_id: int, reason: str, final: Message | None = None) -> None:
+        """Send ``final`` (if any), then close; the brain gets ConnectionLost(reason)."""
+        self._request("close", conn_id, (reason, final))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+        self._thread.join(2)
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._conns)
+
+    def _request(self, kind: str, conn_id: int, payload: object) -> None:
+        self._requests.put((kind, conn_id, payload))
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except (BlockingIOError, OSError):
+            pass  # already awake (buffer full) or shutting down
+
+    # ------------------------------------------------------------------ loop (own thread)
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for key, mask in self._sel.select(timeout=0.2):
+                    if key.data == "listen":
+                        self._accept()
+                    elif key.data == "wake":
+                        self._drain_wake()
+                    else:
+                        conn = self._conns.get(key.data)
+                        if conn is None:
+                            continue
+                        if mask & selectors.EVENT_READ:
+                            self._read(conn)
+                        if mask & selectors.EVENT_WRITE and conn.conn_id in self._conns:
+                            self._flush(conn)
+                self._serve_requests()
+                self._expire_silent()
+        finally:
+            for conn in list(self._conns.values()):
+                self._drop(conn, "central shutting down", notify=False)
+            self._sel.close()
+            self._listener.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _accept(self) -> None:
+        for _ in range(64):
+            try:
+                sock, addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: keep serving the others
+                log.error("accept failed: %s", exc)
+                return
+            peer = f"{addr[0]}:{addr[1]}"
+            if len(self._conns) >= self.max_connections:
+                log.warning("refusing %s: %d connections already", peer, len(self._conns))
+                sock.close()
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Conn(self._next_id, sock, peer, time.monotonic())
+            self._next_id += 1
+            self._conns[conn.conn_id] = conn
+            self._sel.register(sock, selectors.EVENT_READ, conn.conn_id)
+            log.debug("connection %d from %s", conn.conn_id, peer)
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._drop(conn, f"connection broken ({exc.strerror or exc})")
+            return
+        if not data:
+            try:
+                conn.decoder.close()
+            except ProtocolError as exc:
+                self._drop(conn, f"closed by peer mid-frame: {exc}")
+                return
+            self._drop(conn, "connection closed by monitor")
+            return
+        conn.last_rx = time.monotonic()
+        if conn.closing:
+            return
+        try:
+            for obj in conn.decoder.feed(data):
+                message = from_wire(obj)
+                if not isinstance(message, TCP_CENTRAL_TYPES):
+                    raise ProtocolError(f"a monitor may not send {message.TYPE!r}")
+                if isinstance(message, Heartbeat):
+                    self._queue_out(conn, HeartbeatAck(cp_id=message.cp_id))
+                self.events.put(MonitorFrame(conn.conn_id, conn.peer, message))
+        except ProtocolError as exc:
+            log.warning("protocol error from %s: %s", conn.peer, exc)
+            self._queue_out(conn, ErrorFrame(reason=str(exc)))
+            self._close_after_flush(conn, f"protocol error: {exc}")
+
+    def _queue_out(self, conn: _Conn, message: Message) -> None:
+        try:
+            conn.outbuf += encode_frame(message.to_wire())
+        except ProtocolError as exc:
+            log.error("cannot encode %s: %s", message.TYPE, exc)
+            return
+        if len(conn.outbuf) > MAX_OUTBUF:
+            self._drop(conn, "monitor does not read its messages")
+            return
+        self._flush(conn)
+
+    def _flush(self, conn: _Conn) -> None:
+        try:
+            while conn.outbuf:
+                sent = conn.sock.send(conn.outbuf)
+                del conn.outbuf[:sent]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            self._drop(conn, f"connection broken ({exc.strerror or exc})")
+            return
+        if conn.outbuf:
+            self._sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn.conn_id)
+        elif conn.closing:
+            self._drop(conn, conn.closing)
+        else:
+            self._sel.modify(conn.sock, selectors.EVENT_READ, conn.conn_id)
+
+    def _close_after_flush(self, conn: _Conn, reason: str) -> None:
+        conn.closing = reason
+        self._flush(conn)
+
+    def _serve_requests(self) -> None:
+        while True:
+            try:
+                kind, conn_id, payload = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            conn = self._conns.get(conn_id)
+            if conn is None:
+                continue
+            if kind == "send":
+                assert isinstance(payload, Message)
+                self._queue_out(conn, payload)
+            elif kind == "close":
+                reason, final = payload  # type: ignore[misc]
+                if final is not None:
+                    self._queue_out(conn, final)
+                if conn.conn_id in self._conns:
+                    self._close_after_flush(conn, reason)
+
+    def _expire_silent(self) -> None:
+        now = time.monotonic()
+        if now < self._next_expiry_check:
+            return
+        self._next_expiry_check = now + 0.1
+        for conn in list(self._conns.values()):
+            if now - conn.last_rx > self.silence_timeout:
+                self._drop(conn, f"monitor silent for {self.silence_timeout:g} s")
+            elif conn.closing and now - conn.last_rx > 1.0 and conn.outbuf:
+                self._drop(conn, conn.closing)
+
+    def _drop(self, conn: _Conn, reason: str, *, notify: bool = True) -> None:
+        if self._conns.pop(conn.conn_id, None) is None:
+            return
+        try:
+            self._sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+        if notify:
+            self.events.put(ConnectionLost(conn.conn_id, conn.peer, reason))

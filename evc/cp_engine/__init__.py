@@ -1,0 +1,1 @@
+"""EV_CP_E: the engine that supplies energy."""

@@ -1,0 +1,231 @@
+"""`evc cp-engine <kafka_host:port> --listen [HOST:]PORT` — EV_CP_E."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import sys
+import threading
+from dataclasses import dataclass
+
+import click
+
+from evc.bus import CONTROL, KafkaBus
+from evc.cp_engine.engine import Engine
+from evc.errors import ConfigError, EvcError, ProtocolError
+from evc.protocol.framing import recv_frame, send_frame
+from evc.protocol.messages import HealthCheck, Message, from_wire
+from evc.runtime import KeyReader, install_stop_signals, join_all, parse_address, setup_logging
+
+log = logging.getLogger("evc.cp_engine")
+MAX_MONITORS = 8
+
+
+@dataclass(frozen=True)
+class Check:
+    sock: socket.socket
+    message: HealthCheck
+
+
+@dataclass(frozen=True)
+class Order:
+    message: Message
+
+
+@dataclass(frozen=True)
+class Key:
+    text: str
+
+
+class Screen:
+    """A status line redrawn in place on a terminal; plain lines on a pipe."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+        self._last = ""
+
+    def line(self, text: str) -> None:
+        import time
+
+        out = f"{time.strftime('%H:%M:%S')} {text}"
+        try:
+            if self.tty:
+                sys.stdout.write("\r\x1b[2K" + out + "\n")
+                if self._last:
+                    sys.stdout.write(self._last)
+            else:
+                sys.stdout.write(out + "\n")
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+
+    def status(self, text: str) -> None:
+        if text == self._last:
+            return
+        self._last = text
+        if self.tty:
+            try:
+                sys.stdout.write("\r\x1b[2K" + text)
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        if self.tty and self._last:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+
+def serve_health(listener: socket.socket, events: queue.Queue[object],
+                 stop: threading.Event, workers: list[threading.Thread]) -> None:
+    """Accept monitors; each connection gets a reader that turns frames into events."""
+    listener.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            sock, addr = listener.accept()
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+        workers[:] = [w for w in workers if w.is_alive()]
+        if len(workers) >= MAX_MONITORS:
+            log.warning("refusing %s: %d monitors connected already", addr, len(workers))
+            sock.close()
+            continue
+        worker = threading.Thread(target=read_checks, args=(sock, events, stop),
+                                  name=f"engine-health-{addr[1]}")
+        workers.append(worker)
+        worker.start()
+    listener.close()
+
+
+def read_checks(sock: socket.socket, events: queue.Queue[object], stop: threading.Event) -> None:
+    sock.settimeout(0.5)
+    try:
+        while not stop.is_set():
+            try:
+                obj = recv_frame(sock)
+            except TimeoutError:
+                continue
+            if obj is None:
+                return
+            message = from_wire(obj)
+            if not isinstance(message, HealthCheck):
+                raise ProtocolError(f"a monitor may not send {message.TYPE!r}")
+            events.put(Check(sock, message))
+    except ProtocolError as exc:
+        log.warning("bad frame from monitor: %s", exc)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def read_keys(reader: KeyReader, events: queue.Queue[object], stop: threading.Event) -> None:
+    while not stop.is_set():
+        key = reader.read(0.2)
+        if key is None:
+            return
+        if key:
+            events.put(Key(key))
+
+
+@click.command("cp-engine")
+@click.argument("kafka")
+@click.option("--listen", "listen", required=True,
+              help="[HOST:]PORT where the monitor's health checks arrive (host default 0.0.0.0).")
+@click.option("--id", "cp_id", default=None, help="Pin the CP id (else learnt from the monitor).")
+@click.option("--power", type=click.FloatRange(0.001, 1000), default=0.5, show_default=True,
+              help="kWh added each second of a supply.")
+@click.option("--max-supply-seconds", type=click.FloatRange(0, 86400), default=0,
+              help="End a supply after this many seconds (0: no limit).")
+@click.option("--topic-prefix", default="", help="Prefix of the Kafka topic names.")
+@click.option("--log-level", default="WARNING", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None)
+def cp_engine(kafka: str, listen: str, cp_id: str | None, power: float,
+              max_supply_seconds: float, topic_prefix: str, log_level: str,
+              log_file: str | None) -> None:
+    """EV_CP_E: supplies energy on central's orders, answers its monitor's health checks.
+
+    Keys (without Enter on a terminal, one per line on a pipe):
+    f fault (answer KO), h hang (stop answering), r recover, u unplug the vehicle.
+    """
+    try:
+        run_engine(kafka, listen, cp_id, power, max_supply_seconds, topic_prefix,
+                   log_level, log_file)
+    except EvcError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def run_engine(kafka: str, listen: str, cp_id: str | None, power: float,
+               max_supply_seconds: float, topic_prefix: str, log_level: str,
+               log_file: str | None) -> None:
+    setup_logging(log_level, log_file)
+    stop = threading.Event()
+    install_stop_signals(stop)
+    kafka_addr = parse_address(kafka, what="Kafka address")
+    listen_addr = parse_address(listen, default_host="0.0.0.0", what="--listen address")
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(listen_addr.pair)
+        listener.listen(8)
+    except OSError as exc:
+        listener.close()
+        raise ConfigError(f"cannot listen on {listen_addr}: {exc.strerror or exc}") from None
+    try:
+        bus = KafkaBus(str(kafka_addr), prefix=topic_prefix, client_id="evc-engine")
+    except EvcError:
+        listener.close()
+        raise
+    screen = Screen()
+    events: queue.Queue[object] = queue.Queue()
+    engine = Engine(bus.send, screen.line, cp_id=cp_id, power=power,
+                    max_seconds=max_supply_seconds)
+    keys = KeyReader()
+    workers: list[threading.Thread] = []
+    threads: list[threading.Thread] = []
+    try:
+        consumer = bus.consumer([CONTROL])
+        threads = [
+            threading.Thread(target=serve_health, args=(listener, events, stop, workers),
+                             name="engine-accept"),
+            threading.Thread(target=consumer.run, name="engine-kafka",
+                             args=(lambda msg, _d: events.put(Order(msg)), stop)),
+            threading.Thread(target=read_keys, args=(keys, events, stop), name="engine-keys"),
+        ]
+        for thread in threads:
+            thread.start()
+        screen.line(f"engine listening for its monitor on {listen_addr}, Kafka {kafka_addr}"
+                    + (f", pinned to {cp_id}" if cp_id else ""))
+        wait = 1.0
+        while not stop.is_set():
+            screen.status(engine.status_line())
+            try:
+                event = events.get(timeout=min(wait, 0.2))
+            except queue.Empty:
+                event = None
+            if isinstance(event, Check):
+                reply = engine.on_health_check(event.message)
+                if reply is not None:
+                    try:
+                        event.sock.settimeout(1.0)
+                        send_frame(event.sock, reply.to_wire())
+                    except OSError:
+                        pass  # the monitor went away; its reader ends
+            elif isinstance(event, Order):
+                engine.on_order(event.message)
+            elif isinstance(event, Key):
+                engine.on_key(event.text)
+            wait = engine.tick()
+    finally:
+        stop.set()
+        engine.shutdown()
+        keys.close()
+        screen.close()
+        alive = join_all(threads + workers, timeout=1.5)
+        if alive:
+            log.warning("threads still running at exit: %s", ", ".join(alive))
+        bus.close(timeout=0.5)

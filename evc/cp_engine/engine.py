@@ -1,0 +1,213 @@
+"""The engine's rules, owned by one thread (see command.py for the I/O threads).
+
+Health: OK, KO (key ``f``) or HANG (key ``h``: no answer at all); ``r`` recovers.
+A supply runs from a StartSupply for this CP until an EndSupply, the operator's
+stop, an unplug (key ``u``), a fault, or the time limit; each second it adds
+``power`` kWh and sends telemetry with the seed's keys, and at its end one
+final telemetry message (``final: true`` and the reason).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from evc.bus import TELEMETRY
+from evc.protocol.messages import (
+    EndReason,
+    EndSupply,
+    Health,
+    HealthCheck,
+    HealthReply,
+    Message,
+    ResumeCP,
+    StartSupply,
+    StopCP,
+    Telemetry,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Mode(Enum):
+    OK = "OK"
+    KO = "KO"
+    HANG = "HANG"
+
+
+@dataclass
+class Supply:
+    session_id: str
+    driver_id: str
+    price: float
+    started: float  # monotonic
+    kwh: float = 0.0
+    eur: float = 0.0
+    next_tick: float = 0.0
+
+
+class Engine:
+    def __init__(
+        self,
+        send: Callable[[str, Message, str], None],
+        show: Callable[[str], None],
+        *,
+        cp_id: str | None = None,
+        power: float = 0.5,
+        max_seconds: float = 0.0,
+    ) -> None:
+        self.send = send  # bus.send(topic, message, key)
+        self.show = show  # one line for the person at this CP
+        self.pinned = cp_id is not None
+        self.cp_id = cp_id
+        self.power = power
+        self.max_seconds = max_seconds
+        self.mode = Mode.OK
+        self.stopped = False
+        self.supply: Supply | None = None
+
+    # ------------------------------------------------------------------ view
+    @property
+    def state(self) -> str:
+        if self.mode is not Mode.OK:
+            return "Averiado"
+        if self.stopped:
+            return "Parado"
+        if self.supply is not None:
+            return "Suministrando"
+        return "Activado"
+
+    def status_line(self) -> str:
+        who = self.cp_id or "(waiting for monitor)"
+        line = f"[{who}] {self.state} | health {self.mode.value}"
+        if self.supply is not None:
+            s = self.supply
+            line += f" | driver {s.driver_id} {s.kwh:.2f} kWh {s.eur:.2f} €"
+        return line + " | keys: f fault, h hang, r recover, u unplug"
+
+    # ------------------------------------------------------------------ health (TCP)
+    def on_health_check(self, check: HealthCheck) -> HealthReply | None:
+        """The answer to send, or None to stay silent (hang)."""
+        if self.cp_id is None:
+            self.cp_id = check.cp_id
+            self.show(f"serving {self.cp_id} (told by its monitor)")
+        elif check.cp_id != self.cp_id:
+            log.error("monitor checks %s but this engine is %s", check.cp_id, self.cp_id)
+            return HealthReply(cp_id=self.cp_id, status=Health.KO, state="wrong CP")
+        if self.mode is Mode.HANG:
+            return None
+        status = Health.OK if self.mode is Mode.OK else Health.KO
+        return HealthReply(cp_id=self.cp_id, status=status, state=self.state)
+
+    # ------------------------------------------------------------------ orders (Kafka)
+    def on_order(self, msg: Message) -> None:
+        if getattr(msg, "cp_id", None) != self.cp_id or self.cp_id is None:
+            return
+        if isinstance(msg, StartSupply):
+            self._start(msg)
+        elif isinstance(msg, EndSupply):
+            if self.supply is not None and self.supply.session_id == msg.session_id:
+                self._end(msg.reason)
+            elif self.supply is None:
+                # central may not have seen our final message: repeat a final zero
+                log.info("end order for %s, which is not running", msg.session_id)
+        elif isinstance(msg, StopCP):
+            if not self.stopped:
+                self.stopped = True
+                self.show("stopped by central (Parado)")
+            if self.supply is not None:
+                self._end(EndReason.STOPPED)
+        elif isinstance(msg, ResumeCP):
+            if self.stopped:
+                self.stopped = False
+                self.show("resumed by central")
+
+    def _start(self, order: StartSupply) -> None:
+        if self.supply is not None and self.supply.session_id == order.session_id:
+            return  # a repeated order
+        refusal = None
+        if self.mode is not Mode.OK:
+            refusal = "engine faulted"
+        elif self.stopped:
+            refusal = "stopped by central"
+        elif self.supply is not None:
+            refusal = f"busy with {self.supply.driver_id}"
+        if refusal:
+            self.show(f"refused supply for {order.driver_id}: {refusal}")
+            self.send(TELEMETRY, Telemetry(
+                cp_id=order.cp_id, driver_id=order.driver_id, consumo_kwh=0.0, importe_eur=0.0,
+                session_id=order.session_id, final=True, reason=str(EndReason.REFUSED)),
+                order.cp_id)
+            return
+        now = time.monotonic()
+        self.supply = Supply(order.session_id, order.driver_id, order.price_eur_kwh, now,
+                             next_tick=now + 1.0)
+        self.show(f"supplying {order.driver_id} at {order.price_eur_kwh:.2f} €/kWh")
+        self._telemetry(final=False)
+
+    # ------------------------------------------------------------------ keys
+    def on_key(self, key: str) -> None:
+        key = key.strip().lower()[:1]
+        if key == "f":
+            self._fault(Mode.KO, "fault simulated: answering KO")
+        elif key == "h":
+            self._fault(Mode.HANG, "hang simulated: not answering health checks")
+        elif key == "r":
+            if self.mode is not Mode.OK:
+                self.mode = Mode.OK
+                self.show("recovered: answering OK")
+        elif key == "u":
+            if self.supply is not None:
+                self.show("vehicle unplugged")
+                self._end(EndReason.UNPLUGGED)
+        elif key:
+            self.show(f"unknown key {key!r}: f fault, h hang, r recover, u unplug")
+
+    def shutdown(self) -> None:
+        """The engine process ends: a running supply ends too, with its final figures."""
+        if self.supply is not None:
+            self.show("engine shutting down")
+            self._end(EndReason.FAULT)
+
+    def _fault(self, mode: Mode, text: str) -> None:
+        self.mode = mode
+        self.show(text)
+        if self.supply is not None:
+            self._end(EndReason.FAULT)
+
+    # ------------------------------------------------------------------ supply
+    def tick(self) -> float:
+        """Advance the supply; return seconds until the next tick is due."""
+        s = self.supply
+        if s is None:
+            return 1.0
+        now = time.monotonic()
+        if now >= s.next_tick:
+            s.kwh = round(s.kwh + self.power, 4)
+            s.eur = round(s.kwh * s.price, 2)
+            s.next_tick += 1.0
+            if s.next_tick < now:  # we fell behind (suspended): do not burst
+                s.next_tick = now + 1.0
+            if self.max_seconds and now - s.started >= self.max_seconds:
+                self._end(EndReason.TIME_LIMIT)
+                return 1.0
+            self._telemetry(final=False)
+        return max(0.0, s.next_tick - time.monotonic())
+
+    def _telemetry(self, *, final: bool, reason: str = "") -> None:
+        s = self.supply
+        assert s is not None and self.cp_id is not None
+        self.send(TELEMETRY, Telemetry(
+            cp_id=self.cp_id, driver_id=s.driver_id, consumo_kwh=s.kwh, importe_eur=s.eur,
+            session_id=s.session_id, final=final, reason=reason), self.cp_id)
+
+    def _end(self, reason: EndReason) -> None:
+        s = self.supply
+        if s is None:
+            return
+        self._telemetry(final=True, reason=str(reason))
+        self.show(f"supply for {s.driver_id} ended ({reason}): {s.kwh:.2f} kWh, {s.eur:.2f} €")
+        self.supply = None

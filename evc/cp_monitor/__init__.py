@@ -1,0 +1,1 @@
+"""EV_CP_M: the health monitor of one charge point."""
