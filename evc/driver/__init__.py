@@ -1,0 +1,1 @@
+"""EV_Driver: a driver asking central for charges over Kafka."""

@@ -1,0 +1,112 @@
+"""A small charging network of real `evc` processes, for flow tests."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from evc.bus import CONTROL, REQUESTS, TELEMETRY, KafkaBus
+from evc.protocol.messages import Message
+from tests.helpers import Proc, free_port, wait_for
+
+CPS = [("CP-01", "C/Italia 5", 0.35), ("CP-02", "Av. Maisonnave 12", 0.40),
+       ("CP-03", "C/Gerona 15", 0.30)]
+
+
+class Observer:
+    """Reads every topic of a prefix from the beginning, like a test harness would."""
+
+    def __init__(self, bus: KafkaBus) -> None:
+        self.consumer = bus.consumer([REQUESTS, TELEMETRY, CONTROL], from_beginning=True)
+        self.messages: list[tuple[str, Message]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.consumer.run, args=(self._add, self._stop))
+        self._thread.start()
+
+    def _add(self, msg: Message, delivery) -> None:
+        topic = delivery.topic.split("-", 1)[-1] if "-" in delivery.topic else delivery.topic
+        with self._lock:
+            self.messages.append((topic, msg))
+
+    def of(self, kind: type, **match) -> list:
+        with self._lock:
+            return [m for _, m in self.messages if isinstance(m, kind)
+                    and all(getattr(m, k) == v for k, v in match.items())]
+
+    def wait(self, kind: type, count: int = 1, timeout: float = 15.0, **match) -> list:
+        return wait_for(lambda: len(self.of(kind, **match)) >= count and self.of(kind, **match),
+                        timeout, f"{count} x {kind.__name__} {match}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+class Network:
+    def __init__(self, kafka: str, prefix: str, tmp: Path, procs: list[Proc]) -> None:
+        self.kafka = kafka
+        self.prefix = prefix
+        self.tmp = tmp
+        self.procs = procs
+        self.port = free_port()
+        self.db = tmp / "central.json"
+        self.cps_file = tmp / "cps.csv"
+        self.cps_file.write_text("id,location,price_eur_kwh\n" + "".join(
+            f"{i},{loc},{p}\n" for i, loc, p in CPS))
+        self.central: Proc | None = None
+        self.engines: dict[str, Proc] = {}
+        self.monitors: dict[str, Proc] = {}
+        self.engine_ports: dict[str, int] = {}
+
+    def start_central(self, *extra: str) -> Proc:
+        self.central = Proc(["central", str(self.port), self.kafka, str(self.db),
+                             "--listen-host", "127.0.0.1", "--cps", str(self.cps_file),
+                             "--topic-prefix", self.prefix, *extra], name="central")
+        self.procs.append(self.central)
+        self.central.wait_line("central ready", timeout=40)
+        return self.central
+
+    def start_engine(self, cp_id: str, *extra: str) -> Proc:
+        port = self.engine_ports.setdefault(cp_id, free_port())
+        engine = Proc(["cp-engine", self.kafka, "--listen", f"127.0.0.1:{port}",
+                       "--topic-prefix", self.prefix, "--power", "0.5", *extra],
+                      name=f"engine {cp_id}")
+        self.procs.append(engine)
+        engine.wait_line("engine listening", timeout=30)
+        self.engines[cp_id] = engine
+        return engine
+
+    def start_monitor(self, cp_id: str, *extra: str, expect_registered: bool = True) -> Proc:
+        port = self.engine_ports.get(cp_id) or free_port()
+        monitor = Proc(["cp-monitor", f"127.0.0.1:{port}", f"127.0.0.1:{self.port}", cp_id,
+                        *extra], name=f"monitor {cp_id}")
+        self.procs.append(monitor)
+        if expect_registered:
+            monitor.wait_line("registered with central", timeout=15)
+        self.monitors[cp_id] = monitor
+        return monitor
+
+    def start_cp(self, cp_id: str) -> None:
+        self.start_engine(cp_id)
+        self.start_monitor(cp_id)
+        self.wait_state(cp_id, "Activado")
+
+    def state_lines(self, cp_id: str) -> list[str]:
+        assert self.central is not None
+        return [ln for ln in self.central.lines if f" {cp_id} " in f" {ln} " and " -> " in ln]
+
+    def current_state(self, cp_id: str) -> str | None:
+        lines = self.state_lines(cp_id)
+        if not lines:
+            return None
+        return lines[-1].split(" -> ", 1)[1].split()[0]
+
+    def wait_state(self, cp_id: str, state: str, timeout: float = 10.0) -> None:
+        wait_for(lambda: self.current_state(cp_id) == state, timeout,
+                 f"{cp_id} to be {state} on central (now {self.current_state(cp_id)}):\n"
+                 + (self.central.output[-3000:] if self.central else ""))
+
+    def db_json(self) -> dict:
+        return json.loads(self.db.read_text())

@@ -1,0 +1,181 @@
+"""Charge points end to end: real broker, real central, monitors and engines (F1, F3-F5)."""
+
+from __future__ import annotations
+
+import signal
+import statistics
+import time
+
+import pytest
+
+from evc.bus import CONTROL, REQUESTS
+from evc.protocol import messages as m
+from tests.helpers import wait_for
+from tests.network import Network, Observer
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def net(kafka, prefix, tmp_path, procs):
+    return Network(kafka, prefix, tmp_path, procs)
+
+
+@pytest.fixture
+def observer(bus):
+    obs = Observer(bus)
+    yield obs
+    obs.close()
+
+
+def request(bus, driver: str, cp: str) -> m.ChargeRequest:
+    req = m.ChargeRequest(driver_id=driver, cp_id=cp)
+    bus.send(REQUESTS, req, cp)
+    bus.flush()
+    return req
+
+
+def test_f1_registration_makes_the_cp_activado_and_is_persisted(net):
+    net.start_central()
+    net.start_cp("CP-01")
+    assert "Desconectado -> Activado" in net.state_lines("CP-01")[-1]
+    rec = next(r for r in net.db_json()["cps"].values() if r["cp_id"] == "CP-01")
+    assert rec["state"] == "Activado" and rec["location"] == "C/Italia 5"
+    assert rec["last_seen"] > time.time() - 60
+
+
+def test_f3_telemetry_every_second_with_the_seed_keys(net, bus, observer):
+    net.start_central()
+    net.start_cp("CP-01")
+    req = request(bus, "D-1", "CP-01")
+    auth = observer.wait(m.Authorization, request_id=req.msg_id)[0]
+    assert auth.authorized
+    net.wait_state("CP-01", "Suministrando")
+    tele = observer.wait(m.Telemetry, count=5, session_id=auth.session_id)
+    gaps = [b.ts - a.ts for a, b in zip(tele, tele[1:])]
+    assert 0.8 < statistics.median(gaps) < 1.2, gaps
+    kwh = [t.consumo_kwh for t in tele]
+    assert kwh == sorted(kwh) and kwh[-1] > kwh[0]
+    for t in tele:
+        assert t.importe_eur == round(t.consumo_kwh * 0.35, 2)
+        assert t.driver_id == "D-1" and t.cp_id == "CP-01"
+    raw = tele[-1].to_wire()
+    assert {"cp_id", "driver_id", "consumo_kwh", "importe_eur"} <= set(raw)
+
+
+def test_f4_engine_fault_ends_the_supply_and_recovers(net, bus, observer):
+    net.start_central()
+    net.start_cp("CP-01")
+    req = request(bus, "D-1", "CP-01")
+    auth = observer.wait(m.Authorization, request_id=req.msg_id)[0]
+    observer.wait(m.Telemetry, count=2, session_id=auth.session_id)
+    t0 = time.monotonic()
+    net.engines["CP-01"].send("f")
+    net.wait_state("CP-01", "Averiado", timeout=2.5)
+    assert time.monotonic() - t0 < 2.5
+    ticket = observer.wait(m.Ticket, session_id=auth.session_id)[0]
+    final = observer.of(m.Telemetry, session_id=auth.session_id, final=True)
+    assert ticket.reason is m.EndReason.FAULT
+    assert len(final) == 1 and ticket.consumo_kwh == final[0].consumo_kwh
+    net.engines["CP-01"].send("r")
+    net.wait_state("CP-01", "Activado", timeout=3)
+    net.engines["CP-01"].send("h")  # hang: no answer at all is a fault too
+    net.wait_state("CP-01", "Averiado", timeout=3)
+    net.monitors["CP-01"].wait_line("did not answer")
+    net.engines["CP-01"].send("r")
+    net.wait_state("CP-01", "Activado", timeout=3)
+
+
+def test_f5_killed_monitor_is_desconectado_within_a_second(net):
+    net.start_central()
+    net.start_cp("CP-01")
+    t0 = time.monotonic()
+    net.monitors["CP-01"].kill()
+    net.wait_state("CP-01", "Desconectado", timeout=1.5)
+    assert time.monotonic() - t0 < 1.5
+    assert "closed by monitor" in net.state_lines("CP-01")[-1]
+
+
+def test_frozen_monitor_is_lost_after_the_heartbeat_timeout_and_comes_back(net):
+    net.start_central("--heartbeat-timeout", "2")
+    net.start_cp("CP-01")
+    monitor = net.monitors["CP-01"]
+    t0 = time.monotonic()
+    monitor.signal(signal.SIGSTOP)
+    try:
+        net.wait_state("CP-01", "Desconectado", timeout=2 + 1 + 0.5)
+        elapsed = time.monotonic() - t0
+        assert 1.5 < elapsed < 3.5, elapsed
+        assert "silent" in net.state_lines("CP-01")[-1]
+    finally:
+        monitor.signal(signal.SIGCONT)
+    net.wait_state("CP-01", "Activado", timeout=10)
+
+
+def test_operator_stop_and_resume_reach_the_engine(net, observer):
+    central = net.start_central()
+    net.start_cp("CP-01")
+    net.start_cp("CP-02")
+    central.send("stop CP-01")
+    net.wait_state("CP-01", "Parado")
+    net.engines["CP-01"].wait_line("stopped by central")
+    observer.wait(m.StopCP, cp_id="CP-01")
+    central.send("reanudar CP-01")
+    net.wait_state("CP-01", "Activado")
+    net.engines["CP-01"].wait_line("resumed by central")
+    central.send("stop all")
+    net.wait_state("CP-01", "Parado")
+    net.wait_state("CP-02", "Parado")
+    central.send("resume all")
+    net.wait_state("CP-02", "Activado")
+    central.send("stop CP-77")
+    central.wait_line("unknown charge point 'CP-77'; nothing changed")
+    central.send("fly away")
+    central.wait_line("unknown command 'fly'")
+    assert net.current_state("CP-01") == "Activado"
+
+
+def test_a_stopped_cp_stays_parado_through_a_fault(net):
+    central = net.start_central()
+    net.start_cp("CP-01")
+    central.send("stop CP-01")
+    net.wait_state("CP-01", "Parado")
+    net.engines["CP-01"].send("f")
+    net.wait_state("CP-01", "Averiado")
+    net.engines["CP-01"].send("r")
+    net.wait_state("CP-01", "Parado")
+
+
+def test_central_restart_cps_register_again_by_themselves(net):
+    central = net.start_central()
+    net.start_cp("CP-01")
+    assert central.stop(5) == 0
+    for line in net.monitors["CP-01"].lines:
+        assert "Traceback" not in line
+    net.monitors["CP-01"].wait_line("retrying in")
+    again = net.start_central()
+    assert again is not central
+    wait_for(lambda: any("Desconectado -> Activado" in ln for ln in again.lines), 15,
+             "CP-01 registering with the new central")
+    assert net.monitors["CP-01"].matching("registered with central")[-1]
+
+
+def test_unknown_cp_is_refused_and_the_monitor_says_why(net):
+    net.start_central()
+    net.start_engine("CP-42")
+    monitor = net.start_monitor("CP-42", expect_registered=False)
+    monitor.wait_line("central refused the registration: CP-42 is not in central's registry")
+    assert monitor.popen.wait(5) == 1
+
+
+def test_second_monitor_for_a_connected_cp_is_refused(net):
+    net.start_central()
+    net.start_cp("CP-01")
+    first = net.monitors["CP-01"]
+    intruder = net.start_monitor("CP-01", expect_registered=False)
+    net.monitors["CP-01"] = first
+    intruder.wait_line("already connected from another monitor")
+    assert first.popen.poll() is None
+    assert net.current_state("CP-01") == "Activado"
+    assert len(net.state_lines("CP-01")) == 1  # the first monitor was never disturbed
+    intruder.kill()
