@@ -30,7 +30,15 @@ from typing import Any, Protocol
 
 from evc.bus import CONTROL, Delivery
 from evc.central import admin
-from evc.central.events import BusMessage, ConnectionLost, Event, MonitorFrame, OperatorLine, Shutdown
+from evc.central.events import (
+    BusMessage,
+    ConnectionLost,
+    Event,
+    MonitorFrame,
+    OperatorKey,
+    OperatorLine,
+    Shutdown,
+)
 from evc.errors import BusError
 from evc.protocol.messages import (
     Authorization,
@@ -90,6 +98,10 @@ class View(Protocol):
     def note(self, text: str, level: str = "info") -> None: ...
 
     def refresh(self, brain: Brain) -> None: ...
+
+    def key(self, ch: str) -> str | None:
+        """A key typed at the console; returns a finished line, if any."""
+        ...
 
 
 # ---------------------------------------------------------------------- state
@@ -265,6 +277,10 @@ class Brain:
                 return event.delivery
             elif isinstance(event, OperatorLine):
                 self.on_operator(event.text)
+            elif isinstance(event, OperatorKey):
+                line = self.view.key(event.key)
+                if line is not None:
+                    self.on_operator(line)
             elif isinstance(event, Shutdown):
                 self.quit_requested.set()
         except BusError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import queue
 import sys
 import threading
@@ -13,11 +14,19 @@ import click
 
 from evc.bus import REQUESTS, TELEMETRY, KafkaBus
 from evc.central.brain import Brain, Settings
-from evc.central.events import BusMessage, Event, OperatorLine
+from evc.central.board import BoardView
+from evc.central.events import BusMessage, Event, OperatorKey, OperatorLine
 from evc.central.server import MonitorServer
 from evc.central.view import PlainView
 from evc.errors import ConfigError, EvcError
-from evc.runtime import Address, install_stop_signals, join_all, parse_address, setup_logging
+from evc.runtime import (
+    Address,
+    KeyReader,
+    install_stop_signals,
+    join_all,
+    parse_address,
+    setup_logging,
+)
 from evc.store import Store
 
 log = logging.getLogger("evc.central")
@@ -48,13 +57,31 @@ def read_registry(path: Path) -> list[tuple[str, str, float]]:
     return rows
 
 
-def console_reader(brain: Brain, stop: threading.Event) -> None:
+def console_reader(events: queue.Queue[Event], stop: threading.Event) -> None:
     """Operator lines from stdin -> events. EOF (no terminal) just ends the reader."""
     while not stop.is_set():
         line = sys.stdin.readline()
         if not line:
             return
-        brain.events.put(OperatorLine(line.strip()))
+        events.put(OperatorLine(line.strip()))
+
+
+def key_reader(reader: KeyReader, events: queue.Queue[Event], stop: threading.Event) -> None:
+    """Board mode: every key is an event; the board owns the line being typed."""
+    while not stop.is_set():
+        key = reader.read(0.2)
+        if key is None:
+            return
+        if key:
+            events.put(OperatorKey(key))
+
+
+def want_board(mode: str) -> bool:
+    if mode == "board":
+        return True
+    if mode == "plain":
+        return False
+    return sys.stdout.isatty() and sys.stdin.isatty() and not os.environ.get("NO_COLOR")
 
 
 @click.command()
@@ -71,13 +98,18 @@ def console_reader(brain: Brain, stop: threading.Event) -> None:
 @click.option("--topic-prefix", default="", help="Prefix of the Kafka topic names.")
 @click.option("--partitions", type=click.IntRange(1, 64), default=3, show_default=True,
               help="Partitions of topics central creates.")
+@click.option("--display", type=click.Choice(["auto", "board", "plain"]), default="auto",
+              show_default=True,
+              help="board: live coloured board (terminals); plain: one line per change. "
+                   "auto picks the board on a terminal unless NO_COLOR is set.")
 @click.option("--log-level", default="WARNING", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None,
-              help="Also write the log to this file.")
+              help="Also write the log to this file (with the board: only there; "
+                   "default central.log beside the DB).")
 def central(socket_port: int, kafka: str, db_path: Path, listen_host: str,
             cps_file: Path | None, heartbeat_timeout: float, topic_prefix: str,
-            partitions: int, log_level: str, log_file: str | None) -> None:
+            partitions: int, display: str, log_level: str, log_file: str | None) -> None:
     """EV_Central: the monitor server, the rules, and the operator console.
 
     Monitors connect to SOCKET_PORT over TCP; drivers and engines reach central
@@ -86,15 +118,19 @@ def central(socket_port: int, kafka: str, db_path: Path, listen_host: str,
     """
     try:
         run_central(socket_port, kafka, db_path, listen_host, cps_file, heartbeat_timeout,
-                    topic_prefix, partitions, log_level, log_file)
+                    topic_prefix, partitions, want_board(display), log_level, log_file)
     except EvcError as exc:
         raise click.ClickException(str(exc)) from None
 
 
 def run_central(socket_port: int, kafka: str, db_path: Path, listen_host: str,
                 cps_file: Path | None, heartbeat_timeout: float, topic_prefix: str,
-                partitions: int, log_level: str, log_file: str | None) -> None:
-    setup_logging(log_level, log_file)
+                partitions: int, board: bool, log_level: str, log_file: str | None) -> None:
+    if board:  # the board owns the terminal: the log goes to a file
+        setup_logging(log_level, log_file or str(db_path.parent / "central.log"),
+                      to_stderr=False)
+    else:
+        setup_logging(log_level, log_file)
     stop = threading.Event()
     install_stop_signals(stop)
     kafka_addr = parse_address(kafka, what="Kafka address")
@@ -104,6 +140,8 @@ def run_central(socket_port: int, kafka: str, db_path: Path, listen_host: str,
     server = MonitorServer(Address(listen_host, socket_port), events,
                            silence_timeout=heartbeat_timeout)
     threads: list[threading.Thread] = []
+    view: PlainView | BoardView | None = None
+    keys: KeyReader | None = None
     try:
         bus = KafkaBus(str(kafka_addr), prefix=topic_prefix, client_id="evc-central")
     except EvcError:
@@ -112,8 +150,13 @@ def run_central(socket_port: int, kafka: str, db_path: Path, listen_host: str,
         raise
     try:
         bus.ensure_topics(partitions=partitions)
-        view = PlainView()
+        if board:
+            view = BoardView(f"monitors :{server.address.port}  Kafka {kafka_addr}  DB {db_path}")
+        else:
+            view = PlainView()
         brain = Brain(store, bus, server, view, Settings(), events=events)
+        if isinstance(view, BoardView):
+            view.start()
         for cp_id, location, price in registry:
             brain.upsert_cp(cp_id, location, price)
         store.commit()
@@ -123,8 +166,14 @@ def run_central(socket_port: int, kafka: str, db_path: Path, listen_host: str,
         threads.append(threading.Thread(
             target=consumer.run, name="central-kafka",
             args=(lambda msg, delivery: events.put(BusMessage(msg, delivery)), stop)))
-        threads.append(threading.Thread(target=console_reader, args=(brain, stop),
-                                        name="central-console", daemon=True))
+        if board:
+            keys = KeyReader()
+            threads.append(threading.Thread(target=key_reader, args=(keys, events, stop),
+                                            name="central-keys"))
+        else:
+            # readline() cannot be interrupted: this one thread is a daemon, owning nothing
+            threads.append(threading.Thread(target=console_reader, args=(events, stop),
+                                            name="central-console", daemon=True))
         server.start()
         for thread in threads:
             thread.start()
@@ -136,6 +185,10 @@ def run_central(socket_port: int, kafka: str, db_path: Path, listen_host: str,
         brain.run(stop)
     finally:
         stop.set()
+        if isinstance(view, BoardView):
+            view.stop()
+        if keys is not None:
+            keys.close()
         server.stop()
         alive = join_all([t for t in threads if not t.daemon], timeout=1.5)
         if alive:

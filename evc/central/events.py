@@ -42,8 +42,15 @@ class OperatorLine:
 
 
 @dataclass(frozen=True)
+class OperatorKey:
+    """One key pressed at the board's prompt (the view assembles lines)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
 class Shutdown:
     """The console asked to quit."""
 
 
-Event = MonitorFrame | ConnectionLost | BusMessage | OperatorLine | Shutdown
+Event = MonitorFrame | ConnectionLost | BusMessage | OperatorLine | OperatorKey | Shutdown

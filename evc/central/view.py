@@ -39,3 +39,7 @@ class PlainView:
 
     def refresh(self, brain: Brain) -> None:
         pass
+
+    def key(self, ch: str) -> str | None:
+        """Plain mode reads whole lines; a lone key is a one-letter line."""
+        return ch.strip() or None
