@@ -1,0 +1,186 @@
+"""The brain's rules, one event at a time, with fakes for the wire (pure logic)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from evc.central.brain import Brain, Settings
+from evc.central.events import ConnectionLost, MonitorFrame, OperatorLine
+from evc.protocol import messages as m
+from evc.store import Store
+from tests.fakes import FakeLink, FakeOutbox, RecordingView
+
+
+@pytest.fixture
+def parts(tmp_path):
+    store = Store(tmp_path / "c.json")
+    outbox, link, view = FakeOutbox(), FakeLink(), RecordingView()
+    brain = Brain(store, outbox, link, view, Settings(end_timeout=0.2, start_timeout=0.2))
+    for i in (1, 2):
+        brain.upsert_cp(f"CP-0{i}", f"Calle {i}", 0.3)
+    return brain, store, outbox, link, view
+
+
+def expire(brain):
+    """Move every pending deadline into the past (no sleeping in tests)."""
+    for session in brain.sessions.values():
+        if session.deadline:
+            session.deadline = time.monotonic() - 1
+
+
+def register(brain, conn, cp, health=m.Health.OK):
+    brain.apply(MonitorFrame(conn, "peer", m.Register(cp_id=cp, location="", health=health)))
+
+
+def state(brain, cp):
+    return brain.cps[cp].state
+
+
+def test_register_fault_recover_lose(parts):
+    brain, _, outbox, link, _ = parts
+    register(brain, 1, "CP-01")
+    assert state(brain, "CP-01") is m.CPState.ACTIVADO
+    assert isinstance(link.sent[-1][1], m.RegisterAccepted)
+    assert isinstance(outbox.sent[-1][1], m.ResumeCP)
+    brain.apply(MonitorFrame(1, "peer", m.FaultReport(cp_id="CP-01", reason="KO")))
+    assert state(brain, "CP-01") is m.CPState.AVERIADO
+    brain.apply(MonitorFrame(1, "peer", m.RecoveryReport(cp_id="CP-01")))
+    assert state(brain, "CP-01") is m.CPState.ACTIVADO
+    brain.apply(ConnectionLost(1, "peer", "closed"))
+    assert state(brain, "CP-01") is m.CPState.DESCONECTADO
+
+
+def test_registration_with_engine_ko_is_averiado(parts):
+    brain = parts[0]
+    register(brain, 1, "CP-01", m.Health.KO)
+    assert state(brain, "CP-01") is m.CPState.AVERIADO
+
+
+def test_unknown_and_duplicate_registrations(parts):
+    brain, _, _, link, _ = parts
+    register(brain, 1, "CP-99")
+    assert link.closed[-1][2].code == "unknown"
+    register(brain, 2, "CP-01")
+    register(brain, 3, "CP-01")
+    assert link.closed[-1][2].code == "duplicate"
+    assert brain.cps["CP-01"].conn_id == 2
+    brain.apply(ConnectionLost(3, "peer", "closed"))  # the refused one going away
+    assert state(brain, "CP-01") is m.CPState.ACTIVADO
+
+
+def test_a_connection_cannot_speak_for_another_cp(parts):
+    brain, _, _, link, _ = parts
+    register(brain, 1, "CP-01")
+    brain.apply(MonitorFrame(1, "peer", m.FaultReport(cp_id="CP-02")))
+    assert link.closed[-1][0] == 1
+    assert state(brain, "CP-02") is m.CPState.DESCONECTADO
+
+
+def authorize(brain, outbox, driver="D-1", cp="CP-01"):
+    req = m.ChargeRequest(driver_id=driver, cp_id=cp)
+    brain.on_bus(req)
+    return [a for a in outbox.of(m.Authorization) if a.request_id == req.msg_id][0]
+
+
+def test_supply_lifecycle_and_exactly_one_ticket(parts):
+    brain, store, outbox, _, _ = parts
+    register(brain, 1, "CP-01")
+    auth = authorize(brain, outbox)
+    assert auth.authorized and state(brain, "CP-01") is m.CPState.SUMINISTRANDO
+    start = outbox.of(m.StartSupply)[-1]
+    assert start.session_id == auth.session_id and start.price_eur_kwh == 0.3
+    tele = lambda kwh, final=False, reason="": m.Telemetry(
+        cp_id="CP-01", driver_id="D-1", consumo_kwh=kwh, importe_eur=round(kwh * 0.3, 2),
+        session_id=auth.session_id, final=final, reason=reason)
+    brain.on_bus(tele(0.5))
+    brain.on_bus(m.EndRequest(driver_id="D-1", cp_id="CP-01", session_id=auth.session_id))
+    assert outbox.of(m.EndSupply)[-1].reason is m.EndReason.FINISHED
+    brain.on_bus(tele(1.0, final=True, reason="finished"))
+    brain.on_bus(tele(1.0, final=True, reason="finished"))  # duplicate final
+    tickets = outbox.of(m.Ticket)
+    assert len(tickets) == 1 and tickets[0].consumo_kwh == 1.0 and tickets[0].importe_eur == 0.3
+    assert state(brain, "CP-01") is m.CPState.ACTIVADO
+    store.commit()
+    assert store.get_session(auth.session_id)["status"] == "closed"
+
+
+@pytest.mark.parametrize("event, reason, after", [
+    ("fault", m.EndReason.FAULT, m.CPState.AVERIADO),
+    ("lost", m.EndReason.DISCONNECTED, m.CPState.DESCONECTADO),
+    ("stop", m.EndReason.STOPPED, m.CPState.PARADO),
+])
+def test_every_exit_from_a_supply_tickets_the_driver(parts, event, reason, after):
+    brain, _, outbox, _, _ = parts
+    register(brain, 1, "CP-01")
+    auth = authorize(brain, outbox)
+    brain.on_bus(m.Telemetry(cp_id="CP-01", driver_id="D-1", consumo_kwh=2.0, importe_eur=0.6,
+                             session_id=auth.session_id))
+    if event == "fault":
+        brain.apply(MonitorFrame(1, "p", m.FaultReport(cp_id="CP-01")))
+    elif event == "lost":
+        brain.apply(ConnectionLost(1, "p", "gone"))
+    else:
+        brain.apply(OperatorLine("parar CP-01"))
+    assert state(brain, "CP-01") is after
+    assert outbox.of(m.EndSupply)[-1].reason is reason
+    assert not outbox.of(m.Ticket)
+    expire(brain)  # the engine never sent its final figures
+    brain.tick()
+    ticket = outbox.of(m.Ticket)
+    assert len(ticket) == 1 and ticket[0].reason is reason and ticket[0].consumo_kwh == 2.0
+
+
+def test_engine_that_never_starts(parts):
+    brain, _, outbox, _, _ = parts
+    register(brain, 1, "CP-01")
+    authorize(brain, outbox)
+    expire(brain)
+    brain.tick()  # start deadline passed: end ordered
+    assert not outbox.of(m.Ticket)
+    expire(brain)
+    brain.tick()  # end deadline passed: billed as is
+    assert outbox.of(m.Ticket)[0].reason is m.EndReason.NO_ENGINE
+    assert state(brain, "CP-01") is m.CPState.ACTIVADO
+
+
+def test_refusals(parts):
+    brain, _, outbox, _, _ = parts
+    register(brain, 1, "CP-01")
+    register(brain, 2, "CP-02")
+    assert authorize(brain, outbox, "D-1", "CP-01").authorized
+    assert "busy" in authorize(brain, outbox, "D-2", "CP-01").reason
+    assert "already has a supply" in authorize(brain, outbox, "D-1", "CP-02").reason
+    assert "unknown" in authorize(brain, outbox, "D-3", "CP-77").reason
+    old = m.ChargeRequest(driver_id="D-4", cp_id="CP-02", ts=time.time() - 3600)
+    brain.on_bus(old)
+    assert "expired" in outbox.of(m.Authorization)[-1].reason
+
+
+def test_restart_ends_open_sessions_and_starts_disconnected(parts, tmp_path):
+    brain, store, outbox, _, _ = parts
+    register(brain, 1, "CP-01")
+    brain.apply(OperatorLine("stop CP-02"))
+    auth = authorize(brain, outbox)
+    store.commit()
+    store.close()
+    store2 = Store(tmp_path / "c.json")
+    out2 = FakeOutbox()
+    again = Brain(store2, out2, FakeLink(), RecordingView(), Settings(end_timeout=0.2))
+    assert all(cp.state is m.CPState.DESCONECTADO for cp in again.cps.values())
+    assert again.cps["CP-02"].stopped
+    end = out2.of(m.EndSupply)[0]
+    assert end.session_id == auth.session_id and end.reason is m.EndReason.CENTRAL_RESTART
+    again.on_bus(m.Telemetry(cp_id="CP-01", driver_id="D-1", consumo_kwh=3.0,
+                             importe_eur=0.9, session_id=auth.session_id, final=True))
+    assert out2.of(m.Ticket)[0].consumo_kwh == 3.0
+
+
+def test_operator_commands_with_errors_change_nothing(parts):
+    brain, _, outbox, _, view = parts
+    before = len(outbox.sent)
+    for line in ("stop", "stop CP-77", "resume a b", "price CP-01 abc", "add CP-9 x", "zzz"):
+        brain.apply(OperatorLine(line))
+    assert len(outbox.sent) == before
+    assert [lvl for lvl, _ in view.notes[-6:]] == ["error"] * 6
