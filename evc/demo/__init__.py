@@ -1,0 +1,1 @@
+"""`evc demo`: the whole network on one machine, in one command."""

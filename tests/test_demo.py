@@ -1,0 +1,77 @@
+"""`evc demo`: the whole network in one command, and nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers import Proc, free_port, wait_for
+
+pytestmark = pytest.mark.broker
+
+
+def children_of(parent: int) -> list[int]:
+    kids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+            kids.append(int(pid))
+    return kids
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_demo_runs_the_network_and_stops_cleanly(kafka, tmp_path):
+    run_dir = tmp_path / "run"
+    demo = Proc(["demo", "--kafka", kafka, "--cps", "3", "--drivers", "2", "--requests", "2",
+                 "--charge-seconds", "2", "--run-dir", str(run_dir), "--display", "plain",
+                 "--central-port", str(free_port()), "--seed", "1"], name="demo")
+    try:
+        demo.wait_line("central ready", timeout=60)
+        for cp in ("CP-01", "CP-02", "CP-03"):
+            wait_for(lambda cp=cp: [ln for ln in demo.lines
+                                    if ln.split()[1:2] == [cp] and ln.endswith(")")
+                                    and "-> Activado" in ln], 20, f"{cp} Activado")
+        demo.wait_line("ticket to D-01", timeout=60)
+        demo.wait_line("ticket to D-02", timeout=60)
+        wait_for(lambda: "done: 2 requested" in (run_dir / "driver-D-01.log").read_text(), 60,
+                 "driver D-01 to finish its file")
+        # an engine key pressed through the run folder
+        with open(run_dir / "engine-CP-01.keys", "w") as keys:
+            keys.write("f\n")
+        demo.wait_line("CP-01 Activado -> Averiado", timeout=10)
+        kids = children_of(demo.popen.pid)
+        assert len(kids) >= 3 * 2 + 1  # engines, monitors, central (drivers may be done)
+    finally:
+        t0 = time.monotonic()
+        demo.popen.send_signal(signal.SIGINT)
+        try:
+            demo.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            raise
+    assert time.monotonic() - t0 < 5
+    assert demo.popen.returncode == 0
+    assert "demo: stopped" in demo.output
+    assert "Traceback" not in demo.output
+    wait_for(lambda: not [k for k in kids if alive(k)], 3, "no process left behind")
+    for name in ("central.log", "engine-CP-01.log", "monitor-CP-02.log", "driver-D-02.log",
+                 "central.json", "charging_points.csv", "requests-D-01.txt"):
+        assert (run_dir / name).exists(), name
+    for log in run_dir.glob("*.log"):
+        assert "Traceback" not in log.read_text(), log
