@@ -38,14 +38,15 @@ class Proc:
     """A real `evc ...` process whose output is collected line by line."""
 
     def __init__(self, args: list[str], *, env: dict[str, str] | None = None,
-                 stdin: bool = True, cwd: str | Path | None = None, name: str = "") -> None:
+                 stdin: bool = True, cwd: str | Path | None = None, name: str = "",
+                 wrapper: list[str] | None = None) -> None:
         full_env = dict(os.environ)
         full_env.update({"PYTHONUNBUFFERED": "1", "NO_COLOR": "1"})
         full_env.update(env or {})
         self.name = name or args[0]
         self.args = args
         self.popen = subprocess.Popen(
-            EVC + args,
+            (wrapper or []) + EVC + args,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
