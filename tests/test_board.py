@@ -140,4 +140,7 @@ def test_plain_output_when_not_a_terminal(kafka, prefix, tmp_path, procs):
     central = net.start_central()  # stdout is a pipe, NO_COLOR set
     assert "\x1b[" not in central.output
     central.send("stop CP-01")
-    central.wait_line("CP-01 Desconectado -> Parado (stopped by the operator)")
+    central.wait_line("CP-01 stopped; it shows Desconectado until that clears, then Parado")
+    net.start_engine("CP-01")
+    net.start_monitor("CP-01")
+    central.wait_line("CP-01 Desconectado -> Parado (monitor registered")

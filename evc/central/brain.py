@@ -558,12 +558,17 @@ class Brain:
         if cp.session is not None:
             self._end_session(cp.session, EndReason.STOPPED)
         self._refresh_cp(cp, "stopped by the operator", before)
+        if cp.state is before:
+            self.view.note(f"{cp.cp_id} stopped; it shows {before} until that clears, "
+                           "then Parado")
 
     def resume_cp(self, cp: ChargePoint) -> None:
         before = cp.state
         cp.stopped = False
         self.outbox.send(CONTROL, ResumeCP(cp_id=cp.cp_id), cp.cp_id)
         self._refresh_cp(cp, "resumed by the operator", before)
+        if cp.state is before:
+            self.view.note(f"{cp.cp_id} resumed; it shows {before}")
 
     def remove_cp(self, cp: ChargePoint) -> None:
         if cp.conn_id is not None or cp.session is not None:

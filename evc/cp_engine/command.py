@@ -188,6 +188,7 @@ def run_engine(kafka: str, listen: str, cp_id: str | None, power: float,
     workers: list[threading.Thread] = []
     threads: list[threading.Thread] = []
     try:
+        bus.ensure_topics()  # idempotent: whoever starts first creates them
         consumer = bus.consumer([CONTROL])
         threads = [
             threading.Thread(target=serve_health, args=(listener, events, stop, workers),

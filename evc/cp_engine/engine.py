@@ -111,8 +111,7 @@ class Engine:
         elif isinstance(msg, EndSupply):
             if self.supply is not None and self.supply.session_id == msg.session_id:
                 self._end(msg.reason)
-            elif self.supply is None:
-                # central may not have seen our final message: repeat a final zero
+            else:  # already ended here (e.g. by a fault): its final message is on its way
                 log.info("end order for %s, which is not running", msg.session_id)
         elif isinstance(msg, StopCP):
             if not self.stopped:

@@ -230,6 +230,7 @@ def run_driver(kafka: str, driver_id: str, file_: Path | None, charge_seconds: f
     install_stop_signals(stop)
     with KafkaBus(str(kafka_addr), prefix=topic_prefix, client_id=f"evc-driver-{driver_id}") as bus:
         inbox: queue.Queue[Message] = queue.Queue()
+        bus.ensure_topics()  # idempotent: whoever starts first creates them
         consumer = bus.consumer([CONTROL, TELEMETRY])
 
         def mine(msg: Message, _delivery: object) -> None:
