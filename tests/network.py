@@ -17,7 +17,8 @@ CPS = [("CP-01", "C/Italia 5", 0.35), ("CP-02", "Av. Maisonnave 12", 0.40),
 class Observer:
     """Reads every topic of a prefix from the beginning, like a test harness would."""
 
-    def __init__(self, bus: KafkaBus) -> None:
+    def __init__(self, bus: KafkaBus, context=None) -> None:
+        self.context = context or (lambda: "")
         self.consumer = bus.consumer([REQUESTS, TELEMETRY, CONTROL], from_beginning=True)
         self.messages: list[tuple[str, Message]] = []
         self._lock = threading.Lock()
@@ -37,7 +38,7 @@ class Observer:
 
     def wait(self, kind: type, count: int = 1, timeout: float = 15.0, **match) -> list:
         return wait_for(lambda: len(self.of(kind, **match)) >= count and self.of(kind, **match),
-                        timeout, f"{count} x {kind.__name__} {match}")
+                        timeout, f"{count} x {kind.__name__} {match}\n{self.context()}")
 
     def close(self) -> None:
         self._stop.set()
@@ -52,6 +53,7 @@ class Network:
         self.procs = procs
         self.port = free_port()
         self.db = tmp / "central.json"
+        self.central_log = tmp / "central.log"
         self.cps_file = tmp / "cps.csv"
         self.cps_file.write_text("id,location,price_eur_kwh\n" + "".join(
             f"{i},{loc},{p}\n" for i, loc, p in CPS))
@@ -63,7 +65,8 @@ class Network:
     def start_central(self, *extra: str) -> Proc:
         self.central = Proc(["central", str(self.port), self.kafka, str(self.db),
                              "--listen-host", "127.0.0.1", "--cps", str(self.cps_file),
-                             "--topic-prefix", self.prefix, *extra], name="central")
+                             "--topic-prefix", self.prefix, "--log-level", "INFO",
+                             "--log-file", str(self.central_log), *extra], name="central")
         self.procs.append(self.central)
         self.central.wait_line("central ready", timeout=40)
         return self.central
@@ -107,6 +110,15 @@ class Network:
         wait_for(lambda: self.current_state(cp_id) == state, timeout,
                  f"{cp_id} to be {state} on central (now {self.current_state(cp_id)}):\n"
                  + (self.central.output[-3000:] if self.central else ""))
+
+    def context(self) -> str:
+        """What central printed and logged last: for failure messages."""
+        out = self.central.output[-2500:] if self.central else "(no central)"
+        try:
+            log = self.central_log.read_text()[-4000:]
+        except OSError:
+            log = "(no log)"
+        return f"central output:\n{out}\ncentral log:\n{log}"
 
     def db_json(self) -> dict:
         return json.loads(self.db.read_text())

@@ -22,8 +22,8 @@ def net(kafka, prefix, tmp_path, procs):
 
 
 @pytest.fixture
-def observer(bus):
-    obs = Observer(bus)
+def observer(bus, net):
+    obs = Observer(bus, net.context)
     yield obs
     obs.close()
 

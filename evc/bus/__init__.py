@@ -215,6 +215,7 @@ class Consumer:
         self._closed = False
         self._close_lock = threading.Lock()
         self.ready = threading.Event()  # set once partitions are assigned and positioned
+        self._last_refresh = 0.0
         timeout_ms = int(bus.connect_timeout * 1000)
         try:
             self._consumer = KafkaConsumer(
@@ -259,6 +260,30 @@ class Consumer:
             self._consumer.position(tp)
         self.ready.set()
 
+    def _check_assignment(self) -> None:
+        """Ready once the group gave us partitions of every subscribed topic.
+
+        A group may first assign only the topics whose metadata the leader had
+        (a topic created a moment ago); asking for fresh metadata makes the
+        coordinator notice the rest and rejoin.
+        """
+        assigned = {tp.topic for tp in self._consumer.assignment()}
+        if assigned >= set(self.topics):
+            log.info("consumer group %s assigned %d partitions", self.group_id,
+                     len(self._consumer.assignment()))
+            self.ready.set()
+            return
+        now = time.monotonic()
+        if assigned and now - self._last_refresh > 1.0:
+            self._last_refresh = now
+            missing = sorted(set(self.topics) - assigned)
+            log.info("group %s has no partitions of %s yet: refreshing metadata",
+                     self.group_id, ", ".join(missing))
+            try:
+                self._consumer.topics()  # a metadata request: the coordinator rejoins
+            except KafkaError as exc:
+                log.warning("metadata refresh failed: %s", exc)
+
     def ack(self, delivery: Delivery) -> None:
         """The owner applied this record: it may be committed."""
         tp = TopicPartition(delivery.topic, delivery.partition)
@@ -287,8 +312,8 @@ class Consumer:
         except KafkaError as exc:
             log.warning("poll failed, retrying: %s", exc)
             return []
-        if not self.ready.is_set() and self._consumer.assignment():
-            self.ready.set()
+        if not self.ready.is_set():
+            self._check_assignment()
         out: list[tuple[Message, Delivery]] = []
         for tp, records in batches.items():
             for record in records:

@@ -92,9 +92,14 @@ class MonitorServer:
         self._request("close", conn_id, (reason, final))
 
     def stop(self) -> None:
+        """Close every connection and the listener; safe before start and twice."""
         self._stop.set()
-        self._wake()
-        self._thread.join(2)
+        if self._thread.is_alive():
+            self._wake()
+            self._thread.join(2)
+        elif self._thread.ident is None:  # never started: the loop's cleanup never ran
+            self._thread = threading.Thread()  # a second stop() finds nothing to do
+            self._cleanup()
 
     @property
     def connection_count(self) -> int:
@@ -130,12 +135,15 @@ class MonitorServer:
                 self._serve_requests()
                 self._expire_silent()
         finally:
-            for conn in list(self._conns.values()):
-                self._drop(conn, "central shutting down", notify=False)
-            self._sel.close()
-            self._listener.close()
-            self._wake_r.close()
-            self._wake_w.close()
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        for conn in list(self._conns.values()):
+            self._drop(conn, "central shutting down", notify=False)
+        self._sel.close()
+        self._listener.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def _drain_wake(self) -> None:
         try:

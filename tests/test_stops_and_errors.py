@@ -1,0 +1,91 @@
+"""Every component: one clear line for bad input, and a clean stop within 2 s."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+
+import pytest
+
+from tests.helpers import Proc, free_port, run_evc
+from tests.network import Network
+
+pytestmark = pytest.mark.broker
+
+
+def one_clear_line(result, *needles: str) -> None:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]
+
+
+def test_unreachable_broker(tmp_path):
+    port = free_port()
+    env = {"EVC_CENTRAL_LISTEN_HOST": "127.0.0.1"}
+    for args in (["central", str(free_port()), f"127.0.0.1:{port}", str(tmp_path / "c.json")],
+                 ["cp-engine", f"127.0.0.1:{port}", "--listen", str(free_port())],
+                 ["driver", f"127.0.0.1:{port}", "D-1", "--file", "data/requests.txt"]):
+        t0 = time.monotonic()
+        result = run_evc(args, env=env, timeout=60)
+        one_clear_line(result, f"cannot reach Kafka broker at 127.0.0.1:{port}")
+        assert time.monotonic() - t0 < 15
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["central", "5000", "nohost"], "bad Kafka address 'nohost'"),
+    (["central", "5000", "h:99999"], "port must be 1-65535"),
+    (["cp-engine", "h:x", "--listen", "6000"], "bad Kafka address"),
+    (["cp-engine", "127.0.0.1:9092", "--listen", "a:b:c"], "bad --listen address"),
+    (["cp-monitor", "engine", "127.0.0.1:5000", "CP-01"], "bad engine address 'engine'"),
+    (["cp-monitor", "127.0.0.1:6000", "central:", "CP-01"], "bad central address"),
+    (["cp-monitor", "127.0.0.1:6000", "127.0.0.1:5000", "CP 01"], "bad cp_id"),
+    (["driver", "127.0.0.1:9092", "D 1", "--file", "x"], "bad driver id"),
+])
+def test_bad_arguments(args, needle):
+    one_clear_line(run_evc(args), needle)
+
+
+def test_central_bad_files_and_busy_port(tmp_path, kafka):
+    broken = tmp_path / "broken.json"
+    broken.write_text("{{{")
+    one_clear_line(run_evc(["central", str(free_port()), kafka, str(broken)]),
+                   "not a valid evc database")
+    one_clear_line(run_evc(["central", str(free_port()), kafka, str(tmp_path / "c.json"),
+                            "--cps", str(tmp_path / "missing.csv")]),
+                   "cannot read charge point file")
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("CP-01,somewhere\n")
+    one_clear_line(run_evc(["central", str(free_port()), kafka, str(tmp_path / "c.json"),
+                            "--cps", str(bad_csv)]), "bad.csv:1: expected id,location,price")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        one_clear_line(run_evc(["central", str(port), kafka, str(tmp_path / "c.json"),
+                                "--listen-host", "127.0.0.1"]), f"cannot listen on 127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_every_component_stops_within_2_s(kafka, prefix, tmp_path, procs, sig):
+    net = Network(kafka, prefix, tmp_path, procs)
+    net.start_central()
+    net.start_cp("CP-01")
+    requests = tmp_path / "r.txt"
+    requests.write_text("CP-01\n")
+    driver = Proc(["driver", kafka, "D-1", "--file", str(requests), "--charge-seconds", "60",
+                   "--topic-prefix", prefix], name="driver")
+    procs.append(driver)
+    driver.wait_line("live at CP-01")  # mid-supply: the busiest moment to stop
+    for proc in (driver, net.monitors["CP-01"], net.engines["CP-01"], net.central):
+        t0 = time.monotonic()
+        proc.signal(sig)
+        code = proc.popen.wait(5)
+        elapsed = time.monotonic() - t0
+        assert elapsed < 2.0, f"{proc.name} took {elapsed:.1f} s"
+        assert code == 0, f"{proc.name} exit {code}:\n{proc.output[-1500:]}"
+        proc._reader.join(2)
+        assert "Traceback" not in proc.output, proc.output
