@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,3 +181,13 @@ class KeyReader:
             except (termios.error, OSError):
                 pass
             self._saved = None
+
+
+def pump_keys(reader: KeyReader, put: Callable[[str], None], stop: threading.Event) -> None:
+    """Hand every key (or piped line) to ``put`` until ``stop`` or end of input."""
+    while not stop.is_set():
+        key = reader.read(0.2)
+        if key is None:
+            return
+        if key:
+            put(key)

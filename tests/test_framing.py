@@ -113,3 +113,27 @@ def test_arbitrary_bytes_only_raise_protocol_error(data):
 def test_any_object_round_trips(body, kind):
     obj = dict(body, type=kind)
     assert FrameDecoder().feed(encode_frame(obj)) == [json.loads(json.dumps(obj))]
+
+
+def test_read_frames_survives_a_pause_inside_a_frame():
+    import threading
+
+    from evc.protocol.framing import read_frames
+
+    a, b = socket.socketpair()
+    data = encode_frame({"type": "heartbeat", "cp_id": "CP-01"})
+    stop = threading.Event()
+    sent = threading.Event()
+
+    def slow_sender():
+        a.sendall(data[:7])
+        sent.wait(0.3)  # longer than the reader's poll: it times out mid-frame
+        a.sendall(data[7:])
+        a.shutdown(socket.SHUT_WR)
+
+    thread = threading.Thread(target=slow_sender)
+    thread.start()
+    with a, b:
+        frames = list(read_frames(b, stop, poll=0.05))
+    thread.join()
+    assert frames == [{"type": "heartbeat", "cp_id": "CP-01"}]

@@ -25,6 +25,7 @@ from evc.runtime import (
     install_stop_signals,
     join_all,
     parse_address,
+    pump_keys,
     setup_logging,
 )
 from evc.store import Store
@@ -64,16 +65,6 @@ def console_reader(events: queue.Queue[Event], stop: threading.Event) -> None:
         if not line:
             return
         events.put(OperatorLine(line.strip()))
-
-
-def key_reader(reader: KeyReader, events: queue.Queue[Event], stop: threading.Event) -> None:
-    """Board mode: every key is an event; the board owns the line being typed."""
-    while not stop.is_set():
-        key = reader.read(0.2)
-        if key is None:
-            return
-        if key:
-            events.put(OperatorKey(key))
 
 
 def want_board(mode: str) -> bool:
@@ -168,8 +159,10 @@ def run_central(socket_port: int, kafka: str, db_path: Path, listen_host: str,
             args=(lambda msg, delivery: events.put(BusMessage(msg, delivery)), stop)))
         if board:
             keys = KeyReader()
-            threads.append(threading.Thread(target=key_reader, args=(keys, events, stop),
-                                            name="central-keys"))
+            # every key is an event: the board owns the line being typed
+            threads.append(threading.Thread(
+                target=pump_keys, name="central-keys",
+                args=(keys, lambda key: events.put(OperatorKey(key)), stop)))
         else:
             # readline() cannot be interrupted: this one thread is a daemon, owning nothing
             threads.append(threading.Thread(target=console_reader, args=(events, stop),

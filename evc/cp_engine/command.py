@@ -14,9 +14,16 @@ import click
 from evc.bus import CONTROL, KafkaBus
 from evc.cp_engine.engine import Engine
 from evc.errors import ConfigError, EvcError, ProtocolError
-from evc.protocol.framing import recv_frame, send_frame
+from evc.protocol.framing import read_frames, send_frame
 from evc.protocol.messages import HealthCheck, Message, from_wire
-from evc.runtime import KeyReader, install_stop_signals, join_all, parse_address, setup_logging
+from evc.runtime import (
+    KeyReader,
+    install_stop_signals,
+    join_all,
+    parse_address,
+    pump_keys,
+    setup_logging,
+)
 
 log = logging.getLogger("evc.cp_engine")
 MAX_MONITORS = 8
@@ -101,15 +108,8 @@ def serve_health(listener: socket.socket, events: queue.Queue[object],
 
 
 def read_checks(sock: socket.socket, events: queue.Queue[object], stop: threading.Event) -> None:
-    sock.settimeout(0.5)
     try:
-        while not stop.is_set():
-            try:
-                obj = recv_frame(sock)
-            except TimeoutError:
-                continue
-            if obj is None:
-                return
+        for obj in read_frames(sock, stop):
             message = from_wire(obj)
             if not isinstance(message, HealthCheck):
                 raise ProtocolError(f"a monitor may not send {message.TYPE!r}")
@@ -120,15 +120,6 @@ def read_checks(sock: socket.socket, events: queue.Queue[object], stop: threadin
         pass
     finally:
         sock.close()
-
-
-def read_keys(reader: KeyReader, events: queue.Queue[object], stop: threading.Event) -> None:
-    while not stop.is_set():
-        key = reader.read(0.2)
-        if key is None:
-            return
-        if key:
-            events.put(Key(key))
 
 
 @click.command("cp-engine")
@@ -195,7 +186,8 @@ def run_engine(kafka: str, listen: str, cp_id: str | None, power: float,
                              name="engine-accept"),
             threading.Thread(target=consumer.run, name="engine-kafka",
                              args=(lambda msg, _d: events.put(Order(msg)), stop)),
-            threading.Thread(target=read_keys, args=(keys, events, stop), name="engine-keys"),
+            threading.Thread(target=pump_keys, name="engine-keys",
+                             args=(keys, lambda key: events.put(Key(key)), stop)),
         ]
         for thread in threads:
             thread.start()

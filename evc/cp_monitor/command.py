@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import click
 
 from evc.errors import EvcError, ProtocolError
-from evc.protocol.framing import recv_frame, send_frame
+from evc.protocol.framing import read_frames, recv_frame, send_frame
 from evc.protocol.messages import (
     ErrorFrame,
     FaultReport,
@@ -111,16 +111,9 @@ def check_engine(engine: Address, cp_id: str, events: queue.Queue[object],
 
 def read_central(sock: socket.socket, link: int, events: queue.Queue[object],
                  stop: threading.Event) -> None:
-    sock.settimeout(0.5)
     reason = "central closed the connection"
     try:
-        while not stop.is_set():
-            try:
-                obj = recv_frame(sock)
-            except TimeoutError:
-                continue
-            if obj is None:
-                break
+        for obj in read_frames(sock, stop):
             events.put(CentralFrame(link, from_wire(obj)))
     except ProtocolError as exc:
         reason = f"bad frame from central: {exc}"

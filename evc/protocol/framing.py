@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from evc.errors import ProtocolError
@@ -113,3 +115,24 @@ def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
 
 def send_frame(sock: socket.socket, obj: dict[str, Any]) -> None:
     sock.sendall(encode_frame(obj))
+
+
+def read_frames(sock: socket.socket, stop: threading.Event, poll: float = 0.5
+                ) -> Iterator[dict[str, Any]]:
+    """Frames from a blocking socket until EOF or ``stop``, checking ``stop`` every ``poll`` s.
+
+    Reads through a FrameDecoder, so a timeout in the middle of a frame loses
+    nothing. EOF mid-frame and malformed frames raise ProtocolError; socket
+    errors propagate.
+    """
+    decoder = FrameDecoder()
+    sock.settimeout(poll)
+    while not stop.is_set():
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        if not data:
+            decoder.close()
+            return
+        yield from decoder.feed(data)
