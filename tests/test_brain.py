@@ -175,6 +175,9 @@ def test_restart_ends_open_sessions_and_starts_disconnected(parts, tmp_path):
     again.on_bus(m.Telemetry(cp_id="CP-01", driver_id="D-1", consumo_kwh=3.0,
                              importe_eur=0.9, session_id=auth.session_id, final=True))
     assert out2.of(m.Ticket)[0].consumo_kwh == 3.0
+    # the same request delivered again after the restart is not answered twice
+    again.on_bus(m.ChargeRequest(driver_id="D-1", cp_id="CP-01", msg_id=auth.request_id))
+    assert not out2.of(m.Authorization)
 
 
 def test_operator_commands_with_errors_change_nothing(parts):

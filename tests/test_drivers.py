@@ -194,3 +194,17 @@ def test_sessions_and_tickets_are_persisted(net, observer):
     ticket = observer.wait(m.Ticket, driver_id="D-1")[0]
     wait_for(lambda: any(s.get("ticket_id") == ticket.msg_id
                          for s in net.db_json()["sessions"].values()), 5, "session stored")
+
+
+def test_interactive_prompt_without_a_file(net, procs):
+    net.start_cp("CP-01")
+    proc = Proc(["driver", net.kafka, "D-5", "--charge-seconds", "1", "--topic-prefix",
+                 net.prefix], name="driver D-5")
+    procs.append(proc)
+    proc.send("CP-01")
+    proc.wait_line("TICKET at CP-01", timeout=20)
+    proc.send("CP-404")
+    proc.wait_line("DENIED at CP-404: unknown charge point CP-404", timeout=20)
+    proc.send("")  # an empty line ends the session
+    assert proc.popen.wait(15) == 0
+    assert "done: 2 requested, 1 authorized, 1 denied" in proc.output

@@ -215,6 +215,11 @@ class Brain:
         # After a restart every CP is Desconectado until its monitor registers again.
         for cp in self.cps.values():
             self.store.put_cp({"cp_id": cp.cp_id, "state": str(CPState.DESCONECTADO)})
+        # Requests that already got a session are never answered twice, even when Kafka
+        # delivers them again after a restart.
+        for rec in self.store.sessions():
+            if rec.get("request_id"):
+                self.answered[rec["request_id"]] = None
         # Sessions that were running when central stopped: end them now, billing what
         # the engine reports in its final telemetry (if it is still there).
         for rec in self.store.sessions(status="open"):
