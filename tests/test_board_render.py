@@ -27,7 +27,8 @@ def brain(tmp_path):
     return b
 
 
-@pytest.mark.parametrize("width, height", [(40, 12), (60, 20), (80, 24), (200, 60), (120, 250)])
+@pytest.mark.parametrize("width, height", [(40, 12), (60, 20), (64, 20), (70, 22), (80, 24),
+                                           (200, 60), (120, 250)])
 def test_frame_fits_the_terminal(brain, width, height):
     lines = Board("title", True).render(brain, width, height, "central> typed")
     assert len(lines) == height

@@ -120,8 +120,16 @@ class Board:
         lines.append(Style.BRIGHT + _fit(head, width) + RESET)
         summary = "  ".join(f"{self.colors[s]}{LABEL[s].split(' ')[0]} {counts[s]}{RESET}"
                             for s in CPState)
-        lines.append(" " + summary if width > 60 else _fit(
-            " ".join(f"{LABEL[s][:4]}:{counts[s]}" for s in CPState), width))
+        c = brain.counters
+        totals = (f"   requests {c.requests}  authorized {c.authorized}  denied {c.denied}  "
+                  f"tickets {c.tickets}")
+        plain_len = len(" " + "  ".join(f"{LABEL[s].split(' ')[0]} {counts[s]}"
+                                        for s in CPState))
+        if plain_len <= width:
+            extra = totals[: width - plain_len]
+            lines.append(" " + summary + Style.DIM + extra + RESET)
+        else:
+            lines.append(_fit(" ".join(f"{LABEL[s][:4]}:{counts[s]}" for s in CPState), width))
 
         id_w = max([5] + [len(c) for c in brain.cps])
         id_w = min(id_w, 14)

@@ -7,6 +7,7 @@ import queue
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 import click
@@ -53,8 +54,6 @@ class Screen:
         self._last = ""
 
     def line(self, text: str) -> None:
-        import time
-
         out = f"{time.strftime('%H:%M:%S')} {text}"
         try:
             if self.tty:
