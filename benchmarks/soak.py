@@ -40,6 +40,30 @@ def children(parent: int) -> list[tuple[int, str]]:
     return out
 
 
+def monitor_of(cmd: str) -> str | None:
+    """The CP id of a `cp-monitor ENGINE CENTRAL CP_ID ...` command line."""
+    argv = cmd.split()
+    if "cp-monitor" not in argv:
+        return None
+    i = argv.index("cp-monitor")
+    return argv[i + 3] if len(argv) > i + 3 else None
+
+
+def label(cmd: str) -> str:
+    argv = cmd.split()
+    for kind in ("central", "cp-monitor", "cp-engine", "driver"):
+        if kind in argv:
+            i = argv.index(kind)
+            if kind == "cp-monitor":
+                return f"monitor {argv[i + 3]}"
+            if kind == "cp-engine":
+                return f"engine {argv[argv.index('--id') + 1]}" if "--id" in argv else "engine"
+            if kind == "driver":
+                return f"driver {argv[i + 2]}"
+            return "central"
+    return cmd[:30]
+
+
 def rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -84,9 +108,11 @@ def main() -> int:
                     (run_dir / f"engine-{cp}.keys").write_text("r\n")
                     pending_recover.remove((due, cp))
             if now >= next_sample:
-                for pid, cmd in children(demo.pid) + [(p.pid, "restarted monitor")
+                for pid, cmd in children(demo.pid) + [(p.pid, " ".join(p.args))  # type: ignore[arg-type]
                                                       for p in restarted if p.poll() is None]:
-                    name = " ".join(cmd.split()[3:5]) if "evc.cli" in cmd else cmd
+                    if not cmd:
+                        continue  # a zombie: killed, not yet reaped
+                    name = label(cmd)
                     memory.setdefault(name, []).append(rss_mb(pid))
                 next_sample = now + 30
             action = rng.choice(list(actions))
@@ -97,9 +123,9 @@ def main() -> int:
                 actions[action] += 1
             elif action == "monitor_restart":
                 victims = [(pid, cmd) for pid, cmd in children(demo.pid)
-                           if "cp-monitor" in cmd and cmd.split()[-1] == cp]
+                           if monitor_of(cmd) == cp]
                 victims += [(p.pid, " ".join(p.args)) for p in restarted  # type: ignore[arg-type]
-                            if p.poll() is None and p.args[-1] == cp]
+                            if p.poll() is None and monitor_of(" ".join(p.args)) == cp]
                 for pid, cmd in victims:
                     os.kill(pid, signal.SIGKILL)
                     argv = cmd.split()

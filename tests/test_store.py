@@ -97,3 +97,16 @@ def test_kill_at_random_moments_never_loses_a_committed_record(tmp_path):
         assert len(data["sessions"]) >= committed + 1
     Store(path).close()  # opening cleans the temp files of killed writers
     assert [p.name for p in tmp_path.iterdir()] == ["central.json"]
+
+
+def test_old_closed_sessions_move_to_the_archive(tmp_path):
+    store = Store(tmp_path / "central.json", keep_closed=3)
+    for i in range(5):
+        store.put_session({"session_id": f"s{i}", "status": "closed", "ended_at": float(i)})
+    store.put_session({"session_id": "open", "status": "open"})
+    store.commit()
+    assert sorted(r["session_id"] for r in store.sessions()) == ["open", "s2", "s3", "s4"]
+    assert [r["session_id"] for r in store.archived_sessions()] == ["s0", "s1"]
+    store.close()
+    again = Store(tmp_path / "central.json", keep_closed=3)
+    assert len(again.sessions()) == 4 and len(again.archived_sessions()) == 2

@@ -5,8 +5,8 @@ JSON file. TinyDB rewrites the whole file on each write and is not
 thread-safe, so:
 
 * only one thread (central's brain) uses a ``Store``;
-* changes are collected in memory and written by ``commit()``, once per batch
-  of events, never per telemetry message;
+* changes are collected in memory (dicts indexed by key) and written by
+  ``commit()``, once per batch of events, never per telemetry message;
 * every write goes to a temporary file in the same folder, is fsynced, then
   ``os.replace``d over the old one: a kill at any moment leaves either the
   previous or the new complete file, never a torn one.
@@ -20,8 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tinydb import Query, TinyDB
-from tinydb.middlewares import CachingMiddleware
+from tinydb import TinyDB
 from tinydb.storages import Storage
 
 from evc.errors import StoreError
@@ -89,21 +88,27 @@ class AtomicJSONStorage(Storage):
         pass
 
 
-class _Cache(CachingMiddleware):
-    WRITE_CACHE_SIZE = 1_000_000_000  # only commit() writes
-
-
 class Store:
-    """Central's database. Records are plain dicts keyed by ``cp_id`` / ``session_id``."""
+    """Central's database. Records are plain dicts keyed by ``cp_id`` / ``session_id``.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    TinyDB reads the file at start; from then on the records live in dicts indexed
+    by key (every put is O(1), never a table scan) and ``commit()`` hands the
+    whole database to TinyDB's storage in one atomic write. Closed sessions beyond
+    ``keep_closed`` move, oldest first, to an append-only archive beside the file
+    (``<name>.sessions.jsonl``), so the file TinyDB rewrites stays small.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, keep_closed: int = 1000) -> None:
         self.path = Path(path)
-        self._storage = _Cache(AtomicJSONStorage)
+        self.archive_path = self.path.with_name(self.path.stem + ".sessions.jsonl")
+        self.keep_closed = keep_closed
         try:
-            self._db = TinyDB(self.path, storage=self._storage)
-            self._cps = self._db.table(CPS, cache_size=0)
-            self._sessions = self._db.table(SESSIONS, cache_size=0)
-            self._cps.all()  # read now: a broken file fails at start, not later
+            self._db = TinyDB(self.path, storage=AtomicJSONStorage)
+            cps = self._db.table(CPS, cache_size=0).all()
+            sessions = self._db.table(SESSIONS, cache_size=0).all()
+            self._cps: dict[str, dict[str, Any]] = {d["cp_id"]: dict(d) for d in cps}
+            self._sessions: dict[str, dict[str, Any]] = {
+                d["session_id"]: dict(d) for d in sessions}
         except StoreError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -112,46 +117,85 @@ class Store:
 
     # ------------------------------------------------------------------ charge points
     def cps(self) -> list[dict[str, Any]]:
-        return [dict(doc) for doc in self._cps.all()]
+        return [dict(r) for r in self._cps.values()]
 
     def get_cp(self, cp_id: str) -> dict[str, Any] | None:
-        doc = self._cps.get(Query().cp_id == cp_id)
-        return dict(doc) if doc else None  # type: ignore[arg-type]
+        rec = self._cps.get(cp_id)
+        return dict(rec) if rec is not None else None
 
     def put_cp(self, record: dict[str, Any]) -> None:
         """Insert or update (merge) the CP with ``record['cp_id']``."""
-        self._cps.upsert(record, Query().cp_id == record["cp_id"])
+        self._cps.setdefault(record["cp_id"], {}).update(record)
         self._dirty = True
 
     def remove_cp(self, cp_id: str) -> bool:
-        removed = self._cps.remove(Query().cp_id == cp_id)
-        self._dirty = self._dirty or bool(removed)
-        return bool(removed)
+        removed = self._cps.pop(cp_id, None) is not None
+        self._dirty = self._dirty or removed
+        return removed
 
     # ------------------------------------------------------------------ sessions
     def sessions(self, **match: Any) -> list[dict[str, Any]]:
-        if not match:
-            return [dict(doc) for doc in self._sessions.all()]
-        return [dict(doc) for doc in self._sessions.search(Query().fragment(match))]
+        return [dict(r) for r in self._sessions.values()
+                if all(r.get(k) == v for k, v in match.items())]
 
     def get_session(self, session_id: str) -> dict[str, Any] | None:
-        doc = self._sessions.get(Query().session_id == session_id)
-        return dict(doc) if doc else None  # type: ignore[arg-type]
+        rec = self._sessions.get(session_id)
+        return dict(rec) if rec is not None else None
 
     def put_session(self, record: dict[str, Any]) -> None:
-        self._sessions.upsert(record, Query().session_id == record["session_id"])
+        self._sessions.setdefault(record["session_id"], {}).update(record)
         self._dirty = True
+
+    def archived_sessions(self) -> list[dict[str, Any]]:
+        """Closed sessions moved out of the database file, oldest first."""
+        try:
+            text = self.archive_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.archive_path}: {exc.strerror}") from None
+        seen: dict[str, dict[str, Any]] = {}
+        for line in text.splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a kill mid-append
+            seen[rec.get("session_id", "")] = rec
+        return list(seen.values())
 
     # ------------------------------------------------------------------ lifecycle
     @property
     def dirty(self) -> bool:
         return self._dirty
 
+    def _archive_old_sessions(self) -> None:
+        closed = [r for r in self._sessions.values() if r.get("status") == "closed"]
+        excess = len(closed) - self.keep_closed
+        if excess <= 0:
+            return
+        closed.sort(key=lambda r: r.get("ended_at") or 0.0)
+        old = closed[:excess]
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in old)
+        try:  # appended and fsynced before the database forgets them
+            with open(self.archive_path, "a", encoding="utf-8") as out:
+                out.write(lines)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            raise StoreError(f"cannot write {self.archive_path}: {exc.strerror}") from None
+        for rec in old:
+            del self._sessions[rec["session_id"]]
+
     def commit(self) -> None:
-        """Write every change since the last commit, atomically."""
-        if self._dirty:
-            self._storage.flush()
-            self._dirty = False
+        """Write every change since the last commit, atomically, in one write."""
+        if not self._dirty:
+            return
+        self._archive_old_sessions()
+        self._db.storage.write({
+            CPS: {str(i): rec for i, rec in enumerate(self._cps.values(), start=1)},
+            SESSIONS: {str(i): rec for i, rec in enumerate(self._sessions.values(), start=1)},
+        })
+        self._dirty = False
 
     def close(self) -> None:
         self.commit()
