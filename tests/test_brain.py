@@ -13,11 +13,29 @@ from evc.store import Store
 from tests.fakes import FakeLink, FakeOutbox, RecordingView
 
 
+class OneEventBatches(Brain):
+    """Brain.run with batches of one event: every step is stored, then sent."""
+
+    def apply(self, event):
+        delivery = super().apply(event)
+        self.flush()
+        return delivery
+
+    def on_bus(self, msg):
+        super().on_bus(msg)
+        self.flush()
+
+    def tick(self):
+        super().tick()
+        self.flush()
+
+
 @pytest.fixture
 def parts(tmp_path):
     store = Store(tmp_path / "c.json")
     outbox, link, view = FakeOutbox(), FakeLink(), RecordingView()
-    brain = Brain(store, outbox, link, view, Settings(end_timeout=0.2, start_timeout=0.2))
+    brain = OneEventBatches(store, outbox, link, view,
+                            Settings(end_timeout=0.2, start_timeout=0.2))
     for i in (1, 2):
         brain.upsert_cp(f"CP-0{i}", f"Calle {i}", 0.3)
     return brain, store, outbox, link, view
@@ -167,7 +185,8 @@ def test_restart_ends_open_sessions_and_starts_disconnected(parts, tmp_path):
     store.close()
     store2 = Store(tmp_path / "c.json")
     out2 = FakeOutbox()
-    again = Brain(store2, out2, FakeLink(), RecordingView(), Settings(end_timeout=0.2))
+    again = OneEventBatches(store2, out2, FakeLink(), RecordingView(),
+                            Settings(end_timeout=0.2))
     assert all(cp.state is m.CPState.DESCONECTADO for cp in again.cps.values())
     assert again.cps["CP-02"].stopped
     end = out2.of(m.EndSupply)[0]
@@ -187,3 +206,21 @@ def test_operator_commands_with_errors_change_nothing(parts):
         brain.apply(OperatorLine(line))
     assert len(outbox.sent) == before
     assert [lvl for lvl, _ in view.notes[-6:]] == ["error"] * 6
+
+
+def test_messages_leave_only_after_the_batch_is_stored(tmp_path):
+    import json
+
+    store = Store(tmp_path / "c.json")
+    outbox = FakeOutbox()
+    brain = Brain(store, outbox, FakeLink(), RecordingView())
+    brain.upsert_cp("CP-01", "x", 0.3)
+    brain.apply(MonitorFrame(1, "p", m.Register(cp_id="CP-01")))
+    brain.flush()
+    sent_before = len(outbox.sent)
+    brain.on_bus(m.ChargeRequest(driver_id="D-1", cp_id="CP-01"))
+    assert len(outbox.sent) == sent_before  # decided, not yet announced
+    brain.flush()
+    auth = outbox.of(m.Authorization)[-1]
+    stored = json.loads((tmp_path / "c.json").read_text())["sessions"]
+    assert any(s["session_id"] == auth.session_id for s in stored.values())

@@ -202,6 +202,7 @@ class Brain:
         self.answered: OrderedDict[str, None] = OrderedDict()
         self.counters = Counters()
         self.quit_requested = threading.Event()
+        self._outgoing: list[tuple[str, Message, str]] = []
         self._load()
 
     # ------------------------------------------------------------------ start-up
@@ -234,7 +235,7 @@ class Brain:
             if cp is not None:
                 cp.session = session
             self._end_session(session, EndReason.CENTRAL_RESTART)
-        self.store.commit()
+        self.flush()
 
     def upsert_cp(self, cp_id: str, location: str, price: float) -> None:
         """Registry entry from --cps or the console: add or update, keep the rest."""
@@ -262,7 +263,7 @@ class Brain:
             if time.monotonic() >= next_tick:
                 self.tick()
                 next_tick = time.monotonic() + self.settings.tick
-            self.store.commit()
+            self.flush()
             if self.acker is not None:
                 for delivery in deliveries:
                     if delivery is not None:
@@ -270,26 +271,37 @@ class Brain:
             if self.quit_requested.is_set():
                 stop.set()
 
-    def apply(self, event: Event) -> Delivery | None:
-        """One event; returns the Kafka delivery to acknowledge once stored."""
+    def _emit(self, topic: str, message: Message, key: str) -> None:
+        """Queue a Kafka message; ``flush`` sends it once the batch is stored."""
+        self._outgoing.append((topic, message, key))
+
+    def flush(self) -> None:
+        """Store the batch, then announce it: nothing is said that a crash could unsay."""
+        self.store.commit()
+        outgoing, self._outgoing = self._outgoing, []
         try:
-            if isinstance(event, MonitorFrame):
-                self.on_frame(event)
-            elif isinstance(event, ConnectionLost):
-                self.on_connection_lost(event.conn_id, event.reason)
-            elif isinstance(event, BusMessage):
-                self.on_bus(event.message)
-                return event.delivery
-            elif isinstance(event, OperatorLine):
-                self.on_operator(event.text)
-            elif isinstance(event, OperatorKey):
-                line = self.view.key(event.key)
-                if line is not None:
-                    self.on_operator(line)
-            elif isinstance(event, Shutdown):
-                self.quit_requested.set()
+            for topic, message, key in outgoing:
+                self.outbox.send(topic, message, key)
         except BusError as exc:
             self.view.note(f"Kafka: {exc}", "error")
+
+    def apply(self, event: Event) -> Delivery | None:
+        """One event; returns the Kafka delivery to acknowledge once stored."""
+        if isinstance(event, MonitorFrame):
+            self.on_frame(event)
+        elif isinstance(event, ConnectionLost):
+            self.on_connection_lost(event.conn_id, event.reason)
+        elif isinstance(event, BusMessage):
+            self.on_bus(event.message)
+            return event.delivery
+        elif isinstance(event, OperatorLine):
+            self.on_operator(event.text)
+        elif isinstance(event, OperatorKey):
+            line = self.view.key(event.key)
+            if line is not None:
+                self.on_operator(line)
+        elif isinstance(event, Shutdown):
+            self.quit_requested.set()
         return None
 
     def tick(self) -> None:
@@ -362,7 +374,7 @@ class Brain:
             cp_id=cp.cp_id, location=cp.location, price_eur_kwh=cp.price))
         # Tell the engine its operator mode, so a restarted engine learns it.
         mode: Message = StopCP(cp_id=cp.cp_id) if cp.stopped else ResumeCP(cp_id=cp.cp_id)
-        self.outbox.send(CONTROL, mode, cp.cp_id)
+        self._emit(CONTROL, mode, cp.cp_id)
         self._refresh_cp(cp, f"monitor registered from {peer}", before)
 
     def on_connection_lost(self, conn_id: int, reason: str) -> None:
@@ -414,7 +426,7 @@ class Brain:
         reason = self._refusal(req)
         if reason is not None:
             self.counters.denied += 1
-            self.outbox.send(CONTROL, Authorization(
+            self._emit(CONTROL, Authorization(
                 driver_id=req.driver_id, cp_id=req.cp_id, request_id=req.msg_id,
                 authorized=False, reason=reason), req.driver_id)
             self.view.note(f"denied {req.driver_id} at {req.cp_id}: {reason}")
@@ -429,10 +441,10 @@ class Brain:
         self.sessions[session.session_id] = session
         cp.session = session
         self.store.put_session(session.record(status="open"))
-        self.outbox.send(CONTROL, StartSupply(
+        self._emit(CONTROL, StartSupply(
             cp_id=cp.cp_id, driver_id=req.driver_id, session_id=session.session_id,
             price_eur_kwh=cp.price), cp.cp_id)
-        self.outbox.send(CONTROL, Authorization(
+        self._emit(CONTROL, Authorization(
             driver_id=req.driver_id, cp_id=cp.cp_id, request_id=req.msg_id, authorized=True,
             reason="authorized: plug in your vehicle", session_id=session.session_id,
             price_eur_kwh=cp.price), req.driver_id)
@@ -488,7 +500,7 @@ class Brain:
             return
         session.end_reason = reason
         session.deadline = time.monotonic() + self.settings.end_timeout
-        self.outbox.send(CONTROL, EndSupply(
+        self._emit(CONTROL, EndSupply(
             cp_id=session.cp_id, session_id=session.session_id, reason=reason), session.cp_id)
 
     def _close_session(self, session: Session, reason: EndReason) -> None:
@@ -500,7 +512,7 @@ class Brain:
             driver_id=session.driver_id, cp_id=session.cp_id, session_id=session.session_id,
             consumo_kwh=session.kwh, importe_eur=session.eur, price_eur_kwh=session.price,
             started_at=session.started_at, ended_at=ended, reason=reason)
-        self.outbox.send(CONTROL, ticket, session.driver_id)
+        self._emit(CONTROL, ticket, session.driver_id)
         self.counters.tickets += 1
         self.store.put_session(session.record(
             status="closed", ended_at=ended, reason=str(reason), ticket_id=ticket.msg_id))
@@ -559,7 +571,7 @@ class Brain:
     def stop_cp(self, cp: ChargePoint) -> None:
         before = cp.state
         cp.stopped = True
-        self.outbox.send(CONTROL, StopCP(cp_id=cp.cp_id), cp.cp_id)
+        self._emit(CONTROL, StopCP(cp_id=cp.cp_id), cp.cp_id)
         if cp.session is not None:
             self._end_session(cp.session, EndReason.STOPPED)
         self._refresh_cp(cp, "stopped by the operator", before)
@@ -570,7 +582,7 @@ class Brain:
     def resume_cp(self, cp: ChargePoint) -> None:
         before = cp.state
         cp.stopped = False
-        self.outbox.send(CONTROL, ResumeCP(cp_id=cp.cp_id), cp.cp_id)
+        self._emit(CONTROL, ResumeCP(cp_id=cp.cp_id), cp.cp_id)
         self._refresh_cp(cp, "resumed by the operator", before)
         if cp.state is before:
             self.view.note(f"{cp.cp_id} resumed; it shows {before}")
