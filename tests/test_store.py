@@ -27,6 +27,15 @@ def test_records_survive_reopen(tmp_path):
                                      "price_eur_kwh": 0.3, "stopped": True}
     assert again.sessions(open=True)[0]["session_id"] == "s1"
     assert again.remove_cp("CP-01") and not again.remove_cp("CP-01")
+    again.put_cp({"cp_id": "CP-02", "location": "B"})
+    again.put_session({"session_id": "s1", "open": False})
+    again.close()
+    from tinydb import TinyDB  # the file stays a plain TinyDB database
+
+    with TinyDB(path) as db:
+        assert db.table("cps").all() == [{"cp_id": "CP-02", "location": "B"}]
+        assert db.table("sessions").all() == [{"session_id": "s1", "cp_id": "CP-01",
+                                               "open": False}]
 
 
 def test_nothing_is_written_before_commit(tmp_path):

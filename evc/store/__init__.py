@@ -60,7 +60,11 @@ class AtomicJSONStorage(Storage):
         return data
 
     def write(self, data: dict[str, dict[str, Any]]) -> None:
-        payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        self.write_bytes(
+            json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+    def write_bytes(self, payload: bytes) -> None:
+        """Replace the file with ``payload`` (already JSON), atomically."""
         tmp_path = None
         try:
             fd, tmp_path = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
@@ -109,10 +113,15 @@ class Store:
             self._cps: dict[str, dict[str, Any]] = {d["cp_id"]: dict(d) for d in cps}
             self._sessions: dict[str, dict[str, Any]] = {
                 d["session_id"]: dict(d) for d in sessions}
+            self._storage: AtomicJSONStorage = self._db.storage  # type: ignore[assignment]
         except StoreError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StoreError(f"{self.path} is not a valid evc database ({exc})") from None
+        # Each record's JSON text, re-encoded only when the record changed: a commit
+        # joins these instead of encoding the whole database again.
+        self._json: dict[str, dict[str, str]] = {CPS: {}, SESSIONS: {}}
+        self._changed: dict[str, set[str]] = {CPS: set(self._cps), SESSIONS: set(self._sessions)}
         self._dirty = False
 
     # ------------------------------------------------------------------ charge points
@@ -126,10 +135,13 @@ class Store:
     def put_cp(self, record: dict[str, Any]) -> None:
         """Insert or update (merge) the CP with ``record['cp_id']``."""
         self._cps.setdefault(record["cp_id"], {}).update(record)
+        self._changed[CPS].add(record["cp_id"])
         self._dirty = True
 
     def remove_cp(self, cp_id: str) -> bool:
         removed = self._cps.pop(cp_id, None) is not None
+        self._json[CPS].pop(cp_id, None)
+        self._changed[CPS].discard(cp_id)
         self._dirty = self._dirty or removed
         return removed
 
@@ -144,6 +156,7 @@ class Store:
 
     def put_session(self, record: dict[str, Any]) -> None:
         self._sessions.setdefault(record["session_id"], {}).update(record)
+        self._changed[SESSIONS].add(record["session_id"])
         self._dirty = True
 
     def archived_sessions(self) -> list[dict[str, Any]]:
@@ -185,16 +198,23 @@ class Store:
             raise StoreError(f"cannot write {self.archive_path}: {exc.strerror}") from None
         for rec in old:
             del self._sessions[rec["session_id"]]
+            self._json[SESSIONS].pop(rec["session_id"], None)
+            self._changed[SESSIONS].discard(rec["session_id"])
 
     def commit(self) -> None:
         """Write every change since the last commit, atomically, in one write."""
         if not self._dirty:
             return
         self._archive_old_sessions()
-        self._db.storage.write({
-            CPS: {str(i): rec for i, rec in enumerate(self._cps.values(), start=1)},
-            SESSIONS: {str(i): rec for i, rec in enumerate(self._sessions.values(), start=1)},
-        })
+        tables = []
+        for name, records in ((CPS, self._cps), (SESSIONS, self._sessions)):
+            texts = self._json[name]
+            for key in self._changed[name]:
+                texts[key] = json.dumps(records[key], ensure_ascii=False, separators=(",", ":"))
+            self._changed[name].clear()
+            body = ",".join(f'"{i}":{text}' for i, text in enumerate(texts.values(), start=1))
+            tables.append(f'"{name}":{{{body}}}')
+        self._storage.write_bytes(("{" + ",".join(tables) + "}").encode("utf-8"))
         self._dirty = False
 
     def close(self) -> None:
