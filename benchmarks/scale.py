@@ -41,6 +41,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 def show(label: str, values_s: list[float]) -> None:
+    values_s = [v for v in values_s if v == v]  # NaN: never seen
     if not values_s:
         print(f"{label:44s} no samples")
         return
@@ -63,6 +64,16 @@ class CentralOutput:
         for line in proc.stdout:
             with self.lock:
                 self.lines.append((time.monotonic(), line.rstrip()))
+
+    def time_to(self, action, needle: str, timeout: float = 10.0) -> float:
+        """Seconds from doing ``action`` until central prints a line with ``needle``."""
+        t = time.monotonic()
+        action()
+        while (seen := self.first(needle, t)) is None:
+            if time.monotonic() - t > timeout:
+                return float("nan")
+            time.sleep(0.005)
+        return seen - t
 
     def first(self, needle: str, after: float) -> float | None:
         with self.lock:
@@ -260,28 +271,12 @@ def main() -> None:
               f"RSS {rss_mb(central.pid):.0f} MB; telemetry sent {engines.sent}")
 
         probes = cps[args.supplies: args.supplies + args.probes]
-        fault_lat = []
-        for cp in probes:
-            t = time.monotonic()
-            monitors.send(cp, m.FaultReport(cp_id=cp, reason="bench"))
-            while (seen := out.first(f"{cp} Activado -> Averiado", t)) is None:
-                if time.monotonic() - t > 10:
-                    break
-                time.sleep(0.005)
-            if seen:
-                fault_lat.append(seen - t)
-        show("fault report -> state change printed", fault_lat)
-        loss_lat = []
-        for cp in probes:
-            t = time.monotonic()
-            monitors.close(cp)
-            while (seen := out.first(f"{cp} Averiado -> Desconectado", t)) is None:
-                if time.monotonic() - t > 10:
-                    break
-                time.sleep(0.005)
-            if seen:
-                loss_lat.append(seen - t)
-        show("closed monitor -> Desconectado printed", loss_lat)
+        show("fault report -> state change printed", [
+            out.time_to(lambda cp=cp: monitors.send(cp, m.FaultReport(cp_id=cp, reason="b")),
+                        f"{cp} Activado -> Averiado") for cp in probes])
+        show("closed monitor -> Desconectado printed", [
+            out.time_to(lambda cp=cp: monitors.close(cp), f"{cp} Averiado -> Desconectado")
+            for cp in probes])
 
         ends: dict[str, float] = {}
         for req_id, auth in list(auth_of.items()):

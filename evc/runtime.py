@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,3 +192,16 @@ def pump_keys(reader: KeyReader, put: Callable[[str], None], stop: threading.Eve
             return
         if key:
             put(key)
+
+
+def say(text: str, *, millis: bool = False) -> None:
+    """One timestamped line on stdout for the person watching; a closed stdout is ignored."""
+    now = time.time()
+    stamp = time.strftime("%H:%M:%S", time.localtime(now))
+    if millis:
+        stamp += f".{int(now * 1000) % 1000:03d}"
+    try:
+        sys.stdout.write(f"{stamp} {text}\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass

@@ -9,7 +9,7 @@ import pytest
 
 from evc.bus import REQUESTS
 from evc.protocol import messages as m
-from tests.helpers import Proc, free_port, wait_for
+from tests.helpers import free_port, wait_for
 from tests.network import Network
 from tests.terminal import Terminal
 

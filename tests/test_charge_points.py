@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from evc.bus import CONTROL, REQUESTS
+from evc.bus import REQUESTS
 from evc.protocol import messages as m
 from tests.helpers import wait_for
 from tests.network import Network, Observer

@@ -84,7 +84,8 @@ def check_java() -> str:
     if major == 1 and match.group(2):  # "1.8" style
         major = int(match.group(2))
     if major < MIN_JAVA:
-        raise BrokerError(f"Java {major} is too old: Kafka {kafka_version()} needs Java {MIN_JAVA}+")
+        raise BrokerError(
+            f"Java {major} is too old: Kafka {kafka_version()} needs Java {MIN_JAVA}+")
     return java
 
 
@@ -92,7 +93,10 @@ def libs_dir() -> Path:
     return cache_home() / f"kafka-{kafka_version()}" / "libs"
 
 
-def ensure_libs(echo: Callable[[str], None] = print) -> Path:
+Echo = Callable[[str], None]
+
+
+def ensure_libs(echo: Echo = print) -> Path:
     """Fetch the broker jars with Maven once; return the folder holding them."""
     libs = libs_dir()
     marker = libs / ".complete"
@@ -278,7 +282,7 @@ def _format_storage(java: str, libs: Path, cfg: BrokerConfig) -> None:
         raise BrokerError(f"formatting Kafka storage in {cfg.kraft_dir} failed:\n{tail}")
 
 
-def prepare(cfg: BrokerConfig, *, fresh: bool, echo: Callable[[str], None] = print) -> list[str]:
+def prepare(cfg: BrokerConfig, *, fresh: bool, echo: Echo = print) -> list[str]:
     """Everything before launch; returns the java command line of the broker."""
     java = check_java()
     libs = ensure_libs(echo)
@@ -321,7 +325,7 @@ def wait_ready(cfg: BrokerConfig, proc: subprocess.Popen[bytes], timeout: float)
     )
 
 
-def start(cfg: BrokerConfig, *, fresh: bool, timeout: float, echo: Callable[[str], None] = print) -> Running:
+def start(cfg: BrokerConfig, *, fresh: bool, timeout: float, echo: Echo = print) -> Running:
     current = running(cfg.data_dir)
     if current is not None:
         return current
@@ -342,7 +346,8 @@ def start(cfg: BrokerConfig, *, fresh: bool, timeout: float, echo: Callable[[str
     return Running(proc.pid, str(cfg.advertise), cfg.data_dir)
 
 
-def run_foreground(cfg: BrokerConfig, *, fresh: bool, timeout: float, echo: Callable[[str], None] = print) -> int:
+def run_foreground(cfg: BrokerConfig, *, fresh: bool, timeout: float,
+                   echo: Echo = print) -> int:
     """Run the broker attached to this terminal until Ctrl+C / SIGTERM."""
     current = running(cfg.data_dir)
     if current is not None:

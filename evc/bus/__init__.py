@@ -144,7 +144,8 @@ class KafkaBus:
                 self.topic(topic), value=encode(message), key=key.encode("utf-8")
             )
         except KafkaError as exc:
-            raise BusError(f"cannot send {message.TYPE} to {topic}: {exc}", retriable=True) from None
+            raise BusError(f"cannot send {message.TYPE} to {topic}: {exc}",
+                           retriable=True) from None
         future.add_errback(self._on_send_error, message.TYPE, topic)
 
     def _on_send_error(self, kind: str, topic: str, exc: BaseException) -> None:

@@ -51,7 +51,6 @@ from evc.protocol.messages import (
     Health,
     Heartbeat,
     Message,
-    new_id,
     RecoveryReport,
     Register,
     RegisterAccepted,
@@ -61,6 +60,7 @@ from evc.protocol.messages import (
     StopCP,
     Telemetry,
     Ticket,
+    new_id,
 )
 from evc.store import Store
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import click
 
 from evc.bus import REQUESTS, TELEMETRY, KafkaBus
-from evc.central.brain import Brain, Settings
 from evc.central.board import BoardView
+from evc.central.brain import Brain, Settings
 from evc.central.events import BusMessage, Event, OperatorKey, OperatorLine
 from evc.central.server import MonitorServer
 from evc.central.view import PlainView

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import queue
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -35,7 +34,14 @@ from evc.protocol.messages import (
     RegisterRejected,
     from_wire,
 )
-from evc.runtime import Address, install_stop_signals, join_all, parse_address, setup_logging
+from evc.runtime import (
+    Address,
+    install_stop_signals,
+    join_all,
+    parse_address,
+    say,
+    setup_logging,
+)
 
 log = logging.getLogger("evc.cp_monitor")
 
@@ -56,14 +62,6 @@ class CentralFrame:
 class CentralLost:
     link: int
     reason: str
-
-
-def say(text: str) -> None:
-    try:
-        sys.stdout.write(f"{time.strftime('%H:%M:%S')} {text}\n")
-        sys.stdout.flush()
-    except (OSError, ValueError):
-        pass
 
 
 # ---------------------------------------------------------------------- engine checker

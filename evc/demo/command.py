@@ -55,10 +55,12 @@ class Children:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.fds: list[int] = []
 
-    def start(self, name: str, args: list[str], stdin: int | None = None) -> subprocess.Popen[bytes]:
+    def start(self, name: str, args: list[str],
+              stdin: int | None = None) -> subprocess.Popen[bytes]:
         log = open(self.run_dir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
         env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1")
-        proc = subprocess.Popen(EVC + args, stdin=stdin if stdin is not None else subprocess.DEVNULL,
+        proc = subprocess.Popen(EVC + args,
+                                stdin=stdin if stdin is not None else subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
         log.close()

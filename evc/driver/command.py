@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 
 import click
@@ -30,17 +29,13 @@ from evc.protocol.messages import (
     Ticket,
 )
 from evc.runtime import install_stop_signals, join_all, parse_address, setup_logging
+from evc.runtime import say as runtime_say
 
 log = logging.getLogger("evc.driver")
 
 
 def say(text: str) -> None:
-    stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
-    try:
-        sys.stdout.write(f"{stamp} {text}\n")
-        sys.stdout.flush()
-    except (OSError, ValueError):
-        pass
+    runtime_say(text, millis=True)  # drivers' lines carry milliseconds: pauses are visible
 
 
 def read_requests(path: Path) -> list[str]:
