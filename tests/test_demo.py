@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.helpers import Proc, free_port, wait_for
+from tests.helpers import EVC, Proc, free_port, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -75,3 +75,26 @@ def test_demo_runs_the_network_and_stops_cleanly(kafka, tmp_path):
         assert (run_dir / name).exists(), name
     for log in run_dir.glob("*.log"):
         assert "Traceback" not in log.read_text(), log
+
+
+def test_demo_starts_its_own_broker_and_quits_from_the_console(tmp_path):
+    """No broker at --kafka: the demo runs one (evc broker) and stops it afterwards."""
+    port = free_port()
+    run_dir = tmp_path / "run"
+    demo = Proc(["demo", "--kafka", f"127.0.0.1:{port}", "--cps", "2", "--drivers", "1",
+                 "--requests", "1", "--charge-seconds", "1", "--run-dir", str(run_dir),
+                 "--display", "plain", "--central-port", str(free_port())], name="demo")
+    try:
+        demo.wait_line(f"no broker answers at 127.0.0.1:{port}: starting one", timeout=10)
+        demo.wait_line("central ready", timeout=120)
+        demo.wait_line("ticket to D-01", timeout=60)
+        t0 = time.monotonic()
+        demo.send("quit")  # central's console is the demo's console
+        assert demo.popen.wait(30) == 0
+    finally:
+        demo.kill()
+    assert time.monotonic() - t0 < 25  # includes the broker's own clean shutdown
+    assert "demo: broker stopped" in demo.output
+    result = subprocess.run(EVC + ["broker", "status", "--data-dir", str(run_dir / "broker")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 3, result.stdout
