@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from evc.bus import CONTROL, Delivery
@@ -171,9 +171,6 @@ class Counters:
     authorized: int = 0
     denied: int = 0
     tickets: int = 0
-    duplicates: int = 0
-    malformed: int = 0
-    started: float = field(default_factory=time.time)
 
 
 # ---------------------------------------------------------------------- the brain
@@ -411,12 +408,10 @@ class Brain:
         elif isinstance(msg, Telemetry):
             self.on_telemetry(msg)
         else:
-            self.counters.malformed += 1
             log.warning("ignoring %s on central's topics", msg.TYPE)
 
     def on_charge_request(self, req: ChargeRequest) -> None:
         if req.msg_id in self.answered:
-            self.counters.duplicates += 1
             log.info("duplicate request %s from %s ignored", req.msg_id, req.driver_id)
             return
         self.answered[req.msg_id] = None
