@@ -5,7 +5,6 @@
      +-- BusError            Kafka could not be reached or refused an operation
      |                       (``retriable`` says whether trying again may help)
      +-- StoreError          the TinyDB file cannot be read or written
-     +-- AuthError           a charge point was refused at registration
      +-- ConfigError         a bad address, a missing file, a bad option value
 
 Command edges catch ``EvcError`` and turn it into ``Error: <message>`` with exit
@@ -33,10 +32,6 @@ class BusError(EvcError):
 
 class StoreError(EvcError):
     """The persistence file is unusable."""
-
-
-class AuthError(EvcError):
-    """A charge point was not accepted by central."""
 
 
 class ConfigError(EvcError):

@@ -89,7 +89,6 @@ class KafkaBus:
         self.client_id = client_id
         self.connect_timeout = connect_timeout
         self._closed = False
-        self._send_errors = 0
         try:
             self._producer = KafkaProducer(
                 bootstrap_servers=bootstrap,
@@ -149,7 +148,6 @@ class KafkaBus:
         future.add_errback(self._on_send_error, message.TYPE, topic)
 
     def _on_send_error(self, kind: str, topic: str, exc: BaseException) -> None:
-        self._send_errors += 1
         log.error("Kafka did not take %s on %s: %s", kind, topic, exc)
 
     def flush(self, timeout: float = 5.0) -> None:

@@ -194,7 +194,6 @@ class BoardView:
         self.buffer = ""
         self.last_draw = 0.0
         self.dirty = True
-        self.draw_seconds = 0.0
         self._brain: Brain | None = None
         self._started = False
 
@@ -247,12 +246,10 @@ class BoardView:
             self._started = False
 
     def draw(self, brain: Brain) -> None:
-        t0 = time.perf_counter()
         size = shutil.get_terminal_size((100, 30))
         lines = self.board.render(brain, size.columns, size.lines, self.PROMPT + self.buffer)
         frame = "\x1b[?25l\x1b[H" + "\x1b[K\r\n".join(lines) + "\x1b[K\x1b[?25h"
         self._write(frame)
-        self.draw_seconds = time.perf_counter() - t0
         self.last_draw = time.monotonic()
         self.dirty = False
 

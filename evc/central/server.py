@@ -101,10 +101,6 @@ class MonitorServer:
             self._thread = threading.Thread()  # a second stop() finds nothing to do
             self._cleanup()
 
-    @property
-    def connection_count(self) -> int:
-        return len(self._conns)
-
     def _request(self, kind: str, conn_id: int, payload: object) -> None:
         self._requests.put((kind, conn_id, payload))
         self._wake()

@@ -61,7 +61,6 @@ class Engine:
     ) -> None:
         self.send = send  # bus.send(topic, message, key)
         self.show = show  # one line for the person at this CP
-        self.pinned = cp_id is not None
         self.cp_id = cp_id
         self.power = power
         self.max_seconds = max_seconds

@@ -194,7 +194,6 @@ class RegisterAccepted(Message):
     cp_id: str
     location: str
     price_eur_kwh: float
-    heartbeat_interval: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -371,6 +370,3 @@ class Ticket(Message):
 
 
 TCP_CENTRAL_TYPES = (Register, Heartbeat, FaultReport, RecoveryReport)
-REQUEST_TYPES = (ChargeRequest, EndRequest)
-CONTROL_ENGINE_TYPES = (StartSupply, EndSupply, StopCP, ResumeCP)
-CONTROL_DRIVER_TYPES = (Authorization, Ticket)
