@@ -16,7 +16,6 @@ Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import os
 import selectors
 import socket
 import statistics
@@ -28,6 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
+from benchmarks.procinfo import cpu_seconds, rss_mb
 from evc.bus import CONTROL, REQUESTS, TELEMETRY, KafkaBus
 from evc.protocol import messages as m
 from evc.protocol.framing import FrameDecoder, encode_frame
@@ -181,18 +181,6 @@ class Engines:
                 for entry in self.supplies.values():
                     entry[1] += self.power
                     self._telemetry(entry[0], entry[1], False, "")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def main() -> None:

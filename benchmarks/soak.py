@@ -22,22 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.procinfo import children, rss_mb
+
 EVC = [sys.executable, "-m", "evc.cli"]
-
-
-def children(parent: int) -> list[tuple[int, str]]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
-            out.append((int(pid), cmd.strip()))
-    return out
 
 
 def monitor_of(cmd: str) -> str | None:
@@ -62,16 +49,6 @@ def label(cmd: str) -> str:
                 return f"driver {argv[i + 2]}"
             return "central"
     return cmd[:30]
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def main() -> int:

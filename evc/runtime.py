@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -58,6 +59,18 @@ def parse_address(text: str, *, default_host: str | None = None, what: str = "ad
     if not 0 < port < 65536:
         raise ConfigError(f"bad {what} {text!r}: port must be 1-65535")
     return Address(host, port)
+
+
+def port_free(addr: Address) -> bool:
+    """True when ``addr`` can be bound now (nobody listens there)."""
+    family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr.pair)
+        except OSError:
+            return False
+    return True
 
 
 def setup_logging(level: str, log_file: str | None, *, to_stderr: bool = True) -> None:

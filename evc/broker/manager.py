@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -33,7 +32,7 @@ from pathlib import Path
 
 from evc.bus import ping
 from evc.errors import ConfigError, EvcError
-from evc.runtime import Address
+from evc.runtime import Address, port_free
 
 KAFKA_MAIN = "kafka.Kafka"
 MIN_JAVA = 17
@@ -240,17 +239,6 @@ def running(data_dir: Path) -> Running | None:
     return Running(pid, bootstrap, data_dir)
 
 
-def _port_free(addr: Address) -> bool:
-    family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(addr.pair)
-        except OSError:
-            return False
-    return True
-
-
 def _tail(path: Path, lines: int = 12) -> str:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -290,7 +278,7 @@ def prepare(cfg: BrokerConfig, *, fresh: bool, echo: Echo = print) -> list[str]:
         shutil.rmtree(cfg.kraft_dir, ignore_errors=True)
         shutil.rmtree(cfg.log_file.parent, ignore_errors=True)
     for addr, what in ((cfg.listen, "listen"), (cfg.controller, "controller")):
-        if not _port_free(addr):
+        if not port_free(addr):
             raise BrokerError(f"port {addr} ({what}) is already in use by another program")
     cfg.log_file.parent.mkdir(parents=True, exist_ok=True)
     cfg.properties.write_text(cfg.render(), encoding="utf-8")

@@ -23,7 +23,7 @@ import click
 from evc.broker import manager
 from evc.bus import ping
 from evc.errors import EvcError
-from evc.runtime import Address, parse_address
+from evc.runtime import Address, parse_address, port_free
 
 EVC = [sys.executable, "-m", "evc.cli"]
 LOCATIONS = ["C/Italia 5", "Av. Maisonnave 12", "C/Pintor Sorolla 3", "Pl. de los Luceros 1",
@@ -35,16 +35,6 @@ def _free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 class Children:
@@ -174,7 +164,7 @@ def demo(kafka: str, n_cps: int, n_drivers: int, per_driver: int, charge_seconds
     """
     try:
         kafka_addr = parse_address(kafka, what="--kafka address")
-        if not _port_free("0.0.0.0", central_port):
+        if not port_free(Address("0.0.0.0", central_port)):
             raise click.ClickException(
                 f"port {central_port} is in use: give another with --central-port")
         run_dir = run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
