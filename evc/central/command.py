@@ -8,6 +8,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from pathlib import Path
 
 import click
@@ -170,9 +171,12 @@ def run_central(socket_port: int, kafka: str, db_path: Path, listen_host: str,
         server.start()
         for thread in threads:
             thread.start()
-        if not consumer.ready.wait(30):
-            view.note("Kafka consumer group not joined after 30 s; requests wait until it is",
-                      "warning")
+        joined_by = time.monotonic() + 30
+        while not consumer.ready.wait(0.2) and not stop.is_set():  # Ctrl+C stays prompt
+            if time.monotonic() > joined_by:
+                view.note("Kafka consumer group not joined after 30 s; requests wait until "
+                          "it is", "warning")
+                break
         view.note(f"central ready: monitors on {server.address}, Kafka {kafka_addr}, "
                   f"{len(brain.cps)} charge points in {db_path}")
         brain.run(stop)

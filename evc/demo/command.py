@@ -37,6 +37,10 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+class Interrupted(Exception):
+    """Ctrl+C or SIGTERM before central runs."""
+
+
 class Children:
     """The demo's background processes, each in its own session, logs in the run folder."""
 
@@ -186,11 +190,11 @@ def run_demo(kafka: Address, n_cps: int, n_drivers: int, per_driver: int,
         manager.start(broker_cfg, fresh=False, timeout=90, echo=say)
     children = Children(run_dir)
     central: subprocess.Popen[bytes] | None = None
-    stopping = {"signal": 0}
 
     def on_signal(signum: int, _frame: object) -> None:
-        stopping["signal"] = signum
-        if central is not None and central.poll() is None:
+        if central is None:  # still starting the children: stop waiting for them now
+            raise Interrupted
+        if central.poll() is None:
             central.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -227,6 +231,8 @@ def run_demo(kafka: Address, n_cps: int, n_drivers: int, per_driver: int,
                 central.wait(0.5)
             except subprocess.TimeoutExpired:
                 continue
+    except Interrupted:
+        say("demo: interrupted while starting")
     finally:
         if central is not None and central.poll() is None:
             central.send_signal(signal.SIGTERM)
