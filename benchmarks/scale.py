@@ -28,9 +28,10 @@ import uuid
 from pathlib import Path
 
 from benchmarks.procinfo import cpu_seconds, rss_mb
-from evc.bus import CONTROL, REQUESTS, TELEMETRY, KafkaBus
+from evc.bus import KafkaBus
 from evc.protocol import messages as m
 from evc.protocol.framing import FrameDecoder, encode_frame
+from evc.protocol.topics import CONTROL, REQUESTS, TELEMETRY
 
 EVC = [sys.executable, "-m", "evc.cli"]
 

@@ -14,6 +14,7 @@ from importlib.metadata import EntryPoint, entry_points
 import click
 
 from evc import __version__
+from evc.errors import EvcError
 
 ENTRY_POINT_GROUP = "evc.commands"
 
@@ -23,7 +24,17 @@ def _plugins() -> dict[str, EntryPoint]:
 
 
 class PluginGroup(click.Group):
-    """A click group whose commands come from entry points, loaded lazily."""
+    """A click group whose commands come from entry points, loaded lazily.
+
+    It is also the one place where an ``EvcError`` from any command becomes the
+    user's one clear line (``Error: …``, exit 1), with no traceback.
+    """
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except EvcError as exc:
+            raise click.ClickException(str(exc)) from exc
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(_plugins()))

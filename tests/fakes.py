@@ -6,11 +6,27 @@ from evc.protocol.messages import Message
 
 
 class FakeOutbox:
+    """Records what the brain sends; confirms each at once unless told to fail."""
+
     def __init__(self) -> None:
         self.sent: list[tuple[str, Message, str]] = []
+        self.callbacks: list = []
+        self.fail_next = 0  # that many sends raise BusError (not even queued)
 
-    def send(self, topic: str, message: Message, key: str) -> None:
+    def send(self, topic: str, message: Message, key: str, on_done=None) -> None:
+        from evc.errors import BusError
+
+        if self.fail_next:
+            self.fail_next -= 1
+            raise BusError("broker unavailable", retriable=True)
         self.sent.append((topic, message, key))
+        if on_done is not None:
+            self.callbacks.append((message, on_done))
+
+    def confirm_all(self, ok: bool = True) -> None:
+        callbacks, self.callbacks = self.callbacks, []
+        for _, on_done in callbacks:
+            on_done(ok, "" if ok else "timed out")
 
     def of(self, kind: type) -> list:
         return [m for _, m, _ in self.sent if isinstance(m, kind)]

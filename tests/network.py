@@ -6,8 +6,9 @@ import json
 import threading
 from pathlib import Path
 
-from evc.bus import CONTROL, REQUESTS, TELEMETRY, KafkaBus
+from evc.bus import KafkaBus
 from evc.protocol.messages import Message
+from evc.protocol.topics import CONTROL, REQUESTS, TELEMETRY
 from tests.helpers import Proc, free_port, wait_for
 
 CPS = [("CP-01", "C/Italia 5", 0.35), ("CP-02", "Av. Maisonnave 12", 0.40),

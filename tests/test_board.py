@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from evc.bus import REQUESTS
 from evc.protocol import messages as m
+from evc.protocol.topics import REQUESTS
 from tests.helpers import free_port, wait_for
 from tests.network import Network
 from tests.terminal import Terminal

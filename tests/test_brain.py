@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from evc.central.brain import Brain, Settings
+from evc.central.brain import Brain, Settings, Wait
 from evc.central.events import ConnectionLost, MonitorFrame, OperatorLine
 from evc.protocol import messages as m
 from evc.store import Store
@@ -17,9 +17,8 @@ class OneEventBatches(Brain):
     """Brain.run with batches of one event: every step is stored, then sent."""
 
     def apply(self, event):
-        delivery = super().apply(event)
+        super().apply(event)
         self.flush()
-        return delivery
 
     def on_bus(self, msg):
         super().on_bus(msg)
@@ -35,10 +34,18 @@ def parts(tmp_path):
     store = Store(tmp_path / "c.json")
     outbox, link, view = FakeOutbox(), FakeLink(), RecordingView()
     brain = OneEventBatches(store, outbox, link, view,
-                            Settings(end_timeout=0.2, start_timeout=0.2))
+                            Settings(final_timeout=0.2, start_timeout=0.2))
     for i in (1, 2):
         brain.upsert_cp(f"CP-0{i}", f"Calle {i}", 0.3)
     return brain, store, outbox, link, view
+
+
+def settle(brain, outbox, ok=True):
+    """Kafka answers every send; the brain applies those answers (as its loop would)."""
+    outbox.confirm_all(ok)
+    while not brain.events.empty():
+        brain.apply(brain.events.get_nowait())
+    brain.flush()
 
 
 def expire(brain):
@@ -79,10 +86,10 @@ def test_registration_with_engine_ko_is_averiado(parts):
 def test_unknown_and_duplicate_registrations(parts):
     brain, _, _, link, _ = parts
     register(brain, 1, "CP-99")
-    assert link.closed[-1][2].code == "unknown"
+    assert link.closed[-1][2].code is m.RejectCode.UNKNOWN
     register(brain, 2, "CP-01")
     register(brain, 3, "CP-01")
-    assert link.closed[-1][2].code == "duplicate"
+    assert link.closed[-1][2].code is m.RejectCode.DUPLICATE
     assert brain.cps["CP-01"].conn_id == 2
     brain.apply(ConnectionLost(3, "peer", "closed"))  # the refused one going away
     assert state(brain, "CP-01") is m.CPState.ACTIVADO
@@ -176,27 +183,145 @@ def test_refusals(parts):
     assert "expired" in outbox.of(m.Authorization)[-1].reason
 
 
-def test_restart_ends_open_sessions_and_starts_disconnected(parts, tmp_path):
+def restarted(tmp_path, **settings):
+    store = Store(tmp_path / "c.json")
+    out = FakeOutbox()
+    brain = OneEventBatches(store, out, FakeLink(), RecordingView(),
+                            Settings(final_timeout=0.2, **settings))
+    return brain, store, out
+
+
+def test_restart_resumes_open_sessions_and_starts_disconnected(parts, tmp_path):
     brain, store, outbox, _, _ = parts
     register(brain, 1, "CP-01")
     brain.apply(OperatorLine("stop CP-02"))
     auth = authorize(brain, outbox)
-    store.commit()
+    brain.on_bus(m.Telemetry(cp_id="CP-01", driver_id="D-1", consumo_kwh=1.5,
+                             importe_eur=0.45, session_id=auth.session_id))
+    settle(brain, outbox)
     store.close()
-    store2 = Store(tmp_path / "c.json")
-    out2 = FakeOutbox()
-    again = OneEventBatches(store2, out2, FakeLink(), RecordingView(),
-                            Settings(end_timeout=0.2))
+    again, _, out2 = restarted(tmp_path)
     assert all(cp.state is m.CPState.DESCONECTADO for cp in again.cps.values())
     assert again.cps["CP-02"].stopped
-    end = out2.of(m.EndSupply)[0]
-    assert end.session_id == auth.session_id and end.reason is m.EndReason.CENTRAL_RESTART
+    assert not out2.of(m.EndSupply)  # the supply goes on: the CP kept supplying
+    session = again.sessions[auth.session_id]
+    assert session.kwh == 1.5 and session.waiting is Wait.MONITOR
+    register(again, 7, "CP-01")
+    assert state(again, "CP-01") is m.CPState.SUMINISTRANDO and session.waiting is None
+    again.on_bus(m.EndRequest(driver_id="D-1", cp_id="CP-01", session_id=auth.session_id))
     again.on_bus(m.Telemetry(cp_id="CP-01", driver_id="D-1", consumo_kwh=3.0,
                              importe_eur=0.9, session_id=auth.session_id, final=True))
-    assert out2.of(m.Ticket)[0].consumo_kwh == 3.0
+    ticket = out2.of(m.Ticket)
+    assert len(ticket) == 1 and ticket[0].consumo_kwh == 3.0 and ticket[0].importe_eur == 0.9
+    assert ticket[0].reason is m.EndReason.FINISHED
     # the same request delivered again after the restart is not answered twice
     again.on_bus(m.ChargeRequest(driver_id="D-1", cp_id="CP-01", msg_id=auth.request_id))
     assert not out2.of(m.Authorization)
+
+
+def test_restart_ends_supplies_whose_monitor_never_returns(parts, tmp_path):
+    brain, store, outbox, _, _ = parts
+    register(brain, 1, "CP-01")
+    auth = authorize(brain, outbox)
+    store.close()
+    again, _, out2 = restarted(tmp_path, resume_grace=0.1)
+    expire(again)
+    again.tick()
+    assert out2.of(m.EndSupply)[0].reason is m.EndReason.DISCONNECTED
+    expire(again)
+    again.tick()
+    assert out2.of(m.Ticket)[0].session_id == auth.session_id
+
+
+def test_unconfirmed_messages_are_sent_again_after_a_crash(parts, tmp_path):
+    brain, store, outbox, _, _ = parts
+    register(brain, 1, "CP-01")
+    settle(brain, outbox)
+    auth = authorize(brain, outbox)  # stored and sent, never confirmed: then the crash
+    store.close()
+    again, _, out2 = restarted(tmp_path)
+    resent = out2.of(m.Authorization)
+    assert [a.msg_id for a in resent] == [auth.msg_id]
+    assert out2.of(m.StartSupply)[0].session_id == auth.session_id
+    settle(again, out2)
+    assert not again.pending and not again.store.outbox()
+
+
+def test_a_failed_send_is_sent_again(parts):
+    brain, _, outbox, _, _ = parts
+    register(brain, 1, "CP-01")
+    settle(brain, outbox, ok=False)
+    (pending,) = brain.pending.values()
+    assert pending.retry_at > 0
+    pending.retry_at = time.monotonic() - 1
+    outbox.fail_next = 1  # the broker is still away: not even queued
+    brain.tick()
+    assert pending.retry_at > 0 and pending.failures == 2
+    pending.retry_at = time.monotonic() - 1
+    brain.tick()
+    settle(brain, outbox)
+    resumes = [msg for _, msg, _ in outbox.sent if isinstance(msg, m.ResumeCP)]
+    assert not brain.pending and len(resumes) == 2 and resumes[0] == resumes[1]
+
+
+def test_a_record_is_applied_once_even_when_delivered_again(parts):
+    from evc.central.events import BusMessage, BusSkipped
+    from evc.protocol.topics import Delivery
+
+    brain, store, outbox, _, _ = parts
+    register(brain, 1, "CP-01")
+    req = m.ChargeRequest(driver_id="D-1", cp_id="CP-01")
+    brain.apply(BusSkipped(Delivery("requests_topic", 0, 4), "garbage"))
+    brain.apply(BusMessage(req, Delivery("requests_topic", 0, 5)))
+    brain.apply(BusMessage(m.ChargeRequest(driver_id="D-2", cp_id="CP-01"),
+                           Delivery("requests_topic", 0, 5)))  # a redelivery of offset 5
+    assert len(outbox.of(m.Authorization)) == 1
+    assert store.offsets() == {("requests_topic", 0): 6}
+
+
+def test_deadlines_wait_while_kafka_is_unavailable(parts):
+    brain, _, outbox, _, view = parts
+    register(brain, 1, "CP-01")
+    auth = authorize(brain, outbox)
+    brain.on_bus(m.Telemetry(cp_id="CP-01", driver_id="D-1", consumo_kwh=1.0,
+                             importe_eur=0.3, session_id=auth.session_id))
+    brain.on_bus(m.EndRequest(driver_id="D-1", cp_id="CP-01", session_id=auth.session_id))
+    session = brain.sessions[auth.session_id]
+    brain.last_confirm = time.monotonic() - 10  # nothing confirmed for 10 s
+    brain.tick()
+    assert brain.bus_down_since is not None
+    brain._bus_down_mono -= 60  # a minute passes, Kafka still away: the deadline passes
+    brain.bus_down_since -= 60
+    session.deadline -= 60
+    brain.tick()
+    assert not outbox.of(m.Ticket)
+    settle(brain, outbox)  # Kafka is back: the deadline moves by the outage
+    brain.tick()
+    assert brain.bus_down_since is None and not outbox.of(m.Ticket)
+    assert session.deadline > time.monotonic()
+    assert brain.age(time.time() - 70) == pytest.approx(10, abs=1)  # the outage is forgiven
+
+
+def test_readings_never_go_down_and_central_prices_them(parts):
+    brain, _, outbox, _, _ = parts
+    register(brain, 1, "CP-01")
+    auth = authorize(brain, outbox)
+    for kwh, eur in ((2.0, 99.0), (1.0, 0.3)):
+        brain.on_bus(m.Telemetry(cp_id="CP-01", driver_id="D-1", consumo_kwh=kwh,
+                                 importe_eur=eur, session_id=auth.session_id))
+    session = brain.sessions[auth.session_id]
+    assert session.kwh == 2.0 and session.eur == 0.6
+
+
+def test_a_bare_reading_belongs_to_the_open_session_of_its_cp(parts):
+    brain, _, outbox, _, _ = parts
+    register(brain, 1, "CP-01")
+    auth = authorize(brain, outbox)
+    brain.on_bus(m.Telemetry(cp_id="CP-01", driver_id="D-9", consumo_kwh=5.0, importe_eur=0))
+    assert brain.sessions[auth.session_id].kwh == 0.0  # another driver: not this session
+    brain.on_bus(m.Telemetry(cp_id="CP-01", driver_id="D-1", consumo_kwh=1.0, importe_eur=0,
+                             final=True))
+    assert outbox.of(m.Ticket)[0].consumo_kwh == 1.0
 
 
 def test_operator_commands_with_errors_change_nothing(parts):

@@ -5,9 +5,10 @@ import time
 
 import pytest
 
-from evc.bus import CONTROL, REQUESTS, TELEMETRY, KafkaBus
+from evc.bus import KafkaBus
 from evc.errors import BusError
 from evc.protocol import messages as m
+from evc.protocol.topics import CONTROL, REQUESTS, TELEMETRY
 from tests.helpers import free_port, wait_for
 
 pytestmark = pytest.mark.broker

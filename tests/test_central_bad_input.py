@@ -9,9 +9,9 @@ import time
 import pytest
 from kafka import KafkaProducer
 
-from evc.bus import REQUESTS
 from evc.protocol import messages as m
 from evc.protocol.framing import encode_frame, recv_frame
+from evc.protocol.topics import REQUESTS
 from tests.helpers import wait_for
 from tests.network import Network, Observer
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from evc.bus import REQUESTS
 from evc.protocol import messages as m
+from evc.protocol.topics import REQUESTS
 from tests.helpers import wait_for
 from tests.network import Network, Observer
 

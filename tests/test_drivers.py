@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from evc.bus import REQUESTS
 from evc.protocol import messages as m
+from evc.protocol.topics import REQUESTS
 from tests.helpers import Proc, free_port, run_evc, wait_for
 from tests.network import Network, Observer
 

@@ -1,6 +1,9 @@
 import dataclasses
+import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from evc.errors import ProtocolError
 from evc.protocol import messages as m
@@ -8,7 +11,7 @@ from evc.protocol import messages as m
 SAMPLES = [
     m.Register(cp_id="CP-01", location="C/Italia 5"),
     m.RegisterAccepted(cp_id="CP-01", location="C/Italia 5", price_eur_kwh=0.35),
-    m.RegisterRejected(cp_id="CP-99", reason="unknown"),
+    m.RegisterRejected(cp_id="CP-99", reason="unknown", code=m.RejectCode.UNKNOWN),
     m.Heartbeat(cp_id="CP-01"),
     m.HeartbeatAck(cp_id="CP-01"),
     m.FaultReport(cp_id="CP-01", reason="KO"),
@@ -24,9 +27,12 @@ SAMPLES = [
     m.StopCP(cp_id="CP-01"),
     m.ResumeCP(cp_id="CP-01"),
     m.Authorization(driver_id="D-23", cp_id="CP-01", request_id="r", authorized=True),
+    m.Authorization(driver_id="D-23", cp_id="CP-01", request_id="r", authorized=False,
+                    code=m.DenyCode.BUSY, reason="CP-01 is busy"),
     m.Ticket(driver_id="D-23", cp_id="CP-01", session_id="s1", consumo_kwh=2.0,
              importe_eur=0.7, price_eur_kwh=0.35, started_at=1.0, ended_at=9.0,
              reason=m.EndReason.FAULT),
+    m.CentralStatus(central="pc2 pid 7", started_at=1.0),
 ]
 
 
@@ -74,6 +80,15 @@ def test_frozen():
         ({"type": "register", "cp_id": ""}, "bad cp_id"),
         ({"type": "authorization", "driver_id": "d", "cp_id": "c", "request_id": "r",
           "authorized": "yes"}, "true/false"),
+        ({"type": "heartbeat", "cp_id": "a", "ts": 10**400}, "too large"),
+        ({"type": "heartbeat", "cp_id": "a", "ts": float("inf")}, "finite"),
+        ({"type": "heartbeat", "cp_id": "a", "ts": float("nan")}, "finite"),
+        ({"type": "register", "cp_id": "CP-01", "location": "x\x1b[2J"}, "control"),
+        ({"type": "register", "cp_id": "CP\x1b[31m"}, "bad cp_id"),
+        ({"type": "register", "cp_id": "C" * 65}, "bad cp_id"),
+        ({"type": "heartbeat", "cp_id": "a", "msg_id": "no spaces please"}, "bad msg_id"),
+        ({"type": "heartbeat", "cp_id": ["a"]}, "expected a string"),
+        ({"type": ["heartbeat"]}, "no string 'type'"),
     ],
 )
 def test_bad_messages(obj, message):
@@ -84,3 +99,39 @@ def test_bad_messages(obj, message):
 def test_parse_insists_on_the_class():
     with pytest.raises(ProtocolError, match="expected 'register'"):
         m.parse(m.Heartbeat(cp_id="a").to_wire(), m.Register)
+
+
+def test_poison_json_from_the_wire():
+    """The shapes that once killed a thread: decoded, they are only ever ProtocolError."""
+    from evc.bus import decode
+
+    for raw in (b'{"type":"heartbeat","cp_id":"a","ts":' + b"9" * 400 + b"}",
+                b'{"type":"heartbeat","cp_id":"a","ts":1e999}',
+                b"[" * 100_000 + b"]" * 100_000,
+                b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+                b'"just a string"', b"[1,2]", b"\xff\xfe", b"", b"null",
+                b'{"type":"heartbeat","cp_id":"a","ts":' + b"1" * 5000 + b"}"):
+        with pytest.raises(ProtocolError):
+            decode(raw)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                  max_size=4),
+    max_leaves=20)
+KEYS = st.sampled_from(["type", "cp_id", "driver_id", "ts", "msg_id", "consumo_kwh",
+                        "importe_eur", "session_id", "final", "reason", "location", "health",
+                        "status", "authorized", "cp_id_solicitado", "price_eur_kwh", "code"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(kind=st.sampled_from(sorted(m.message_types())), extra=st.dictionaries(KEYS, JSON))
+def test_any_object_is_a_message_or_a_protocol_error(kind, extra):
+    obj = {"type": kind, **extra}
+    try:
+        msg = m.from_wire(obj)
+    except ProtocolError:
+        return
+    assert json.loads(json.dumps(msg.to_wire(), allow_nan=False))["type"] == kind

@@ -42,7 +42,7 @@ def test_unreachable_broker(tmp_path):
     (["cp-engine", "127.0.0.1:9092", "--listen", "a:b:c"], "bad --listen address"),
     (["cp-monitor", "engine", "127.0.0.1:5000", "CP-01"], "bad engine address 'engine'"),
     (["cp-monitor", "127.0.0.1:6000", "central:", "CP-01"], "bad central address"),
-    (["cp-monitor", "127.0.0.1:6000", "127.0.0.1:5000", "CP 01"], "bad cp_id"),
+    (["cp-monitor", "127.0.0.1:6000", "127.0.0.1:5000", "CP 01"], "bad cp id"),
     (["driver", "127.0.0.1:9092", "D 1", "--file", "x"], "bad driver id"),
 ])
 def test_bad_arguments(args, needle):

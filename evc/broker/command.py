@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from evc.broker import manager
-from evc.errors import EvcError
-from evc.runtime import parse_address
+from evc.net import Address
+from evc.options import ADDRESS
 
 data_dir_option = click.option(
     "--data-dir",
@@ -16,10 +16,6 @@ data_dir_option = click.option(
     default=None,
     help="Broker data, logs and pid file [default: ~/.cache/evc/broker].",
 )
-
-
-def _fail(exc: EvcError) -> click.ClickException:
-    return click.ClickException(str(exc))
 
 
 @click.group()
@@ -32,9 +28,9 @@ def broker() -> None:
 
 
 @broker.command()
-@click.option("--listen", default="127.0.0.1:9092", show_default=True,
+@click.option("--listen", default="127.0.0.1:9092", show_default=True, type=ADDRESS,
               help="HOST:PORT the broker listens on (0.0.0.0:9092 for other machines).")
-@click.option("--advertise", default=None,
+@click.option("--advertise", default=None, type=ADDRESS,
               help="HOST:PORT clients are told to use; needed with --listen 0.0.0.0:PORT.")
 @click.option("--controller-port", type=click.IntRange(1, 65535), default=None,
               help="KRaft controller port [default: listen port + 1].")
@@ -43,27 +39,19 @@ def broker() -> None:
 @click.option("--timeout", type=click.FloatRange(1, 600), default=60.0, show_default=True,
               help="Seconds to wait until the broker answers.")
 @click.option("--foreground", is_flag=True, help="Stay attached; Ctrl+C stops the broker.")
-def start(listen: str, advertise: str | None, controller_port: int | None,
+def start(listen: Address, advertise: Address | None, controller_port: int | None,
           data_dir: Path | None, fresh: bool, timeout: float, foreground: bool) -> None:
     """Start the broker (detached) and wait until it answers."""
-    try:
-        cfg = manager.make_config(
-            parse_address(listen, what="--listen address"),
-            parse_address(advertise, what="--advertise address") if advertise else None,
-            data_dir,
-            controller_port,
-        )
-        if foreground:
-            raise SystemExit(manager.run_foreground(cfg, fresh=fresh, timeout=timeout,
-                                                    echo=click.echo))
-        current = manager.running(cfg.data_dir)
-        if current is not None:
-            click.echo(f"Kafka broker already running at {current.bootstrap} "
-                       f"(pid {current.pid}, data {current.data_dir})")
-            return
-        run = manager.start(cfg, fresh=fresh, timeout=timeout, echo=click.echo)
-    except EvcError as exc:
-        raise _fail(exc) from None
+    cfg = manager.make_config(listen, advertise, data_dir, controller_port)
+    if foreground:
+        raise SystemExit(manager.run_foreground(cfg, fresh=fresh, timeout=timeout,
+                                                echo=click.echo))
+    current = manager.running(cfg.data_dir)
+    if current is not None:
+        click.echo(f"Kafka broker already running at {current.bootstrap} "
+                   f"(pid {current.pid}, data {current.data_dir})")
+        return
+    run = manager.start(cfg, fresh=fresh, timeout=timeout, echo=click.echo)
     click.echo(f"Kafka broker running at {run.bootstrap} (pid {run.pid}); log {cfg.log_file}")
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from evc.bus import ping
 from evc.errors import ConfigError, EvcError
-from evc.runtime import Address, port_free
+from evc.net import Address, port_free
 
 KAFKA_MAIN = "kafka.Kafka"
 MIN_JAVA = 17
@@ -258,10 +258,22 @@ def _java_cmd(java: str, libs: Path, cfg: BrokerConfig, main: str, *args: str) -
     ]
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (22 URL-safe base64 characters), as Kafka makes them.
+
+    Like Kafka's own ``Uuid.randomUuid``, never one that starts with ``-``: the
+    StorageTool would read it as an option (``-t -abc…``), 1 time in 64.
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 def _format_storage(java: str, libs: Path, cfg: BrokerConfig) -> None:
     if (cfg.kraft_dir / "meta.properties").exists():
         return
-    cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cid = new_cluster_id()
     cmd = _java_cmd(java, libs, cfg, "kafka.tools.StorageTool",
                     "format", "-t", cid, "-c", str(cfg.properties))
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)

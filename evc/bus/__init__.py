@@ -2,57 +2,70 @@
 
     with KafkaBus("10.0.0.2:9092", prefix="demo-") as bus:
         bus.ensure_topics()
-        bus.send(REQUESTS, ChargeRequest(...), key="CP-01")
-        consumer = bus.consumer([CONTROL], group_id=None)   # tail from the end
-        consumer.run(handle, stop_event)                     # typed messages
+        bus.send(REQUESTS, ChargeRequest(...), key="CP-01", on_done=confirmed)
+        consumer = bus.consumer([CONTROL], keys={CONTROL: ["D-23"]})  # only my partition
+        consumer.run(handle, stop_event)                               # typed messages
 
-Kafka errors surface as ``BusError`` with one readable line. Malformed records
-are logged and skipped, never fatal. Group consumers commit only offsets that
-their owner acknowledged (``Consumer.ack``), so a restarted process resumes
-after the last message it actually applied.
+Every Kafka failure surfaces as ``BusError`` through one mapping
+(``kafka_errors``), keeping its cause and saying whether a retry may help.
+``send`` never blocks long (``max_block_ms``): it queues, and ``on_done``
+reports the broker's verdict from the producer's thread. Malformed records are
+logged and handed to ``on_skip`` (never fatal), so the owner can account for
+their offsets in order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from evc.errors import BusError, ProtocolError
-from evc.protocol.messages import Message, from_wire
+from evc.protocol.messages import Message, from_record
+from evc.protocol.topics import ALL_TOPICS, COMPACTED, Delivery
 
 log = logging.getLogger(__name__)
 
-REQUESTS = "requests_topic"
-TELEMETRY = "telemetry_topic"
-CONTROL = "control_topic"
-ALL_TOPICS = (REQUESTS, TELEMETRY, CONTROL)
-
 DEFAULT_CONNECT_TIMEOUT = 10.0
+MAX_BLOCK_MS = 1000  # send() waits at most this long for metadata or buffer space
+
+Done = Callable[[bool, str], None]
+"""``on_done(ok, error)``: called once per send, from the producer's I/O thread."""
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """Where a consumed record came from; hand it back to ``Consumer.ack``."""
-
-    topic: str
-    partition: int
-    offset: int
+@contextlib.contextmanager
+def kafka_errors(what: str, bootstrap: str = "", timeout: float = 0.0) -> Iterator[None]:
+    """The one place kafka-python's errors become ``BusError`` (cause kept)."""
+    try:
+        yield
+    except BusError:
+        raise
+    except KafkaTimeoutError as exc:
+        if bootstrap:
+            raise BusError(f"cannot reach Kafka broker at {bootstrap} within {timeout:g} s "
+                           "(is it running? try `evc broker start`)", retriable=True) from exc
+        raise BusError(f"{what}: Kafka did not answer in time", retriable=True) from exc
+    except KafkaError as exc:
+        retriable = bool(getattr(exc, "retriable", False))
+        raise BusError(f"{what}: {exc}", retriable=retriable) from exc
+    except (ValueError, OSError) as exc:
+        raise BusError(f"{what}: {exc}") from exc
 
 
 def encode(message: Message) -> bytes:
     return json.dumps(message.to_wire(), ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def decode(raw: bytes | None) -> Message:
+def decode(raw: bytes | None, delivery: Delivery | None = None) -> Message:
     """Record value -> typed message; ProtocolError for anything malformed."""
     if raw is None:
         raise ProtocolError("record has no value")
@@ -60,17 +73,12 @@ def decode(raw: bytes | None) -> Message:
         obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError("record is not UTF-8 JSON") from exc
-    if not isinstance(obj, dict):
-        raise ProtocolError("record is not a JSON object")
-    return from_wire(obj)
+    return from_record(obj, delivery)
 
 
-def _unreachable(bootstrap: str, timeout: float) -> BusError:
-    return BusError(
-        f"cannot reach Kafka broker at {bootstrap} within {timeout:g} s "
-        "(is it running? try `evc broker start`)",
-        retriable=True,
-    )
+def partition_for(key: str, partitions: int) -> int:
+    """The partition the producer's default partitioner gives ``key`` (murmur2, as Java)."""
+    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 
 class KafkaBus:
@@ -89,72 +97,96 @@ class KafkaBus:
         self.client_id = client_id
         self.connect_timeout = connect_timeout
         self._closed = False
-        try:
+        self._partitions: dict[str, int] = {}
+        with kafka_errors(f"cannot use Kafka broker at {bootstrap}", bootstrap, connect_timeout):
             self._producer = KafkaProducer(
                 bootstrap_servers=bootstrap,
                 client_id=client_id,
                 acks="all",
                 linger_ms=2,
+                max_block_ms=MAX_BLOCK_MS,
                 bootstrap_timeout_ms=int(connect_timeout * 1000),
             )
-        except KafkaTimeoutError:
-            raise _unreachable(bootstrap, connect_timeout) from None
-        except (KafkaError, ValueError, OSError) as exc:
-            raise BusError(f"cannot use Kafka broker at {bootstrap}: {exc}") from None
 
     # ------------------------------------------------------------------ topics
     def topic(self, name: str) -> str:
         return f"{self.prefix}{name}"
 
     def _admin(self) -> KafkaAdminClient:
-        try:
+        with kafka_errors(f"cannot use Kafka broker at {self.bootstrap}", self.bootstrap,
+                          self.connect_timeout):
             return KafkaAdminClient(
                 bootstrap_servers=self.bootstrap,
                 client_id=f"{self.client_id}-admin",
                 bootstrap_timeout_ms=int(self.connect_timeout * 1000),
             )
-        except KafkaTimeoutError:
-            raise _unreachable(self.bootstrap, self.connect_timeout) from None
-        except (KafkaError, ValueError, OSError) as exc:
-            raise BusError(f"cannot use Kafka broker at {self.bootstrap}: {exc}") from None
 
     def ensure_topics(self, names: Iterable[str] = ALL_TOPICS, partitions: int = 3) -> None:
         """Create the (prefixed) topics if missing and wait until they have leaders."""
+        names = list(names)
         full = [self.topic(n) for n in names]
         admin = self._admin()
         try:
-            spec = {t: {"num_partitions": partitions, "replication_factor": 1} for t in full}
-            admin.create_topics(spec, raise_errors=False)
-            admin.wait_for_topics(full, timeout_ms=int(self.connect_timeout * 1000))
-        except TopicAlreadyExistsError:
-            pass
-        except KafkaError as exc:
-            raise BusError(f"cannot create topics {', '.join(full)}: {exc}") from None
+            spec: dict[str, dict[str, Any]] = {
+                self.topic(n): {"num_partitions": partitions, "replication_factor": 1}
+                for n in names}
+            for n in names:
+                if n in COMPACTED:
+                    spec[self.topic(n)]["configs"] = dict(COMPACTED[n])
+            with kafka_errors(f"cannot create topics {', '.join(full)}"):
+                try:
+                    admin.create_topics(spec, raise_errors=False)
+                    admin.wait_for_topics(full, timeout_ms=int(self.connect_timeout * 1000))
+                except TopicAlreadyExistsError:
+                    pass
         finally:
             admin.close()
 
+    def partitions(self, name: str) -> int:
+        """How many partitions the (unprefixed) topic has; cached."""
+        topic = self.topic(name)
+        if topic not in self._partitions:
+            deadline = time.monotonic() + self.connect_timeout
+            while True:
+                try:
+                    ids = self._producer.partitions_for(topic)
+                except KafkaError:  # not there yet (or metadata in flight)
+                    ids = None
+                if ids:
+                    self._partitions[topic] = len(ids)
+                    break
+                if time.monotonic() > deadline:
+                    raise BusError(f"topic {topic} does not exist (did central create it?)")
+                time.sleep(0.1)
+        return self._partitions[topic]
+
+    def partition_of(self, name: str, key: str) -> int:
+        return partition_for(key, self.partitions(name))
+
     # ------------------------------------------------------------------ produce
-    def send(self, topic: str, message: Message, key: str) -> None:
-        """Queue ``message`` on ``topic`` (unprefixed name), keyed; never blocks on acks."""
+    def send(self, topic: str, message: Message, key: str, on_done: Done | None = None) -> None:
+        """Queue ``message`` on ``topic`` (unprefixed name), keyed; never blocks on acks.
+
+        ``on_done(ok, error)`` runs once the broker took it (or gave up); a
+        BusError here means it was not even queued (retriable: try again later).
+        """
         if self._closed:
             raise BusError("bus closed")
-        try:
+        with kafka_errors(f"cannot send {message.TYPE} to {topic}"):
             future = self._producer.send(
-                self.topic(topic), value=encode(message), key=key.encode("utf-8")
-            )
-        except KafkaError as exc:
-            raise BusError(f"cannot send {message.TYPE} to {topic}: {exc}",
-                           retriable=True) from None
-        future.add_errback(self._on_send_error, message.TYPE, topic)
+                self.topic(topic), value=encode(message), key=key.encode("utf-8"))
+        if on_done is not None:
+            future.add_callback(lambda _meta: on_done(True, ""))
+            future.add_errback(lambda exc: on_done(False, str(exc) or type(exc).__name__))
+        else:
+            future.add_errback(self._on_send_error, message.TYPE, topic)
 
     def _on_send_error(self, kind: str, topic: str, exc: BaseException) -> None:
         log.error("Kafka did not take %s on %s: %s", kind, topic, exc)
 
     def flush(self, timeout: float = 5.0) -> None:
-        try:
+        with kafka_errors("flush"):
             self._producer.flush(timeout=timeout)
-        except KafkaError as exc:
-            raise BusError(f"flush failed: {exc}", retriable=True) from None
 
     # ------------------------------------------------------------------ consume
     def consumer(
@@ -163,8 +195,18 @@ class KafkaBus:
         *,
         group_id: str | None = None,
         from_beginning: bool = False,
+        keys: Mapping[str, Iterable[str]] | None = None,
+        start: Mapping[tuple[str, int], int] | None = None,
     ) -> Consumer:
-        return Consumer(self, list(topics), group_id=group_id, from_beginning=from_beginning)
+        """A consumer of ``topics`` (unprefixed names).
+
+        It reads every partition, or with ``keys`` only the partitions that can
+        hold those keys' records. ``start`` positions partitions ((prefixed topic,
+        partition) -> offset); the others begin where ``group_id`` last committed,
+        else at the end (or the beginning).
+        """
+        return Consumer(self, list(topics), group_id=group_id, from_beginning=from_beginning,
+                        keys=keys, start=start)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self, timeout: float = 1.0) -> None:
@@ -191,10 +233,10 @@ class KafkaBus:
 class Consumer:
     """One kafka-python consumer, owned by the thread that calls ``run``.
 
-    Without ``group_id`` it reads every partition of its topics from the end
-    (or the beginning) and commits nothing: the way engines and drivers tail
-    ``control_topic``. With ``group_id`` it joins the group, and commits the
-    offsets that the owner acknowledged with ``ack`` (from any thread).
+    Partitions are assigned explicitly (no group rebalances: nothing to wait
+    for at start, nobody else can take them). With ``group_id`` it commits the
+    offsets its owner acknowledged with ``ack`` (from any thread, in order per
+    partition), and starts where the group last committed.
     """
 
     def __init__(
@@ -204,6 +246,8 @@ class Consumer:
         *,
         group_id: str | None,
         from_beginning: bool,
+        keys: Mapping[str, Iterable[str]] | None,
+        start: Mapping[tuple[str, int], int] | None,
     ) -> None:
         self._bus = bus
         self.topics = [bus.topic(t) for t in topics]
@@ -214,9 +258,9 @@ class Consumer:
         self._closed = False
         self._close_lock = threading.Lock()
         self.ready = threading.Event()  # set once partitions are assigned and positioned
-        self._last_refresh = 0.0
         timeout_ms = int(bus.connect_timeout * 1000)
-        try:
+        with kafka_errors(f"cannot consume {', '.join(self.topics)}", bus.bootstrap,
+                          bus.connect_timeout):
             self._consumer = KafkaConsumer(
                 bootstrap_servers=bus.bootstrap,
                 client_id=f"{bus.client_id}-consumer",
@@ -225,66 +269,44 @@ class Consumer:
                 auto_offset_reset="earliest" if from_beginning else "latest",
                 bootstrap_timeout_ms=timeout_ms,
                 fetch_max_wait_ms=100,
-                session_timeout_ms=10000,
-                heartbeat_interval_ms=1000,
             )
-            if group_id is None:
-                self._assign_all(from_beginning)
-            else:
-                self._consumer.subscribe(self.topics)
-        except KafkaTimeoutError:
-            raise _unreachable(bus.bootstrap, bus.connect_timeout) from None
-        except KafkaError as exc:
-            raise BusError(f"cannot consume {', '.join(self.topics)}: {exc}") from None
+            try:
+                self._assign(topics, from_beginning, keys or {}, start or {})
+            except BaseException:
+                self._consumer.close(autocommit=False)
+                raise
 
-    def _assign_all(self, from_beginning: bool) -> None:
+    def _assign(self, names: list[str], from_beginning: bool,
+                keys: Mapping[str, Iterable[str]], start: Mapping[tuple[str, int], int]) -> None:
         partitions: list[TopicPartition] = []
-        deadline = time.monotonic() + self._bus.connect_timeout
-        for topic in self.topics:
-            while True:
-                ids = self._consumer.partitions_for_topic(topic)
-                if ids:
-                    break
-                if time.monotonic() > deadline:
-                    raise BusError(f"topic {topic} does not exist (did central create it?)")
-                time.sleep(0.1)
-            partitions += [TopicPartition(topic, p) for p in sorted(ids)]
+        for name in names:
+            count = self._bus.partitions(name)
+            wanted = keys.get(name)
+            ids = (sorted({partition_for(k, count) for k in wanted}) if wanted is not None
+                   else list(range(count)))
+            partitions += [TopicPartition(self._bus.topic(name), p) for p in ids]
         self._consumer.assign(partitions)
-        if from_beginning:
-            self._consumer.seek_to_beginning(*partitions)
-        else:
-            self._consumer.seek_to_end(*partitions)
+        committed: dict[TopicPartition, int] = {}
+        if self.group_id is not None:
+            for tp in partitions:
+                offset = self._consumer.committed(tp)
+                if offset is not None:
+                    committed[tp] = offset
+        for tp in partitions:
+            offset = start.get((tp.topic, tp.partition), committed.get(tp))
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+            elif from_beginning:
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek_to_end(tp)
         # Resolve positions now, so nothing produced after this call is missed.
         for tp in partitions:
             self._consumer.position(tp)
         self.ready.set()
 
-    def _check_assignment(self) -> None:
-        """Ready once the group gave us partitions of every subscribed topic.
-
-        A group may first assign only the topics whose metadata the leader had
-        (a topic created a moment ago); asking for fresh metadata makes the
-        coordinator notice the rest and rejoin.
-        """
-        assigned = {tp.topic for tp in self._consumer.assignment()}
-        if assigned >= set(self.topics):
-            log.info("consumer group %s assigned %d partitions", self.group_id,
-                     len(self._consumer.assignment()))
-            self.ready.set()
-            return
-        now = time.monotonic()
-        if assigned and now - self._last_refresh > 1.0:
-            self._last_refresh = now
-            missing = sorted(set(self.topics) - assigned)
-            log.info("group %s has no partitions of %s yet: refreshing metadata",
-                     self.group_id, ", ".join(missing))
-            try:
-                self._consumer.topics()  # a metadata request: the coordinator rejoins
-            except KafkaError as exc:
-                log.warning("metadata refresh failed: %s", exc)
-
     def ack(self, delivery: Delivery) -> None:
-        """The owner applied this record: it may be committed."""
+        """The owner applied this record (and every earlier one of its partition)."""
         tp = TopicPartition(delivery.topic, delivery.partition)
         with self._ack_lock:
             if delivery.offset + 1 > self._acked.get(tp, -1):
@@ -300,31 +322,32 @@ class Consumer:
         try:
             self._consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in due.items()})
             self._committed.update(due)
-        except KafkaError as exc:  # a rebalance in flight: the next round retries
+        except KafkaError as exc:  # the broker is away: the next round retries
             log.warning("offset commit failed, will retry: %s", exc)
 
-    def poll(self, timeout: float = 0.2) -> list[tuple[Message, Delivery]]:
-        """One poll: decoded messages; malformed records are logged and skipped."""
+    def poll(self, timeout: float = 0.2,
+             on_skip: Callable[[Delivery, str], Any] | None = None
+             ) -> list[tuple[Message, Delivery]]:
+        """One poll: decoded messages; malformed records are logged and given to ``on_skip``."""
         self._commit_acked()
         try:
             batches = self._consumer.poll(timeout_ms=int(timeout * 1000))
         except KafkaError as exc:
             log.warning("poll failed, retrying: %s", exc)
+            time.sleep(min(timeout, 0.5))
             return []
-        if not self.ready.is_set():
-            self._check_assignment()
         out: list[tuple[Message, Delivery]] = []
         for tp, records in batches.items():
             for record in records:
-                delivery = Delivery(tp.topic, tp.partition, record.offset)
+                delivery = Delivery(tp.topic, tp.partition, record.offset,
+                                    (record.timestamp or 0) / 1000.0)
                 try:
-                    message = decode(record.value)
+                    message = decode(record.value, delivery)
                 except ProtocolError as exc:
-                    log.warning(
-                        "skipping malformed record %s[%d]@%d: %s",
-                        tp.topic, tp.partition, record.offset, exc,
-                    )
-                    self.ack(delivery)
+                    log.warning("skipping malformed record %s[%d]@%d: %s",
+                                tp.topic, tp.partition, record.offset, exc)
+                    if on_skip is not None:
+                        on_skip(delivery, str(exc))
                     continue
                 out.append((message, delivery))
         return out
@@ -334,11 +357,12 @@ class Consumer:
         handle: Callable[[Message, Delivery], Any],
         stop: threading.Event,
         poll_timeout: float = 0.2,
+        on_skip: Callable[[Delivery, str], Any] | None = None,
     ) -> None:
         """Poll until ``stop`` is set, handing every message to ``handle``; then close."""
         try:
             while not stop.is_set():
-                for message, delivery in self.poll(poll_timeout):
+                for message, delivery in self.poll(poll_timeout, on_skip):
                     handle(message, delivery)
             self._commit_acked()
         finally:

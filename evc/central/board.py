@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from colorama import Fore, Style, just_fix_windows_console
 
+from evc.console import LineEditor
 from evc.protocol.messages import CPState
 
 if TYPE_CHECKING:
@@ -191,7 +192,7 @@ class BoardView:
         self.out = out or sys.stdout
         self.interval = interval
         self.board = Board(title, supports_256() if colors_256 is None else colors_256)
-        self.buffer = ""
+        self.editor = LineEditor()
         self.last_draw = 0.0
         self.dirty = True
         self._brain: Brain | None = None
@@ -217,23 +218,13 @@ class BoardView:
     # ------------------------------------------------------------------ keys
     def key(self, ch: str) -> str | None:
         """One key from the operator; a finished line is returned (and cleared)."""
-        line = None
-        if ch in ("\r", "\n"):
-            line, self.buffer = self.buffer.strip(), ""
-            if line:
-                self.board.add_event(f"> {line}")
-        elif ch in ("\x7f", "\b"):
-            self.buffer = self.buffer[:-1]
-        elif ch == "\x15":  # Ctrl+U
-            self.buffer = ""
-        elif ch == "\x1b" or not ch.isprintable():
-            pass
-        elif len(self.buffer) < 200:
-            self.buffer += ch
+        line = self.editor.key(ch)
+        if line:
+            self.board.add_event(f"> {line}")
         self.dirty = True
         if self._brain is not None and line is None:
             self.draw(self._brain)
-        return line
+        return line or None
 
     # ------------------------------------------------------------------ terminal
     def start(self) -> None:
@@ -247,8 +238,13 @@ class BoardView:
 
     def draw(self, brain: Brain) -> None:
         size = shutil.get_terminal_size((100, 30))
-        lines = self.board.render(brain, size.columns, size.lines, self.PROMPT + self.buffer)
-        frame = "\x1b[?25l\x1b[H" + "\x1b[K\r\n".join(lines) + "\x1b[K\x1b[?25h"
+        prompt = self.PROMPT + self.editor.text
+        lines = self.board.render(brain, size.columns, size.lines, prompt)
+        # the cursor goes where the operator is editing (the prompt keeps its tail in view)
+        shown = len(lines[-1])
+        column = shown - (len(prompt) - len(self.PROMPT) - self.editor.cursor)
+        move = f"\r\x1b[{column}C" if column > 0 else "\r"
+        frame = "\x1b[?25l\x1b[H" + "\x1b[K\r\n".join(lines) + "\x1b[K" + move + "\x1b[?25h"
         self._write(frame)
         self.last_draw = time.monotonic()
         self.dirty = False

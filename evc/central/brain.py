@@ -1,9 +1,16 @@
 """Every rule of the charging network, applied by one thread that owns all state.
 
-I/O threads (TCP server, Kafka consumer, console) only put events on
-``Brain.events``; ``Brain.run`` takes them in batches, applies the rules below,
-writes the store once per batch, and only then acknowledges the Kafka records
-(so a restarted central resumes after the last message it applied).
+I/O threads (TCP server, Kafka consumer, console, the producer's callbacks)
+only put events on ``Brain.events``; ``Brain.run`` takes them in batches,
+applies the rules below, and then, in this order:
+
+1. commits the store once: the batch's state changes, the messages it decided
+   (the outbox) and how far it read each Kafka partition, all in one atomic write;
+2. sends the decided messages; each leaves the outbox when Kafka confirms it,
+   and one that fails is sent again (also after a crash: the outbox is stored).
+
+So nothing is announced that a crash could forget, nothing decided is lost,
+and no record is applied twice (a record below the stored offset is skipped).
 
 A charge point's state is derived, never stored twice:
 
@@ -14,36 +21,44 @@ A charge point's state is derived, never stored twice:
     otherwise                   -> Activado      (green)
 
 Any exit from a supply ends its session exactly once: the engine is told to
-end, its final telemetry gives the figures, and one ticket goes to the driver
-(if the final telemetry never arrives, the last figures seen are billed).
+end, its final telemetry gives the figures, and one ticket goes to the driver.
+If the final telemetry never comes (the engine died and did not return within
+``final_timeout``), the last figures seen are billed. A restarted central
+resumes its open sessions: charge points go on supplying while it is away.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import socket
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Protocol
 
-from evc.bus import CONTROL, Delivery
 from evc.central import admin
 from evc.central.events import (
     BusMessage,
+    BusSkipped,
     ConnectionLost,
     Event,
     MonitorFrame,
     OperatorKey,
     OperatorLine,
-    Shutdown,
+    Sent,
 )
-from evc.errors import BusError
+from evc.errors import BusError, ProtocolError
 from evc.protocol.messages import (
     Authorization,
+    CentralStatus,
     ChargeRequest,
     CPState,
+    DenyCode,
     EndReason,
     EndRequest,
     EndSupply,
@@ -55,18 +70,22 @@ from evc.protocol.messages import (
     Register,
     RegisterAccepted,
     RegisterRejected,
+    RejectCode,
     ResumeCP,
     StartSupply,
     StopCP,
     Telemetry,
     Ticket,
+    from_wire,
     new_id,
 )
-from evc.store import Store
+from evc.protocol.topics import CENTRAL_KEY, CONTROL, NETWORK, Delivery
+from evc.store import META, OUTBOX, Store
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PRICE = 0.35
+Done = Callable[[bool, str], None]
 
 
 # ---------------------------------------------------------------------- ports
@@ -81,9 +100,10 @@ class Link(Protocol):
 
 
 class Outbox(Protocol):
-    """The Kafka side: ``send(topic, message, key)`` (bus.KafkaBus implements it)."""
+    """The Kafka side (bus.KafkaBus implements it): queue a message, hear back later."""
 
-    def send(self, topic: str, message: Message, key: str) -> None: ...
+    def send(self, topic: str, message: Message, key: str, on_done: Done | None = None
+             ) -> None: ...
 
 
 class Acker(Protocol):
@@ -107,6 +127,14 @@ class View(Protocol):
 # ---------------------------------------------------------------------- state
 
 
+class Wait(Enum):
+    """What a session's deadline waits for."""
+
+    START = "start"  # the engine's first telemetry after the start order
+    FINAL = "final"  # the engine's final telemetry after the end was decided
+    MONITOR = "monitor"  # after a central restart: the CP's monitor registering again
+
+
 @dataclass
 class Session:
     session_id: str
@@ -114,18 +142,25 @@ class Session:
     driver_id: str
     request_id: str
     price: float
-    started_at: float
+    started_at: float  # wall clock
     kwh: float = 0.0
     eur: float = 0.0
     supplying: bool = False  # the engine has sent telemetry
     end_reason: EndReason | None = None  # set when the end is decided
-    deadline: float = 0.0  # monotonic: start or end must be confirmed by then
+    waiting: Wait | None = None
+    deadline: float = 0.0  # monotonic: what ``waiting`` names must happen by then
+
+    def wait(self, what: Wait | None, seconds: float = 0.0) -> None:
+        self.waiting = what
+        self.deadline = time.monotonic() + seconds if what is not None else 0.0
 
     def record(self, **extra: Any) -> dict[str, Any]:
         return {
             "session_id": self.session_id, "cp_id": self.cp_id, "driver_id": self.driver_id,
             "request_id": self.request_id, "price_eur_kwh": self.price,
             "started_at": self.started_at, "consumo_kwh": self.kwh, "importe_eur": self.eur,
+            "supplying": self.supplying,
+            "end_reason": str(self.end_reason) if self.end_reason else None,
             **extra,
         }
 
@@ -156,11 +191,15 @@ class ChargePoint:
         return CPState.ACTIVADO
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
     request_ttl: float = 30.0  # older requests are answered "expired"
     start_timeout: float = 5.0  # engine must send telemetry this soon after the start order
-    end_timeout: float = 3.0  # and its final telemetry this soon after an end order
+    final_timeout: float = 20.0  # and its final telemetry this soon after an end order
+    resume_grace: float = 15.0  # after a restart, monitors of open sessions must be back
+    max_supply: float = 3600.0  # a supply nobody ends is ended after this long (0: never)
+    bus_timeout: float = 3.0  # no confirmation from Kafka this long: Kafka is unavailable
+    heartbeat: float = 1.0  # central's liveness record on network_topic
     batch: int = 500
     tick: float = 0.2
 
@@ -171,6 +210,18 @@ class Counters:
     authorized: int = 0
     denied: int = 0
     tickets: int = 0
+    internal_errors: int = 0
+
+
+@dataclass
+class Pending:
+    """A decided message on its way to Kafka (stored in the outbox until confirmed)."""
+
+    topic: str
+    message: Message
+    key: str
+    retry_at: float = 0.0  # monotonic; 0 = in flight
+    failures: int = 0
 
 
 # ---------------------------------------------------------------------- the brain
@@ -185,6 +236,7 @@ class Brain:
         view: View,
         settings: Settings | None = None,
         events: queue.Queue[Event] | None = None,
+        identity: str = "",
     ) -> None:
         self.store = store
         self.outbox = outbox
@@ -192,6 +244,7 @@ class Brain:
         self.view = view
         self.settings = settings or Settings()
         self.events: queue.Queue[Event] = events if events is not None else queue.Queue()
+        self.identity = identity or f"{socket.gethostname()} pid {os.getpid()}"
         self.acker: Acker | None = None
         self.cps: dict[str, ChargePoint] = {}
         self.by_conn: dict[int, str] = {}
@@ -199,7 +252,18 @@ class Brain:
         self.answered: OrderedDict[str, None] = OrderedDict()
         self.counters = Counters()
         self.quit_requested = threading.Event()
-        self._outgoing: list[tuple[str, Message, str]] = []
+        self.started_at = time.time()
+        self.outages: list[tuple[float, float]] = []  # (from, to), wall clock: central deaf
+        self.applied: dict[tuple[str, int], int] = {}  # next offset to apply per partition
+        self.pending: dict[str, Pending] = {}
+        self._new: list[str] = []  # decided in this batch: sent after the commit
+        self._seq = 0
+        self._acks: list[Delivery] = []
+        self.last_confirm = time.monotonic()  # Kafka last confirmed a send
+        self.bus_down_since: float | None = None  # wall clock, while Kafka is unavailable
+        self._bus_down_mono = 0.0
+        self._next_heartbeat = 0.0
+        self._next_alive = 0.0
         self._load()
 
     # ------------------------------------------------------------------ start-up
@@ -213,25 +277,53 @@ class Brain:
         # After a restart every CP is Desconectado until its monitor registers again.
         for cp in self.cps.values():
             self.store.put_cp({"cp_id": cp.cp_id, "state": str(CPState.DESCONECTADO)})
-        # Requests that already got a session are never answered twice, even when Kafka
-        # delivers them again after a restart.
+        self.applied = self.store.offsets()
+        alive = self.store.get(META, "alive")
+        if alive is not None:  # central was away from then until now
+            self.outages.append((float(alive["at"]), self.started_at))
+        # Requests that already got a session are never answered twice.
         for rec in self.store.sessions():
             if rec.get("request_id"):
                 self.answered[rec["request_id"]] = None
-        # Sessions that were running when central stopped: end them now, billing what
-        # the engine reports in its final telemetry (if it is still there).
+        # Sessions that were running when central stopped go on: the charge points kept
+        # supplying. Their monitors must come back; an end already decided still awaits
+        # the engine's final figures.
         for rec in self.store.sessions(status="open"):
+            reason = rec.get("end_reason")
             session = Session(
                 session_id=rec["session_id"], cp_id=rec["cp_id"], driver_id=rec["driver_id"],
                 request_id=rec.get("request_id", ""), price=rec["price_eur_kwh"],
                 started_at=rec["started_at"], kwh=rec.get("consumo_kwh", 0.0),
-                eur=rec.get("importe_eur", 0.0), supplying=True,
+                eur=rec.get("importe_eur", 0.0), supplying=bool(rec.get("supplying", True)),
+                end_reason=_reason(reason) if reason else None,
             )
             self.sessions[session.session_id] = session
             cp = self.cps.get(session.cp_id)
-            if cp is not None:
-                cp.session = session
-            self._end_session(session, EndReason.CENTRAL_RESTART)
+            if cp is None:  # removed from the registry meanwhile: end it now
+                self._end_session(session, EndReason.CENTRAL_RESTART)
+                continue
+            cp.session = session
+            if session.end_reason is not None:
+                session.wait(Wait.FINAL, self.settings.final_timeout)
+            else:
+                session.wait(Wait.MONITOR, self.settings.resume_grace)
+        if self.sessions:
+            self.view.note(f"resuming {len(self.sessions)} open supplies; their monitors have "
+                           f"{self.settings.resume_grace:g} s to register again")
+        # Messages decided before the stop but never confirmed by Kafka: send them again
+        # (receivers ignore what they already had, by msg_id or session id).
+        for rec in self.store.outbox():
+            try:
+                message = from_wire(rec["wire"])
+            except ProtocolError as exc:  # not from this version: nothing to send
+                log.error("dropping unreadable outbox entry %s: %s", rec.get("msg_id"), exc)
+                self.store.remove(OUTBOX, str(rec.get("msg_id")))
+                continue
+            self._seq = max(self._seq, int(rec.get("seq", 0)))
+            self.pending[message.msg_id] = Pending(rec["topic"], message, rec["key"])
+            self._new.append(message.msg_id)
+        if self._new:
+            log.info("re-sending %d messages that Kafka had not confirmed", len(self._new))
         self.flush()
 
     def upsert_cp(self, cp_id: str, location: str, price: float) -> None:
@@ -256,64 +348,173 @@ class Brain:
                     batch.append(self.events.get_nowait())
             except queue.Empty:
                 pass
-            deliveries = [self.apply(event) for event in batch]
+            for event in batch:
+                self.apply(event)
             if time.monotonic() >= next_tick:
                 self.tick()
                 next_tick = time.monotonic() + self.settings.tick
             self.flush()
-            if self.acker is not None:
-                for delivery in deliveries:
-                    if delivery is not None:
-                        self.acker.ack(delivery)
             if self.quit_requested.is_set():
                 stop.set()
 
-    def _emit(self, topic: str, message: Message, key: str) -> None:
-        """Queue a Kafka message; ``flush`` sends it once the batch is stored."""
-        self._outgoing.append((topic, message, key))
-
-    def flush(self) -> None:
-        """Store the batch, then announce it: nothing is said that a crash could unsay."""
-        self.store.commit()
-        outgoing, self._outgoing = self._outgoing, []
+    def apply(self, event: Event) -> None:
+        """One event. A bug in a rule harms only that event: it is logged and skipped."""
         try:
-            for topic, message, key in outgoing:
-                self.outbox.send(topic, message, key)
-        except BusError as exc:
-            self.view.note(f"Kafka: {exc}", "error")
+            self._apply(event)
+        except Exception as exc:  # noqa: BLE001 - one bad event must not stop central
+            self.counters.internal_errors += 1
+            log.exception("internal error applying %s", type(event).__name__)
+            self.view.note(f"internal error on {type(event).__name__} ({exc}); skipped, "
+                           "see the log", "error")
 
-    def apply(self, event: Event) -> Delivery | None:
-        """One event; returns the Kafka delivery to acknowledge once stored."""
+    def _apply(self, event: Event) -> None:
         if isinstance(event, MonitorFrame):
             self.on_frame(event)
         elif isinstance(event, ConnectionLost):
             self.on_connection_lost(event.conn_id, event.reason)
         elif isinstance(event, BusMessage):
-            self.on_bus(event.message)
-            return event.delivery
+            if self._first_time(event.delivery):
+                self.on_bus(event.message)
+        elif isinstance(event, BusSkipped):
+            self._first_time(event.delivery)
+        elif isinstance(event, Sent):
+            self.on_sent(event)
         elif isinstance(event, OperatorLine):
             self.on_operator(event.text)
         elif isinstance(event, OperatorKey):
             line = self.view.key(event.key)
             if line is not None:
                 self.on_operator(line)
-        elif isinstance(event, Shutdown):
-            self.quit_requested.set()
-        return None
+
+    def _first_time(self, d: Delivery) -> bool:
+        """Count the record as read; False when it was applied before (a redelivery)."""
+        tp = (d.topic, d.partition)
+        if d.offset < self.applied.get(tp, 0):
+            return False
+        self.applied[tp] = d.offset + 1
+        self.store.set_offset(d.topic, d.partition, d.offset + 1)
+        self._acks.append(d)
+        return True
+
+    def flush(self) -> None:
+        """Store the batch (state, outbox, offsets), then announce it and ack what it read."""
+        self.store.commit()
+        new, self._new = self._new, []
+        for msg_id in new:
+            self._send(msg_id)
+        acks, self._acks = self._acks, []
+        if self.acker is not None:
+            for delivery in acks:
+                self.acker.ack(delivery)
+
+    def _emit(self, topic: str, message: Message, key: str) -> None:
+        """Decide a Kafka message: stored with this batch, sent once the batch is stored."""
+        self._seq += 1
+        self.store.put(OUTBOX, {"msg_id": message.msg_id, "seq": self._seq, "topic": topic,
+                                "key": key, "wire": message.to_wire()})
+        self.pending[message.msg_id] = Pending(topic, message, key)
+        self._new.append(message.msg_id)
+
+    def _send(self, msg_id: str) -> None:
+        p = self.pending.get(msg_id)
+        if p is None:
+            return
+        p.retry_at = 0.0
+        try:
+            self.outbox.send(p.topic, p.message, p.key, on_done=self._confirmer(msg_id))
+        except BusError as exc:
+            self._failed(p, str(exc))
+
+    def _confirmer(self, msg_id: str | None) -> Done:
+        events = self.events
+        return lambda ok, error: events.put(Sent(msg_id, ok, error))
+
+    def _failed(self, p: Pending, error: str) -> None:
+        p.failures += 1
+        p.retry_at = time.monotonic() + min(5.0, 0.5 * 2 ** min(p.failures, 4))
+        if p.failures == 1:
+            log.warning("Kafka did not take %s (%s); it will be sent again", p.message.TYPE,
+                        error)
+
+    def on_sent(self, event: Sent) -> None:
+        if event.ok:
+            self.last_confirm = time.monotonic()
+        if event.msg_id is None:
+            return
+        p = self.pending.get(event.msg_id)
+        if p is None:
+            return
+        if event.ok:
+            del self.pending[event.msg_id]
+            self.store.remove(OUTBOX, event.msg_id)
+        else:
+            self._failed(p, event.error)
 
     def tick(self) -> None:
-        """Deadlines: engines that never started, final telemetry that never came."""
+        """Deadlines, re-sends, Kafka's health and central's heartbeat; then the view."""
         now = time.monotonic()
-        for session in list(self.sessions.values()):
-            if session.deadline and now > session.deadline:
-                if session.end_reason is None:
-                    self._end_session(session, EndReason.NO_ENGINE)
-                else:
-                    self.view.note(
-                        f"{session.cp_id}: no final telemetry from the engine; billing the "
-                        f"last figures seen ({session.kwh:.2f} kWh)", "warning")
-                    self._close_session(session, session.end_reason)
+        self._check_bus(now)
+        if self.bus_down_since is None:
+            for session in list(self.sessions.values()):
+                if session.waiting is not None and now > session.deadline:
+                    self._deadline_passed(session)
+            if self.settings.max_supply:
+                limit = time.time() - self.settings.max_supply
+                for session in list(self.sessions.values()):
+                    if session.end_reason is None and session.started_at < limit:
+                        self.view.note(f"{session.cp_id}: supply of {session.driver_id} ended "
+                                       f"after the maximum of {self.settings.max_supply:g} s")
+                        self._end_session(session, EndReason.TIME_LIMIT)
+        for msg_id, p in list(self.pending.items()):
+            if p.retry_at and now >= p.retry_at:
+                self._send(msg_id)
+        if now >= self._next_alive:  # how long central was away, if it dies now
+            self._next_alive = now + 1.0
+            self.store.put(META, {"name": "alive", "at": time.time()})
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.settings.heartbeat
+            try:
+                self.outbox.send(NETWORK, CentralStatus(
+                    central=self.identity, started_at=self.started_at,
+                    kafka_ok=self.bus_down_since is None), CENTRAL_KEY,
+                    on_done=self._confirmer(None))
+            except BusError as exc:
+                log.debug("heartbeat not sent: %s", exc)
         self.view.refresh(self)
+
+    def _check_bus(self, now: float) -> None:
+        """Kafka is unavailable while nothing we send is confirmed (heartbeats each second).
+
+        Deadlines stop counting meanwhile: an engine's final figures or a driver's
+        end request may be waiting in a producer's buffer, not lost.
+        """
+        silent = now - self.last_confirm > self.settings.bus_timeout
+        if silent and self.bus_down_since is None:
+            self.bus_down_since = time.time()
+            self._bus_down_mono = now
+            self.view.note("Kafka unavailable: supplies go on; deadlines wait for it", "error")
+        elif not silent and self.bus_down_since is not None:
+            outage = now - self._bus_down_mono
+            for session in self.sessions.values():
+                if session.waiting is not None:
+                    session.deadline += outage
+            self.outages = [*self.outages[-19:], (self.bus_down_since, time.time())]
+            self.bus_down_since = None
+            self.view.note(f"Kafka is back after {outage:.0f} s")
+
+    def _deadline_passed(self, session: Session) -> None:
+        if session.waiting is Wait.START:
+            self._end_session(session, EndReason.NO_ENGINE)
+        elif session.waiting is Wait.MONITOR:
+            self.view.note(f"{session.cp_id}: its monitor did not come back after the "
+                           "restart; ending the supply", "warning")
+            self._end_session(session, EndReason.DISCONNECTED)
+        else:
+            assert session.end_reason is not None
+            self.view.note(
+                f"{session.cp_id}: no final telemetry from the engine; billing the "
+                f"last figures seen ({session.kwh:.2f} kWh)", "warning")
+            self._close_session(session, session.end_reason)
 
     # ------------------------------------------------------------------ monitors (TCP)
     def on_frame(self, event: MonitorFrame) -> None:
@@ -325,15 +526,15 @@ class Brain:
             else:
                 self.link.close_connection(
                     event.conn_id, "spoke before registering",
-                    RegisterRejected(cp_id=getattr(msg, "cp_id", "?"),
-                                     reason="register first", code="protocol"))
+                    RegisterRejected(cp_id=getattr(msg, "cp_id", "unknown"),
+                                     reason="register first", code=RejectCode.PROTOCOL))
             return
         cp = self.cps[cp_id]
         if isinstance(msg, Register) or getattr(msg, "cp_id", cp_id) != cp_id:
             self.link.close_connection(
                 event.conn_id, f"monitor of {cp_id} spoke for another CP",
                 RegisterRejected(cp_id=cp_id, reason="one connection serves one CP",
-                                 code="protocol"))
+                                 code=RejectCode.PROTOCOL))
             return
         cp.last_seen = time.time()
         if isinstance(msg, Heartbeat):
@@ -349,7 +550,7 @@ class Brain:
             self.view.note(f"refused monitor at {peer}: {msg.cp_id} is not in the registry",
                            "warning")
             self.link.close_connection(conn_id, f"unknown CP {msg.cp_id}", RegisterRejected(
-                cp_id=msg.cp_id, code="unknown",
+                cp_id=msg.cp_id, code=RejectCode.UNKNOWN,
                 reason=f"{msg.cp_id} is not in central's registry"))
             return
         if cp.conn_id is not None:
@@ -357,7 +558,7 @@ class Brain:
                            f"(connected from {cp.peer})", "warning")
             self.link.close_connection(conn_id, f"duplicate monitor for {cp.cp_id}",
                                        RegisterRejected(
-                cp_id=cp.cp_id, code="duplicate",
+                cp_id=cp.cp_id, code=RejectCode.DUPLICATE,
                 reason=f"{cp.cp_id} is already connected from another monitor"))
             return
         before = cp.state
@@ -372,6 +573,11 @@ class Brain:
         # Tell the engine its operator mode, so a restarted engine learns it.
         mode: Message = StopCP(cp_id=cp.cp_id) if cp.stopped else ResumeCP(cp_id=cp.cp_id)
         self._emit(CONTROL, mode, cp.cp_id)
+        session = cp.session
+        if session is not None and session.waiting is Wait.MONITOR:
+            session.wait(None)  # resumed after central's restart
+            if cp.faulted:
+                self._end_session(session, EndReason.FAULT)
         self._refresh_cp(cp, f"monitor registered from {peer}", before)
 
     def on_connection_lost(self, conn_id: int, reason: str) -> None:
@@ -418,21 +624,21 @@ class Brain:
         while len(self.answered) > 100_000:
             self.answered.popitem(last=False)
         self.counters.requests += 1
-        reason = self._refusal(req)
-        if reason is not None:
+        refusal = self._refusal(req)
+        if refusal is not None:
+            code, reason = refusal
             self.counters.denied += 1
             self._emit(CONTROL, Authorization(
                 driver_id=req.driver_id, cp_id=req.cp_id, request_id=req.msg_id,
-                authorized=False, reason=reason), req.driver_id)
+                authorized=False, code=code, reason=reason), req.driver_id)
             self.view.note(f"denied {req.driver_id} at {req.cp_id}: {reason}")
             return
         cp = self.cps[req.cp_id]
         before = cp.state
         session = Session(
             session_id=new_id(), cp_id=cp.cp_id, driver_id=req.driver_id,
-            request_id=req.msg_id, price=cp.price, started_at=time.time(),
-            deadline=time.monotonic() + self.settings.start_timeout,
-        )
+            request_id=req.msg_id, price=cp.price, started_at=time.time())
+        session.wait(Wait.START, self.settings.start_timeout)
         self.sessions[session.session_id] = session
         cp.session = session
         self.store.put_session(session.record(status="open"))
@@ -446,26 +652,38 @@ class Brain:
         self.counters.authorized += 1
         self._refresh_cp(cp, f"supply authorized for {req.driver_id}", before)
 
-    def _refusal(self, req: ChargeRequest) -> str | None:
-        """Why ``req`` cannot be authorized, or None: the only place that decides."""
-        age = time.time() - req.ts
+    def _refusal(self, req: ChargeRequest) -> tuple[DenyCode, str] | None:
+        """Why ``req`` cannot be authorized, or None: the only place that decides.
+
+        A request's age does not count the time central or Kafka was away:
+        requests made meanwhile are answered when they return.
+        """
+        age = self.age(req.ts)
         if age > self.settings.request_ttl:
-            return f"request expired ({age:.0f} s old)"
+            return DenyCode.EXPIRED, f"request expired ({age:.0f} s old)"
         cp = self.cps.get(req.cp_id)
         if cp is None:
-            return f"unknown charge point {req.cp_id}"
+            return DenyCode.UNKNOWN_CP, f"unknown charge point {req.cp_id}"
         for session in self.sessions.values():
             if session.driver_id == req.driver_id and session.end_reason is None:
-                return f"driver {req.driver_id} already has a supply running at {session.cp_id}"
+                return (DenyCode.DRIVER_BUSY, f"driver {req.driver_id} already has a supply "
+                        f"running at {session.cp_id}")
         state = cp.state
         if state is CPState.ACTIVADO:
             return None
         return {
-            CPState.DESCONECTADO: f"{cp.cp_id} is disconnected",
-            CPState.AVERIADO: f"{cp.cp_id} is out of service (fault)",
-            CPState.PARADO: f"{cp.cp_id} is stopped by the operator (out of order)",
-            CPState.SUMINISTRANDO: f"{cp.cp_id} is busy",
+            CPState.DESCONECTADO: (DenyCode.DISCONNECTED, f"{cp.cp_id} is disconnected"),
+            CPState.AVERIADO: (DenyCode.FAULTED, f"{cp.cp_id} is out of service (fault)"),
+            CPState.PARADO: (DenyCode.STOPPED,
+                             f"{cp.cp_id} is stopped by the operator (out of order)"),
+            CPState.SUMINISTRANDO: (DenyCode.BUSY, f"{cp.cp_id} is busy"),
         }[state]
+
+    def age(self, ts: float) -> float:
+        """Seconds since ``ts`` during which central could have read a message."""
+        now = time.time()
+        away = sum(max(0.0, min(end, now) - max(start, ts)) for start, end in self.outages)
+        return now - ts - away
 
     def on_end_request(self, req: EndRequest) -> None:
         session = self.sessions.get(req.session_id)
@@ -475,18 +693,29 @@ class Brain:
         self._end_session(session, EndReason.FINISHED)
 
     def on_telemetry(self, t: Telemetry) -> None:
-        session = self.sessions.get(t.session_id)
-        if session is None or session.cp_id != t.cp_id:
+        session = self.sessions.get(t.session_id) if t.session_id else self._bare_session(t)
+        if session is None or session.cp_id != t.cp_id or session.driver_id != t.driver_id:
             log.debug("telemetry for no running session (%s %s) ignored", t.cp_id, t.session_id)
             return
-        session.kwh, session.eur = t.consumo_kwh, t.importe_eur
+        if t.consumo_kwh < session.kwh:
+            log.warning("%s: reading of %.3f kWh below the %.3f kWh already seen; kept the "
+                        "higher", t.cp_id, t.consumo_kwh, session.kwh)
+        session.kwh = max(session.kwh, t.consumo_kwh)
+        session.eur = round(session.kwh * session.price, 2)  # central's price, not the engine's
         if not session.supplying:
             session.supplying = True
-            if session.end_reason is None:
-                session.deadline = 0.0
+        if session.waiting is Wait.START:
+            session.wait(None)
+        self.store.put_session({"session_id": session.session_id, "consumo_kwh": session.kwh,
+                                "importe_eur": session.eur, "supplying": True})
         if t.final:
             reason = session.end_reason or _reason(t.reason)
             self._close_session(session, reason)
+
+    def _bare_session(self, t: Telemetry) -> Session | None:
+        """A reading in the seed's bare shape belongs to the open session of its CP."""
+        cp = self.cps.get(t.cp_id)
+        return cp.session if cp is not None else None
 
     # ------------------------------------------------------------------ sessions
     def _end_session(self, session: Session, reason: EndReason) -> None:
@@ -494,7 +723,8 @@ class Brain:
         if session.end_reason is not None:
             return
         session.end_reason = reason
-        session.deadline = time.monotonic() + self.settings.end_timeout
+        session.wait(Wait.FINAL, self.settings.final_timeout)
+        self.store.put_session({"session_id": session.session_id, "end_reason": str(reason)})
         self._emit(CONTROL, EndSupply(
             cp_id=session.cp_id, session_id=session.session_id, reason=reason), session.cp_id)
 

@@ -4,31 +4,31 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import queue
+import socket
 import sys
 import threading
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from evc.bus import REQUESTS, TELEMETRY, KafkaBus
+from evc.bus import KafkaBus
 from evc.central.board import BoardView
 from evc.central.brain import Brain, Settings
-from evc.central.events import BusMessage, Event, OperatorKey, OperatorLine
+from evc.central.events import BusMessage, BusSkipped, Event, OperatorKey, OperatorLine
 from evc.central.server import MonitorServer
 from evc.central.view import PlainView
+from evc.console import KeyReader, pump_keys
 from evc.errors import ConfigError, EvcError
-from evc.runtime import (
-    Address,
-    KeyReader,
-    install_stop_signals,
-    join_all,
-    parse_address,
-    pump_keys,
-    setup_logging,
-)
+from evc.lifecycle import Crew, install_stop_signals
+from evc.logs import setup_logging
+from evc.net import Address
+from evc.options import ADDRESS, Common, common_options
+from evc.protocol.ids import check_id, check_text
+from evc.protocol.topics import REQUESTS, TELEMETRY
 from evc.store import Store
 
 log = logging.getLogger("evc.central")
@@ -53,8 +53,13 @@ def read_registry(path: Path) -> list[tuple[str, str, float]]:
             price = float(price_text)
         except ValueError:
             raise ConfigError(f"{path}:{lineno}: price {price_text!r} is not a number") from None
-        if not cp_id or " " in cp_id or not 0 <= price <= 100:
-            raise ConfigError(f"{path}:{lineno}: bad id or price")
+        try:
+            check_id(cp_id, "charge point id")
+            check_text(location, "location", 120)
+        except EvcError as exc:
+            raise ConfigError(f"{path}:{lineno}: {exc}") from None
+        if not math.isfinite(price) or not 0 <= price <= 100:
+            raise ConfigError(f"{path}:{lineno}: price {price_text!r} must be 0-100 €/kWh")
         rows.append((cp_id, location, price))
     return rows
 
@@ -76,9 +81,23 @@ def want_board(mode: str) -> bool:
     return sys.stdout.isatty() and sys.stdin.isatty() and not os.environ.get("NO_COLOR")
 
 
+@dataclass(frozen=True)
+class CentralConfig:
+    socket_port: int
+    kafka: Address
+    db_path: Path
+    listen_host: str = "0.0.0.0"
+    cps_file: Path | None = None
+    heartbeat_timeout: float = 3.0
+    partitions: int = 3
+    board: bool = False
+    settings: Settings = Settings()
+    common: Common = Common()
+
+
 @click.command()
 @click.argument("socket_port", type=click.IntRange(0, 65535))
-@click.argument("kafka")
+@click.argument("kafka", type=ADDRESS)
 @click.argument("db_path", required=False, type=click.Path(dir_okay=False, path_type=Path),
                 default=Path("data/central.json"))
 @click.option("--listen-host", default="0.0.0.0", show_default=True,
@@ -87,98 +106,102 @@ def want_board(mode: str) -> bool:
               help="CSV id,location,price_eur_kwh: adds or updates registry entries at start.")
 @click.option("--heartbeat-timeout", type=click.FloatRange(0.5, 60), default=3.0,
               show_default=True, help="Seconds of monitor silence that mean Desconectado.")
-@click.option("--topic-prefix", default="", help="Prefix of the Kafka topic names.")
 @click.option("--partitions", type=click.IntRange(1, 64), default=3, show_default=True,
               help="Partitions of topics central creates.")
+@click.option("--final-timeout", type=click.FloatRange(0.5, 3600), default=20.0,
+              show_default=True, help="Seconds an ended supply waits for the engine's final "
+              "figures (a dead engine that restarts reports them) before billing the last seen.")
+@click.option("--resume-grace", type=click.FloatRange(0.5, 3600), default=15.0,
+              show_default=True, help="After a restart, seconds the monitors of running "
+              "supplies have to register again before those supplies end.")
+@click.option("--max-supply-seconds", type=click.FloatRange(0, 10**6), default=3600,
+              show_default=True, help="End any supply that lasts longer (a driver that never "
+              "came back); 0: never.")
 @click.option("--display", type=click.Choice(["auto", "board", "plain"]), default="auto",
               show_default=True,
               help="board: live coloured board (terminals); plain: one line per change. "
                    "auto picks the board on a terminal unless NO_COLOR is set.")
-@click.option("--log-level", default="WARNING", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
-              help="Also write the log to this file (with the board: only there; "
-                   "default central.log beside the DB).")
-def central(socket_port: int, kafka: str, db_path: Path, listen_host: str,
-            cps_file: Path | None, heartbeat_timeout: float, topic_prefix: str,
-            partitions: int, display: str, log_level: str, log_file: str | None) -> None:
+@common_options
+def central(socket_port: int, kafka: Address, db_path: Path, listen_host: str,
+            cps_file: Path | None, heartbeat_timeout: float, partitions: int,
+            final_timeout: float, resume_grace: float, max_supply_seconds: float,
+            display: str, common: Common) -> None:
     """EV_Central: the monitor server, the rules, and the operator console.
 
     Monitors connect to SOCKET_PORT over TCP; drivers and engines reach central
     through the Kafka broker at KAFKA (host:port). DB_PATH is the TinyDB file
     [default: data/central.json]. Type `help` for the operator commands.
+    With the board, the log goes to --log-file (default central.log beside the DB).
     """
-    try:
-        run_central(socket_port, kafka, db_path, listen_host, cps_file, heartbeat_timeout,
-                    topic_prefix, partitions, want_board(display), log_level, log_file)
-    except EvcError as exc:
-        raise click.ClickException(str(exc)) from None
+    run_central(CentralConfig(
+        socket_port=socket_port, kafka=kafka, db_path=db_path, listen_host=listen_host,
+        cps_file=cps_file, heartbeat_timeout=heartbeat_timeout, partitions=partitions,
+        board=want_board(display), common=common,
+        settings=Settings(final_timeout=final_timeout, resume_grace=resume_grace,
+                          max_supply=max_supply_seconds)))
 
 
-def run_central(socket_port: int, kafka: str, db_path: Path, listen_host: str,
-                cps_file: Path | None, heartbeat_timeout: float, topic_prefix: str,
-                partitions: int, board: bool, log_level: str, log_file: str | None) -> None:
-    if board:  # the board owns the terminal: the log goes to a file
-        setup_logging(log_level, log_file or str(db_path.parent / "central.log"),
+def run_central(cfg: CentralConfig) -> None:
+    common = cfg.common
+    if cfg.board:  # the board owns the terminal: the log goes to a file
+        setup_logging(common.log_level,
+                      common.log_file or str(cfg.db_path.parent / "central.log"),
                       to_stderr=False)
     else:
-        setup_logging(log_level, log_file)
+        setup_logging(common.log_level, common.log_file)
     stop = threading.Event()
     install_stop_signals(stop)
-    kafka_addr = parse_address(kafka, what="Kafka address")
-    registry = read_registry(cps_file) if cps_file else []
-    store = Store(db_path)
+    registry = read_registry(cfg.cps_file) if cfg.cps_file else []
+    store = Store(cfg.db_path, lock=True)
     events: queue.Queue[Event] = queue.Queue()
-    server = MonitorServer(Address(listen_host, socket_port), events,
-                           silence_timeout=heartbeat_timeout)
-    threads: list[threading.Thread] = []
+    server = MonitorServer(Address(cfg.listen_host, cfg.socket_port), events,
+                           silence_timeout=cfg.heartbeat_timeout)
+    crew = Crew(stop)
     view: PlainView | BoardView | None = None
     keys: KeyReader | None = None
     try:
-        bus = KafkaBus(str(kafka_addr), prefix=topic_prefix, client_id="evc-central")
+        bus = KafkaBus(str(cfg.kafka), prefix=common.topic_prefix, client_id="evc-central")
     except EvcError:
         server.stop()
         store.close()
         raise
     try:
-        bus.ensure_topics(partitions=partitions)
-        if board:
-            view = BoardView(f"monitors :{server.address.port}  Kafka {kafka_addr}  DB {db_path}")
+        bus.ensure_topics(partitions=cfg.partitions)
+        if cfg.board:
+            view = BoardView(f"monitors :{server.address.port}  Kafka {cfg.kafka}  "
+                             f"DB {cfg.db_path}")
         else:
             view = PlainView()
-        brain = Brain(store, bus, server, view, Settings(), events=events)
+        brain = Brain(store, bus, server, view, cfg.settings, events=events,
+                      identity=f"{socket.gethostname()}:{server.address.port} "
+                               f"pid {os.getpid()}")
         if isinstance(view, BoardView):
             view.start()
         for cp_id, location, price in registry:
             brain.upsert_cp(cp_id, location, price)
         store.commit()
-        consumer = bus.consumer([REQUESTS, TELEMETRY], group_id=f"{topic_prefix}evc-central",
-                                from_beginning=True)
+        # Central reads from where its store says it stopped applying (the group's
+        # committed offsets are only a fallback, and a gauge of its lag).
+        consumer = bus.consumer([REQUESTS, TELEMETRY],
+                                group_id=f"{common.topic_prefix}evc-central",
+                                from_beginning=True, start=brain.applied)
         brain.acker = consumer
-        threads.append(threading.Thread(
-            target=consumer.run, name="central-kafka",
-            args=(lambda msg, delivery: events.put(BusMessage(msg, delivery)), stop)))
-        if board:
+        crew.spawn(consumer.run, lambda msg, delivery: events.put(BusMessage(msg, delivery)),
+                   stop, 0.2, lambda delivery, error: events.put(BusSkipped(delivery, error)),
+                   name="central-kafka", start=False)
+        if cfg.board:
             keys = KeyReader()
             # every key is an event: the board owns the line being typed
-            threads.append(threading.Thread(
-                target=pump_keys, name="central-keys",
-                args=(keys, lambda key: events.put(OperatorKey(key)), stop)))
+            crew.spawn(pump_keys, keys, lambda key: events.put(OperatorKey(key)), stop,
+                       name="central-keys", start=False)
         else:
             # readline() cannot be interrupted: this one thread is a daemon, owning nothing
-            threads.append(threading.Thread(target=console_reader, args=(events, stop),
-                                            name="central-console", daemon=True))
-        server.start()
-        for thread in threads:
-            thread.start()
-        joined_by = time.monotonic() + 30
-        while not consumer.ready.wait(0.2) and not stop.is_set():  # Ctrl+C stays prompt
-            if time.monotonic() > joined_by:
-                view.note("Kafka consumer group not joined after 30 s; requests wait until "
-                          "it is", "warning")
-                break
-        view.note(f"central ready: monitors on {server.address}, Kafka {kafka_addr}, "
-                  f"{len(brain.cps)} charge points in {db_path}")
+            crew.spawn(console_reader, events, stop, name="central-console", daemon=True,
+                       start=False)
+        crew.spawn(server.run, name="central-tcp", start=False)
+        crew.start()
+        view.note(f"central ready: monitors on {server.address}, Kafka {cfg.kafka}, "
+                  f"{len(brain.cps)} charge points in {cfg.db_path}")
         brain.run(stop)
     finally:
         stop.set()
@@ -187,8 +210,7 @@ def run_central(socket_port: int, kafka: str, db_path: Path, listen_host: str,
         if keys is not None:
             keys.close()
         server.stop()
-        alive = join_all([t for t in threads if not t.daemon], timeout=1.5)
-        if alive:
-            log.warning("threads still running at exit: %s", ", ".join(alive))
+        crew.join(1.5)
         bus.close(timeout=0.5)
         store.close()
+    crew.check()

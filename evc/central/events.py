@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from evc.bus import Delivery
 from evc.protocol.messages import Message
+from evc.protocol.topics import Delivery
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,23 @@ class BusMessage:
 
 
 @dataclass(frozen=True)
+class BusSkipped:
+    """A malformed record: nothing to apply, but its offset counts as read."""
+
+    delivery: Delivery
+    error: str
+
+
+@dataclass(frozen=True)
+class Sent:
+    """Kafka's verdict on a message central sent (``msg_id`` None: a heartbeat)."""
+
+    msg_id: str | None
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class OperatorLine:
     """One line typed by the operator."""
 
@@ -48,9 +65,4 @@ class OperatorKey:
     key: str
 
 
-@dataclass(frozen=True)
-class Shutdown:
-    """The console asked to quit."""
-
-
-Event = MonitorFrame | ConnectionLost | BusMessage | OperatorLine | OperatorKey | Shutdown
+Event = MonitorFrame | ConnectionLost | BusMessage | BusSkipped | Sent | OperatorLine | OperatorKey

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from evc.central.events import ConnectionLost, Event, MonitorFrame
 from evc.errors import ConfigError, ProtocolError
+from evc.net import Address
 from evc.protocol.framing import FrameDecoder, encode_frame
 from evc.protocol.messages import (
     TCP_CENTRAL_TYPES,
@@ -27,7 +28,6 @@ from evc.protocol.messages import (
     Message,
     from_wire,
 )
-from evc.runtime import Address
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,9 @@ class MonitorServer:
         self._next_expiry_check = 0.0
         self._requests: queue.SimpleQueue[tuple[str, int, object]] = queue.SimpleQueue()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="central-tcp")
+        self._life = threading.Lock()
+        self._running = False
+        self._cleaned = False
         try:
             family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
             self._listener = socket.socket(family, socket.SOCK_STREAM)
@@ -81,9 +83,6 @@ class MonitorServer:
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
 
     # ------------------------------------------------------------------ API (any thread)
-    def start(self) -> None:
-        self._thread.start()
-
     def send(self, conn_id: int, message: Message) -> None:
         self._request("send", conn_id, message)
 
@@ -92,13 +91,13 @@ class MonitorServer:
         self._request("close", conn_id, (reason, final))
 
     def stop(self) -> None:
-        """Close every connection and the listener; safe before start and twice."""
-        self._stop.set()
-        if self._thread.is_alive():
+        """End ``run`` (which closes everything), or close now if it never ran; idempotent."""
+        with self._life:
+            self._stop.set()
+            running = self._running
+        if running:
             self._wake()
-            self._thread.join(2)
-        elif self._thread.ident is None:  # never started: the loop's cleanup never ran
-            self._thread = threading.Thread()  # a second stop() finds nothing to do
+        else:
             self._cleanup()
 
     def _request(self, kind: str, conn_id: int, payload: object) -> None:
@@ -112,7 +111,12 @@ class MonitorServer:
             pass  # already awake (buffer full) or shutting down
 
     # ------------------------------------------------------------------ loop (own thread)
-    def _loop(self) -> None:
+    def run(self) -> None:
+        """The selector loop, until ``stop``; run it in its own thread."""
+        with self._life:
+            if self._stop.is_set():
+                return
+            self._running = True
         try:
             while not self._stop.is_set():
                 for key, mask in self._sel.select(timeout=0.2):
@@ -134,6 +138,10 @@ class MonitorServer:
             self._cleanup()
 
     def _cleanup(self) -> None:
+        with self._life:
+            if self._cleaned:
+                return
+            self._cleaned = True
         for conn in list(self._conns.values()):
             self._drop(conn, "central shutting down", notify=False)
         self._sel.close()

@@ -7,24 +7,21 @@ import queue
 import socket
 import sys
 import threading
-import time
 from dataclasses import dataclass
 
 import click
 
-from evc.bus import CONTROL, KafkaBus
+from evc.bus import KafkaBus
+from evc.console import KeyReader, pump_keys, stamp
 from evc.cp_engine.engine import Engine
 from evc.errors import ConfigError, EvcError, ProtocolError
+from evc.lifecycle import Crew, install_stop_signals, join_all
+from evc.logs import setup_logging
+from evc.net import Address
+from evc.options import ADDRESS, ID, AddressType, Common, common_options
 from evc.protocol.framing import read_frames, send_frame
 from evc.protocol.messages import HealthCheck, Message, from_wire
-from evc.runtime import (
-    KeyReader,
-    install_stop_signals,
-    join_all,
-    parse_address,
-    pump_keys,
-    setup_logging,
-)
+from evc.protocol.topics import CONTROL
 
 log = logging.getLogger("evc.cp_engine")
 MAX_MONITORS = 8
@@ -54,7 +51,7 @@ class Screen:
         self._last = ""
 
     def line(self, text: str) -> None:
-        out = f"{time.strftime('%H:%M:%S')} {text}"
+        out = f"{stamp()} {text}"
         try:
             if self.tty:
                 sys.stdout.write("\r\x1b[2K" + out + "\n")
@@ -121,77 +118,71 @@ def read_checks(sock: socket.socket, events: queue.Queue[object], stop: threadin
         sock.close()
 
 
+@dataclass(frozen=True)
+class EngineConfig:
+    kafka: Address
+    listen: Address
+    cp_id: str | None = None
+    power: float = 0.5
+    max_supply_seconds: float = 0.0
+    common: Common = Common()
+
+
 @click.command("cp-engine")
-@click.argument("kafka")
-@click.option("--listen", "listen", required=True,
+@click.argument("kafka", type=ADDRESS)
+@click.option("--listen", "listen", required=True, type=AddressType(default_host="0.0.0.0"),
               help="[HOST:]PORT where the monitor's health checks arrive (host default 0.0.0.0).")
-@click.option("--id", "cp_id", default=None, help="Pin the CP id (else learnt from the monitor).")
+@click.option("--id", "cp_id", default=None, type=ID,
+              help="Pin the CP id (else learnt from the monitor).")
 @click.option("--power", type=click.FloatRange(0.001, 1000), default=0.5, show_default=True,
               help="kWh added each second of a supply.")
 @click.option("--max-supply-seconds", type=click.FloatRange(0, 86400), default=0,
               help="End a supply after this many seconds (0: no limit).")
-@click.option("--topic-prefix", default="", help="Prefix of the Kafka topic names.")
-@click.option("--log-level", default="WARNING", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-@click.option("--log-file", type=click.Path(dir_okay=False), default=None)
-def cp_engine(kafka: str, listen: str, cp_id: str | None, power: float,
-              max_supply_seconds: float, topic_prefix: str, log_level: str,
-              log_file: str | None) -> None:
+@common_options
+def cp_engine(kafka: Address, listen: Address, cp_id: str | None, power: float,
+              max_supply_seconds: float, common: Common) -> None:
     """EV_CP_E: supplies energy on central's orders, answers its monitor's health checks.
 
     Keys (without Enter on a terminal, one per line on a pipe):
     f fault (answer KO), h hang (stop answering), r recover, u unplug the vehicle.
     """
-    try:
-        run_engine(kafka, listen, cp_id, power, max_supply_seconds, topic_prefix,
-                   log_level, log_file)
-    except EvcError as exc:
-        raise click.ClickException(str(exc)) from None
+    run_engine(EngineConfig(kafka=kafka, listen=listen, cp_id=cp_id, power=power,
+                            max_supply_seconds=max_supply_seconds, common=common))
 
 
-def run_engine(kafka: str, listen: str, cp_id: str | None, power: float,
-               max_supply_seconds: float, topic_prefix: str, log_level: str,
-               log_file: str | None) -> None:
-    setup_logging(log_level, log_file)
+def run_engine(cfg: EngineConfig) -> None:
+    setup_logging(cfg.common.log_level, cfg.common.log_file)
     stop = threading.Event()
     install_stop_signals(stop)
-    kafka_addr = parse_address(kafka, what="Kafka address")
-    listen_addr = parse_address(listen, default_host="0.0.0.0", what="--listen address")
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        listener.bind(listen_addr.pair)
+        listener.bind(cfg.listen.pair)
         listener.listen(8)
     except OSError as exc:
         listener.close()
-        raise ConfigError(f"cannot listen on {listen_addr}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from None
     try:
-        bus = KafkaBus(str(kafka_addr), prefix=topic_prefix, client_id="evc-engine")
+        bus = KafkaBus(str(cfg.kafka), prefix=cfg.common.topic_prefix, client_id="evc-engine")
     except EvcError:
         listener.close()
         raise
     screen = Screen()
     events: queue.Queue[object] = queue.Queue()
-    engine = Engine(bus.send, screen.line, cp_id=cp_id, power=power,
-                    max_seconds=max_supply_seconds)
+    engine = Engine(bus.send, screen.line, cp_id=cfg.cp_id, power=cfg.power,
+                    max_seconds=cfg.max_supply_seconds)
     keys = KeyReader()
     workers: list[threading.Thread] = []
-    threads: list[threading.Thread] = []
+    crew = Crew(stop)
     try:
         bus.ensure_topics()  # idempotent: whoever starts first creates them
         consumer = bus.consumer([CONTROL])
-        threads = [
-            threading.Thread(target=serve_health, args=(listener, events, stop, workers),
-                             name="engine-accept"),
-            threading.Thread(target=consumer.run, name="engine-kafka",
-                             args=(lambda msg, _d: events.put(Order(msg)), stop)),
-            threading.Thread(target=pump_keys, name="engine-keys",
-                             args=(keys, lambda key: events.put(Key(key)), stop)),
-        ]
-        for thread in threads:
-            thread.start()
-        screen.line(f"engine listening for its monitor on {listen_addr}, Kafka {kafka_addr}"
-                    + (f", pinned to {cp_id}" if cp_id else ""))
+        crew.spawn(serve_health, listener, events, stop, workers, name="engine-accept")
+        crew.spawn(consumer.run, lambda msg, _d: events.put(Order(msg)), stop,
+                   name="engine-kafka")
+        crew.spawn(pump_keys, keys, lambda key: events.put(Key(key)), stop, name="engine-keys")
+        screen.line(f"engine listening for its monitor on {cfg.listen}, Kafka {cfg.kafka}"
+                    + (f", pinned to {cfg.cp_id}" if cfg.cp_id else ""))
         wait = 1.0
         while not stop.is_set():
             screen.status(engine.status_line())
@@ -217,7 +208,7 @@ def run_engine(kafka: str, listen: str, cp_id: str | None, power: float,
         engine.shutdown()
         keys.close()
         screen.close()
-        alive = join_all(threads + workers, timeout=1.5)
-        if alive:
-            log.warning("threads still running at exit: %s", ", ".join(alive))
+        crew.join(1.5)
+        join_all(workers, timeout=0.5)
         bus.close(timeout=0.5)
+    crew.check()

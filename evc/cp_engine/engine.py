@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from evc.bus import TELEMETRY
 from evc.protocol.messages import (
+    CPState,
     EndReason,
     EndSupply,
     Health,
@@ -28,6 +28,7 @@ from evc.protocol.messages import (
     StopCP,
     Telemetry,
 )
+from evc.protocol.topics import TELEMETRY
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +71,15 @@ class Engine:
 
     # ------------------------------------------------------------------ view
     @property
-    def state(self) -> str:
+    def state(self) -> CPState:
+        """The CP as this engine sees it (without a monitor it cannot know Desconectado)."""
         if self.mode is not Mode.OK:
-            return "Averiado"
+            return CPState.AVERIADO
         if self.stopped:
-            return "Parado"
+            return CPState.PARADO
         if self.supply is not None:
-            return "Suministrando"
-        return "Activado"
+            return CPState.SUMINISTRANDO
+        return CPState.ACTIVADO
 
     def status_line(self) -> str:
         who = self.cp_id or "(waiting for monitor)"
@@ -99,7 +101,7 @@ class Engine:
         if self.mode is Mode.HANG:
             return None
         status = Health.OK if self.mode is Mode.OK else Health.KO
-        return HealthReply(cp_id=self.cp_id, status=status, state=self.state)
+        return HealthReply(cp_id=self.cp_id, status=status, state=str(self.state))
 
     # ------------------------------------------------------------------ orders (Kafka)
     def on_order(self, msg: Message) -> None:

@@ -23,7 +23,7 @@ import click
 from evc.broker import manager
 from evc.bus import ping
 from evc.errors import EvcError
-from evc.runtime import Address, parse_address, port_free
+from evc.net import Address, parse_address, port_free
 
 EVC = [sys.executable, "-m", "evc.cli"]
 LOCATIONS = ["C/Italia 5", "Av. Maisonnave 12", "C/Pintor Sorolla 3", "Pl. de los Luceros 1",

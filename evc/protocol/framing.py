@@ -74,11 +74,6 @@ class FrameDecoder:
             frames.append(decode_payload(payload))
         return frames
 
-    @property
-    def pending(self) -> int:
-        """Bytes of an incomplete frame still buffered."""
-        return len(self._buffer)
-
     def close(self) -> None:
         """The stream ended: a partial frame left behind is an error."""
         if self._buffer:

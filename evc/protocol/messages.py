@@ -11,6 +11,7 @@ docs/PROTOCOL.md documents each one.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import types
 import typing
@@ -19,6 +20,8 @@ from enum import Enum
 from typing import Any, ClassVar, TypeVar, Union
 
 from evc.errors import ProtocolError
+from evc.protocol.ids import check_id, check_text, check_token
+from evc.protocol.topics import Delivery
 
 
 class StrEnum(str, Enum):
@@ -57,6 +60,26 @@ class EndReason(StrEnum):
     CENTRAL_RESTART = "central_restart"  # central restarted during the supply
 
 
+class RejectCode(StrEnum):
+    """Why central refused a monitor's registration (``register_rejected.code``)."""
+
+    UNKNOWN = "unknown"  # the CP is not in the registry: the monitor gives up
+    DUPLICATE = "duplicate"  # another live monitor holds the id: retry later
+    PROTOCOL = "protocol"  # spoke before registering, or for another CP
+
+
+class DenyCode(StrEnum):
+    """Why a charge request was denied (``authorization.code``; prose in ``reason``)."""
+
+    EXPIRED = "expired"  # older than the request time-to-live
+    UNKNOWN_CP = "unknown_cp"  # not in the registry
+    DRIVER_BUSY = "driver_busy"  # this driver already has a supply running
+    DISCONNECTED = "disconnected"  # the CP's monitor is not connected
+    FAULTED = "faulted"  # the CP is out of service (Averiado)
+    STOPPED = "stopped"  # stopped by the operator (Parado)
+    BUSY = "busy"  # the CP is supplying someone else
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -65,6 +88,10 @@ def wire(name: str) -> Any:
     """Field metadata: the key used on the wire when it differs from the attribute."""
     return {"wire": name}
 
+
+ID_FIELDS = frozenset({"cp_id", "driver_id"})
+TOKEN_FIELDS = frozenset({"msg_id", "session_id", "request_id"})
+TEXT_FIELDS = frozenset({"location", "reason", "state"})
 
 M = TypeVar("M", bound="Message")
 _REGISTRY: dict[str, type[Message]] = {}
@@ -76,6 +103,18 @@ class Message:
 
     msg_id: str = dataclasses.field(default_factory=new_id)
     ts: float = dataclasses.field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        """Every id, token and text field follows protocol.ids, whoever built it."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name in ID_FIELDS:
+                check_id(value, field.name)
+            elif field.name in TOKEN_FIELDS:
+                if value or field.default != "":
+                    check_token(value, field.name)
+            elif field.name in TEXT_FIELDS and isinstance(value, str):
+                check_text(value, field.name)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -120,12 +159,18 @@ def _check(value: Any, hint: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ProtocolError(f"{where}: expected a number, got {type(value).__name__}")
-        if value != value or value in (float("inf"), float("-inf")):
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ProtocolError(f"{where}: number too large") from None
+        if not math.isfinite(number):
             raise ProtocolError(f"{where}: not a finite number")
-        return float(value)
+        return number
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ProtocolError(f"{where}: expected an integer, got {type(value).__name__}")
+        if abs(value) > 2**63:
+            raise ProtocolError(f"{where}: integer too large")
         return value
     if hint is str:
         if not isinstance(value, str):
@@ -135,7 +180,22 @@ def _check(value: Any, hint: Any, where: str) -> Any:
 
 
 def from_wire(obj: dict[str, Any]) -> Message:
-    """A decoded JSON object -> its typed message; ProtocolError when it does not fit."""
+    """A decoded JSON object -> its typed message; ProtocolError when it does not fit.
+
+    ProtocolError is the only exception: whatever the object holds (huge or
+    non-finite numbers, wrong types, deep nesting), nothing else escapes.
+    """
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"message is a JSON {type(obj).__name__}, not an object")
+    try:
+        return _from_wire(obj)
+    except ProtocolError:
+        raise
+    except (TypeError, ValueError, OverflowError, RecursionError, AttributeError) as exc:
+        raise ProtocolError(f"message does not fit its type ({type(exc).__name__})") from exc
+
+
+def _from_wire(obj: dict[str, Any]) -> Message:
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("message has no string 'type'")
@@ -158,18 +218,43 @@ def from_wire(obj: dict[str, Any]) -> Message:
     return cls(**values)
 
 
+SEED_REQUEST_KEYS = frozenset({"driver_id", "cp_id_solicitado"})
+SEED_TELEMETRY_KEYS = frozenset({"cp_id", "driver_id", "consumo_kwh", "importe_eur"})
+
+
+def from_record(obj: Any, delivery: Delivery | None = None) -> Message:
+    """A Kafka record's JSON -> its message, also in the seed's bare shapes.
+
+    Clients written by others send exactly the seed's keys, without ``type``,
+    ``msg_id`` or ``ts``: a request ``{driver_id, cp_id_solicitado}`` or a
+    reading ``{cp_id, driver_id, consumo_kwh, importe_eur}`` (``final`` may
+    follow). Their identity is the record's own (topic:partition:offset) and
+    their time the record's Kafka timestamp, so redeliveries and expiry work
+    as for evc's own messages. Numeric ids are read as their decimal text.
+    """
+    if isinstance(obj, dict) and "type" not in obj and delivery is not None:
+        keys = set(obj)
+        if keys == SEED_REQUEST_KEYS:
+            kind = ChargeRequest.TYPE
+        elif SEED_TELEMETRY_KEYS <= keys <= SEED_TELEMETRY_KEYS | {"final"}:
+            kind = Telemetry.TYPE
+        else:
+            raise ProtocolError("record has no 'type' and is not one of the seed's shapes "
+                                f"(keys: {', '.join(sorted(map(str, keys)))[:120]})")
+        bare = {k: (str(v) if k in ("driver_id", "cp_id", "cp_id_solicitado")
+                    and isinstance(v, int) and not isinstance(v, bool) else v)
+                for k, v in obj.items()}
+        return from_wire({**bare, "type": kind, "msg_id": delivery.ref,
+                          "ts": delivery.timestamp or time.time()})
+    return from_wire(obj)
+
+
 def parse(obj: dict[str, Any], expected: type[M]) -> M:
     """``from_wire`` that also insists on one message class."""
     message = from_wire(obj)
     if not isinstance(message, expected):
         raise ProtocolError(f"expected {expected.TYPE!r}, got {message.TYPE!r}")
     return message
-
-
-def _text_id(value: str, what: str) -> str:
-    if not value or len(value) > 64 or any(c.isspace() for c in value):
-        raise ProtocolError(f"bad {what} {value!r}: 1-64 characters, no spaces")
-    return value
 
 
 # --------------------------------------------------------------- TCP: monitor <-> central
@@ -183,9 +268,6 @@ class Register(Message):
     cp_id: str
     location: str = ""
     health: Health = Health.OK
-
-    def __post_init__(self) -> None:
-        _text_id(self.cp_id, "cp_id")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -201,7 +283,7 @@ class RegisterRejected(Message):
     TYPE: ClassVar[str] = "register_rejected"
     cp_id: str
     reason: str
-    code: str = ""  # "unknown" (not in the registry: give up) or "duplicate" (retry later)
+    code: RejectCode
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -349,6 +431,7 @@ class Authorization(Message):
     request_id: str
     authorized: bool
     reason: str = ""
+    code: DenyCode | None = None  # why it was denied (None when authorized)
     session_id: str = ""
     price_eur_kwh: float = 0.0
 
@@ -367,6 +450,19 @@ class Ticket(Message):
     started_at: float
     ended_at: float
     reason: EndReason
+
+
+# --------------------------------------------------------------- Kafka: network_topic
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CentralStatus(Message):
+    """Central -> anyone, every second: central is there (key ``@central``)."""
+
+    TYPE: ClassVar[str] = "central_status"
+    central: str  # who: host name and process id
+    started_at: float
+    kafka_ok: bool = True
 
 
 TCP_CENTRAL_TYPES = (Register, Heartbeat, FaultReport, RecoveryReport)

@@ -1,8 +1,11 @@
 """Persistence: the only module that imports tinydb.
 
-Central's registry (charge points), sessions and tickets live in one TinyDB
-JSON file. TinyDB rewrites the whole file on each write and is not
-thread-safe, so:
+Central's registry (charge points), sessions and tickets, the messages it has
+decided but Kafka has not yet confirmed (the outbox), and the Kafka offsets it
+has applied, live in one TinyDB JSON file: one commit holds a batch's state
+change, what it announces and how far it read, so a crash between any two
+instructions neither forgets nor repeats anything. TinyDB rewrites the whole
+file on each write and is not thread-safe, so:
 
 * only one thread (central's brain) uses a ``Store``;
 * changes are collected in memory (dicts indexed by key) and written by
@@ -14,6 +17,7 @@ thread-safe, so:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -27,6 +31,98 @@ from evc.errors import StoreError
 
 CPS = "cps"
 SESSIONS = "sessions"
+OUTBOX = "outbox"
+OFFSETS = "offsets"
+META = "meta"
+TABLES = {CPS: "cp_id", SESSIONS: "session_id", OUTBOX: "msg_id", OFFSETS: "tp", META: "name"}
+"""Every table and the field that keys its records."""
+
+
+def write_atomic(path: Path, payload: bytes) -> None:
+    """Replace ``path`` with ``payload``: temp file, fsync, rename, fsync of the folder.
+
+    A kill at any moment leaves the old or the new file, whole.
+    """
+    tmp_path = None
+    try:
+        fd, tmp_path = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(payload)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_path, path)
+        tmp_path = None
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise StoreError(f"cannot write {path}: {exc.strerror}") from exc
+    finally:
+        if tmp_path is not None:
+            try:
+                os.unlink(tmp_path)
+            except OSError:
+                pass
+
+
+class JsonFile:
+    """A small JSON document kept atomically (engine and driver journals)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create folder for {self.path}: {exc.strerror}") from exc
+        for stale in self.path.parent.glob(f".{self.path.name}.*"):
+            stale.unlink(missing_ok=True)
+
+    def load(self) -> dict[str, Any]:
+        """The saved document, or {} when there is none yet."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.path}: {exc.strerror}") from exc
+        except ValueError:
+            raise StoreError(f"{self.path} is not a valid evc journal (not JSON); "
+                             "move it away to start afresh") from None
+        if not isinstance(data, dict):
+            raise StoreError(f"{self.path} is not a valid evc journal")
+        return data
+
+    def save(self, data: dict[str, Any]) -> None:
+        write_atomic(self.path, json.dumps(data, ensure_ascii=False,
+                                           separators=(",", ":")).encode("utf-8"))
+
+
+class FileLock:
+    """An exclusive lock on ``<path>.lock`` held while a process uses ``path``."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path.with_name(path.name + ".lock")
+        try:
+            self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot create {self.path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(self._fd, 200).decode("utf-8", "replace").strip() or "?"
+            os.close(self._fd)
+            self._fd = None
+            raise StoreError(f"{path} is in use by another {what} ({holder}); "
+                             "stop it first, or give another file") from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock
+            self._fd = None
 
 
 class AtomicJSONStorage(Storage):
@@ -65,99 +161,101 @@ class AtomicJSONStorage(Storage):
 
     def write_bytes(self, payload: bytes) -> None:
         """Replace the file with ``payload`` (already JSON), atomically."""
-        tmp_path = None
-        try:
-            fd, tmp_path = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-            with os.fdopen(fd, "wb") as tmp:
-                tmp.write(payload)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            os.replace(tmp_path, self.path)
-            tmp_path = None
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError as exc:
-            raise StoreError(f"cannot write {self.path}: {exc.strerror}") from None
-        finally:
-            if tmp_path is not None:
-                try:
-                    os.unlink(tmp_path)
-                except OSError:
-                    pass
+        write_atomic(self.path, payload)
 
     def close(self) -> None:
         pass
 
 
 class Store:
-    """Central's database. Records are plain dicts keyed by ``cp_id`` / ``session_id``.
+    """Central's database. Records are plain dicts, each table keyed by one field.
 
     TinyDB reads the file at start; from then on the records live in dicts indexed
     by key (every put is O(1), never a table scan) and ``commit()`` hands the
     whole database to TinyDB's storage in one atomic write. Closed sessions beyond
     ``keep_closed`` move, oldest first, to an append-only archive beside the file
     (``<name>.sessions.jsonl``), so the file TinyDB rewrites stays small.
+    With ``lock=True`` a second process cannot open the same file.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, keep_closed: int = 1000) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, keep_closed: int = 1000,
+                 lock: bool = False) -> None:
         self.path = Path(path)
         self.archive_path = self.path.with_name(self.path.stem + ".sessions.jsonl")
         self.keep_closed = keep_closed
+        self._lock: FileLock | None = None
+        if lock:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create folder for {self.path}: "
+                                 f"{exc.strerror}") from exc
+            self._lock = FileLock(self.path, "central")
         try:
             self._db = TinyDB(self.path, storage=AtomicJSONStorage)
-            cps = self._db.table(CPS, cache_size=0).all()
-            sessions = self._db.table(SESSIONS, cache_size=0).all()
-            self._cps: dict[str, dict[str, Any]] = {d["cp_id"]: dict(d) for d in cps}
-            self._sessions: dict[str, dict[str, Any]] = {
-                d["session_id"]: dict(d) for d in sessions}
+            self._tables: dict[str, dict[str, dict[str, Any]]] = {}
+            for name, key in TABLES.items():
+                rows = self._db.table(name, cache_size=0).all()
+                self._tables[name] = {str(d[key]): dict(d) for d in rows}
             self._storage: AtomicJSONStorage = self._db.storage  # type: ignore[assignment]
         except StoreError:
+            self._release()
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self._release()
             raise StoreError(f"{self.path} is not a valid evc database ({exc})") from None
         # Each record's JSON text, re-encoded only when the record changed: a commit
         # joins these instead of encoding the whole database again.
-        self._json: dict[str, dict[str, str]] = {CPS: {}, SESSIONS: {}}
-        self._changed: dict[str, set[str]] = {CPS: set(self._cps), SESSIONS: set(self._sessions)}
+        self._json: dict[str, dict[str, str]] = {name: {} for name in TABLES}
+        self._changed: dict[str, set[str]] = {name: set(rows)
+                                               for name, rows in self._tables.items()}
         self._dirty = False
 
-    # ------------------------------------------------------------------ charge points
-    def cps(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._cps.values()]
-
-    def get_cp(self, cp_id: str) -> dict[str, Any] | None:
-        rec = self._cps.get(cp_id)
-        return dict(rec) if rec is not None else None
-
-    def put_cp(self, record: dict[str, Any]) -> None:
-        """Insert or update (merge) the CP with ``record['cp_id']``."""
-        self._cps.setdefault(record["cp_id"], {}).update(record)
-        self._changed[CPS].add(record["cp_id"])
+    # ------------------------------------------------------------------ any table
+    def put(self, table: str, record: dict[str, Any]) -> None:
+        """Insert or update (merge) the record with ``record[<key field>]``."""
+        key = str(record[TABLES[table]])
+        self._tables[table].setdefault(key, {}).update(record)
+        self._changed[table].add(key)
         self._dirty = True
 
-    def remove_cp(self, cp_id: str) -> bool:
-        removed = self._cps.pop(cp_id, None) is not None
-        self._json[CPS].pop(cp_id, None)
-        self._changed[CPS].discard(cp_id)
+    def get(self, table: str, key: str) -> dict[str, Any] | None:
+        rec = self._tables[table].get(key)
+        return dict(rec) if rec is not None else None
+
+    def remove(self, table: str, key: str) -> bool:
+        removed = self._tables[table].pop(key, None) is not None
+        self._json[table].pop(key, None)
+        self._changed[table].discard(key)
         self._dirty = self._dirty or removed
         return removed
 
-    # ------------------------------------------------------------------ sessions
-    def sessions(self, **match: Any) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._sessions.values()
+    def all(self, table: str, **match: Any) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._tables[table].values()
                 if all(r.get(k) == v for k, v in match.items())]
 
+    # ------------------------------------------------------------------ charge points
+    def cps(self) -> list[dict[str, Any]]:
+        return self.all(CPS)
+
+    def get_cp(self, cp_id: str) -> dict[str, Any] | None:
+        return self.get(CPS, cp_id)
+
+    def put_cp(self, record: dict[str, Any]) -> None:
+        self.put(CPS, record)
+
+    def remove_cp(self, cp_id: str) -> bool:
+        return self.remove(CPS, cp_id)
+
+    # ------------------------------------------------------------------ sessions
+    def sessions(self, **match: Any) -> list[dict[str, Any]]:
+        return self.all(SESSIONS, **match)
+
     def get_session(self, session_id: str) -> dict[str, Any] | None:
-        rec = self._sessions.get(session_id)
-        return dict(rec) if rec is not None else None
+        return self.get(SESSIONS, session_id)
 
     def put_session(self, record: dict[str, Any]) -> None:
-        self._sessions.setdefault(record["session_id"], {}).update(record)
-        self._changed[SESSIONS].add(record["session_id"])
-        self._dirty = True
+        self.put(SESSIONS, record)
 
     def archived_sessions(self) -> list[dict[str, Any]]:
         """Closed sessions moved out of the database file, oldest first."""
@@ -176,13 +274,30 @@ class Store:
             seen[rec.get("session_id", "")] = rec
         return list(seen.values())
 
+    # ------------------------------------------------------------------ outbox and offsets
+    def outbox(self) -> list[dict[str, Any]]:
+        """Messages decided but not yet confirmed by Kafka, in the order they were decided."""
+        return sorted(self.all(OUTBOX), key=lambda r: r.get("seq", 0))
+
+    def offsets(self) -> dict[tuple[str, int], int]:
+        """The next offset to apply, per (topic, partition) already read."""
+        out: dict[tuple[str, int], int] = {}
+        for rec in self._tables[OFFSETS].values():
+            topic, _, partition = str(rec["tp"]).rpartition(":")
+            out[(topic, int(partition))] = int(rec["next"])
+        return out
+
+    def set_offset(self, topic: str, partition: int, next_offset: int) -> None:
+        self.put(OFFSETS, {"tp": f"{topic}:{partition}", "next": next_offset})
+
     # ------------------------------------------------------------------ lifecycle
     @property
     def dirty(self) -> bool:
         return self._dirty
 
     def _archive_old_sessions(self) -> None:
-        closed = [r for r in self._sessions.values() if r.get("status") == "closed"]
+        sessions = self._tables[SESSIONS]
+        closed = [r for r in sessions.values() if r.get("status") == "closed"]
         excess = len(closed) - self.keep_closed
         if excess <= 0:
             return
@@ -197,9 +312,7 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot write {self.archive_path}: {exc.strerror}") from None
         for rec in old:
-            del self._sessions[rec["session_id"]]
-            self._json[SESSIONS].pop(rec["session_id"], None)
-            self._changed[SESSIONS].discard(rec["session_id"])
+            self.remove(SESSIONS, str(rec["session_id"]))
 
     def commit(self) -> None:
         """Write every change since the last commit, atomically, in one write."""
@@ -207,7 +320,7 @@ class Store:
             return
         self._archive_old_sessions()
         tables = []
-        for name, records in ((CPS, self._cps), (SESSIONS, self._sessions)):
+        for name, records in self._tables.items():
             texts = self._json[name]
             for key in self._changed[name]:
                 texts[key] = json.dumps(records[key], ensure_ascii=False, separators=(",", ":"))
@@ -217,6 +330,14 @@ class Store:
         self._storage.write_bytes(("{" + ",".join(tables) + "}").encode("utf-8"))
         self._dirty = False
 
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     def close(self) -> None:
-        self.commit()
-        self._db.close()
+        try:
+            self.commit()
+            self._db.close()
+        finally:
+            self._release()

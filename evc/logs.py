@@ -1,0 +1,46 @@
+"""Logging set up the same way in every process."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from evc.errors import ConfigError
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def setup_logging(level: str, log_file: str | None, *, to_stderr: bool = True) -> None:
+    """Log to ``log_file`` (if given) and to stderr (unless a screen owns it).
+
+    kafka-python's own messages (reconnect attempts, metadata races) go to the log
+    file only: on the terminal the user gets evc's one clear line instead.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.setLevel(level.upper())
+    fmt = logging.Formatter(LOG_FORMAT)
+    kafka_log = logging.getLogger("kafka")
+    for handler in list(kafka_log.handlers):
+        kafka_log.removeHandler(handler)
+    kafka_log.propagate = False
+    kafka_log.setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)
+    if log_file:
+        try:
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot open log file {log_file}: {exc.strerror}") from exc
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+        kafka_log.addHandler(handler)
+    else:
+        kafka_log.addHandler(logging.NullHandler())
+    if to_stderr:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(fmt)
+        root.addHandler(stream)
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())

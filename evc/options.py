@@ -1,0 +1,96 @@
+"""Click pieces every command shares: option groups and parameter types.
+
+    @click.command()
+    @click.argument("kafka", type=ADDRESS)
+    @common_options
+    def cmd(kafka: Address, common: Common) -> None: ...
+
+An ``EvcError`` raised by any command becomes one ``Error: …`` line (exit 1)
+in ``evc.cli.PluginGroup``; commands do not wrap it themselves.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from evc.errors import EvcError
+from evc.net import Address, parse_address
+from evc.protocol.ids import check_id
+
+
+def _name(param: click.Parameter | None) -> str:
+    """How an error names the parameter: ``--listen`` or ``kafka``."""
+    if param is None:
+        return "value"
+    if isinstance(param, click.Option):
+        return param.opts[0]
+    name = (param.name or "value").replace("_", " ")
+    return "Kafka" if name == "kafka" else name
+
+
+class AddressType(click.ParamType):
+    """``HOST:PORT`` (or ``PORT`` with a default host) -> ``Address``."""
+
+    name = "host:port"
+
+    def __init__(self, default_host: str | None = None) -> None:
+        self.default_host = default_host
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Address:
+        if isinstance(value, Address):
+            return value
+        try:
+            return parse_address(str(value), default_host=self.default_host,
+                                 what=f"{_name(param)} address")
+        except EvcError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+class IdType(click.ParamType):
+    """A charge point or driver id, by protocol.ids' one rule."""
+
+    name = "id"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        try:
+            return check_id(value, _name(param))
+        except EvcError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+ADDRESS = AddressType()
+ID = IdType()
+LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+
+
+@dataclass(frozen=True)
+class Common:
+    """The options every network component takes."""
+
+    topic_prefix: str = ""
+    log_level: str = "WARNING"
+    log_file: str | None = None
+
+
+def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Adds --topic-prefix, --log-level and --log-file, passed as ``common: Common``."""
+
+    @click.option("--topic-prefix", default="", help="Prefix of the Kafka topic names "
+                  "(several networks on one broker).")
+    @click.option("--log-level", default="WARNING", show_default=True, type=LOG_LEVELS)
+    @click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+                  help="Also write the log to this file.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, topic_prefix: str, log_level: str, log_file: str | None,
+                **kwargs: Any) -> Any:
+        common = Common(topic_prefix=topic_prefix, log_level=log_level, log_file=log_file)
+        return func(*args, common=common, **kwargs)
+
+    return wrapper
