@@ -22,6 +22,13 @@ def kafka() -> str:
     return bootstrap
 
 
+@pytest.fixture(autouse=True)
+def own_state_dirs(tmp_path, monkeypatch) -> None:
+    """Engines and drivers keep their journals in this test's folder, never in data/."""
+    monkeypatch.setenv("EVC_CP_ENGINE_STATE_DIR", str(tmp_path / "engine-state"))
+    monkeypatch.setenv("EVC_DRIVER_STATE_DIR", str(tmp_path / "driver-state"))
+
+
 @pytest.fixture
 def prefix() -> str:
     """A topic prefix of this test's own, so tests never see each other's messages."""

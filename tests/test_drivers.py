@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections import Counter
 
 import pytest
@@ -157,14 +158,45 @@ def test_unplug_at_the_engine_ends_the_supply(net, observer):
     assert d.popen.wait(15) == 0
 
 
-def test_no_answer_from_central(kafka, prefix, tmp_path, procs, bus):
-    # topics exist (bus fixture) but no central runs
+def test_a_driver_waits_while_central_is_away(kafka, prefix, tmp_path, procs, bus):
+    # topics exist (bus fixture) but no central runs yet
     path = tmp_path / "r.txt"
     path.write_text("CP-01\n")
     proc = Proc(["driver", kafka, "D-1", "--file", str(path), "--timeout", "1.5",
                  "--topic-prefix", prefix], name="driver")
     procs.append(proc)
+    proc.wait_line("central unavailable since", timeout=15)
+    assert proc.popen.poll() is None  # it waits instead of giving up
+    net = Network(kafka, prefix, tmp_path, procs)
+    net.start_central()
+    proc.wait_line("central is back", timeout=15)
+    proc.wait_line("DENIED at CP-01: CP-01 is disconnected", timeout=15)
     assert proc.popen.wait(30) == 0
+    assert "central did not answer" not in proc.output
+
+
+def test_no_answer_from_a_live_central(kafka, prefix, tmp_path, procs, bus):
+    """Central's heartbeat is there but it never answers: the timeout counts."""
+    from evc.protocol.topics import CENTRAL_KEY, NETWORK
+
+    path = tmp_path / "r.txt"
+    path.write_text("CP-01\n")
+    stop = threading.Event()
+
+    def fake_heartbeats():
+        while not stop.wait(0.5):
+            bus.send(NETWORK, m.CentralStatus(central="test", started_at=0.0), CENTRAL_KEY)
+
+    beats = threading.Thread(target=fake_heartbeats)
+    beats.start()
+    try:
+        proc = Proc(["driver", kafka, "D-1", "--file", str(path), "--timeout", "1.5",
+                     "--topic-prefix", prefix], name="driver")
+        procs.append(proc)
+        assert proc.popen.wait(30) == 0
+    finally:
+        stop.set()
+        beats.join()
     assert "central did not answer within 1.5 s" in proc.output
 
 

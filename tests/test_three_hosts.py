@@ -118,7 +118,8 @@ def run_flows(hosts: Hosts, kafka: str, tmp_path, procs: list[Proc]) -> None:
     engines, monitors = {}, {}
     for i, cp in enumerate(("CP-01", "CP-02"), start=1):
         port = 6000 + i
-        engines[cp] = Proc(["cp-engine", kafka, "--listen", f"{pc3}:{port}"],
+        engines[cp] = Proc(["cp-engine", kafka, "--listen", f"{pc3}:{port}",
+                            "--state-dir", str(tmp_path / "pc3")],
                            wrapper=hosts.wrap("pc3"), name=f"engine {cp}@pc3")
         procs.append(engines[cp])
         engines[cp].wait_line("engine listening", timeout=30)

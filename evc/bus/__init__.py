@@ -194,7 +194,7 @@ class KafkaBus:
         topics: Iterable[str],
         *,
         group_id: str | None = None,
-        from_beginning: bool = False,
+        from_beginning: bool | Iterable[str] = False,
         keys: Mapping[str, Iterable[str]] | None = None,
         start: Mapping[tuple[str, int], int] | None = None,
     ) -> Consumer:
@@ -203,7 +203,8 @@ class KafkaBus:
         It reads every partition, or with ``keys`` only the partitions that can
         hold those keys' records. ``start`` positions partitions ((prefixed topic,
         partition) -> offset); the others begin where ``group_id`` last committed,
-        else at the end (or the beginning).
+        else at the end, or at the beginning for ``from_beginning`` (True, or the
+        names of the topics to read from their beginning).
         """
         return Consumer(self, list(topics), group_id=group_id, from_beginning=from_beginning,
                         keys=keys, start=start)
@@ -245,11 +246,12 @@ class Consumer:
         topics: list[str],
         *,
         group_id: str | None,
-        from_beginning: bool,
+        from_beginning: bool | Iterable[str],
         keys: Mapping[str, Iterable[str]] | None,
         start: Mapping[tuple[str, int], int] | None,
     ) -> None:
         self._bus = bus
+        self.live_from: dict[tuple[str, int], int] = {}  # end offsets when assigned
         self.topics = [bus.topic(t) for t in topics]
         self.group_id = group_id
         self._acked: dict[TopicPartition, int] = {}
@@ -266,7 +268,7 @@ class Consumer:
                 client_id=f"{bus.client_id}-consumer",
                 group_id=group_id,
                 enable_auto_commit=False,
-                auto_offset_reset="earliest" if from_beginning else "latest",
+                auto_offset_reset="earliest" if from_beginning is True else "latest",
                 bootstrap_timeout_ms=timeout_ms,
                 fetch_max_wait_ms=100,
             )
@@ -276,8 +278,11 @@ class Consumer:
                 self._consumer.close(autocommit=False)
                 raise
 
-    def _assign(self, names: list[str], from_beginning: bool,
+    def _assign(self, names: list[str], from_beginning: bool | Iterable[str],
                 keys: Mapping[str, Iterable[str]], start: Mapping[tuple[str, int], int]) -> None:
+        early = ({self._bus.topic(n) for n in names} if from_beginning is True
+                 else set() if from_beginning is False
+                 else {self._bus.topic(n) for n in from_beginning})
         partitions: list[TopicPartition] = []
         for name in names:
             count = self._bus.partitions(name)
@@ -296,14 +301,20 @@ class Consumer:
             offset = start.get((tp.topic, tp.partition), committed.get(tp))
             if offset is not None:
                 self._consumer.seek(tp, offset)
-            elif from_beginning:
+            elif tp.topic in early:
                 self._consumer.seek_to_beginning(tp)
             else:
                 self._consumer.seek_to_end(tp)
         # Resolve positions now, so nothing produced after this call is missed.
         for tp in partitions:
             self._consumer.position(tp)
+        ends = self._consumer.end_offsets(partitions)
+        self.live_from = {(tp.topic, tp.partition): int(off) for tp, off in ends.items()}
         self.ready.set()
+
+    def is_live(self, delivery: Delivery) -> bool:
+        """True for a record written after this consumer started (not history)."""
+        return delivery.offset >= self.live_from.get((delivery.topic, delivery.partition), 0)
 
     def ack(self, delivery: Delivery) -> None:
         """The owner applied this record (and every earlier one of its partition)."""

@@ -8,6 +8,7 @@ import socket
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
@@ -22,6 +23,7 @@ from evc.options import ADDRESS, ID, AddressType, Common, common_options
 from evc.protocol.framing import read_frames, send_frame
 from evc.protocol.messages import HealthCheck, Message, from_wire
 from evc.protocol.topics import CONTROL
+from evc.store import JsonFile
 
 log = logging.getLogger("evc.cp_engine")
 MAX_MONITORS = 8
@@ -41,6 +43,15 @@ class Order:
 @dataclass(frozen=True)
 class Key:
     text: str
+
+
+@dataclass(frozen=True)
+class FinalDone:
+    """Kafka's verdict on a final telemetry message."""
+
+    session_id: str
+    ok: bool
+    error: str
 
 
 class Screen:
@@ -125,6 +136,7 @@ class EngineConfig:
     cp_id: str | None = None
     power: float = 0.5
     max_supply_seconds: float = 0.0
+    state_dir: Path = Path("data")
     common: Common = Common()
 
 
@@ -138,22 +150,29 @@ class EngineConfig:
               help="kWh added each second of a supply.")
 @click.option("--max-supply-seconds", type=click.FloatRange(0, 86400), default=0,
               help="End a supply after this many seconds (0: no limit).")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("data"), show_default=True,
+              help="Folder of the engine's journal (engine-<port>.json): a restarted engine "
+                   "on the same port reports the supply it was running.")
 @common_options
 def cp_engine(kafka: Address, listen: Address, cp_id: str | None, power: float,
-              max_supply_seconds: float, common: Common) -> None:
+              max_supply_seconds: float, state_dir: Path, common: Common) -> None:
     """EV_CP_E: supplies energy on central's orders, answers its monitor's health checks.
 
     Keys (without Enter on a terminal, one per line on a pipe):
     f fault (answer KO), h hang (stop answering), r recover, u unplug the vehicle.
     """
     run_engine(EngineConfig(kafka=kafka, listen=listen, cp_id=cp_id, power=power,
-                            max_supply_seconds=max_supply_seconds, common=common))
+                            max_supply_seconds=max_supply_seconds, state_dir=state_dir,
+                            common=common))
 
 
 def run_engine(cfg: EngineConfig) -> None:
     setup_logging(cfg.common.log_level, cfg.common.log_file)
     stop = threading.Event()
     install_stop_signals(stop)
+    journal = JsonFile(cfg.state_dir / f"engine-{cfg.listen.port}.json")
+    journal.load()  # a broken journal is a clear error before anything starts
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -169,13 +188,15 @@ def run_engine(cfg: EngineConfig) -> None:
         raise
     screen = Screen()
     events: queue.Queue[object] = queue.Queue()
-    engine = Engine(bus.send, screen.line, cp_id=cfg.cp_id, power=cfg.power,
-                    max_seconds=cfg.max_supply_seconds)
+    engine = Engine(bus.send, screen.line, journal=journal,
+                    notify=lambda sid, ok, error: events.put(FinalDone(sid, ok, error)),
+                    cp_id=cfg.cp_id, power=cfg.power, max_seconds=cfg.max_supply_seconds)
     keys = KeyReader()
     workers: list[threading.Thread] = []
     crew = Crew(stop)
     try:
         bus.ensure_topics()  # idempotent: whoever starts first creates them
+        engine.recover()
         consumer = bus.consumer([CONTROL])
         crew.spawn(serve_health, listener, events, stop, workers, name="engine-accept")
         crew.spawn(consumer.run, lambda msg, _d: events.put(Order(msg)), stop,
@@ -202,6 +223,8 @@ def run_engine(cfg: EngineConfig) -> None:
                 engine.on_order(event.message)
             elif isinstance(event, Key):
                 engine.on_key(event.text)
+            elif isinstance(event, FinalDone):
+                engine.final_done(event.session_id, event.ok, event.error)
             wait = engine.tick()
     finally:
         stop.set()
@@ -210,5 +233,9 @@ def run_engine(cfg: EngineConfig) -> None:
         screen.close()
         crew.join(1.5)
         join_all(workers, timeout=0.5)
-        bus.close(timeout=0.5)
+        bus.close(timeout=0.5)  # flushes: the last final is confirmed now, or kept for later
+        while not events.empty():
+            event = events.get_nowait()
+            if isinstance(event, FinalDone):
+                engine.final_done(event.session_id, event.ok, event.error)
     crew.check()

@@ -5,6 +5,12 @@ A supply runs from a StartSupply for this CP until an EndSupply, the operator's
 stop, an unplug (key ``u``), a fault, or the time limit; each second it adds
 ``power`` kWh and sends telemetry with the seed's keys, and at its end one
 final telemetry message (``final: true`` and the reason).
+
+The meter survives the process: a small journal holds the running supply
+(written each second, before its telemetry leaves) and every final message
+Kafka has not yet confirmed. An engine killed mid-supply and started again
+reports that supply's figures as its final message, and sends unconfirmed
+finals again; a start order it has seen before is never obeyed twice.
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import Enum
+from typing import Any, Protocol
 
+from evc.errors import BusError, ProtocolError
 from evc.protocol.messages import (
     CPState,
     EndReason,
@@ -27,10 +35,27 @@ from evc.protocol.messages import (
     StartSupply,
     StopCP,
     Telemetry,
+    from_wire,
 )
 from evc.protocol.topics import TELEMETRY
 
 log = logging.getLogger(__name__)
+
+Done = Callable[[bool, str], None]
+SEEN = 100  # start orders remembered, so a repeated one is never obeyed twice
+
+
+class Send(Protocol):
+    def __call__(self, topic: str, message: Message, key: str,
+                 on_done: Done | None = None) -> None: ...
+
+
+class Journal(Protocol):
+    """Where the engine keeps its meter (store.JsonFile, or a dict in tests)."""
+
+    def load(self) -> dict[str, Any]: ...
+
+    def save(self, data: dict[str, Any]) -> None: ...
 
 
 class Mode(Enum):
@@ -53,21 +78,30 @@ class Supply:
 class Engine:
     def __init__(
         self,
-        send: Callable[[str, Message, str], None],
+        send: Send,
         show: Callable[[str], None],
         *,
+        journal: Journal,
+        notify: Callable[[str, bool, str], None] | None = None,
         cp_id: str | None = None,
         power: float = 0.5,
         max_seconds: float = 0.0,
     ) -> None:
-        self.send = send  # bus.send(topic, message, key)
+        self.send = send  # bus.send(topic, message, key, on_done)
         self.show = show  # one line for the person at this CP
+        self.journal = journal
+        # notify(session_id, ok, error): Kafka's verdict on a final message, handed back
+        # to the owner thread (which calls final_done); None = call it directly.
+        self.notify = notify or self.final_done
         self.cp_id = cp_id
         self.power = power
         self.max_seconds = max_seconds
         self.mode = Mode.OK
         self.stopped = False
         self.supply: Supply | None = None
+        self.finals: dict[str, Telemetry] = {}  # sent, not yet confirmed by Kafka
+        self.retry_at: dict[str, float] = {}
+        self.seen: list[str] = []  # session ids of start orders already handled
 
     # ------------------------------------------------------------------ view
     @property
@@ -88,6 +122,64 @@ class Engine:
             s = self.supply
             line += f" | driver {s.driver_id} {s.kwh:.2f} kWh {s.eur:.2f} €"
         return line + " | keys: f fault, h hang, r recover, u unplug"
+
+    # ------------------------------------------------------------------ journal
+    def recover(self) -> None:
+        """At start: finish what the journal says a killed engine left unfinished."""
+        data = self.journal.load()
+        self.seen = [str(s) for s in data.get("seen", [])][-SEEN:]
+        for wire in data.get("finals", []):
+            try:
+                final = from_wire(wire)
+            except ProtocolError as exc:  # a journal from another version
+                log.error("journal entry not understood, dropped: %s", exc)
+                continue
+            if isinstance(final, Telemetry):
+                self.finals[final.session_id] = final
+        running = data.get("supply")
+        if running:
+            cp_id = str(running["cp_id"])
+            final = Telemetry(
+                cp_id=cp_id, driver_id=running["driver_id"],
+                consumo_kwh=float(running["kwh"]), importe_eur=float(running["eur"]),
+                session_id=running["session_id"], final=True, reason=str(EndReason.FAULT))
+            self.finals[final.session_id] = final
+            self.show(f"the engine stopped during the supply of {final.driver_id} at {cp_id}: "
+                      f"reporting its {final.consumo_kwh:.2f} kWh, {final.importe_eur:.2f} €")
+        self._save()
+        for final in list(self.finals.values()):
+            self._send_final(final)
+
+    def _save(self) -> None:
+        s = self.supply
+        self.journal.save({
+            "supply": None if s is None else {
+                **asdict(s), "cp_id": self.cp_id, "started_at": time.time() - (
+                    time.monotonic() - s.started)},
+            "finals": [f.to_wire() for f in self.finals.values()],
+            "seen": self.seen[-SEEN:],
+        })
+
+    def _send_final(self, final: Telemetry) -> None:
+        self.retry_at.pop(final.session_id, None)
+        session_id = final.session_id
+        try:
+            self.send(TELEMETRY, final, final.cp_id,
+                      lambda ok, error: self.notify(session_id, ok, error))
+        except BusError as exc:  # not even queued (broker away): retry later
+            self.final_done(session_id, False, str(exc))
+
+    def final_done(self, session_id: str, ok: bool, error: str) -> None:
+        """Kafka's verdict on a final message: forget it, or send it again soon."""
+        if session_id not in self.finals:
+            return
+        if ok:
+            del self.finals[session_id]
+            self._save()
+        else:
+            log.warning("final telemetry of %s not confirmed (%s); sending it again",
+                        session_id, error)
+            self.retry_at[session_id] = time.monotonic() + 1.0
 
     # ------------------------------------------------------------------ health (TCP)
     def on_health_check(self, check: HealthCheck) -> HealthReply | None:
@@ -126,8 +218,9 @@ class Engine:
                 self.show("resumed by central")
 
     def _start(self, order: StartSupply) -> None:
-        if self.supply is not None and self.supply.session_id == order.session_id:
-            return  # a repeated order
+        if order.session_id in self.seen:
+            return  # a repeated order (central re-sends what Kafka did not confirm)
+        self.seen.append(order.session_id)
         refusal = None
         if self.mode is not Mode.OK:
             refusal = "engine faulted"
@@ -137,16 +230,18 @@ class Engine:
             refusal = f"busy with {self.supply.driver_id}"
         if refusal:
             self.show(f"refused supply for {order.driver_id}: {refusal}")
-            self.send(TELEMETRY, Telemetry(
+            self.finals[order.session_id] = final = Telemetry(
                 cp_id=order.cp_id, driver_id=order.driver_id, consumo_kwh=0.0, importe_eur=0.0,
-                session_id=order.session_id, final=True, reason=str(EndReason.REFUSED)),
-                order.cp_id)
+                session_id=order.session_id, final=True, reason=str(EndReason.REFUSED))
+            self._save()
+            self._send_final(final)
             return
         now = time.monotonic()
         self.supply = Supply(order.session_id, order.driver_id, order.price_eur_kwh, now,
                              next_tick=now + 1.0)
+        self._save()
         self.show(f"supplying {order.driver_id} at {order.price_eur_kwh:.2f} €/kWh")
-        self._telemetry(final=False)
+        self._telemetry()
 
     # ------------------------------------------------------------------ keys
     def on_key(self, key: str) -> None:
@@ -180,11 +275,14 @@ class Engine:
 
     # ------------------------------------------------------------------ supply
     def tick(self) -> float:
-        """Advance the supply; return seconds until the next tick is due."""
+        """Advance the supply, re-send finals due; return seconds until the next tick."""
+        now = time.monotonic()
+        for session_id, due in list(self.retry_at.items()):
+            if now >= due and session_id in self.finals:
+                self._send_final(self.finals[session_id])
         s = self.supply
         if s is None:
-            return 1.0
-        now = time.monotonic()
+            return 1.0 if not self.retry_at else 0.2
         if now >= s.next_tick:
             s.kwh = round(s.kwh + self.power, 4)
             s.eur = round(s.kwh * s.price, 2)
@@ -194,20 +292,30 @@ class Engine:
             if self.max_seconds and now - s.started >= self.max_seconds:
                 self._end(EndReason.TIME_LIMIT)
                 return 1.0
-            self._telemetry(final=False)
+            self._save()  # the meter first: a kill now reports this figure on restart
+            self._telemetry()
         return max(0.0, s.next_tick - time.monotonic())
 
-    def _telemetry(self, *, final: bool, reason: str = "") -> None:
+    def _telemetry(self) -> None:
+        """A live reading; if Kafka cannot take it, the next one (and the final) carry on."""
         s = self.supply
         assert s is not None and self.cp_id is not None
-        self.send(TELEMETRY, Telemetry(
-            cp_id=self.cp_id, driver_id=s.driver_id, consumo_kwh=s.kwh, importe_eur=s.eur,
-            session_id=s.session_id, final=final, reason=reason), self.cp_id)
+        try:
+            self.send(TELEMETRY, Telemetry(
+                cp_id=self.cp_id, driver_id=s.driver_id, consumo_kwh=s.kwh, importe_eur=s.eur,
+                session_id=s.session_id), self.cp_id)
+        except BusError as exc:
+            log.warning("live reading not sent: %s", exc)
 
     def _end(self, reason: EndReason) -> None:
         s = self.supply
-        if s is None:
+        if s is None or self.cp_id is None:
             return
-        self._telemetry(final=True, reason=str(reason))
-        self.show(f"supply for {s.driver_id} ended ({reason}): {s.kwh:.2f} kWh, {s.eur:.2f} €")
+        final = Telemetry(cp_id=self.cp_id, driver_id=s.driver_id, consumo_kwh=s.kwh,
+                          importe_eur=s.eur, session_id=s.session_id, final=True,
+                          reason=str(reason))
+        self.finals[s.session_id] = final
         self.supply = None
+        self._save()
+        self._send_final(final)
+        self.show(f"supply for {s.driver_id} ended ({reason}): {s.kwh:.2f} kWh, {s.eur:.2f} €")

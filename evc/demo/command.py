@@ -205,7 +205,8 @@ def run_demo(kafka: Address, n_cps: int, n_drivers: int, per_driver: int,
         ports = {cp: _free_port(host) for cp in cps}
         for cp in cps:
             children.start(f"engine-{cp}", ["cp-engine", str(kafka), "--listen",
-                                            f"{host}:{ports[cp]}", "--id", cp],
+                                            f"{host}:{ports[cp]}", "--id", cp,
+                                            "--state-dir", str(run_dir / "state")],
                            stdin=children.key_pipe(f"engine-{cp}"))
         children.wait_logs([f"engine-{cp}" for cp in cps], "engine listening", timeout=30)
         for cp in cps:

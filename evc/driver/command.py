@@ -9,13 +9,14 @@ from pathlib import Path
 import click
 
 from evc.bus import KafkaBus
-from evc.driver.driver import Driver, prompt_requests, read_requests, say
+from evc.driver.driver import Driver, Got, SendResult, prompt_requests, read_requests, say
 from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
 from evc.net import Address
 from evc.options import ADDRESS, ID, Common, common_options
-from evc.protocol.messages import Authorization, Message, Telemetry, Ticket
-from evc.protocol.topics import CONTROL, TELEMETRY
+from evc.protocol.messages import Authorization, CentralStatus, Message, Telemetry, Ticket
+from evc.protocol.topics import CONTROL, NETWORK, TELEMETRY, Delivery
+from evc.store import JsonFile
 
 
 @click.command()
@@ -28,37 +29,50 @@ from evc.protocol.topics import CONTROL, TELEMETRY
 @click.option("--pause", type=click.FloatRange(0, 3600), default=4.0, show_default=True,
               help="Seconds to wait after a ticket (or a denial) before the next request.")
 @click.option("--timeout", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True,
-              help="Seconds to wait for central's answer or ticket.")
+              help="Seconds to wait for central's answer (counted while central is there).")
 @click.option("--live/--no-live", default=True, show_default=True,
               help="Show this driver's live telemetry.")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("data"), show_default=True,
+              help="Folder of the driver's journal (driver-<id>.json): restarted with the "
+                   "same id and file, the driver goes on where it stopped.")
 @common_options
 def driver(kafka: Address, driver_id: str, file_: Path | None, charge_seconds: float,
-           pause: float, timeout: float, live: bool, common: Common) -> None:
+           pause: float, timeout: float, live: bool, state_dir: Path, common: Common) -> None:
     """EV_Driver: asks central for charges at the CPs listed in --file, one after another."""
     setup_logging(common.log_level, common.log_file)
-    cp_ids = read_requests(file_) if file_ is not None else None
+    if file_ is not None:
+        read_requests(file_)  # a missing or unreadable file is a clear error now
+    journal = JsonFile(state_dir / f"driver-{driver_id}.json")
+    state = journal.load()
     stop = threading.Event()
     install_stop_signals(stop)
     crew = Crew(stop)
     with KafkaBus(str(kafka), prefix=common.topic_prefix,
                   client_id=f"evc-driver-{driver_id}") as bus:
-        inbox: queue.Queue[Message] = queue.Queue()
+        inbox: queue.Queue[Got | SendResult] = queue.Queue()
         bus.ensure_topics()  # idempotent: whoever starts first creates them
-        consumer = bus.consumer([CONTROL, TELEMETRY])
+        control = bus.topic(CONTROL)
+        # Answers and tickets: only this driver's partition, from where it stopped reading.
+        consumer = bus.consumer([CONTROL, TELEMETRY, NETWORK], keys={CONTROL: [driver_id]},
+                                from_beginning=[NETWORK],
+                                start=Driver.start_offsets(state, control))
 
-        def mine(msg: Message, _delivery: object) -> None:
-            if isinstance(msg, (Authorization, Ticket, Telemetry)) and msg.driver_id == driver_id:
-                inbox.put(msg)
+        def mine(msg: Message, delivery: Delivery) -> None:
+            if isinstance(msg, CentralStatus):
+                inbox.put(Got(msg, live=consumer.is_live(delivery)))
+            elif isinstance(msg, (Authorization, Ticket, Telemetry)) and \
+                    msg.driver_id == driver_id:
+                inbox.put(Got(msg, delivery.topic, delivery.partition, delivery.offset))
 
         crew.spawn(consumer.run, mine, stop, name="driver-kafka")
-        d = Driver(bus, driver_id, inbox, stop, timeout=timeout, charge_seconds=charge_seconds,
-                   pause=pause, live=live)
+        d = Driver(bus, driver_id, inbox, stop, journal=journal, timeout=timeout,
+                   charge_seconds=charge_seconds, pause=pause, live=live)
         try:
-            if cp_ids is not None:
-                say(f"{driver_id}: {len(cp_ids)} requests from {file_}")
-                d.run(cp_ids)
+            if file_ is not None:
+                d.run_file(file_)
             else:
-                d.run(prompt_requests(stop))
+                d.run_prompt(prompt_requests(stop))
         finally:
             stop.set()
             crew.join(1.5)

@@ -4,41 +4,92 @@ For each CP id in the file: request, wait for the answer, follow the supply
 live, end it after --charge-seconds, wait for the ticket, pause, next.
 The consumer thread only filters this driver's messages onto a queue; the
 main thread runs the sequence.
+
+The driver survives its own death: a journal (``driver-<id>.json``) holds the
+line of the file it is serving, the request in flight with its answer, and
+how far it read its answers on control_topic. Restarted with the same id and
+file, it shows the outcome of that request (live figures, then the ticket; or
+the ticket if the supply ended meanwhile), ends the supply as it would have,
+and goes on with the lines after it: never a served line requested again.
+
+It never gives up because central or Kafka is away: it says "central
+unavailable since …" and waits; its timeouts count only while central is there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
-from evc.bus import KafkaBus
 from evc.console import say as console_say
-from evc.errors import ConfigError
+from evc.console import stamp
+from evc.errors import BusError, ConfigError, EvcError, ProtocolError
 from evc.protocol.ids import is_id, printable
 from evc.protocol.messages import (
     Authorization,
+    CentralStatus,
     ChargeRequest,
     EndRequest,
     Message,
     Telemetry,
     Ticket,
+    from_wire,
 )
 from evc.protocol.topics import REQUESTS
 
 log = logging.getLogger(__name__)
+
+Done = Callable[[bool, str], None]
 
 
 def say(text: str) -> None:
     console_say(text, millis=True)  # drivers' lines carry milliseconds: pauses are visible
 
 
+class Sender(Protocol):
+    def send(self, topic: str, message: Message, key: str,
+             on_done: Done | None = None) -> None: ...
+
+
+class Journal(Protocol):
+    def load(self) -> dict[str, Any]: ...
+
+    def save(self, data: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Got:
+    """A message for this driver (or central's heartbeat), from the consumer thread."""
+
+    message: Message
+    topic: str = ""
+    partition: int = 0
+    offset: int = -1
+    live: bool = True  # written after the driver started reading (not history)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    msg_id: str
+    ok: bool
+    error: str
+
+
 def read_requests(path: Path) -> list[str]:
     """CP ids, one per line; blank lines and # comments skipped, bad lines warned."""
+    return [cp for _, cp in numbered_requests(path)]
+
+
+def numbered_requests(path: Path) -> list[tuple[int, str]]:
+    """(line number, CP id) for every request line of the file."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -47,7 +98,7 @@ def read_requests(path: Path) -> list[str]:
         raise ConfigError(f"request file {path} is not UTF-8 text") from None
     except OSError as exc:
         raise ConfigError(f"cannot read request file {path}: {exc.strerror}") from None
-    ids: list[str] = []
+    ids: list[tuple[int, str]] = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -56,8 +107,14 @@ def read_requests(path: Path) -> list[str]:
             say(f"warning: {path}:{lineno}: {printable(raw.strip(), 40)!r} is not a CP id; "
                 "skipped")
             continue
-        ids.append(line)
+        ids.append((lineno, line))
     return ids
+
+
+def file_identity(path: Path) -> str:
+    """Where the file is and what it holds: a restart goes on only with the same file."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return f"{path.resolve()}#{digest}"
 
 
 def prompt_requests(stop: threading.Event) -> Iterator[str]:
@@ -78,90 +135,238 @@ def prompt_requests(stop: threading.Event) -> Iterator[str]:
 
 
 class Driver:
-    def __init__(self, bus: KafkaBus, driver_id: str, inbox: queue.Queue[Message],
-                 stop: threading.Event, *, timeout: float, charge_seconds: float,
-                 pause: float, live: bool) -> None:
+    def __init__(self, bus: Sender, driver_id: str, inbox: queue.Queue[Got | SendResult],
+                 stop: threading.Event, *, journal: Journal, timeout: float,
+                 charge_seconds: float, pause: float, live: bool,
+                 central_timeout: float = 3.0, ticket_timeout: float = 60.0) -> None:
         self.bus = bus
         self.driver_id = driver_id
         self.inbox = inbox
         self.stop = stop
+        self.journal = journal
         self.timeout = timeout
         self.charge_seconds = charge_seconds
         self.pause = pause
         self.live = live
+        self.central_timeout = central_timeout
+        self.ticket_timeout = max(ticket_timeout, timeout)
         self.summary = {"requested": 0, "authorized": 0, "denied": 0, "unanswered": 0,
                         "tickets": 0}
+        self.state: dict[str, Any] = journal.load()
+        if self.state.get("driver_id") not in (None, driver_id):
+            raise ConfigError(f"journal {getattr(journal, 'path', '')} belongs to driver "
+                              f"{self.state.get('driver_id')}")
+        self.state["driver_id"] = driver_id
+        self.control_pos: dict[str, int] = dict(self.state.get("control", {}))
+        self._started = time.monotonic()
+        self._central_seen: float | None = None  # a live heartbeat of central, last seen
+        self._unavailable_since: float | None = None
+        self._unsent: dict[str, tuple[str, Message, str, float]] = {}  # msg_id -> retry
 
-    def run(self, cp_ids: Iterator[str] | list[str]) -> None:
-        first = True
+    # ------------------------------------------------------------------ the journal
+    def _save(self) -> None:
+        self.state["control"] = self.control_pos
+        try:
+            self.journal.save(self.state)
+        except EvcError as exc:  # a full disk must not stop the driver
+            log.error("cannot save the journal: %s", exc)
+
+    @staticmethod
+    def start_offsets(state: dict[str, Any], topic: str) -> dict[tuple[str, int], int]:
+        """Where a restarted driver resumes reading its answers (control partitions)."""
+        if not state.get("current"):
+            return {}
+        return {(topic, int(p)): int(off) for p, off in state.get("control", {}).items()}
+
+    # ------------------------------------------------------------------ the sequence
+    def run_file(self, path: Path) -> None:
+        lines = numbered_requests(path)
+        ident = file_identity(path)
+        start = 0
+        if self.state.get("file") == ident:
+            start = int(self.state.get("next", 0))
+            if start or self.state.get("current"):
+                say(f"{self.driver_id}: resuming {path.name} after its first {start} "
+                    f"requests")
+        elif self.state.get("file"):
+            say(f"{self.driver_id}: {path.name} is not the file of the last run: "
+                "starting it from its first line")
+        self.resume()
+        self.state.update(file=ident, next=start)
+        self._save()
+        say(f"{self.driver_id}: {len(lines) - start} requests from {path}")
+        first = not self.state.get("served_any")
+        for index in range(start, len(lines)):
+            if self.stop.is_set():
+                return
+            if not first and not self._pause():
+                return
+            first = False
+            self.request(lines[index][1], index)
+        if not self.stop.is_set():  # the file is done: a new run starts it from the top
+            self.state.update(file=None, next=0)
+            self._save()
+
+    def run_prompt(self, cp_ids: Iterator[str]) -> None:
+        self.resume()
         for cp_id in cp_ids:
             if self.stop.is_set():
                 return
-            if not first and self.stop.wait(self.pause):
-                return
-            first = False
-            self.request(cp_id)
+            self.request(cp_id, None)
 
-    def _next(self, deadline: float) -> Message | None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
+    def _pause(self) -> bool:
+        """The pause between requests; a restart waits only what is left of it."""
+        until = float(self.state.get("pause_until", 0.0))
+        remaining = min(self.pause, until - time.time()) if until else self.pause
+        return not self.stop.wait(max(0.0, remaining))
+
+    def resume(self) -> None:
+        """After a restart: see the request that was in flight through to its end."""
+        current = self.state.get("current")
+        if not current:
+            return
         try:
-            return self.inbox.get(timeout=min(remaining, 0.2))
-        except queue.Empty:
-            return None
+            request = from_wire(current["request"])
+            answer = from_wire(current["answer"]) if current.get("answer") else None
+        except (ProtocolError, KeyError, TypeError) as exc:
+            say(f"{self.driver_id}: the journal's request is unreadable ({exc}); dropped")
+            self.state["current"] = None
+            return
+        assert isinstance(request, ChargeRequest)
+        say(f"{self.driver_id}: back after a stop; following my request at {request.cp_id} "
+            f"of {stamp(request.ts)}")
+        self.summary["requested"] += 1
+        if answer is None:
+            self._send(REQUESTS, request, request.cp_id)  # the same id: answered once
+            answer = self._await_answer(request)
+            if answer is None:
+                return
+        assert isinstance(answer, Authorization)
+        self._answered(request, answer, current.get("line"))
 
-    def request(self, cp_id: str) -> None:
+    def request(self, cp_id: str, line: int | None) -> None:
         req = ChargeRequest(driver_id=self.driver_id, cp_id=cp_id)
-        self.bus.send(REQUESTS, req, cp_id)
-        self.bus.flush()
+        # Journal first: killed after this line, a restart sends the same request again.
+        self.state["current"] = {"request": req.to_wire(), "line": line}
+        self._save()
+        self._send(REQUESTS, req, cp_id)
         self.summary["requested"] += 1
         say(f"{self.driver_id}: requested a charge at {cp_id}")
         answer = self._await_answer(req)
-        if answer is None:
-            return
+        if answer is not None:
+            self._answered(req, answer, line)
+
+    def _answered(self, req: ChargeRequest, answer: Authorization, line: int | None) -> None:
         if not answer.authorized:
             self.summary["denied"] += 1
-            say(f"{self.driver_id}: DENIED at {cp_id}: {answer.reason}")
+            say(f"{self.driver_id}: DENIED at {req.cp_id}: {answer.reason}")
+            self._served(line)
             return
         self.summary["authorized"] += 1
-        say(f"{self.driver_id}: AUTHORIZED at {cp_id} ({answer.price_eur_kwh:.2f} €/kWh): "
-            "plug in your vehicle")
-        self._follow(answer)
+        current = self.state.setdefault("current", {})
+        if not current.get("answer"):
+            current.update(answer=answer.to_wire(), authorized_at=time.time())
+            self._save()
+            say(f"{self.driver_id}: AUTHORIZED at {req.cp_id} ({answer.price_eur_kwh:.2f} "
+                "€/kWh): plug in your vehicle")
+        if self._follow(answer):
+            self._served(line)
+
+    def _served(self, line: int | None) -> None:
+        """The request is over (denied, ticketed or unanswered): the next line is due."""
+        self.state["current"] = None
+        self.state["served_any"] = True
+        self.state["pause_until"] = time.time() + self.pause
+        if line is not None:
+            self.state["next"] = line + 1
+        self._save()
+
+    # ------------------------------------------------------------------ waiting
+    def _next(self, timeout: float) -> Message | None:
+        """The next message for the sequence; heartbeats and send results handled here."""
+        try:
+            item = self.inbox.get(timeout=max(0.0, min(timeout, 0.2)))
+        except queue.Empty:
+            item = None
+        now = time.monotonic()
+        self._retry_sends(now)
+        if isinstance(item, SendResult):
+            self._on_send_result(item)
+            item = None
+        elif isinstance(item, Got):
+            if item.topic and item.offset >= 0 and isinstance(item.message,
+                                                              (Authorization, Ticket)):
+                self.control_pos[str(item.partition)] = item.offset + 1
+            if isinstance(item.message, CentralStatus):
+                if item.live:
+                    self._central_seen = now
+                item = None
+        self._watch_central(now)
+        return item.message if isinstance(item, Got) else None
+
+    def central_available(self) -> bool:
+        """Central's heartbeat is fresh (timeouts count only then)."""
+        return (self._central_seen is not None
+                and time.monotonic() - self._central_seen <= self.central_timeout)
+
+    def _watch_central(self, now: float) -> None:
+        silent = now - (self._central_seen or self._started) > self.central_timeout
+        if silent and self._unavailable_since is None:
+            self._unavailable_since = time.time()
+            say(f"{self.driver_id}: central unavailable since "
+                f"{stamp(self._unavailable_since)}; waiting for it")
+        elif not silent and self._unavailable_since is not None:
+            away = time.time() - self._unavailable_since
+            self._unavailable_since = None
+            say(f"{self.driver_id}: central is back (away {away:.0f} s)")
+
+    def _countdown(self, budget: float) -> Iterator[float]:
+        """Seconds left of ``budget``, counted only while central is available."""
+        left = budget
+        last = time.monotonic()
+        while not self.stop.is_set():
+            now = time.monotonic()
+            if self.central_available():
+                left -= now - last
+            last = now
+            yield left
 
     def _await_answer(self, req: ChargeRequest) -> Authorization | None:
-        deadline = time.monotonic() + self.timeout
-        while not self.stop.is_set():
-            if time.monotonic() >= deadline:
+        for left in self._countdown(self.timeout):
+            if left <= 0:
                 self.summary["unanswered"] += 1
                 say(f"{self.driver_id}: central did not answer within {self.timeout:g} s "
                     f"(request for {req.cp_id})")
+                self._served(self.state.get("current", {}).get("line"))
                 return None
-            msg = self._next(deadline)
+            msg = self._next(left)
             if isinstance(msg, Authorization) and msg.request_id == req.msg_id:
                 return msg
         return None
 
-    def _follow(self, auth: Authorization) -> None:
-        """Live figures until the ticket; ask to end after --charge-seconds."""
-        end_at = time.monotonic() + self.charge_seconds
-        end_sent = False
-        ticket_deadline = end_at + self.timeout
+    def _follow(self, auth: Authorization) -> bool:
+        """Live figures until the ticket; ask to end after --charge-seconds.
+
+        True when the supply is over for this driver (ticket, or none in time);
+        False when the driver is stopping (the journal keeps it for a restart).
+        """
+        current = self.state["current"]
+        end_at = float(current.get("authorized_at", time.time())) + self.charge_seconds
+        waiting_ticket = self._countdown(self.ticket_timeout)
         while True:
-            if self.stop.is_set():
-                if not end_sent:
+            if self.stop.is_set():  # leaving: the supply ends; a restart shows its ticket
+                if not current.get("end_sent"):
                     self._send_end(auth)
-                return
-            now = time.monotonic()
-            if not end_sent and now >= end_at:
+                return False
+            if not current.get("end_sent") and time.time() >= end_at:
                 self._send_end(auth)
-                end_sent = True
-                ticket_deadline = now + self.timeout
-            if now >= ticket_deadline:
-                say(f"{self.driver_id}: no ticket from central within {self.timeout:g} s "
-                    f"for the supply at {auth.cp_id}")
-                break
-            msg = self._next(ticket_deadline)
+            if current.get("end_sent"):
+                left = next(waiting_ticket)
+                if left <= 0:
+                    say(f"{self.driver_id}: no ticket from central within "
+                        f"{self.ticket_timeout:g} s for the supply at {auth.cp_id}")
+                    return True
+            msg = self._next(1.0)
             if isinstance(msg, Telemetry) and msg.session_id == auth.session_id:
                 if self.live and not msg.final:
                     say(f"{self.driver_id}: live at {msg.cp_id}: {msg.consumo_kwh:.2f} kWh, "
@@ -172,12 +377,39 @@ class Driver:
                 say(f"{self.driver_id}: TICKET at {msg.cp_id}: {msg.consumo_kwh:.2f} kWh, "
                     f"{msg.importe_eur:.2f} € ({msg.price_eur_kwh:.2f} €/kWh), "
                     f"{duration:.0f} s, ended: {msg.reason}")
-                break
+                return True
 
     def _send_end(self, auth: Authorization) -> None:
-        self.bus.send(REQUESTS, EndRequest(driver_id=self.driver_id, cp_id=auth.cp_id,
-                                           session_id=auth.session_id), auth.cp_id)
-        self.bus.flush()
+        self.state["current"]["end_sent"] = time.time()
+        self._save()
+        self._send(REQUESTS, EndRequest(driver_id=self.driver_id, cp_id=auth.cp_id,
+                                        session_id=auth.session_id), auth.cp_id)
         say(f"{self.driver_id}: asked to end the supply at {auth.cp_id}")
 
+    # ------------------------------------------------------------------ sending
+    def _send(self, topic: str, message: Message, key: str) -> None:
+        """Queue ``message``; one Kafka does not confirm is sent again until it does."""
+        self._unsent[message.msg_id] = (topic, message, key, 0.0)
+        inbox, msg_id = self.inbox, message.msg_id
+        try:
+            self.bus.send(topic, message, key,
+                          lambda ok, error: inbox.put(SendResult(msg_id, ok, error)))
+        except BusError as exc:
+            self._on_send_result(SendResult(msg_id, False, str(exc)))
 
+    def _on_send_result(self, result: SendResult) -> None:
+        entry = self._unsent.get(result.msg_id)
+        if entry is None:
+            return
+        if result.ok:
+            del self._unsent[result.msg_id]
+            return
+        topic, message, key, _ = entry
+        say(f"{self.driver_id}: Kafka did not take my {message.TYPE} ({result.error}); "
+            "sending it again")
+        self._unsent[result.msg_id] = (topic, message, key, time.monotonic() + 2.0)
+
+    def _retry_sends(self, now: float) -> None:
+        for topic, message, key, due in list(self._unsent.values()):
+            if due and now >= due:
+                self._send(topic, message, key)
