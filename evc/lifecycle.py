@@ -9,6 +9,7 @@ instead of living on deaf.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import threading
@@ -22,10 +23,17 @@ log = logging.getLogger(__name__)
 
 
 def install_stop_signals(stop: threading.Event) -> None:
-    """Ctrl+C, SIGTERM and SIGHUP set ``stop``; a second Ctrl+C is ignored while stopping."""
+    """Ctrl+C, SIGTERM and SIGHUP set ``stop``; a second Ctrl+C is ignored while stopping.
+
+    SIGUSR1 prints every thread's stack to stderr (``kill -USR1 <pid>``): what a
+    process that seems stuck is doing, without stopping it.
+    """
 
     def _handler(signum: int, _frame: object) -> None:
         stop.set()
+
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)

@@ -182,18 +182,19 @@ class Driver:
     def run_file(self, path: Path) -> None:
         lines = numbered_requests(path)
         ident = file_identity(path)
-        start = 0
-        if self.state.get("file") == ident:
-            start = int(self.state.get("next", 0))
-            if start or self.state.get("current"):
-                say(f"{self.driver_id}: resuming {path.name} after its first {start} "
-                    f"requests")
-        elif self.state.get("file"):
-            say(f"{self.driver_id}: {path.name} is not the file of the last run: "
-                "starting it from its first line")
+        if self.state.get("file") != ident:
+            if self.state.get("file"):
+                say(f"{self.driver_id}: {path.name} is not the file of the last run: "
+                    "starting it from its first line")
+            if self.state.get("current"):  # its line was in another file
+                self.state["current"]["line"] = None
+            self.state.update(file=ident, next=0)
+            self._save()
+        elif self.state.get("next") or self.state.get("current"):
+            say(f"{self.driver_id}: resuming {path.name} after its first "
+                f"{self.state.get('next', 0)} requests")
         self.resume()
-        self.state.update(file=ident, next=start)
-        self._save()
+        start = int(self.state.get("next", 0))
         say(f"{self.driver_id}: {len(lines) - start} requests from {path}")
         first = not self.state.get("served_any")
         for index in range(start, len(lines)):
