@@ -100,3 +100,18 @@ def test_lifecycle_of_a_second_broker(tmp_path):
         stopped = run_evc(["broker", "stop", "--data-dir", data], timeout=120)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert run_evc(["broker", "status", "--data-dir", data]).returncode == 3
+
+
+def test_cluster_ids_never_start_with_a_dash(monkeypatch):
+    """Kafka's StorageTool reads `-t -abc…` as an option: 1 random id in 64 began so."""
+    import uuid
+
+    from evc.broker import manager
+
+    dash_first = uuid.UUID(bytes=b"\xf8" + bytes(15))  # base64 of 0xf8… begins with '-'
+    plain = uuid.UUID(bytes=bytes(16))
+    ids = iter([dash_first, dash_first, plain])
+    monkeypatch.setattr(manager.uuid, "uuid4", lambda: next(ids))
+    assert manager.new_cluster_id() == "AAAAAAAAAAAAAAAAAAAAAA"
+    monkeypatch.undo()
+    assert not any(manager.new_cluster_id().startswith("-") for _ in range(20000))

@@ -12,7 +12,7 @@ from kafka import KafkaProducer
 from evc.protocol import messages as m
 from evc.protocol.framing import encode_frame, recv_frame
 from evc.protocol.topics import REQUESTS
-from tests.helpers import wait_for
+from tests.helpers import Proc, wait_for
 from tests.network import Network, Observer
 
 pytestmark = pytest.mark.broker
@@ -24,6 +24,10 @@ def net(kafka, prefix, tmp_path, procs):
     network.start_central("--heartbeat-timeout", "2")
     network.start_cp("CP-01")
     return network
+
+
+def frame_of(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
 
 
 def raw_client(net: Network) -> socket.socket:
@@ -59,6 +63,15 @@ def answer_then_closed(sock: socket.socket) -> dict | None:
     (encode_frame({"type": "start_supply", "cp_id": "CP-01", "driver_id": "x",
                    "session_id": "s", "price_eur_kwh": 1.0}), "may not send"),
     (encode_frame({"type": "register", "cp_id": 12}), "expected a string"),
+    # poison that once killed central's TCP thread, and its family
+    (struct.pack(">I", 60) + b'{"type":"heartbeat","cp_id":"CP-01","ts":' + b"9" * 17 + b"}",
+     "error"),
+    (frame_of(b'{"type":"register","cp_id":"CP-05","ts":' + b"9" * 400 + b"}"), "too large"),
+    (frame_of(b'{"type":"register","cp_id":"CP-05","ts":1e999}'), "finite"),
+    (frame_of(b"[" * 30000 + b"]" * 30000), "not JSON"),
+    (frame_of(b'{"type":"register","cp_id":"CP-05","location":"\xff\xfe"}'), "UTF-8"),
+    (frame_of(b'{"type":"register","cp_id":"CP-05","location":"\\u001b[2J"}'), "control"),
+    (frame_of(b'{"type":"register","cp_id":"CP\\u001b[31m"}'), "bad cp_id"),
 ])
 def test_malformed_frames_close_only_that_connection(net, payload, expect):
     sock = raw_client(net)
@@ -104,21 +117,49 @@ def test_silent_connections_are_closed_after_the_timeout(net):
     net.start_cp("CP-02")
 
 
-def test_malformed_kafka_messages_are_skipped(net, kafka, bus):
+POISON = [b"\xff", b"{}", b'{"type": "charge_request"}', b"[]", b'"a bare string"',
+          b'{"type": "telemetry", "cp_id": 1}', b"null", b"1e999",
+          b'{"type":"charge_request","driver_id":"D-1","cp_id_solicitado":"CP-01","ts":'
+          + b"9" * 400 + b"}",
+          b'{"type":"start_supply","cp_id":"CP-01","driver_id":"D-1","session_id":"s",'
+          b'"price_eur_kwh":1e999}',
+          b'{"type":"stop","cp_id":"CP-01","ts":' + b"1" * 5000 + b"}",
+          b"[" * 50000 + b"]" * 50000, b'{"driver_id": [], "cp_id_solicitado": {}}',
+          b'{"type":"central_status","central":"x","started_at":"yesterday"}']
+
+
+def test_poison_records_on_every_topic_harm_nobody(net, kafka, bus):
+    """Each poison record is skipped once by everyone who reads it; all goes on, also
+    after central restarts (it never reads them again)."""
+    from evc.protocol.topics import ALL_TOPICS
+
     observer = Observer(bus)
+    d = Proc(["driver", kafka, "D-9", "--topic-prefix", net.prefix,
+              "--charge-seconds", "2"], name="driver D-9")
+    net.procs.append(d)
     try:
         raw = KafkaProducer(bootstrap_servers=kafka)
-        for junk in [b"\xff", b"{}", b'{"type": "charge_request"}', b"[]",
-                     b'{"type": "telemetry", "cp_id": 1}']:
-            raw.send(bus.topic(REQUESTS), key=b"CP-01", value=junk)
+        for topic in ALL_TOPICS:
+            for junk in POISON:
+                raw.send(bus.topic(topic), key=b"CP-01", value=junk)
+                raw.send(bus.topic(topic), key=b"D-9", value=junk)
         raw.flush()
         raw.close()
-        req = m.ChargeRequest(driver_id="D-9", cp_id="CP-01")
-        bus.send(REQUESTS, req, "CP-01")
-        bus.flush()
-        auth = observer.wait(m.Authorization, request_id=req.msg_id)[0]
-        assert auth.authorized
+        d.send("CP-01")
+        d.wait_line("TICKET at CP-01", timeout=30)
+        wait_for(lambda: net.central_log.read_text().count("skipping malformed") >= 2 * 2 * len(
+            POISON), 10, "central skipping each poison record once")
+        net.central.stop()
+        central_log = net.central_log.read_text()
+        again = net.start_central("--heartbeat-timeout", "2")
+        net.wait_state("CP-01", "Activado", timeout=15)
+        d.send("CP-01")
+        d.wait_line("TICKET at CP-01", count=2, timeout=30)
+        log_after = net.central_log.read_text()[len(central_log):]
+        assert "skipping malformed" not in log_after  # applied offsets: never read again
+        assert again.popen.poll() is None
     finally:
         observer.close()
-    assert net.central.popen.poll() is None
-    wait_for(lambda: net.current_state("CP-01") == "Suministrando", 5, "supply")
+    for proc in (net.engines["CP-01"], net.monitors["CP-01"], d):
+        assert proc.popen.poll() is None, proc.output[-2000:]
+        assert "Traceback" not in proc.output

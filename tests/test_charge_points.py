@@ -179,3 +179,50 @@ def test_second_monitor_for_a_connected_cp_is_refused(net):
     assert net.current_state("CP-01") == "Activado"
     assert len(net.state_lines("CP-01")) == 1  # the first monitor was never disturbed
     intruder.kill()
+
+
+def test_a_fresh_central_answers_at_once_every_time(kafka, tmp_path, procs):
+    """Central reads its partitions by assignment, not by a group join that once left it
+    with no partition at all (deaf for minutes): three fresh starts, three answers."""
+    import uuid
+
+    from evc.bus import KafkaBus
+
+    for i in range(3):
+        prefix = f"fresh{uuid.uuid4().hex[:8]}-"  # topics that do not exist yet
+        (tmp_path / f"run{i}").mkdir()
+        net = Network(kafka, prefix, tmp_path / f"run{i}", procs)
+        central = net.start_central()
+        with KafkaBus(kafka, prefix=prefix, client_id="evc-test") as bus:
+            observer = Observer(bus)
+            try:
+                req = request(bus, "D-1", "CP-01")
+                auth = observer.wait(m.Authorization, request_id=req.msg_id, timeout=10)[0]
+                assert auth.code is m.DenyCode.DISCONNECTED
+            finally:
+                observer.close()
+        central.stop()
+
+
+def test_garbage_on_the_engine_port_harms_only_itself(net):
+    import socket
+    import struct
+
+    net.start_central()
+    net.start_cp("CP-01")
+    port = net.engine_ports["CP-01"]
+    for blob in (b"\xff" * 50, struct.pack(">I", 0xFFFFFFFF),
+                 struct.pack(">I", 40) + b'{"type":"health_check","cp_id":"x","ts":1e999}',
+                 struct.pack(">I", 20000) + b"[" * 10000 + b"]" * 10000,
+                 struct.pack(">I", 30) + b'{"type":"start_supply"}' + b" " * 7):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(blob)
+            sock.settimeout(5)
+            try:
+                assert sock.recv(100) == b""  # the engine closes that connection
+            except ConnectionResetError:
+                pass
+    engine = net.engines["CP-01"]
+    assert engine.popen.poll() is None and "Traceback" not in engine.output
+    assert net.current_state("CP-01") == "Activado"
+    assert len(net.state_lines("CP-01")) == 1  # the monitor's checks never failed

@@ -226,7 +226,8 @@ def run_demo(kafka: Address, n_cps: int, n_drivers: int, per_driver: int,
                 for i, path in enumerate(files, start=1):
                     children.start(f"driver-D-{i:02d}", [
                         "driver", str(kafka), f"D-{i:02d}", "--file", str(path),
-                        "--charge-seconds", str(charge_seconds), "--timeout", "30"])
+                        "--charge-seconds", str(charge_seconds), "--timeout", "30",
+                        "--state-dir", str(run_dir / "state")])
                 drivers_started = True
             try:
                 central.wait(0.5)
