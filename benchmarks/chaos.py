@@ -1,0 +1,313 @@
+"""Chaos: a network under demo-like load while its parts are killed (-9) and restarted.
+
+    python -m benchmarks.chaos [--minutes 10] [--cps 10] [--drivers 5] [--every 4] [--json]
+
+Runs its own broker (restarted now and then on the same data), central, CPs (engine +
+monitor) and drivers as real `evc` processes. Every --every seconds one random part is
+killed with SIGKILL (central, an engine, a monitor or a driver) and started again after a
+random delay of 1-8 s; every --broker-every seconds the broker is stopped and started
+again 5-20 s later. At the end the drivers are stopped (they end their supplies), the
+network drains, everything stops, and every topic is read from its beginning to print:
+requests and answers, tickets lost and duplicated, kWh billed versus supplied (the
+engines' readings and final figures, which their journals carry across their deaths),
+processes that exited unasked, and the slowest recovery of a CP after its killed part
+restarted. The last line with --json is one JSON object with these figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from evc.bus import KafkaBus
+from evc.protocol import messages as m
+from evc.protocol.topics import ALL_TOPICS
+
+EVC = [sys.executable, "-m", "evc.cli"]
+STATE = re.compile(r"^(\d\d:\d\d:\d\d) (\S+) \S+ -> (\S+)")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Part:
+    """One restartable process of the network; its output is appended to a log."""
+
+    def __init__(self, name: str, args: list[str], log: Path, stdin: bool = False) -> None:
+        self.name, self.args, self.log = name, args, log
+        self.stdin = stdin
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.killed = False  # by us: its exit is expected
+        self.unasked: list[str] = []
+        self.started_at = 0.0
+
+    def start(self) -> None:
+        out = open(self.log, "ab")  # noqa: SIM115 - owned by the child
+        env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1")
+        self.proc = subprocess.Popen(EVC + self.args, stdout=out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL,
+                                     env=env, start_new_session=True)
+        out.close()
+        self.killed = False
+        self.started_at = time.time()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check(self) -> None:
+        """An exit we did not ask for is counted (once per exit)."""
+        if self.proc is not None and self.proc.poll() is not None and not self.killed:
+            self.unasked.append(f"{self.name} exit {self.proc.returncode} at "
+                                f"{time.strftime('%H:%M:%S')}")
+            self.killed = True  # counted
+
+    def kill(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.killed = True
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.killed = True
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.unasked.append(f"{self.name} did not stop within {timeout:g} s")
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def broker(cmd: str, port: int, ctrl: int, data: Path) -> None:
+    args = ["broker", cmd, "--data-dir", str(data)]
+    if cmd == "start":
+        args += ["--listen", f"127.0.0.1:{port}", "--controller-port", str(ctrl),
+                 "--timeout", "120"]
+    subprocess.run(EVC + args, check=cmd == "start", capture_output=True, timeout=300)
+
+
+def read_everything(kafka: str, prefix: str) -> list[m.Message]:
+    """Every record of every topic, from the beginning (malformed ones skipped)."""
+    with KafkaBus(kafka, prefix=prefix, client_id="evc-chaos-reader") as bus:
+        consumer = bus.consumer(list(ALL_TOPICS), from_beginning=True)
+        out: list[m.Message] = []
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < 3.0:
+            batch = consumer.poll(0.5)
+            if batch:
+                quiet_since = time.monotonic()
+            out += [msg for msg, _ in batch]
+        consumer.close()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--cps", type=int, default=10)
+    parser.add_argument("--drivers", type=int, default=5)
+    parser.add_argument("--every", type=float, default=4.0, help="seconds between kills")
+    parser.add_argument("--broker-every", type=float, default=90.0,
+                        help="seconds between broker restarts (0: none)")
+    parser.add_argument("--run-dir", default=None)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    run = Path(args.run_dir or f"runs/chaos-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    run.mkdir(parents=True, exist_ok=True)
+    port, ctrl = free_port(), free_port()
+    kafka, data = f"127.0.0.1:{port}", run / "broker"
+    prefix = f"chaos{int(time.time())}-"
+    central_port = free_port()
+    common = ["--topic-prefix", prefix]
+    print(f"run folder {run}; broker {kafka}", flush=True)
+    broker("start", port, ctrl, data)
+    with KafkaBus(kafka, prefix=prefix, client_id="evc-chaos") as bus:
+        bus.ensure_topics()
+
+    cps = [f"CP-{i:02d}" for i in range(1, args.cps + 1)]
+    (run / "cps.csv").write_text("id,location,price_eur_kwh\n" + "".join(
+        f"{cp},Calle {i},0.{30 + i % 10}\n" for i, cp in enumerate(cps)))
+    central = Part("central", ["central", str(central_port), kafka, str(run / "central.json"),
+                               "--listen-host", "127.0.0.1", "--cps", str(run / "cps.csv"),
+                               "--display", "plain", "--log-level", "INFO", "--log-file",
+                               str(run / "central.log"), *common], run / "central.out")
+    engines, monitors, drivers = {}, {}, {}
+    for cp in cps:
+        eport = free_port()
+        engines[cp] = Part(f"engine {cp}", [
+            "cp-engine", kafka, "--listen", f"127.0.0.1:{eport}", "--id", cp,
+            "--state-dir", str(run / "state"), *common], run / f"engine-{cp}.out")
+        monitors[cp] = Part(f"monitor {cp}", [
+            "cp-monitor", f"127.0.0.1:{eport}", f"127.0.0.1:{central_port}", cp],
+            run / f"monitor-{cp}.out")
+    for i in range(1, args.drivers + 1):
+        did = f"D-{i:02d}"
+        path = run / f"requests-{did}.txt"
+        path.write_text("".join(f"{rng.choice(cps)}\n" for _ in range(2000)))
+        drivers[did] = Part(f"driver {did}", [
+            "driver", kafka, did, "--file", str(path), "--charge-seconds", "5", "--pause", "1",
+            "--state-dir", str(run / "state"), *common], run / f"driver-{did}.out")
+    parts: list[Part] = [central, *engines.values(), *monitors.values(), *drivers.values()]
+    for part in parts:
+        part.start()
+
+    kills: Counter[str] = Counter()
+    restarts: list[tuple[float, str, str]] = []  # (when restarted, kind, cp or "")
+    pending: list[tuple[float, Part, str, str]] = []
+    broker_down: list[tuple[float, float]] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + args.minutes * 60
+    next_kill = time.monotonic() + 15
+    next_broker = time.monotonic() + args.broker_every if args.broker_every else float("inf")
+    broker_back_at = 0.0
+    try:
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            for part in parts:
+                if not any(p is part for _, p, _, _ in pending):
+                    part.check()
+            for item in list(pending):
+                due, part, kind, cp = item
+                if now >= due:
+                    pending.remove(item)
+                    part.start()
+                    with lock:
+                        restarts.append((time.time(), kind, cp))
+            if broker_back_at and now >= broker_back_at:
+                broker("start", port, ctrl, data)
+                broker_down[-1] = (broker_down[-1][0], time.time())
+                broker_back_at = 0.0
+                next_broker = time.monotonic() + args.broker_every
+            elif now >= next_broker and not broker_back_at:
+                broker("stop", port, ctrl, data)
+                kills["broker"] += 1
+                broker_down.append((time.time(), 0.0))
+                broker_back_at = time.monotonic() + rng.uniform(5, 20)
+            if now >= next_kill:
+                next_kill = now + args.every
+                kind = rng.choice(["central", "engine", "monitor", "driver"])
+                if kind == "central":
+                    part, cp = central, ""
+                elif kind == "driver":
+                    part, cp = drivers[rng.choice(list(drivers))], ""
+                else:
+                    cp = rng.choice(cps)
+                    part = engines[cp] if kind == "engine" else monitors[cp]
+                if part.alive() and not any(p is part for _, p, _, _ in pending):
+                    part.kill()
+                    kills[kind] += 1
+                    pending.append((now + rng.uniform(1, 8), part, kind, cp))
+            time.sleep(0.2)
+        # the end: everything back up, drivers leave (ending their supplies), drain
+        for _, part, _, _ in pending:
+            part.start()
+        if broker_back_at:
+            broker("start", port, ctrl, data)
+            broker_down[-1] = (broker_down[-1][0], time.time())
+        time.sleep(10)
+        for part in drivers.values():
+            part.stop()
+        time.sleep(30)  # central's final timeout (20 s) and a margin: every supply ends
+    finally:
+        for part in parts:
+            part.stop()
+        messages = read_everything(kafka, prefix)
+        broker("stop", port, ctrl, data)
+    return report(run, messages, kills, restarts, parts, args.json)
+
+
+def recovery_times(run: Path, restarts: list[tuple[float, str, str]]) -> dict[str, float]:
+    """Per kind: the slowest time from a part's restart to its CP serving again on central."""
+    serving: dict[str, list[float]] = defaultdict(list)
+    day = time.strftime("%Y-%m-%d")
+    for line in (run / "central.out").read_text(errors="replace").splitlines():
+        match = STATE.match(line)
+        if match and match.group(3) in ("Activado", "Suministrando", "Parado"):
+            when = time.mktime(time.strptime(f"{day} {match.group(1)}", "%Y-%m-%d %H:%M:%S"))
+            serving[match.group(2)].append(when)
+    slowest: dict[str, float] = {}
+    for restarted, kind, cp in restarts:
+        if kind not in ("engine", "monitor"):
+            continue
+        later = [t for t in serving.get(cp, []) if t >= int(restarted)]
+        took = (min(later) - restarted) if later else float("inf")
+        slowest[kind] = max(slowest.get(kind, 0.0), max(0.0, took))
+    return slowest
+
+
+def report(run: Path, messages: list[m.Message], kills: Counter[str],
+           restarts: list[tuple[float, str, str]], parts: list[Part], as_json: bool) -> int:
+    requests = {x.msg_id for x in messages if isinstance(x, m.ChargeRequest)}
+    auths = [x for x in messages if isinstance(x, m.Authorization)]
+    answered = {a.request_id for a in auths}
+    sessions = {a.session_id: a for a in auths if a.authorized}
+    tickets: dict[str, set[str]] = defaultdict(set)
+    billed: dict[str, float] = {}
+    for x in messages:
+        if isinstance(x, m.Ticket):
+            tickets[x.session_id].add(x.msg_id)
+            billed[x.session_id] = x.consumo_kwh
+    supplied: dict[str, float] = defaultdict(float)
+    for x in messages:
+        if isinstance(x, m.Telemetry) and x.session_id:
+            supplied[x.session_id] = max(supplied[x.session_id], x.consumo_kwh)
+    lost = [s for s in sessions if not tickets.get(s)]
+    duplicated = [s for s, ids in tickets.items() if len(ids) > 1]
+    under = {s: round(supplied[s] - billed[s], 4) for s in billed
+             if supplied.get(s, 0.0) > billed[s] + 1e-9}
+    unasked = [u for part in parts for u in part.unasked]
+    slowest = recovery_times(run, restarts)
+    figures: dict[str, Any] = {
+        "kills": dict(kills),
+        "requests": len(requests), "answered": len(requests & answered),
+        "authorized": len(sessions), "tickets": sum(1 for s in sessions if tickets.get(s)),
+        "lost_tickets": len(lost), "duplicated_tickets": len(duplicated),
+        "kwh_supplied": round(sum(supplied[s] for s in sessions), 2),
+        "kwh_billed": round(sum(billed.get(s, 0.0) for s in sessions), 2),
+        "kwh_under_billed": round(sum(under.values()), 4),
+        "unasked_exits": len(unasked),
+        "slowest_recovery_s": {k: round(v, 1) for k, v in slowest.items()},
+    }
+    print(f"kills: {', '.join(f'{k} {v}' for k, v in sorted(kills.items()))}")
+    print(f"requests {figures['requests']}, answered {figures['answered']}; authorized "
+          f"{figures['authorized']}, with a ticket {figures['tickets']}")
+    print(f"lost tickets {len(lost)}, duplicated tickets {len(duplicated)}")
+    print(f"kWh supplied {figures['kwh_supplied']}, billed {figures['kwh_billed']}, "
+          f"under-billed {figures['kwh_under_billed']} over {len(under)} supplies")
+    print(f"processes that exited unasked: {len(unasked)}"
+          + "".join(f"\n  {u}" for u in unasked[:20]))
+    print("slowest recovery after a restart (s): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in sorted(slowest.items())))
+    if lost:
+        print("sessions without a ticket: " + ", ".join(lost[:10]))
+    if under:
+        print("under-billed sessions: " + ", ".join(f"{s} {d}" for s, d in list(under.items())[:10]))
+    if as_json:
+        print(json.dumps(figures))
+    ok = not lost and not duplicated and not under and not unasked
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
