@@ -139,7 +139,8 @@ def main() -> int:
     kafka, data = f"127.0.0.1:{port}", run / "broker"
     prefix = f"chaos{int(time.time())}-"
     central_port = free_port()
-    common = ["--topic-prefix", prefix]
+    # a part restarted during a broker outage waits for the broker instead of exiting
+    common = ["--topic-prefix", prefix, "--kafka-wait", "120"]
     print(f"run folder {run}; broker {kafka}", flush=True)
     broker("start", port, ctrl, data)
     with KafkaBus(kafka, prefix=prefix, client_id="evc-chaos") as bus:
@@ -197,6 +198,7 @@ def main() -> int:
             if broker_back_at and now >= broker_back_at:
                 broker("start", port, ctrl, data)
                 broker_down[-1] = (broker_down[-1][0], time.time())
+                restarts.append((time.time(), "broker", ""))
                 broker_back_at = 0.0
                 next_broker = time.monotonic() + args.broker_every
             elif now >= next_broker and not broker_back_at:
@@ -237,8 +239,9 @@ def main() -> int:
     return report(run, messages, kills, restarts, parts, args.json)
 
 
-def recovery_times(run: Path, restarts: list[tuple[float, str, str]]) -> dict[str, float]:
-    """Per kind: the slowest time from a part's restart to its CP serving again on central."""
+def recovery_times(run: Path, restarts: list[tuple[float, str, str]]
+                   ) -> dict[str, list[tuple[float, float, str]]]:
+    """Per kind: (seconds, when, cp) from a part's restart to its CP serving again."""
     serving: dict[str, list[float]] = defaultdict(list)
     day = time.strftime("%Y-%m-%d")
     for line in (run / "central.out").read_text(errors="replace").splitlines():
@@ -246,14 +249,14 @@ def recovery_times(run: Path, restarts: list[tuple[float, str, str]]) -> dict[st
         if match and match.group(3) in ("Activado", "Suministrando", "Parado"):
             when = time.mktime(time.strptime(f"{day} {match.group(1)}", "%Y-%m-%d %H:%M:%S"))
             serving[match.group(2)].append(when)
-    slowest: dict[str, float] = {}
+    took: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
     for restarted, kind, cp in restarts:
         if kind not in ("engine", "monitor"):
             continue
         later = [t for t in serving.get(cp, []) if t >= int(restarted)]
-        took = (min(later) - restarted) if later else float("inf")
-        slowest[kind] = max(slowest.get(kind, 0.0), max(0.0, took))
-    return slowest
+        seconds = (min(later) - restarted) if later else float("inf")
+        took[kind].append((max(0.0, seconds), restarted, cp))
+    return took
 
 
 def report(run: Path, messages: list[m.Message], kills: Counter[str],
@@ -277,7 +280,9 @@ def report(run: Path, messages: list[m.Message], kills: Counter[str],
     under = {s: round(supplied[s] - billed[s], 4) for s in billed
              if supplied.get(s, 0.0) > billed[s] + 1e-9}
     unasked = [u for part in parts for u in part.unasked]
-    slowest = recovery_times(run, restarts)
+    took = recovery_times(run, restarts)
+    slowest = {kind: max(t for t, _, _ in items) for kind, items in took.items()}
+    others = [(when, kind) for when, kind, _ in restarts if kind in ("central", "broker")]
     figures: dict[str, Any] = {
         "kills": dict(kills),
         "requests": len(requests), "answered": len(requests & answered),
@@ -299,6 +304,12 @@ def report(run: Path, messages: list[m.Message], kills: Counter[str],
           + "".join(f"\n  {u}" for u in unasked[:20]))
     print("slowest recovery after a restart (s): "
           + ", ".join(f"{k} {v:.1f}" for k, v in sorted(slowest.items())))
+    for kind, items in sorted(took.items()):
+        for seconds, when, cp in sorted(items, reverse=True)[:3]:
+            near = [f"{k} restarted {w - when:+.0f} s" for w, k in others
+                    if -30 < w - when < seconds]
+            print(f"  {kind} of {cp} restarted {time.strftime('%H:%M:%S', time.localtime(when))}"
+                  f": serving after {seconds:.1f} s" + (f" ({', '.join(near)})" if near else ""))
     if lost:
         print("sessions without a ticket: " + ", ".join(lost[:10]))
     if under:

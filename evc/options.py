@@ -77,20 +77,25 @@ class Common:
     topic_prefix: str = ""
     log_level: str = "WARNING"
     log_file: str | None = None
+    kafka_wait: float = 10.0
 
 
 def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Adds --topic-prefix, --log-level and --log-file, passed as ``common: Common``."""
+    """Adds --topic-prefix, --log-level, --log-file and --kafka-wait as ``common: Common``."""
 
     @click.option("--topic-prefix", default="", help="Prefix of the Kafka topic names "
                   "(several networks on one broker).")
     @click.option("--log-level", default="WARNING", show_default=True, type=LOG_LEVELS)
     @click.option("--log-file", type=click.Path(dir_okay=False), default=None,
                   help="Also write the log to this file.")
+    @click.option("--kafka-wait", type=click.FloatRange(1, 86400), default=10.0,
+                  show_default=True, help="Seconds to keep trying to reach the broker at "
+                  "start (a restart during a broker outage waits for it).")
     @functools.wraps(func)
     def wrapper(*args: Any, topic_prefix: str, log_level: str, log_file: str | None,
-                **kwargs: Any) -> Any:
-        common = Common(topic_prefix=topic_prefix, log_level=log_level, log_file=log_file)
+                kafka_wait: float, **kwargs: Any) -> Any:
+        common = Common(topic_prefix=topic_prefix, log_level=log_level, log_file=log_file,
+                        kafka_wait=kafka_wait)
         return func(*args, common=common, **kwargs)
 
     return wrapper

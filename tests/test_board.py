@@ -65,7 +65,7 @@ def test_five_states_words_and_colours(board, bus):
     bus.flush()
     row = cp_row(term, "CP-04", "Suministrando")
     assert term.colour_of(row, "Suministrando") == GREEN
-    first = cp_row(term, "CP-04", "driver D-42")
+    first = cp_row(term, "CP-04", "D-42 ")
     kwh = lambda: re.search(r"(\d+\.\d\d) kWh", term.lines()[cp_row(term, "CP-04", "kWh")])
     seen = {kwh().group(1)}
     wait_for(lambda: seen.add(kwh().group(1)) or len(seen) >= 3, 10,

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from evc.central.board import Board, supports_256
+from evc.central.board import Board
+from evc.display import supports_256
 from evc.central.brain import Brain
 from evc.central.events import MonitorFrame
 from evc.protocol import messages as m
@@ -53,3 +54,26 @@ def test_orange_falls_back_to_yellow_on_8_colours(brain):
     assert "\x1b[33mParado" in poor and "38;5;208" not in poor
     assert supports_256({"TERM": "xterm-256color"})
     assert not supports_256({"TERM": "xterm"})
+
+
+def test_a_supplying_row_keeps_its_figures_whole_in_80_columns(tmp_path):
+    """The seed asks for driver, kWh and € live on that row: narrow terminals take space
+    from the location, never from the figures."""
+    from evc.central.events import BusMessage
+    from evc.protocol.topics import Delivery
+
+    brain = Brain(Store(tmp_path / "c.json"), FakeOutbox(), FakeLink(), RecordingView())
+    for i in range(5):
+        brain.upsert_cp(f"CP-{i:03d}", f"Avenida de la Estación número {i}", 0.3)
+    brain.apply(MonitorFrame(900, "p", m.Register(cp_id="CP-001")))
+    req = m.ChargeRequest(driver_id="D-12345678", cp_id="CP-001")
+    brain.apply(BusMessage(req, Delivery("requests_topic", 0, 1)))
+    session = brain.cps["CP-001"].session
+    brain.apply(BusMessage(m.Telemetry(cp_id="CP-001", driver_id="D-12345678",
+                                       consumo_kwh=123.5, importe_eur=0,
+                                       session_id=session.session_id),
+                           Delivery("telemetry_topic", 0, 1)))
+    for width in (80, 100):
+        lines = [ANSI.sub("", ln) for ln in Board("t", True).render(brain, width, 24, "> ")]
+        row = next(ln for ln in lines if ln.startswith("CP-001 "))
+        assert "D-12345678 123.50 kWh 37.05 €" in row, (width, row)

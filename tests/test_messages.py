@@ -33,6 +33,8 @@ SAMPLES = [
              importe_eur=0.7, price_eur_kwh=0.35, started_at=1.0, ended_at=9.0,
              reason=m.EndReason.FAULT),
     m.CentralStatus(central="pc2 pid 7", started_at=1.0),
+    m.CPStatus(cp_id="CP-01", location="C/Italia 5", price_eur_kwh=0.35,
+               state=m.CPState.AVERIADO, detail="engine answered KO"),
 ]
 
 

@@ -30,7 +30,7 @@ from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from evc.errors import BusError, ProtocolError
-from evc.protocol.messages import Message, from_record
+from evc.protocol.messages import Message, Removed, from_record
 from evc.protocol.topics import ALL_TOPICS, COMPACTED, Delivery
 
 log = logging.getLogger(__name__)
@@ -164,22 +164,26 @@ class KafkaBus:
         return partition_for(key, self.partitions(name))
 
     # ------------------------------------------------------------------ produce
-    def send(self, topic: str, message: Message, key: str, on_done: Done | None = None) -> None:
+    def send(self, topic: str, message: Message | None, key: str,
+             on_done: Done | None = None) -> None:
         """Queue ``message`` on ``topic`` (unprefixed name), keyed; never blocks on acks.
 
+        ``message`` None is a tombstone (``key`` removed from a compacted topic).
         ``on_done(ok, error)`` runs once the broker took it (or gave up); a
         BusError here means it was not even queued (retriable: try again later).
         """
         if self._closed:
             raise BusError("bus closed")
-        with kafka_errors(f"cannot send {message.TYPE} to {topic}"):
+        kind = message.TYPE if message is not None else "tombstone"
+        with kafka_errors(f"cannot send {kind} to {topic}"):
             future = self._producer.send(
-                self.topic(topic), value=encode(message), key=key.encode("utf-8"))
+                self.topic(topic), value=encode(message) if message is not None else None,
+                key=key.encode("utf-8"))
         if on_done is not None:
             future.add_callback(lambda _meta: on_done(True, ""))
             future.add_errback(lambda exc: on_done(False, str(exc) or type(exc).__name__))
         else:
-            future.add_errback(self._on_send_error, message.TYPE, topic)
+            future.add_errback(self._on_send_error, kind, topic)
 
     def _on_send_error(self, kind: str, topic: str, exc: BaseException) -> None:
         log.error("Kafka did not take %s on %s: %s", kind, topic, exc)
@@ -260,6 +264,7 @@ class Consumer:
         self._closed = False
         self._close_lock = threading.Lock()
         self.ready = threading.Event()  # set once partitions are assigned and positioned
+        self.caught_up = threading.Event()  # set once every partition reached live_from
         timeout_ms = int(bus.connect_timeout * 1000)
         with kafka_errors(f"cannot consume {', '.join(self.topics)}", bus.bootstrap,
                           bus.connect_timeout):
@@ -312,6 +317,13 @@ class Consumer:
         self.live_from = {(tp.topic, tp.partition): int(off) for tp, off in ends.items()}
         self.ready.set()
 
+    def _check_caught_up(self) -> None:
+        for tp in self._consumer.assignment():
+            end = self.live_from.get((tp.topic, tp.partition), 0)
+            if self._consumer.position(tp) < end:
+                return
+        self.caught_up.set()
+
     def is_live(self, delivery: Delivery) -> bool:
         """True for a record written after this consumer started (not history)."""
         return delivery.offset >= self.live_from.get((delivery.topic, delivery.partition), 0)
@@ -352,6 +364,12 @@ class Consumer:
             for record in records:
                 delivery = Delivery(tp.topic, tp.partition, record.offset,
                                     (record.timestamp or 0) / 1000.0)
+                if record.value is None and record.key:  # a tombstone: the key is gone
+                    try:
+                        out.append((Removed(key=record.key.decode("utf-8")), delivery))
+                    except (UnicodeDecodeError, ProtocolError):
+                        pass
+                    continue
                 try:
                     message = decode(record.value, delivery)
                 except ProtocolError as exc:
@@ -375,6 +393,8 @@ class Consumer:
             while not stop.is_set():
                 for message, delivery in self.poll(poll_timeout, on_skip):
                     handle(message, delivery)
+                if not self.caught_up.is_set():  # after handing out what was read
+                    self._check_caught_up()
             self._commit_acked()
         finally:
             self.close()
@@ -388,6 +408,44 @@ class Consumer:
             self._consumer.close(autocommit=False, timeout_ms=1000)
         except Exception as exc:  # noqa: BLE001 - closing must not raise at shutdown
             log.warning("consumer close: %s", exc)
+
+
+def open_bus(bootstrap: str, *, prefix: str = "", client_id: str = "evc",
+             wait: float = DEFAULT_CONNECT_TIMEOUT, partitions: int = 3,
+             stop: threading.Event | None = None,
+             note: Callable[[str], Any] | None = None) -> KafkaBus:
+    """A bus whose topics exist, trying for ``wait`` seconds while the broker is unreachable.
+
+    A process (re)started during a broker outage waits for it (``--kafka-wait``) instead
+    of exiting; past ``wait`` (or on a non-retriable error) the BusError is raised.
+    """
+    deadline = time.monotonic() + wait
+    said = False
+    while True:
+        timeout = max(1.0, min(DEFAULT_CONNECT_TIMEOUT, deadline - time.monotonic()))
+        try:
+            bus = KafkaBus(bootstrap, prefix=prefix, client_id=client_id, connect_timeout=timeout)
+            try:
+                bus.ensure_topics(partitions=partitions)
+            except BaseException:
+                bus.close(timeout=0.2)
+                raise
+            bus.connect_timeout = DEFAULT_CONNECT_TIMEOUT
+            if said and note is not None:
+                note(f"Kafka broker at {bootstrap} reached")
+            return bus
+        except BusError as exc:
+            if not exc.retriable or time.monotonic() + 1.0 >= deadline or (
+                    stop is not None and stop.is_set()):
+                raise
+            if note is not None and not said:
+                note(f"Kafka broker at {bootstrap} unreachable; trying again for up to "
+                     f"{wait:g} s (--kafka-wait)")
+                said = True
+            if stop is not None:
+                stop.wait(1.0)
+            else:
+                time.sleep(1.0)
 
 
 def ping(bootstrap: str, timeout: float = 2.0) -> bool:

@@ -12,7 +12,6 @@ yellow on 8-colour terminals), Averiado red, Desconectado grey.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
@@ -22,74 +21,37 @@ from typing import TYPE_CHECKING, TextIO
 from colorama import Fore, Style, just_fix_windows_console
 
 from evc.console import LineEditor
+from evc.display import (
+    LABEL,
+    PROBLEM_ORDER,
+    RESET,
+    Row,
+    ago,
+    counts_line,
+    fit,
+    palette,
+    render_table,
+    supports_256,
+)
 from evc.protocol.messages import CPState
 
 if TYPE_CHECKING:
     from evc.central.brain import Brain, ChargePoint
 
-ORANGE_256 = "\x1b[38;5;208m"
-GREY = "\x1b[90m"
-RESET = Style.RESET_ALL
-PROBLEM_ORDER = {
-    CPState.AVERIADO: 0, CPState.DESCONECTADO: 1, CPState.PARADO: 2,
-    CPState.SUMINISTRANDO: 3, CPState.ACTIVADO: 4,
-}
-LABEL = {
-    CPState.ACTIVADO: "Activado",
-    CPState.PARADO: "Parado (Out of Order)",
-    CPState.SUMINISTRANDO: "Suministrando",
-    CPState.AVERIADO: "Averiado",
-    CPState.DESCONECTADO: "Desconectado",
-}
-
-
-def supports_256(env: dict[str, str] | None = None) -> bool:
-    env = dict(os.environ) if env is None else env
-    term = env.get("TERM", "")
-    return "256color" in term or env.get("COLORTERM", "") in ("truecolor", "24bit")
-
-
-def palette(colors_256: bool) -> dict[CPState, str]:
-    return {
-        CPState.ACTIVADO: Fore.GREEN,
-        CPState.SUMINISTRANDO: Fore.GREEN + Style.BRIGHT,
-        CPState.PARADO: ORANGE_256 if colors_256 else Fore.YELLOW,
-        CPState.AVERIADO: Fore.RED + Style.BRIGHT,
-        CPState.DESCONECTADO: GREY,
-    }
-
-
-def _fit(text: str, width: int) -> str:
-    if width <= 0:
-        return ""
-    if len(text) <= width:
-        return text.ljust(width)
-    return text[: max(0, width - 1)] + "…"
-
-
-def _ago(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
-
-
 def detail(cp: ChargePoint, now: float) -> str:
+    """The board's last column: the driver and live figures, or why the CP is out."""
     state = cp.state
     if state is CPState.SUMINISTRANDO and cp.session is not None:
         s = cp.session
-        text = f"driver {s.driver_id}  {s.kwh:7.2f} kWh  {s.eur:7.2f} €"
+        text = f"{s.driver_id} {s.kwh:.2f} kWh {s.eur:.2f} €"
         if s.end_reason is not None:
-            text += f"  (ending: {s.end_reason})"
+            text += f" (ending: {s.end_reason})"
         elif not s.supplying:
-            text += "  (starting)"
+            text += " (starting)"
         return text
     if state is CPState.DESCONECTADO:
         if cp.last_seen:
-            return f"last seen {_ago(max(0.0, now - cp.last_seen))} ago"
+            return f"last seen {ago(max(0.0, now - cp.last_seen))} ago"
         return "never seen"
     if state is CPState.AVERIADO:
         return cp.fault_reason
@@ -117,62 +79,29 @@ class Board:
         counts = brain.counts()
         lines: list[str] = []
         clock = time.strftime("%H:%M:%S")
-        head = f" EVCharging central  {self.title}  {clock} "
-        lines.append(Style.BRIGHT + _fit(head, width) + RESET)
-        summary = "  ".join(f"{self.colors[s]}{LABEL[s].split(' ')[0]} {counts[s]}{RESET}"
-                            for s in CPState)
+        if brain.bus_down_since is not None:  # the one thing the operator must see first
+            down = time.strftime("%H:%M:%S", time.localtime(brain.bus_down_since))
+            head = f" KAFKA UNAVAILABLE since {down}: supplies go on, requests wait  {clock} "
+            lines.append(Fore.RED + Style.BRIGHT + fit(head, width) + RESET)
+        else:
+            head = f" EVCharging central  {self.title}  {clock} "
+            lines.append(Style.BRIGHT + fit(head, width) + RESET)
         c = brain.counters
         totals = (f"   requests {c.requests}  authorized {c.authorized}  denied {c.denied}  "
                   f"tickets {c.tickets}")
-        plain_len = len(" " + "  ".join(f"{LABEL[s].split(' ')[0]} {counts[s]}"
-                                        for s in CPState))
-        if plain_len <= width:
-            extra = totals[: width - plain_len]
-            lines.append(" " + summary + Style.DIM + extra + RESET)
-        else:
-            lines.append(_fit(" ".join(f"{LABEL[s][:4]}:{counts[s]}" for s in CPState), width))
-
-        id_w = max([5] + [len(c) for c in brain.cps])
-        id_w = min(id_w, 14)
-        price_w = 10
-        state_w = 22 if width >= 90 else 14
-        fixed = id_w + price_w + state_w + 4
-        loc_w = max(6, min(28, (width - fixed) // 3))
-        det_w = max(0, width - fixed - loc_w - 1)
-        header = (f"{_fit('ID', id_w)} {_fit('Location', loc_w)} {_fit('€/kWh', price_w)} "
-                  f"{_fit('State', state_w)} {_fit('Detail', det_w)}")
-        lines.append(Style.DIM + _fit(header, width) + RESET)
-
+        lines.append(counts_line(counts, self.colors, width, totals))
         n_events = min(5, max(1, (height - 8) // 4))
         room = height - len(lines) - (n_events + 1) - 1  # events block + prompt
-        cps = sorted(brain.cps.values(), key=lambda c: c.cp_id)
-        if len(cps) > room:  # not all fit: problems first, then a summary of the rest
-            cps.sort(key=lambda c: PROBLEM_ORDER[c.state])
-            shown, hidden = cps[: max(0, room - 1)], cps[max(0, room - 1):]
-        else:
-            shown, hidden = cps, []
-        for cp in shown:
-            state_text = LABEL[cp.state] if state_w >= 22 else LABEL[cp.state].split(" ")[0]
-            plain = (f"{_fit(cp.cp_id, id_w)} {_fit(cp.location, loc_w)} "
-                     f"{_fit(f'{cp.price:.2f}', price_w)} ")
-            row = (plain + self.colors[cp.state] + _fit(state_text, state_w) + RESET + " "
-                   + _fit(detail(cp, now), det_w))
-            lines.append(row)
-        if hidden:
-            by_state: dict[CPState, int] = {}
-            for cp in hidden:
-                by_state[cp.state] = by_state.get(cp.state, 0) + 1
-            parts = ", ".join(f"{n} {LABEL[s].split(' ')[0]}" for s, n in by_state.items())
-            lines.append(Style.DIM + _fit(
-                f"… {len(hidden)} more not shown ({parts}); problems are listed first",
-                width) + RESET)
+        rows = [Row(cp.cp_id, cp.location, cp.price, cp.state, detail(cp, now))
+                for cp in brain.cps.values()]
+        lines += render_table(rows, width, room, self.colors)
         while len(lines) < height - n_events - 2:
             lines.append("")
         lines.append(Style.DIM + ("─ events " + "─" * width)[:width] + RESET)
         recent = list(self.events)[-n_events:]
         for stamp, level, text in recent:
             colour = {"error": Fore.RED, "warning": Fore.YELLOW}.get(level, "")
-            lines.append(colour + _fit(time.strftime("%H:%M:%S ", time.localtime(stamp)) + text,
+            lines.append(colour + fit(time.strftime("%H:%M:%S ", time.localtime(stamp)) + text,
                                        width) + (RESET if colour else ""))
         while len(lines) < height - 1:
             lines.append("")

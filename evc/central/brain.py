@@ -58,6 +58,7 @@ from evc.protocol.messages import (
     CentralStatus,
     ChargeRequest,
     CPState,
+    CPStatus,
     DenyCode,
     EndReason,
     EndRequest,
@@ -100,10 +101,13 @@ class Link(Protocol):
 
 
 class Outbox(Protocol):
-    """The Kafka side (bus.KafkaBus implements it): queue a message, hear back later."""
+    """The Kafka side (bus.KafkaBus implements it): queue a message, hear back later.
 
-    def send(self, topic: str, message: Message, key: str, on_done: Done | None = None
-             ) -> None: ...
+    ``message`` None is a tombstone: ``key`` removed from a compacted topic.
+    """
+
+    def send(self, topic: str, message: Message | None, key: str,
+             on_done: Done | None = None) -> None: ...
 
 
 class Acker(Protocol):
@@ -264,6 +268,7 @@ class Brain:
         self._bus_down_mono = 0.0
         self._next_heartbeat = 0.0
         self._next_alive = 0.0
+        self._status_due: set[str] = set()  # CPs whose public state must be published
         self._load()
 
     # ------------------------------------------------------------------ start-up
@@ -277,6 +282,7 @@ class Brain:
         # After a restart every CP is Desconectado until its monitor registers again.
         for cp in self.cps.values():
             self.store.put_cp({"cp_id": cp.cp_id, "state": str(CPState.DESCONECTADO)})
+        self._status_due = set(self.cps)
         self.applied = self.store.offsets()
         alive = self.store.get(META, "alive")
         if alive is not None:  # central was away from then until now
@@ -439,6 +445,8 @@ class Brain:
     def on_sent(self, event: Sent) -> None:
         if event.ok:
             self.last_confirm = time.monotonic()
+        if event.status_of is not None and not event.ok:
+            self._status_due.add(event.status_of)  # published again at the next tick
         if event.msg_id is None:
             return
         p = self.pending.get(event.msg_id)
@@ -471,6 +479,7 @@ class Brain:
         if now >= self._next_alive:  # how long central was away, if it dies now
             self._next_alive = now + 1.0
             self.store.put(META, {"name": "alive", "at": time.time()})
+        self._publish_status()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.settings.heartbeat
             try:
@@ -481,6 +490,23 @@ class Brain:
             except BusError as exc:
                 log.debug("heartbeat not sent: %s", exc)
         self.view.refresh(self)
+
+    def _publish_status(self) -> None:
+        """Each changed CP's public state to network_topic (a tombstone once removed)."""
+        due, self._status_due = self._status_due, set()
+        events = self.events
+        for cp_id in sorted(due):
+            cp = self.cps.get(cp_id)
+            status = None if cp is None else CPStatus(
+                cp_id=cp.cp_id, location=cp.location, price_eur_kwh=cp.price, state=cp.state,
+                detail=cp.fault_reason if cp.state is CPState.AVERIADO else
+                "stopped by the operator" if cp.state is CPState.PARADO else "",
+                last_seen=cp.last_seen or 0.0)
+            try:
+                self.outbox.send(NETWORK, status, cp_id, on_done=lambda ok, error, c=cp_id:
+                                 events.put(Sent(None, ok, error, status_of=c)))
+            except BusError:
+                self._status_due.add(cp_id)
 
     def _check_bus(self, now: float) -> None:
         """Kafka is unavailable while nothing we send is confirmed (heartbeats each second).
@@ -819,10 +845,12 @@ class Brain:
             return
         del self.cps[cp.cp_id]
         self.store.remove_cp(cp.cp_id)
+        self._status_due.add(cp.cp_id)
         self.view.note(f"removed {cp.cp_id} from the registry")
 
     # ------------------------------------------------------------------ helpers
     def _save_cp(self, cp: ChargePoint) -> None:
+        self._status_due.add(cp.cp_id)
         self.store.put_cp({
             "cp_id": cp.cp_id, "location": cp.location, "price_eur_kwh": cp.price,
             "stopped": cp.stopped, "state": str(cp.state), "last_seen": cp.last_seen,

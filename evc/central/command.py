@@ -15,13 +15,13 @@ from pathlib import Path
 
 import click
 
-from evc.bus import KafkaBus
+from evc.bus import open_bus
 from evc.central.board import BoardView
 from evc.central.brain import Brain, Settings
 from evc.central.events import BusMessage, BusSkipped, Event, OperatorKey, OperatorLine
 from evc.central.server import MonitorServer
 from evc.central.view import PlainView
-from evc.console import KeyReader, pump_keys
+from evc.console import KeyReader, pump_keys, say
 from evc.errors import ConfigError, EvcError
 from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
@@ -160,13 +160,14 @@ def run_central(cfg: CentralConfig) -> None:
     view: PlainView | BoardView | None = None
     keys: KeyReader | None = None
     try:
-        bus = KafkaBus(str(cfg.kafka), prefix=common.topic_prefix, client_id="evc-central")
+        bus = open_bus(str(cfg.kafka), prefix=common.topic_prefix, client_id="evc-central",
+                       wait=common.kafka_wait, partitions=cfg.partitions, stop=stop,
+                       note=lambda text: log.warning("%s", text) if cfg.board else say(text))
     except EvcError:
         server.stop()
         store.close()
         raise
     try:
-        bus.ensure_topics(partitions=cfg.partitions)
         if cfg.board:
             view = BoardView(f"monitors :{server.address.port}  Kafka {cfg.kafka}  "
                              f"DB {cfg.db_path}")

@@ -44,11 +44,16 @@ class BusSkipped:
 
 @dataclass(frozen=True)
 class Sent:
-    """Kafka's verdict on a message central sent (``msg_id`` None: a heartbeat)."""
+    """Kafka's verdict on a message central sent.
+
+    ``msg_id`` names an outbox message; ``status_of`` a CP's public state; neither: a
+    heartbeat.
+    """
 
     msg_id: str | None
     ok: bool
     error: str = ""
+    status_of: str | None = None
 
 
 @dataclass(frozen=True)

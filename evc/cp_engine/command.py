@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from evc.bus import KafkaBus
-from evc.console import KeyReader, pump_keys, stamp
+from evc.bus import open_bus
+from evc.console import KeyReader, pump_keys, say, stamp
 from evc.cp_engine.engine import Engine
 from evc.errors import ConfigError, EvcError, ProtocolError
 from evc.lifecycle import Crew, install_stop_signals, join_all
@@ -182,7 +182,8 @@ def run_engine(cfg: EngineConfig) -> None:
         listener.close()
         raise ConfigError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from None
     try:
-        bus = KafkaBus(str(cfg.kafka), prefix=cfg.common.topic_prefix, client_id="evc-engine")
+        bus = open_bus(str(cfg.kafka), prefix=cfg.common.topic_prefix, client_id="evc-engine",
+                       wait=cfg.common.kafka_wait, stop=stop, note=say)
     except EvcError:
         listener.close()
         raise
@@ -195,7 +196,6 @@ def run_engine(cfg: EngineConfig) -> None:
     workers: list[threading.Thread] = []
     crew = Crew(stop)
     try:
-        bus.ensure_topics()  # idempotent: whoever starts first creates them
         engine.recover()
         consumer = bus.consumer([CONTROL])
         crew.spawn(serve_health, listener, events, stop, workers, name="engine-accept")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from evc.bus import KafkaBus
+from evc.bus import open_bus
 from evc.driver.driver import Driver, Got, SendResult, prompt_requests, read_requests, say
 from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
@@ -48,10 +48,9 @@ def driver(kafka: Address, driver_id: str, file_: Path | None, charge_seconds: f
     stop = threading.Event()
     install_stop_signals(stop)
     crew = Crew(stop)
-    with KafkaBus(str(kafka), prefix=common.topic_prefix,
-                  client_id=f"evc-driver-{driver_id}") as bus:
+    with open_bus(str(kafka), prefix=common.topic_prefix, client_id=f"evc-driver-{driver_id}",
+                  wait=common.kafka_wait, stop=stop, note=say) as bus:
         inbox: queue.Queue[Got | SendResult] = queue.Queue()
-        bus.ensure_topics()  # idempotent: whoever starts first creates them
         control = bus.topic(CONTROL)
         # Answers and tickets: only this driver's partition, from where it stopped reading.
         consumer = bus.consumer([CONTROL, TELEMETRY, NETWORK], keys={CONTROL: [driver_id]},

@@ -243,6 +243,11 @@ class Driver:
             if answer is None:
                 return
         assert isinstance(answer, Authorization)
+        if answer.authorized and current.get("end_sent"):
+            # the end request may have died with the process, still in its buffer: again
+            # (central ignores a second end of a supply it is already ending)
+            self._send(REQUESTS, EndRequest(driver_id=self.driver_id, cp_id=answer.cp_id,
+                                            session_id=answer.session_id), answer.cp_id)
         self._answered(request, answer, current.get("line"))
 
     def request(self, cp_id: str, line: int | None) -> None:

@@ -91,7 +91,7 @@ def wire(name: str) -> Any:
 
 ID_FIELDS = frozenset({"cp_id", "driver_id"})
 TOKEN_FIELDS = frozenset({"msg_id", "session_id", "request_id"})
-TEXT_FIELDS = frozenset({"location", "reason", "state"})
+TEXT_FIELDS = frozenset({"location", "reason", "state", "detail", "central"})
 
 M = TypeVar("M", bound="Message")
 _REGISTRY: dict[str, type[Message]] = {}
@@ -463,6 +463,29 @@ class CentralStatus(Message):
     central: str  # who: host name and process id
     started_at: float
     kafka_ok: bool = True
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CPStatus(Message):
+    """Central -> anyone: a CP's public state (key: the CP id). Nothing about drivers."""
+
+    TYPE: ClassVar[str] = "cp_status"
+    cp_id: str
+    location: str
+    price_eur_kwh: float
+    state: CPState
+    detail: str = ""  # public words: why it is Averiado, "stopped by the operator", …
+    last_seen: float = 0.0  # the monitor's last word (wall clock), for Desconectado
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Removed(Message):
+    """A tombstone on a compacted topic (a record without value): ``key`` is gone.
+
+    Never encoded: ``bus`` hands it to readers when it meets a tombstone.
+    """
+
+    key: str
 
 
 TCP_CENTRAL_TYPES = (Register, Heartbeat, FaultReport, RecoveryReport)

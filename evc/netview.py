@@ -1,0 +1,114 @@
+"""The network as anyone can see it from network_topic: CPs' public states, central's pulse.
+
+Drivers (`--list`, and a word before requesting a CP that is not available), engines
+("central unavailable") and `evc status` keep one of these, fed by their consumer of
+network_topic. Central's liveness comes only from heartbeats written after the reader
+started (``live``): history says what central last said, not that it is there now, and
+no clock is compared across machines.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from evc.display import Row, ago
+from evc.protocol.messages import CentralStatus, CPState, CPStatus, Message, Removed
+
+
+class NetworkView:
+    def __init__(self, central_timeout: float = 3.0) -> None:
+        self.central_timeout = central_timeout
+        self.cps: dict[str, CPStatus] = {}
+        self.central: CentralStatus | None = None
+        self._beat: float | None = None  # monotonic: last live heartbeat
+        self._started = time.monotonic()
+
+    def apply(self, msg: Message, live: bool = True) -> None:
+        if isinstance(msg, CPStatus):
+            self.cps[msg.cp_id] = msg
+        elif isinstance(msg, Removed):
+            self.cps.pop(msg.key, None)
+        elif isinstance(msg, CentralStatus):
+            self.central = msg
+            if live:
+                self._beat = time.monotonic()
+
+    # ------------------------------------------------------------------ central
+    def central_available(self) -> bool:
+        return self._beat is not None and time.monotonic() - self._beat <= self.central_timeout
+
+    def central_silent(self) -> bool:
+        """No heartbeat for the timeout (also never one since we started reading)."""
+        since = self._beat if self._beat is not None else self._started
+        return time.monotonic() - since > self.central_timeout
+
+    def unavailable_since(self) -> float | None:
+        """Wall clock of central's last heartbeat (its own time), if any was ever seen."""
+        return self.central.ts if self.central is not None else None
+
+    # ------------------------------------------------------------------ charge points
+    def why_not(self, cp_id: str) -> str | None:
+        """Why ``cp_id`` cannot take a supply now, as far as the network says; None if it can
+        (or nothing is known: central decides)."""
+        status = self.cps.get(cp_id)
+        if status is None or status.state is CPState.ACTIVADO:
+            return None
+        words = {
+            CPState.SUMINISTRANDO: "is supplying someone else",
+            CPState.PARADO: "is stopped by the operator (out of order)",
+            CPState.AVERIADO: "is out of service (fault)",
+            CPState.DESCONECTADO: "is disconnected",
+        }[status.state]
+        return f"{cp_id} {words}"
+
+    def available(self) -> list[CPStatus]:
+        return sorted((s for s in self.cps.values() if s.state is CPState.ACTIVADO),
+                      key=lambda s: s.cp_id)
+
+    def rows(self, now: float | None = None) -> list[Row]:
+        now = time.time() if now is None else now
+        return [Row(s.cp_id, s.location, s.price_eur_kwh, s.state, detail(s, now))
+                for s in self.cps.values()]
+
+    def document(self) -> dict[str, Any]:
+        """Everything as plain JSON data (`evc status --json`)."""
+        c = self.central
+        return {
+            "central": {
+                "available": self.central_available(),
+                "central": c.central if c else None,
+                "started_at": c.started_at if c else None,
+                "last_heartbeat": c.ts if c else None,
+            },
+            "cps": [{"cp_id": s.cp_id, "location": s.location,
+                     "price_eur_kwh": s.price_eur_kwh, "state": str(s.state),
+                     "detail": s.detail, "last_seen": s.last_seen or None}
+                    for s in sorted(self.cps.values(), key=lambda s: s.cp_id)],
+        }
+
+    def changes(self, shown: dict[str, Any]) -> list[str]:
+        """Lines for what changed since ``shown`` (updated in place): plain-text output."""
+        out = []
+        available = self.central_available()
+        if shown.get("@central") != available:
+            shown["@central"] = available
+            out.append("central available" if available else "central unavailable")
+        for cp_id in sorted(self.cps):
+            s = self.cps[cp_id]
+            if shown.get(cp_id) != s.state:
+                shown[cp_id] = s.state
+                out.append(f"{cp_id} {s.state}" + (f" ({s.detail})" if s.detail else ""))
+        for cp_id in [k for k in shown if k != "@central" and k not in self.cps]:
+            del shown[cp_id]
+            out.append(f"{cp_id} removed")
+        return out
+
+
+def detail(s: CPStatus, now: float) -> str:
+    if s.state is CPState.DESCONECTADO:
+        return f"last seen {ago(max(0.0, now - s.last_seen))} ago" if s.last_seen else \
+            "never seen"
+    if s.state is CPState.SUMINISTRANDO:
+        return "in use"
+    return s.detail

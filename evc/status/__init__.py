@@ -1,0 +1,1 @@
+"""`evc status`: the network's public state, read-only, from any machine."""
