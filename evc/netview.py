@@ -9,6 +9,8 @@ no clock is compared across machines.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from typing import Any
 
@@ -112,3 +114,30 @@ def detail(s: CPStatus, now: float) -> str:
     if s.state is CPState.SUMINISTRANDO:
         return "in use"
     return s.detail
+
+
+def read_current(view: NetworkView, inbox: queue.Queue[tuple[Message, bool]],
+                 caught_up: threading.Event, stop: threading.Event) -> None:
+    """Apply network_topic's history, then wait briefly for a live heartbeat of central:
+    what `--list` and `evc status --once` show."""
+
+    def take(timeout: float) -> None:
+        try:
+            msg, live = inbox.get(timeout=timeout)
+        except queue.Empty:
+            return
+        view.apply(msg, live)
+        while True:
+            try:
+                msg, live = inbox.get_nowait()
+            except queue.Empty:
+                return
+            view.apply(msg, live)
+
+    deadline = time.monotonic() + 15
+    while not caught_up.is_set() and time.monotonic() < deadline and not stop.is_set():
+        take(0.1)
+    beat_by = time.monotonic() + view.central_timeout
+    while not view.central_available() and time.monotonic() < beat_by and not stop.is_set():
+        take(0.1)
+    take(0.05)

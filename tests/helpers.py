@@ -16,15 +16,20 @@ from typing import Any
 EVC = [sys.executable, "-m", "evc.cli"]
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
+def wait_for(condition: Callable[[], Any], timeout: float, what: str | Callable[[], str],
+             interval: float = 0.05) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s.
+
+    ``what`` may be a function: it is called at the failure, so it shows the state then.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            text = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {text}")
         time.sleep(interval)
 
 
@@ -78,7 +83,7 @@ class Proc:
 
     def wait_line(self, text: str, timeout: float = 15.0, count: int = 1) -> str:
         found = wait_for(lambda: len(self.matching(text)) >= count and self.matching(text),
-                         timeout, f"{text!r} (x{count}) in the output of {self.name}:\n"
+                         timeout, lambda: f"{text!r} (x{count}) in the output of {self.name}:\n"
                          + "\n".join(self.lines[-30:]))
         return found[count - 1]
 

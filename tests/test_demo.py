@@ -77,17 +77,20 @@ def test_demo_runs_the_network_and_stops_cleanly(kafka, tmp_path):
         assert "Traceback" not in log.read_text(), log
 
 
-def test_demo_starts_its_own_broker_and_quits_from_the_console(tmp_path):
-    """No broker at --kafka: the demo runs one (evc broker) and stops it afterwards."""
+def test_demo_starts_its_own_broker_loops_and_quits_from_the_console(tmp_path):
+    """No broker at --kafka: the demo runs one (evc broker) and stops it afterwards; with
+    --loop a driver done with its file starts it again."""
     port = free_port()
     run_dir = tmp_path / "run"
     demo = Proc(["demo", "--kafka", f"127.0.0.1:{port}", "--cps", "2", "--drivers", "1",
                  "--requests", "1", "--charge-seconds", "1", "--run-dir", str(run_dir),
-                 "--display", "plain", "--central-port", str(free_port())], name="demo")
+                 "--display", "plain", "--central-port", str(free_port()), "--loop"],
+                name="demo")
     try:
         demo.wait_line(f"no broker answers at 127.0.0.1:{port}: starting one", timeout=10)
         demo.wait_line("central ready", timeout=120)
         demo.wait_line("ticket to D-01", timeout=60)
+        demo.wait_line("ticket to D-01", count=2, timeout=60)  # the file, once more
         t0 = time.monotonic()
         demo.send("quit")  # central's console is the demo's console
         assert demo.popen.wait(30) == 0

@@ -22,8 +22,6 @@ from colorama import Fore, Style, just_fix_windows_console
 
 from evc.console import LineEditor
 from evc.display import (
-    LABEL,
-    PROBLEM_ORDER,
     RESET,
     Row,
     ago,

@@ -7,6 +7,7 @@ import queue
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +20,11 @@ from evc.errors import ConfigError, EvcError, ProtocolError
 from evc.lifecycle import Crew, install_stop_signals, join_all
 from evc.logs import setup_logging
 from evc.net import Address
+from evc.netview import NetworkView
 from evc.options import ADDRESS, ID, AddressType, Common, common_options
 from evc.protocol.framing import read_frames, send_frame
-from evc.protocol.messages import HealthCheck, Message, from_wire
-from evc.protocol.topics import CONTROL
+from evc.protocol.messages import CentralStatus, HealthCheck, Message, from_wire
+from evc.protocol.topics import CENTRAL_KEY, CONTROL, NETWORK
 from evc.store import JsonFile
 
 log = logging.getLogger("evc.cp_engine")
@@ -197,7 +199,8 @@ def run_engine(cfg: EngineConfig) -> None:
     crew = Crew(stop)
     try:
         engine.recover()
-        consumer = bus.consumer([CONTROL])
+        # orders, and central's heartbeat (only the partition that holds it, from now on)
+        consumer = bus.consumer([CONTROL, NETWORK], keys={NETWORK: [CENTRAL_KEY]})
         crew.spawn(serve_health, listener, events, stop, workers, name="engine-accept")
         crew.spawn(consumer.run, lambda msg, _d: events.put(Order(msg)), stop,
                    name="engine-kafka")
@@ -205,8 +208,20 @@ def run_engine(cfg: EngineConfig) -> None:
         screen.line(f"engine listening for its monitor on {cfg.listen}, Kafka {cfg.kafka}"
                     + (f", pinned to {cfg.cp_id}" if cfg.cp_id else ""))
         wait = 1.0
+        network = NetworkView()
+        central_lost: float | None = None
         while not stop.is_set():
-            screen.status(engine.status_line())
+            silent = network.central_silent()
+            if silent and central_lost is None:
+                central_lost = network.unavailable_since() or time.time()
+                screen.line(f"central unavailable since {stamp(central_lost)} (a running "
+                            "supply goes on)")
+            elif not silent and central_lost is not None:
+                central_lost = None
+                screen.line("central is back")
+            screen.status(engine.status_line()
+                          + (f" | central unavailable since {stamp(central_lost)}"
+                             if central_lost is not None else ""))
             try:
                 event = events.get(timeout=min(wait, 0.2))
             except queue.Empty:
@@ -220,7 +235,10 @@ def run_engine(cfg: EngineConfig) -> None:
                     except OSError:
                         pass  # the monitor went away; its reader ends
             elif isinstance(event, Order):
-                engine.on_order(event.message)
+                if isinstance(event.message, CentralStatus):
+                    network.apply(event.message)
+                else:
+                    engine.on_order(event.message)
             elif isinstance(event, Key):
                 engine.on_key(event.text)
             elif isinstance(event, FinalDone):

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from evc.console import say
+from evc.console import say, stamp
 from evc.errors import ProtocolError
 from evc.net import Address
 from evc.protocol.framing import read_frames, recv_frame, send_frame
@@ -136,6 +136,7 @@ class Monitor:
         self.next_beat = 0.0
         self.last_rx = 0.0
         self.exit_code = 0
+        self.unavailable_since: float | None = time.time()  # until first registered
 
     def run(self) -> None:
         # The first health result decides what the registration says.
@@ -193,6 +194,7 @@ class Monitor:
     def _on_central(self, msg: Message) -> None:
         if isinstance(msg, RegisterAccepted):
             self.registered = True
+            self.unavailable_since = None
             self.backoff = 0.5
             self.reported_ok = self.health.ok if self.health else True
             say(f"{self.cp_id}: registered with central at {self.central} "
@@ -243,7 +245,10 @@ class Monitor:
         self._retry_later(reason if not was else f"lost central: {reason}")
 
     def _retry_later(self, reason: str) -> None:
-        say(f"{self.cp_id}: {reason}; retrying in {self.backoff:g} s")
+        if self.unavailable_since is None:
+            self.unavailable_since = time.time()
+        say(f"{self.cp_id}: {reason}; central unavailable since "
+            f"{stamp(self.unavailable_since)}; retrying in {self.backoff:g} s")
         self.next_connect = time.monotonic() + self.backoff
         self.backoff = min(self.backoff * 2, 5.0)
 

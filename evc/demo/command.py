@@ -51,7 +51,7 @@ class Children:
 
     def start(self, name: str, args: list[str],
               stdin: int | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.run_dir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
+        log = open(self.run_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1")
         proc = subprocess.Popen(EVC + args,
                                 stdin=stdin if stdin is not None else subprocess.DEVNULL,
@@ -158,8 +158,12 @@ def write_inputs(run_dir: Path, n_cps: int, n_drivers: int, per_driver: int,
 @click.option("--display", type=click.Choice(["auto", "board", "plain"]), default="auto",
               show_default=True, help="Central's display (see evc central --help).")
 @click.option("--seed", type=int, default=None, help="Seed of the random request files.")
+@click.option("--loop", is_flag=True,
+              help="Drivers start their files again (after a pause) when they end: a demo "
+                   "left on a screen stays alive.")
 def demo(kafka: str, n_cps: int, n_drivers: int, per_driver: int, charge_seconds: float,
-         central_port: int, run_dir: Path | None, display: str, seed: int | None) -> None:
+         central_port: int, run_dir: Path | None, display: str, seed: int | None,
+         loop: bool) -> None:
     """Run the whole network here: broker, central (board), charge points and drivers.
 
     Ctrl+C (or `quit` at central's prompt) stops everything. While it runs, press an
@@ -174,14 +178,17 @@ def demo(kafka: str, n_cps: int, n_drivers: int, per_driver: int, charge_seconds
         run_dir = run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
         run_dir.mkdir(parents=True, exist_ok=True)
         run_demo(kafka_addr, n_cps, n_drivers, per_driver, charge_seconds, central_port,
-                 run_dir, display, seed if seed is not None else int(time.time()))
+                 run_dir, display, seed if seed is not None else int(time.time()), loop)
     except EvcError as exc:
         raise click.ClickException(str(exc)) from None
 
 
+LOOP_PAUSE = 10.0  # seconds a looping driver rests before its file again
+
+
 def run_demo(kafka: Address, n_cps: int, n_drivers: int, per_driver: int,
              charge_seconds: float, central_port: int, run_dir: Path, display: str,
-             seed: int) -> None:
+             seed: int, loop: bool = False) -> None:
     say = click.echo
     broker_cfg = None
     if not ping(str(kafka), timeout=3.0):
@@ -221,14 +228,24 @@ def run_demo(kafka: Address, n_cps: int, n_drivers: int, per_driver: int,
             "--log-file", str(run_dir / "central.log")])
         drivers_at = time.monotonic() + 20  # drivers start once the CPs are up (or by then)
         drivers_started = n_drivers == 0
+        drivers: dict[str, tuple[subprocess.Popen[bytes], list[str]]] = {}
+        rested: dict[str, float] = {}
         while central.poll() is None:
             if not drivers_started and (all_registered(db, cps) or time.monotonic() > drivers_at):
                 for i, path in enumerate(files, start=1):
-                    children.start(f"driver-D-{i:02d}", [
-                        "driver", str(kafka), f"D-{i:02d}", "--file", str(path),
-                        "--charge-seconds", str(charge_seconds), "--timeout", "30",
-                        "--state-dir", str(run_dir / "state")])
+                    args = ["driver", str(kafka), f"D-{i:02d}", "--file", str(path),
+                            "--charge-seconds", str(charge_seconds), "--timeout", "30",
+                            "--state-dir", str(run_dir / "state")]
+                    drivers[f"driver-D-{i:02d}"] = (children.start(f"driver-D-{i:02d}", args),
+                                                    args)
                 drivers_started = True
+            if loop:  # a driver done with its file starts it again after a rest
+                now = time.monotonic()
+                for name, (proc, args) in list(drivers.items()):
+                    if proc.poll() == 0:
+                        if now >= rested.setdefault(name, now + LOOP_PAUSE):
+                            drivers[name] = (children.start(name, args), args)
+                            del rested[name]
             try:
                 central.wait(0.5)
             except subprocess.TimeoutExpired:

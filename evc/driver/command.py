@@ -9,12 +9,29 @@ from pathlib import Path
 import click
 
 from evc.bus import open_bus
-from evc.driver.driver import Driver, Got, SendResult, prompt_requests, read_requests, say
+from evc.driver.driver import (
+    Driver,
+    Got,
+    SendResult,
+    available_lines,
+    read_lines,
+    read_requests,
+    say,
+)
 from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
 from evc.net import Address
+from evc.netview import NetworkView, read_current
 from evc.options import ADDRESS, ID, Common, common_options
-from evc.protocol.messages import Authorization, CentralStatus, Message, Telemetry, Ticket
+from evc.protocol.messages import (
+    Authorization,
+    CentralStatus,
+    CPStatus,
+    Message,
+    Removed,
+    Telemetry,
+    Ticket,
+)
 from evc.protocol.topics import CONTROL, NETWORK, TELEMETRY, Delivery
 from evc.store import JsonFile
 
@@ -32,15 +49,26 @@ from evc.store import JsonFile
               help="Seconds to wait for central's answer (counted while central is there).")
 @click.option("--live/--no-live", default=True, show_default=True,
               help="Show this driver's live telemetry.")
+@click.option("--list", "list_only", is_flag=True,
+              help="Print the charge points available now (and whether central is there), "
+                   "then exit.")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("data"), show_default=True,
               help="Folder of the driver's journal (driver-<id>.json): restarted with the "
                    "same id and file, the driver goes on where it stopped.")
 @common_options
 def driver(kafka: Address, driver_id: str, file_: Path | None, charge_seconds: float,
-           pause: float, timeout: float, live: bool, state_dir: Path, common: Common) -> None:
-    """EV_Driver: asks central for charges at the CPs listed in --file, one after another."""
+           pause: float, timeout: float, live: bool, list_only: bool, state_dir: Path,
+           common: Common) -> None:
+    """EV_Driver: asks central for charges at the CPs listed in --file, one after another.
+
+    Without --file, a prompt: type a CP id to charge there, `list` for the CPs available
+    now, an empty line to finish.
+    """
     setup_logging(common.log_level, common.log_file)
+    if list_only:
+        list_available(kafka, driver_id, common)
+        return
     if file_ is not None:
         read_requests(file_)  # a missing or unreadable file is a clear error now
     journal = JsonFile(state_dir / f"driver-{driver_id}.json")
@@ -58,7 +86,7 @@ def driver(kafka: Address, driver_id: str, file_: Path | None, charge_seconds: f
                                 start=Driver.start_offsets(state, control))
 
         def mine(msg: Message, delivery: Delivery) -> None:
-            if isinstance(msg, CentralStatus):
+            if isinstance(msg, (CentralStatus, CPStatus, Removed)):
                 inbox.put(Got(msg, live=consumer.is_live(delivery)))
             elif isinstance(msg, (Authorization, Ticket, Telemetry)) and \
                     msg.driver_id == driver_id:
@@ -66,12 +94,15 @@ def driver(kafka: Address, driver_id: str, file_: Path | None, charge_seconds: f
 
         crew.spawn(consumer.run, mine, stop, name="driver-kafka")
         d = Driver(bus, driver_id, inbox, stop, journal=journal, timeout=timeout,
-                   charge_seconds=charge_seconds, pause=pause, live=live)
+                   charge_seconds=charge_seconds, pause=pause, live=live,
+                   caught_up=consumer.caught_up)
         try:
             if file_ is not None:
                 d.run_file(file_)
             else:
-                d.run_prompt(prompt_requests(stop))
+                lines: queue.Queue[str | None] = queue.Queue()
+                crew.spawn(read_lines, lines, stop, name="driver-prompt", daemon=True)
+                d.run_prompt(lines)
         finally:
             stop.set()
             crew.join(1.5)
@@ -79,3 +110,25 @@ def driver(kafka: Address, driver_id: str, file_: Path | None, charge_seconds: f
         s = d.summary
         say(f"{driver_id}: done: {s['requested']} requested, {s['authorized']} authorized, "
             f"{s['denied']} denied, {s['unanswered']} unanswered, {s['tickets']} tickets")
+
+
+def list_available(kafka: Address, driver_id: str, common: Common) -> None:
+    """`--list`: the CPs free to supply now, from network_topic; no request is made."""
+    stop = threading.Event()
+    install_stop_signals(stop)
+    crew = Crew(stop)
+    view = NetworkView()
+    inbox: queue.Queue[tuple[Message, bool]] = queue.Queue()
+    with open_bus(str(kafka), prefix=common.topic_prefix, client_id=f"evc-driver-{driver_id}",
+                  wait=common.kafka_wait, stop=stop, note=say) as bus:
+        consumer = bus.consumer([NETWORK], from_beginning=True)
+        crew.spawn(consumer.run, lambda msg, d: inbox.put((msg, consumer.is_live(d))), stop,
+                   name="driver-kafka")
+        try:
+            read_current(view, inbox, consumer.caught_up, stop)
+        finally:
+            stop.set()
+            crew.join(1.5)
+        crew.check()
+    for line in available_lines(view):
+        click.echo(line)

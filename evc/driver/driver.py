@@ -32,13 +32,16 @@ from typing import Any, Protocol
 from evc.console import say as console_say
 from evc.console import stamp
 from evc.errors import BusError, ConfigError, EvcError, ProtocolError
+from evc.netview import NetworkView
 from evc.protocol.ids import is_id, printable
 from evc.protocol.messages import (
     Authorization,
     CentralStatus,
     ChargeRequest,
+    CPStatus,
     EndRequest,
     Message,
+    Removed,
     Telemetry,
     Ticket,
     from_wire,
@@ -117,28 +120,52 @@ def file_identity(path: Path) -> str:
     return f"{path.resolve()}#{digest}"
 
 
-def prompt_requests(stop: threading.Event) -> Iterator[str]:
+PROMPT = "CP id, or list (empty line or Ctrl+D to finish)> "
+
+
+def read_lines(lines: queue.Queue[str | None], stop: threading.Event) -> None:
+    """Typed lines -> ``lines`` (None at the end of input). A daemon thread: readline()
+    cannot be interrupted, and this thread owns nothing."""
     while not stop.is_set():
-        try:
-            sys.stdout.write("CP id (empty line or Ctrl+D to finish)> ")
-            sys.stdout.flush()
-        except (OSError, ValueError):
-            return
         line = sys.stdin.readline()
-        if not line or not line.strip():
+        if not line:
+            lines.put(None)
             return
-        cp_id = line.strip()
-        if not is_id(cp_id):
-            say(f"warning: {printable(cp_id, 40)!r} is not a CP id")
-            continue
-        yield cp_id
+        lines.put(line)
+
+
+def available_lines(view: NetworkView) -> list[str]:
+    """What `--list` and the prompt's `list` print: the CPs free to supply now."""
+    out = []
+    if view.central_available():
+        out.append("central is available")
+    else:
+        since = view.unavailable_since()
+        out.append("central unavailable" + (f" since {stamp(since)}" if since else "")
+                   + ": no CP can start a supply now")
+    free = view.available()
+    out.append(f"{len(free)} of {len(view.cps)} charge points available"
+               + (":" if free else ""))
+    for s in free:
+        out.append(f"  {s.cp_id:<8} {printable(s.location, 40):<40} "
+                   f"{s.price_eur_kwh:.2f} €/kWh")
+    return out
+
+
+def _write(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
 
 
 class Driver:
     def __init__(self, bus: Sender, driver_id: str, inbox: queue.Queue[Got | SendResult],
                  stop: threading.Event, *, journal: Journal, timeout: float,
                  charge_seconds: float, pause: float, live: bool,
-                 central_timeout: float = 3.0, ticket_timeout: float = 60.0) -> None:
+                 central_timeout: float = 3.0, ticket_timeout: float = 60.0,
+                 caught_up: threading.Event | None = None) -> None:
         self.bus = bus
         self.driver_id = driver_id
         self.inbox = inbox
@@ -158,8 +185,8 @@ class Driver:
                               f"{self.state.get('driver_id')}")
         self.state["driver_id"] = driver_id
         self.control_pos: dict[str, int] = dict(self.state.get("control", {}))
-        self._started = time.monotonic()
-        self._central_seen: float | None = None  # a live heartbeat of central, last seen
+        self.network = NetworkView(central_timeout)  # CPs' public states, central's pulse
+        self.caught_up = caught_up or threading.Event()  # network_topic's history is read
         self._unavailable_since: float | None = None
         self._unsent: dict[str, tuple[str, Message, str, float]] = {}  # msg_id -> retry
 
@@ -208,12 +235,43 @@ class Driver:
             self.state.update(file=None, next=0)
             self._save()
 
-    def run_prompt(self, cp_ids: Iterator[str]) -> None:
+    def run_prompt(self, lines: queue.Queue[str | None]) -> None:
+        """CP ids (or `list`) typed at a prompt; central's pulse is watched meanwhile."""
         self.resume()
-        for cp_id in cp_ids:
-            if self.stop.is_set():
+        while not self.stop.is_set():
+            _write(PROMPT)
+            while True:
+                try:
+                    line = lines.get_nowait()
+                    break
+                except queue.Empty:
+                    self._next(0.2)  # heartbeats: "central unavailable" while idle too
+                    if self.stop.is_set():
+                        return
+            word = (line or "").strip()
+            if not word:
                 return
-            self.request(cp_id, None)
+            if word.lower() in ("list", "ls", "lista"):
+                self.drain()
+                for text in available_lines(self.network):
+                    say(f"{self.driver_id}: {text}")
+            elif not is_id(word):
+                say(f"warning: {printable(word, 40)!r} is not a CP id")
+            else:
+                self.request(word, None)
+
+    def drain(self) -> None:
+        """Take in network_topic's history and wait briefly for central's pulse."""
+        deadline = time.monotonic() + 5
+        while (not self.caught_up.is_set() and time.monotonic() < deadline
+               and not self.stop.is_set()):
+            self._next(0.1)
+        beat_by = time.monotonic() + self.central_timeout
+        while (not self.central_available() and time.monotonic() < beat_by
+               and not self.stop.is_set()):
+            self._next(0.1)
+        while not self.inbox.empty():
+            self._next(0)
 
     def _pause(self) -> bool:
         """The pause between requests; a restart waits only what is left of it."""
@@ -251,6 +309,11 @@ class Driver:
         self._answered(request, answer, current.get("line"))
 
     def request(self, cp_id: str, line: int | None) -> None:
+        while not self.inbox.empty():  # the latest word of the network
+            self._next(0)
+        why = self.network.why_not(cp_id)
+        if why is not None:  # central decides; the driver just knows what the network says
+            say(f"{self.driver_id}: {why} right now; asking central anyway")
         req = ChargeRequest(driver_id=self.driver_id, cp_id=cp_id)
         # Journal first: killed after this line, a restart sends the same request again.
         self.state["current"] = {"request": req.to_wire(), "line": line}
@@ -303,20 +366,18 @@ class Driver:
             if item.topic and item.offset >= 0 and isinstance(item.message,
                                                               (Authorization, Ticket)):
                 self.control_pos[str(item.partition)] = item.offset + 1
-            if isinstance(item.message, CentralStatus):
-                if item.live:
-                    self._central_seen = now
+            if isinstance(item.message, (CentralStatus, CPStatus, Removed)):
+                self.network.apply(item.message, item.live)
                 item = None
-        self._watch_central(now)
+        self._watch_central()
         return item.message if isinstance(item, Got) else None
 
     def central_available(self) -> bool:
         """Central's heartbeat is fresh (timeouts count only then)."""
-        return (self._central_seen is not None
-                and time.monotonic() - self._central_seen <= self.central_timeout)
+        return self.network.central_available()
 
-    def _watch_central(self, now: float) -> None:
-        silent = now - (self._central_seen or self._started) > self.central_timeout
+    def _watch_central(self) -> None:
+        silent = self.network.central_silent()
         if silent and self._unavailable_since is None:
             self._unavailable_since = time.time()
             say(f"{self.driver_id}: central unavailable since "

@@ -32,7 +32,7 @@ from evc.display import (
 from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
 from evc.net import Address
-from evc.netview import NetworkView
+from evc.netview import NetworkView, read_current
 from evc.options import ADDRESS, Common, common_options
 from evc.protocol.messages import CentralStatus, CPState, CPStatus, Message, Removed
 from evc.protocol.topics import NETWORK, Delivery
@@ -61,12 +61,13 @@ def status(kafka: Address, once: bool, as_json: bool, central_timeout: float,
         consumer = bus.consumer([NETWORK], from_beginning=True)
 
         def got(msg: Message, delivery: Delivery) -> None:
-            inbox.put((msg, consumer.is_live(delivery)))
+            if isinstance(msg, (CPStatus, CentralStatus, Removed)):
+                inbox.put((msg, consumer.is_live(delivery)))
 
         crew.spawn(consumer.run, got, stop, name="status-kafka")
         try:
             if once or as_json:
-                code = snapshot(view, inbox, stop, consumer.caught_up, as_json)
+                code = snapshot(view, inbox, stop, consumer.caught_up, as_json, f"Kafka {kafka}")
             else:
                 code = live(view, inbox, stop, f"Kafka {kafka}")
         finally:
@@ -83,9 +84,7 @@ def drain(view: NetworkView, inbox: queue.Queue[tuple[Message, bool]], timeout: 
     except queue.Empty:
         return
     while True:
-        msg, is_live = item
-        if isinstance(msg, (CPStatus, CentralStatus, Removed)):
-            view.apply(msg, is_live)
+        view.apply(*item)
         try:
             item = inbox.get_nowait()
         except queue.Empty:
@@ -93,22 +92,16 @@ def drain(view: NetworkView, inbox: queue.Queue[tuple[Message, bool]], timeout: 
 
 
 def snapshot(view: NetworkView, inbox: queue.Queue[tuple[Message, bool]],
-             stop: threading.Event, caught_up: threading.Event, as_json: bool) -> int:
+             stop: threading.Event, caught_up: threading.Event, as_json: bool,
+             title: str) -> int:
     """Read the history, wait briefly for a live heartbeat, print once."""
-    deadline = time.monotonic() + 15
-    while not caught_up.is_set() and time.monotonic() < deadline and not stop.is_set():
-        drain(view, inbox, 0.1)
-    heartbeat_by = time.monotonic() + view.central_timeout
-    while not view.central_available() and time.monotonic() < heartbeat_by and \
-            not stop.is_set():
-        drain(view, inbox, 0.1)
-    drain(view, inbox, 0.05)
+    read_current(view, inbox, caught_up, stop)
     if as_json:
         sys.stdout.write(json.dumps(view.document(), ensure_ascii=False) + "\n")
     else:
         tty = sys.stdout.isatty() and not _no_color()
         for line in frame(view, shutil.get_terminal_size((100, 30)).columns, 10**6,
-                          "", colours=tty):
+                          title, colours=tty):
             sys.stdout.write(line.rstrip() + "\n")
     sys.stdout.flush()
     return 0 if view.central_available() else 3
