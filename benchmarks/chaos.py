@@ -283,6 +283,13 @@ def report(run: Path, messages: list[m.Message], kills: Counter[str],
     took = recovery_times(run, restarts)
     slowest = {kind: max(t for t, _, _ in items) for kind, items in took.items()}
     others = [(when, kind) for when, kind, _ in restarts if kind in ("central", "broker")]
+
+    def alone(seconds: float, when: float) -> bool:
+        """Central and the broker were up all along (none restarted 15 s before or during)."""
+        return not any(-15 < w - when < seconds for w, _ in others)
+
+    slowest_alone = {kind: max([t for t, w, _ in items if alone(t, w)], default=0.0)
+                     for kind, items in took.items()}
     figures: dict[str, Any] = {
         "kills": dict(kills),
         "requests": len(requests), "answered": len(requests & answered),
@@ -293,6 +300,7 @@ def report(run: Path, messages: list[m.Message], kills: Counter[str],
         "kwh_under_billed": round(sum(under.values()), 4),
         "unasked_exits": len(unasked),
         "slowest_recovery_s": {k: round(v, 1) for k, v in slowest.items()},
+        "slowest_recovery_central_up_s": {k: round(v, 1) for k, v in slowest_alone.items()},
     }
     print(f"kills: {', '.join(f'{k} {v}' for k, v in sorted(kills.items()))}")
     print(f"requests {figures['requests']}, answered {figures['answered']}; authorized "
@@ -303,7 +311,9 @@ def report(run: Path, messages: list[m.Message], kills: Counter[str],
     print(f"processes that exited unasked: {len(unasked)}"
           + "".join(f"\n  {u}" for u in unasked[:20]))
     print("slowest recovery after a restart (s): "
-          + ", ".join(f"{k} {v:.1f}" for k, v in sorted(slowest.items())))
+          + ", ".join(f"{k} {v:.1f}" for k, v in sorted(slowest.items()))
+          + "; with central and the broker up all along: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in sorted(slowest_alone.items())))
     for kind, items in sorted(took.items()):
         for seconds, when, cp in sorted(items, reverse=True)[:3]:
             near = [f"{k} restarted {w - when:+.0f} s" for w, k in others
@@ -313,7 +323,8 @@ def report(run: Path, messages: list[m.Message], kills: Counter[str],
     if lost:
         print("sessions without a ticket: " + ", ".join(lost[:10]))
     if under:
-        print("under-billed sessions: " + ", ".join(f"{s} {d}" for s, d in list(under.items())[:10]))
+        print("under-billed sessions: "
+              + ", ".join(f"{s} {d}" for s, d in list(under.items())[:10]))
     if as_json:
         print(json.dumps(figures))
     ok = not lost and not duplicated and not under and not unasked

@@ -122,7 +122,7 @@ class Monitors:
                         self.registered.add(cp)
             if time.monotonic() >= next_beat:
                 next_beat += 1
-                for cp, sock in list(self.socks.items()):
+                for cp, _sock in list(self.socks.items()):
                     self.send(cp, m.Heartbeat(cp_id=cp))
 
     def send(self, cp: str, msg: m.Message) -> None:
@@ -208,7 +208,7 @@ def main() -> None:
     try:
         while out.first("central ready", 0) is None:
             if central.poll() is not None:
-                raise SystemExit("central exited:\n" + "\n".join(l for _, l in out.lines))
+                raise SystemExit("central exited:\n" + "\n".join(line for _, line in out.lines))
             time.sleep(0.1)
         bus = KafkaBus(args.kafka, prefix=prefix, client_id="evc-bench")
         engines = Engines(bus)
@@ -268,7 +268,7 @@ def main() -> None:
             for cp in probes])
 
         ends: dict[str, float] = {}
-        for req_id, auth in list(auth_of.items()):
+        for _req_id, auth in list(auth_of.items()):
             if auth.authorized:
                 ends[auth.session_id] = time.monotonic()
                 bus.send(REQUESTS, m.EndRequest(driver_id=auth.driver_id, cp_id=auth.cp_id,

@@ -104,7 +104,8 @@ class Proc:
             except subprocess.TimeoutExpired:
                 os.killpg(self.popen.pid, signal.SIGKILL)
                 self.popen.wait(5)
-                raise AssertionError(f"{self.name} did not stop within {timeout} s:\n{self.output}")
+                raise AssertionError(
+                    f"{self.name} did not stop within {timeout} s:\n{self.output}") from None
         self._reader.join(2)
         return self.popen.returncode
 

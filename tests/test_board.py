@@ -66,7 +66,8 @@ def test_five_states_words_and_colours(board, bus):
     row = cp_row(term, "CP-04", "Suministrando")
     assert term.colour_of(row, "Suministrando") == GREEN
     first = cp_row(term, "CP-04", "D-42 ")
-    kwh = lambda: re.search(r"(\d+\.\d\d) kWh", term.lines()[cp_row(term, "CP-04", "kWh")])
+    def kwh():
+        return re.search(r"(\d+\.\d\d) kWh", term.lines()[cp_row(term, "CP-04", "kWh")])
     seen = {kwh().group(1)}
     wait_for(lambda: seen.add(kwh().group(1)) or len(seen) >= 3, 10,
              "the live kWh to change on the board")
@@ -105,6 +106,22 @@ def test_typing_survives_the_redraws(board):
     wait_for(lambda: not any(ln.startswith("CP-06 ") for ln in term.lines()), 5,
              "CP-06 removed from the board")
     term.wait_text("removed CP-06 from the registry")
+
+
+def test_the_console_line_takes_utf8_arrows_and_history(board):
+    term = board.term
+    term.type('add CP-11 "Plaza Espana" 0.3')
+    term.type("\x1b[D" * 6 + "\x7f" + "ñ")  # left x6, backspace, ñ: Espana -> España
+    wait_for(lambda: term.lines()[-1].rstrip() == 'central> add CP-11 "Plaza España" 0.3', 5,
+             lambda: f"the edited line:\n{term.text()}")
+    term.type("\r")
+    row = cp_row(term, "CP-11", "Desconectado")
+    assert "Plaza España" in term.lines()[row]
+    term.type("\x1b[A")  # up: the last command again
+    wait_for(lambda: term.lines()[-1].rstrip() == 'central> add CP-11 "Plaza España" 0.3', 5,
+             lambda: f"the recalled line:\n{term.text()}")
+    term.type("\x15remove CP-11\r")
+    term.wait_text("removed CP-11 from the registry")
 
 
 def test_quit_from_the_console(board):

@@ -7,9 +7,9 @@ import re
 import pytest
 
 from evc.central.board import Board
-from evc.display import supports_256
 from evc.central.brain import Brain
 from evc.central.events import MonitorFrame
+from evc.display import supports_256
 from evc.protocol import messages as m
 from evc.store import Store
 from tests.fakes import FakeLink, FakeOutbox, RecordingView

@@ -116,9 +116,10 @@ def test_supply_lifecycle_and_exactly_one_ticket(parts):
     assert auth.authorized and state(brain, "CP-01") is m.CPState.SUMINISTRANDO
     start = outbox.of(m.StartSupply)[-1]
     assert start.session_id == auth.session_id and start.price_eur_kwh == 0.3
-    tele = lambda kwh, final=False, reason="": m.Telemetry(
-        cp_id="CP-01", driver_id="D-1", consumo_kwh=kwh, importe_eur=round(kwh * 0.3, 2),
-        session_id=auth.session_id, final=final, reason=reason)
+    def tele(kwh, final=False, reason=""):
+        return m.Telemetry(
+            cp_id="CP-01", driver_id="D-1", consumo_kwh=kwh, importe_eur=round(kwh * 0.3, 2),
+            session_id=auth.session_id, final=final, reason=reason)
     brain.on_bus(tele(0.5))
     brain.on_bus(m.EndRequest(driver_id="D-1", cp_id="CP-01", session_id=auth.session_id))
     assert outbox.of(m.EndSupply)[-1].reason is m.EndReason.FINISHED
@@ -349,3 +350,142 @@ def test_messages_leave_only_after_the_batch_is_stored(tmp_path):
     auth = outbox.of(m.Authorization)[-1]
     stored = json.loads((tmp_path / "c.json").read_text())["sessions"]
     assert any(s["session_id"] == auth.session_id for s in stored.values())
+
+
+def test_end_requests_and_readings_from_the_wrong_party_change_nothing(parts):
+    brain, _, outbox, _, _ = parts
+    register(brain, 1, "CP-01")
+    auth = authorize(brain, outbox)
+    brain.on_bus(m.EndRequest(driver_id="D-2", cp_id="CP-01", session_id=auth.session_id))
+    brain.on_bus(m.EndRequest(driver_id="D-1", cp_id="CP-02", session_id=auth.session_id))
+    brain.on_bus(m.EndRequest(driver_id="D-1", cp_id="CP-01", session_id="nope"))
+    assert not outbox.of(m.EndSupply)
+    brain.on_bus(m.Telemetry(cp_id="CP-02", driver_id="D-1", consumo_kwh=9.0, importe_eur=1,
+                             session_id=auth.session_id, final=True))
+    assert brain.sessions[auth.session_id].kwh == 0.0 and not outbox.of(m.Ticket)
+
+
+def test_an_engine_that_refuses_gives_a_refused_zero_ticket(parts):
+    brain, _, outbox, _, _ = parts
+    register(brain, 1, "CP-01")
+    auth = authorize(brain, outbox)
+    brain.on_bus(m.Telemetry(cp_id="CP-01", driver_id="D-1", consumo_kwh=0.0, importe_eur=0,
+                             session_id=auth.session_id, final=True, reason="refused"))
+    (ticket,) = outbox.of(m.Ticket)
+    assert ticket.reason is m.EndReason.REFUSED and ticket.consumo_kwh == 0.0
+    assert state(brain, "CP-01") is m.CPState.ACTIVADO
+
+
+def test_remove_is_refused_while_connected(parts):
+    brain, store, _, _, view = parts
+    register(brain, 1, "CP-01")
+    brain.apply(OperatorLine("remove CP-01"))
+    assert "CP-01" in brain.cps and view.notes[-1][0] == "error"
+    brain.apply(ConnectionLost(1, "p", "gone"))
+    brain.apply(OperatorLine("remove CP-01"))
+    assert "CP-01" not in brain.cps and store.get_cp("CP-01") is None
+
+
+def test_a_new_price_applies_from_the_next_supply(parts):
+    brain, _, outbox, _, _ = parts
+    register(brain, 1, "CP-01")
+    first = authorize(brain, outbox)
+    brain.apply(OperatorLine("price CP-01 0.50"))
+    brain.on_bus(m.Telemetry(cp_id="CP-01", driver_id="D-1", consumo_kwh=2.0, importe_eur=0,
+                             session_id=first.session_id, final=True))
+    assert outbox.of(m.Ticket)[-1].importe_eur == 0.6  # the price it started with
+    second = authorize(brain, outbox, driver="D-2")
+    assert second.price_eur_kwh == 0.5
+
+
+def test_registration_updates_the_location_and_a_second_register_is_refused(parts):
+    brain, store, _, link, _ = parts
+    brain.apply(MonitorFrame(1, "p", m.Register(cp_id="CP-01", location="Nueva 7")))
+    assert brain.cps["CP-01"].location == "Nueva 7"
+    assert store.get_cp("CP-01")["location"] == "Nueva 7"
+    brain.apply(MonitorFrame(1, "p", m.Register(cp_id="CP-01")))
+    assert link.closed[-1][0] == 1 and link.closed[-1][2].code is m.RejectCode.PROTOCOL
+
+
+def test_the_memory_of_answered_requests_is_bounded(parts):
+    brain, _, outbox, _, _ = parts
+    for i in range(100_005):
+        brain.answered[f"r{i}"] = None
+    brain.on_bus(m.ChargeRequest(driver_id="D-1", cp_id="CP-77"))
+    assert len(brain.answered) == 100_000 and "r0" not in brain.answered
+
+
+def test_a_restart_ends_an_open_session_whose_cp_was_removed(parts, tmp_path):
+    brain, store, outbox, _, _ = parts
+    register(brain, 1, "CP-01")
+    auth = authorize(brain, outbox)
+    store.remove_cp("CP-01")  # removed from the file by hand while central was down
+    store.close()
+    again, _, out2 = restarted(tmp_path)
+    end = out2.of(m.EndSupply)[0]
+    assert end.session_id == auth.session_id and end.reason is m.EndReason.CENTRAL_RESTART
+    expire(again)
+    again.tick()
+    assert out2.of(m.Ticket)[0].reason is m.EndReason.CENTRAL_RESTART
+
+
+def test_run_applies_batches_stores_them_then_sends_and_acks(tmp_path):
+    from evc.central.events import BusMessage
+    from evc.protocol.topics import Delivery
+
+    class Acker:
+        def __init__(self):
+            self.acked = []
+
+        def ack(self, delivery):
+            import json
+
+            on_disk = json.loads((tmp_path / "c.json").read_text())["offsets"]
+            (stored,) = [r["next"] for r in on_disk.values()]
+            assert stored > delivery.offset  # applied and stored before acked
+            self.acked.append(delivery.offset)
+
+    store = Store(tmp_path / "c.json")
+    outbox = FakeOutbox()
+    brain = Brain(store, outbox, FakeLink(), RecordingView())
+    brain.upsert_cp("CP-01", "x", 0.3)
+    brain.acker = Acker()
+    brain.events.put(MonitorFrame(1, "p", m.Register(cp_id="CP-01")))
+    for i in range(3):
+        brain.events.put(BusMessage(m.ChargeRequest(driver_id=f"D-{i}", cp_id="CP-01"),
+                                    Delivery("requests_topic", 0, i)))
+    brain.events.put(OperatorLine("quit"))
+    brain.run(__import__("threading").Event())  # returns: quit was asked
+    assert brain.acker.acked == [0, 1, 2]
+    assert len(outbox.of(m.Authorization)) == 3 and len(outbox.of(m.StartSupply)) == 1
+    assert any(isinstance(msg, m.CentralStatus) for _, msg, _ in outbox.sent)
+    statuses = [msg for _, msg, _ in outbox.sent if isinstance(msg, m.CPStatus)]
+    assert statuses[-1].cp_id == "CP-01" and statuses[-1].state is m.CPState.SUMINISTRANDO
+
+
+def test_a_bug_in_a_rule_harms_only_its_event(parts, monkeypatch):
+    brain, _, outbox, _, view = parts
+    register(brain, 1, "CP-01")
+
+    def broken(_req):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(brain, "on_charge_request", broken)
+    from evc.central.events import BusMessage
+    from evc.protocol.topics import Delivery
+
+    brain.apply(BusMessage(m.ChargeRequest(driver_id="D-1", cp_id="CP-01"),
+                           Delivery("requests_topic", 0, 7)))
+    assert brain.counters.internal_errors == 1 and view.notes[-1][0] == "error"
+    monkeypatch.undo()
+    assert authorize(brain, outbox).authorized  # and the next one is served
+
+
+def test_removed_cps_are_tombstoned_on_the_network_topic(parts):
+    brain, _, outbox, _, _ = parts
+    brain.tick()
+    outbox.sent.clear()
+    brain.apply(OperatorLine("remove CP-02"))
+    brain.tick()
+    tombstones = [(topic, key) for topic, msg, key in outbox.sent if msg is None]
+    assert tombstones == [("network_topic", "CP-02")]

@@ -11,7 +11,6 @@ from kafka import KafkaProducer
 
 from evc.protocol import messages as m
 from evc.protocol.framing import encode_frame, recv_frame
-from evc.protocol.topics import REQUESTS
 from tests.helpers import Proc, wait_for
 from tests.network import Network, Observer
 

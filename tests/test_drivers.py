@@ -72,7 +72,7 @@ def test_two_drivers_ten_requests_three_cps(net, observer):
     # the 4 s pause: each next request comes >= 4 s after the previous answer or ticket
     for who in ("D-1", "D-2"):
         mine = sorted(observer.of(m.ChargeRequest, driver_id=who), key=lambda r: r.ts)
-        for prev, nxt in zip(mine, mine[1:]):
+        for prev, nxt in zip(mine, mine[1:], strict=False):
             auth = observer.of(m.Authorization, request_id=prev.msg_id)[0]
             end = auth.ts
             if auth.authorized:

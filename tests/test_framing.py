@@ -108,7 +108,8 @@ def test_arbitrary_bytes_only_raise_protocol_error(data):
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.text(max_size=10), st.recursive(
     st.none() | st.booleans() | st.integers(-10**9, 10**9) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=5), inner, max_size=4),
     max_leaves=10)), st.text(min_size=1, max_size=20))
 def test_any_object_round_trips(body, kind):
     obj = dict(body, type=kind)

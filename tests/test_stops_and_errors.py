@@ -66,7 +66,8 @@ def test_central_bad_files_and_busy_port(tmp_path, kafka):
         busy.listen()
         port = busy.getsockname()[1]
         one_clear_line(run_evc(["central", str(port), kafka, str(tmp_path / "c.json"),
-                                "--listen-host", "127.0.0.1"]), f"cannot listen on 127.0.0.1:{port}")
+                                "--listen-host", "127.0.0.1"]),
+                       f"cannot listen on 127.0.0.1:{port}")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
@@ -55,8 +55,7 @@ def kafka_errors(what: str, bootstrap: str = "", timeout: float = 0.0) -> Iterat
                            "(is it running? try `evc broker start`)", retriable=True) from exc
         raise BusError(f"{what}: Kafka did not answer in time", retriable=True) from exc
     except KafkaError as exc:
-        retriable = bool(getattr(exc, "retriable", False))
-        raise BusError(f"{what}: {exc}", retriable=retriable) from exc
+        raise BusError(f"{what}: {exc}", retriable=bool(exc.retriable)) from exc
     except (ValueError, OSError) as exc:
         raise BusError(f"{what}: {exc}") from exc
 
@@ -410,42 +409,57 @@ class Consumer:
             log.warning("consumer close: %s", exc)
 
 
-def open_bus(bootstrap: str, *, prefix: str = "", client_id: str = "evc",
-             wait: float = DEFAULT_CONNECT_TIMEOUT, partitions: int = 3,
-             stop: threading.Event | None = None,
-             note: Callable[[str], Any] | None = None) -> KafkaBus:
-    """A bus whose topics exist, trying for ``wait`` seconds while the broker is unreachable.
+T = TypeVar("T")
 
-    A process (re)started during a broker outage waits for it (``--kafka-wait``) instead
-    of exiting; past ``wait`` (or on a non-retriable error) the BusError is raised.
+
+def retrying(what: Callable[[], T], *, wait: float, stop: threading.Event | None = None,
+             note: Callable[[str], Any] | None = None, bootstrap: str = "") -> T:
+    """``what()``, tried again while it fails with a retriable BusError, for ``wait`` s.
+
+    A process (re)started during a broker outage waits for the broker (``--kafka-wait``)
+    instead of exiting; past ``wait`` (or on a non-retriable error) the BusError is raised.
     """
     deadline = time.monotonic() + wait
     said = False
     while True:
-        timeout = max(1.0, min(DEFAULT_CONNECT_TIMEOUT, deadline - time.monotonic()))
         try:
-            bus = KafkaBus(bootstrap, prefix=prefix, client_id=client_id, connect_timeout=timeout)
-            try:
-                bus.ensure_topics(partitions=partitions)
-            except BaseException:
-                bus.close(timeout=0.2)
-                raise
-            bus.connect_timeout = DEFAULT_CONNECT_TIMEOUT
+            result = what()
             if said and note is not None:
                 note(f"Kafka broker at {bootstrap} reached")
-            return bus
+            return result
         except BusError as exc:
             if not exc.retriable or time.monotonic() + 1.0 >= deadline or (
                     stop is not None and stop.is_set()):
                 raise
             if note is not None and not said:
-                note(f"Kafka broker at {bootstrap} unreachable; trying again for up to "
-                     f"{wait:g} s (--kafka-wait)")
+                note(f"Kafka broker at {bootstrap} unavailable ({exc}); trying again for up "
+                     f"to {wait:g} s (--kafka-wait)")
                 said = True
             if stop is not None:
                 stop.wait(1.0)
             else:
                 time.sleep(1.0)
+
+
+def open_bus(bootstrap: str, *, prefix: str = "", client_id: str = "evc",
+             wait: float = DEFAULT_CONNECT_TIMEOUT, partitions: int = 3,
+             stop: threading.Event | None = None,
+             note: Callable[[str], Any] | None = None) -> KafkaBus:
+    """A bus whose topics exist, trying for ``wait`` s while the broker is unreachable."""
+    deadline = time.monotonic() + wait
+
+    def attempt() -> KafkaBus:
+        timeout = max(1.0, min(DEFAULT_CONNECT_TIMEOUT, deadline - time.monotonic()))
+        bus = KafkaBus(bootstrap, prefix=prefix, client_id=client_id, connect_timeout=timeout)
+        try:
+            bus.ensure_topics(partitions=partitions)
+        except BaseException:
+            bus.close(timeout=0.2)
+            raise
+        bus.connect_timeout = DEFAULT_CONNECT_TIMEOUT
+        return bus
+
+    return retrying(attempt, wait=wait, stop=stop, note=note, bootstrap=bootstrap)
 
 
 def ping(bootstrap: str, timeout: float = 2.0) -> bool:

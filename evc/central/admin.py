@@ -14,6 +14,9 @@ import math
 import shlex
 from dataclasses import dataclass
 
+from evc.errors import ProtocolError
+from evc.protocol.ids import ID_RULE, check_text, is_id, printable
+
 
 class CommandError(ValueError):
     """A line that is not a valid command; the message is shown as is."""
@@ -86,9 +89,16 @@ def parse_price(text: str) -> float:
 
 
 def _cp_id(text: str) -> str:
-    if not text or len(text) > 64:
-        raise CommandError(f"bad charge point id {text!r}")
+    if not is_id(text):
+        raise CommandError(f"bad charge point id {printable(text, 40)!r}: {ID_RULE}")
     return text
+
+
+def _location(text: str) -> str:
+    try:
+        return check_text(text, "location", 120)
+    except ProtocolError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def parse_command(line: str) -> Command | None:
@@ -111,7 +121,7 @@ def parse_command(line: str) -> Command | None:
     if verb == "add":
         if len(args) != 3:
             raise CommandError('usage: add <cp> "<location>" <price>')
-        return Add(_cp_id(args[0]), args[1], parse_price(args[2]))
+        return Add(_cp_id(args[0]), _location(args[1]), parse_price(args[2]))
     if verb == "remove":
         if len(args) != 1:
             raise CommandError("usage: remove <cp>")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from evc.bus import open_bus
+from evc.bus import open_bus, retrying
 from evc.central.board import BoardView
 from evc.central.brain import Brain, Settings
 from evc.central.events import BusMessage, BusSkipped, Event, OperatorKey, OperatorLine
@@ -183,9 +183,9 @@ def run_central(cfg: CentralConfig) -> None:
         store.commit()
         # Central reads from where its store says it stopped applying (the group's
         # committed offsets are only a fallback, and a gauge of its lag).
-        consumer = bus.consumer([REQUESTS, TELEMETRY],
-                                group_id=f"{common.topic_prefix}evc-central",
-                                from_beginning=True, start=brain.applied)
+        consumer = retrying(lambda: bus.consumer(
+            [REQUESTS, TELEMETRY], group_id=f"{common.topic_prefix}evc-central",
+            from_beginning=True, start=brain.applied), wait=common.kafka_wait, stop=stop)
         brain.acker = consumer
         crew.spawn(consumer.run, lambda msg, delivery: events.put(BusMessage(msg, delivery)),
                    stop, 0.2, lambda delivery, error: events.put(BusSkipped(delivery, error)),

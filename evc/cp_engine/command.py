@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from evc.bus import open_bus
+from evc.bus import open_bus, retrying
 from evc.console import KeyReader, pump_keys, say, stamp
 from evc.cp_engine.engine import Engine
 from evc.errors import ConfigError, EvcError, ProtocolError
@@ -200,7 +200,9 @@ def run_engine(cfg: EngineConfig) -> None:
     try:
         engine.recover()
         # orders, and central's heartbeat (only the partition that holds it, from now on)
-        consumer = bus.consumer([CONTROL, NETWORK], keys={NETWORK: [CENTRAL_KEY]})
+        consumer = retrying(lambda: bus.consumer([CONTROL, NETWORK],
+                                                 keys={NETWORK: [CENTRAL_KEY]}),
+                            wait=cfg.common.kafka_wait, stop=stop)
         crew.spawn(serve_health, listener, events, stop, workers, name="engine-accept")
         crew.spawn(consumer.run, lambda msg, _d: events.put(Order(msg)), stop,
                    name="engine-kafka")

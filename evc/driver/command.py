@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from evc.bus import open_bus
+from evc.bus import open_bus, retrying
 from evc.driver.driver import (
     Driver,
     Got,
@@ -81,9 +81,10 @@ def driver(kafka: Address, driver_id: str, file_: Path | None, charge_seconds: f
         inbox: queue.Queue[Got | SendResult] = queue.Queue()
         control = bus.topic(CONTROL)
         # Answers and tickets: only this driver's partition, from where it stopped reading.
-        consumer = bus.consumer([CONTROL, TELEMETRY, NETWORK], keys={CONTROL: [driver_id]},
-                                from_beginning=[NETWORK],
-                                start=Driver.start_offsets(state, control))
+        consumer = retrying(lambda: bus.consumer(
+            [CONTROL, TELEMETRY, NETWORK], keys={CONTROL: [driver_id]},
+            from_beginning=[NETWORK], start=Driver.start_offsets(state, control)),
+            wait=common.kafka_wait, stop=stop)
 
         def mine(msg: Message, delivery: Delivery) -> None:
             if isinstance(msg, (CentralStatus, CPStatus, Removed)):
@@ -121,7 +122,8 @@ def list_available(kafka: Address, driver_id: str, common: Common) -> None:
     inbox: queue.Queue[tuple[Message, bool]] = queue.Queue()
     with open_bus(str(kafka), prefix=common.topic_prefix, client_id=f"evc-driver-{driver_id}",
                   wait=common.kafka_wait, stop=stop, note=say) as bus:
-        consumer = bus.consumer([NETWORK], from_beginning=True)
+        consumer = retrying(lambda: bus.consumer([NETWORK], from_beginning=True),
+                            wait=common.kafka_wait, stop=stop)
         crew.spawn(consumer.run, lambda msg, d: inbox.put((msg, consumer.is_live(d))), stop,
                    name="driver-kafka")
         try:

@@ -474,7 +474,7 @@ class Driver:
         topic, message, key, _ = entry
         say(f"{self.driver_id}: Kafka did not take my {message.TYPE} ({result.error}); "
             "sending it again")
-        self._unsent[result.msg_id] = (topic, message, key, time.monotonic() + 2.0)
+        self._unsent[result.msg_id] = (topic, message, key, time.monotonic() + 1.0)
 
     def _retry_sends(self, now: float) -> None:
         for topic, message, key, due in list(self._unsent.values()):

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import click
 from colorama import Fore, Style, just_fix_windows_console
 
-from evc.bus import open_bus
+from evc.bus import open_bus, retrying
 from evc.console import stamp
 from evc.display import (
     RESET,
@@ -58,7 +58,8 @@ def status(kafka: Address, once: bool, as_json: bool, central_timeout: float,
     crew = Crew(stop)
     with open_bus(str(kafka), prefix=common.topic_prefix, client_id="evc-status",
                   wait=common.kafka_wait, stop=stop) as bus:
-        consumer = bus.consumer([NETWORK], from_beginning=True)
+        consumer = retrying(lambda: bus.consumer([NETWORK], from_beginning=True),
+                            wait=common.kafka_wait, stop=stop)
 
         def got(msg: Message, delivery: Delivery) -> None:
             if isinstance(msg, (CPStatus, CentralStatus, Removed)):

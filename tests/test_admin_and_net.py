@@ -1,0 +1,86 @@
+"""Pure parsers: operator commands and addresses."""
+
+from __future__ import annotations
+
+import pytest
+
+from evc.central import admin
+from evc.errors import ConfigError
+from evc.net import Address, parse_address, parse_addresses
+
+
+@pytest.mark.parametrize("line, command", [
+    ("stop CP-01", admin.Stop("CP-01")),
+    ("PARAR cp-01", admin.Stop("cp-01")),
+    ("stop all", admin.Stop(None)),
+    ("reanudar todos", admin.Resume(None)),
+    ("resume CP-01", admin.Resume("CP-01")),
+    ('add CP-11 "Plaza España 3" 0,42', admin.Add("CP-11", "Plaza España 3", 0.42)),
+    ("alta CP-11 Mayor 0.3", admin.Add("CP-11", "Mayor", 0.3)),
+    ("remove CP-11", admin.Remove("CP-11")),
+    ("baja CP-11", admin.Remove("CP-11")),
+    ("price CP-01 0.39", admin.SetPrice("CP-01", 0.39)),
+    ("precio CP-01 0", admin.SetPrice("CP-01", 0.0)),
+    ("help", admin.Help()), ("?", admin.Help()), ("ayuda", admin.Help()),
+    ("quit", admin.Quit()), ("salir", admin.Quit()), ("exit", admin.Quit()),
+    ("", None), ("   ", None),
+])
+def test_commands(line, command):
+    assert admin.parse_command(line) == command
+
+
+@pytest.mark.parametrize("line, error", [
+    ("fly away", "unknown command 'fly'"),
+    ("stop", "usage: stop <cp>|all"),
+    ("stop a b", "usage"),
+    ('add CP-1 "unclosed', "cannot read that line"),
+    ("add CP-1 x", "usage: add"),
+    ("add CP-1 x abc", "is not a number"),
+    ("add CP-1 x -1", "between 0 and 100"),
+    ("add CP-1 x nan", "between 0 and 100"),
+    ("add CP-1 x inf", "between 0 and 100"),
+    ('add "CP 11" x 0.3', "bad charge point id"),
+    ("add CP-1 x\x1b[2J 0.3", "control characters"),
+    ("remove", "usage: remove"),
+    ("price CP-1", "usage: price"),
+    ("help me", "takes no arguments"),
+    ("stop " + "C" * 65, "bad charge point id"),
+])
+def test_bad_commands(line, error):
+    with pytest.raises(admin.CommandError, match=error):
+        admin.parse_command(line)
+
+
+@pytest.mark.parametrize("text, default_host, address", [
+    ("10.0.0.2:9092", None, Address("10.0.0.2", 9092)),
+    (" pc2.lan:5000 ", None, Address("pc2.lan", 5000)),
+    ("[::1]:6001", None, Address("::1", 6001)),
+    ("6001", "0.0.0.0", Address("0.0.0.0", 6001)),
+    (":6001", "127.0.0.1", Address("127.0.0.1", 6001)),
+])
+def test_addresses(text, default_host, address):
+    assert parse_address(text, default_host=default_host) == address
+
+
+def test_address_text():
+    assert str(Address("::1", 6001)) == "[::1]:6001"
+    assert str(Address("h", 1)) == "h:1" and Address("h", 1).pair == ("h", 1)
+
+
+@pytest.mark.parametrize("text, error", [
+    ("nohost", "expected HOST:PORT"),
+    (":5000", "missing host"),
+    ("h:x", "port 'x' is not a number"),
+    ("h:0", "port must be 1-65535"),
+    ("h:65536", "port must be 1-65535"),
+    ("a b:1", "is not a host name"),
+])
+def test_bad_addresses(text, error):
+    with pytest.raises(ConfigError, match=error):
+        parse_address(text, what="central address")
+
+
+def test_address_lists():
+    assert parse_addresses("a:1,b:2") == [Address("a", 1), Address("b", 2)]
+    with pytest.raises(ConfigError):
+        parse_addresses(" , ")

@@ -1,0 +1,248 @@
+"""The engine's rules, without sockets or Kafka: health, orders, keys, the meter, the journal."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from evc.cp_engine.engine import Engine, Mode
+from evc.errors import BusError
+from evc.protocol import messages as m
+from evc.protocol.topics import TELEMETRY
+
+
+class Journal:
+    def __init__(self, data: dict | None = None) -> None:
+        self.data = data or {}
+        self.saves = 0
+
+    def load(self) -> dict:
+        return dict(self.data)
+
+    def save(self, data: dict) -> None:
+        self.data = dict(data)
+        self.saves += 1
+
+
+class Wire:
+    """The engine's send: records what it sends; Kafka answers when told."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, m.Message, str]] = []
+        self.pending: list = []
+        self.fail = False
+
+    def __call__(self, topic, message, key, on_done=None) -> None:
+        if self.fail:
+            raise BusError("broker away", retriable=True)
+        self.sent.append((topic, message, key))
+        if on_done is not None:
+            self.pending.append(on_done)
+
+    def confirm(self, ok: bool = True) -> None:
+        pending, self.pending = self.pending, []
+        for on_done in pending:
+            on_done(ok, "" if ok else "timed out")
+
+    def telemetry(self, **match) -> list[m.Telemetry]:
+        return [msg for topic, msg, _ in self.sent if topic == TELEMETRY
+                and all(getattr(msg, k) == v for k, v in match.items())]
+
+
+@pytest.fixture
+def parts():
+    wire, journal, shown = Wire(), Journal(), []
+    engine = Engine(wire, shown.append, journal=journal, power=0.5)
+    return engine, wire, journal, shown
+
+
+def start(engine, session="s1", driver="D-1", cp="CP-01", price=0.4):
+    engine.on_order(m.StartSupply(cp_id=cp, driver_id=driver, session_id=session,
+                                  price_eur_kwh=price))
+
+
+def tick_seconds(engine, n: int) -> None:
+    for _ in range(n):
+        assert engine.supply is not None
+        engine.supply.next_tick = time.monotonic() - 0.001  # a second has passed
+        engine.tick()
+
+
+def test_learns_its_cp_from_the_monitor_and_answers_health(parts):
+    engine, _, _, shown = parts
+    assert engine.state is m.CPState.ACTIVADO and "waiting for monitor" in engine.status_line()
+    reply = engine.on_health_check(m.HealthCheck(cp_id="CP-01"))
+    assert engine.cp_id == "CP-01" and reply.status is m.Health.OK
+    assert "serving CP-01" in shown[-1]
+    wrong = engine.on_health_check(m.HealthCheck(cp_id="CP-02"))
+    assert wrong.status is m.Health.KO and wrong.state == "wrong CP"
+    engine.on_key("f")
+    assert engine.on_health_check(m.HealthCheck(cp_id="CP-01")).status is m.Health.KO
+    assert engine.state is m.CPState.AVERIADO
+    engine.on_key("h")
+    assert engine.on_health_check(m.HealthCheck(cp_id="CP-01")) is None  # hang: silence
+    engine.on_key("r")
+    assert engine.mode is Mode.OK
+    engine.on_key("x")
+    assert "unknown key 'x'" in shown[-1]
+
+
+def test_orders_for_other_cps_or_before_knowing_its_cp_are_ignored(parts):
+    engine, wire, _, _ = parts
+    start(engine)  # no CP id yet
+    assert engine.supply is None and not wire.sent
+    engine.cp_id = "CP-01"
+    start(engine, cp="CP-02")
+    assert engine.supply is None
+
+
+def test_a_supply_meters_each_second_and_ends_with_one_final(parts):
+    engine, wire, journal, _ = parts
+    engine.cp_id = "CP-01"
+    start(engine)
+    assert engine.state is m.CPState.SUMINISTRANDO
+    assert wire.telemetry(consumo_kwh=0.0)  # at once: the supply started
+    tick_seconds(engine, 3)
+    assert [t.consumo_kwh for t in wire.telemetry(final=False)] == [0.0, 0.5, 1.0, 1.5]
+    assert wire.telemetry()[-1].importe_eur == round(1.5 * 0.4, 2)
+    assert journal.data["supply"]["kwh"] == 1.5  # the meter is journaled
+    assert "D-1 1.50 kWh" in engine.status_line().replace("driver ", "")
+    engine.on_order(m.EndSupply(cp_id="CP-01", session_id="s1", reason=m.EndReason.FINISHED))
+    (final,) = wire.telemetry(final=True)
+    assert final.consumo_kwh == 1.5 and final.reason == "finished"
+    assert engine.supply is None and journal.data["finals"]  # kept until Kafka confirms
+    wire.confirm()
+    assert not engine.finals and not journal.data["finals"]
+    engine.on_order(m.EndSupply(cp_id="CP-01", session_id="s1", reason=m.EndReason.FINISHED))
+    assert len(wire.telemetry(final=True)) == 1  # an end for what is not running: nothing
+
+
+def test_a_repeated_start_order_is_never_obeyed_twice(parts):
+    engine, wire, journal, _ = parts
+    engine.cp_id = "CP-01"
+    start(engine)
+    engine.on_key("u")
+    start(engine)  # central re-sent an order Kafka had not confirmed
+    assert engine.supply is None and len(wire.telemetry(final=True)) == 1
+    assert journal.data["seen"] == ["s1"]
+
+
+@pytest.mark.parametrize("setup, why", [
+    (lambda e: e.on_key("f"), "engine faulted"),
+    (lambda e: e.on_order(m.StopCP(cp_id="CP-01")), "stopped by central"),
+    (lambda e: start(e, session="other", driver="D-9"), "busy with D-9"),
+])
+def test_a_start_it_cannot_obey_is_refused_with_a_zero_final(parts, setup, why):
+    engine, wire, _, shown = parts
+    engine.cp_id = "CP-01"
+    setup(engine)
+    start(engine, session="s2", driver="D-2")
+    (refused,) = wire.telemetry(session_id="s2", final=True)
+    assert refused.reason == "refused" and refused.consumo_kwh == 0.0
+    assert any(why in line for line in shown)
+
+
+@pytest.mark.parametrize("act, reason", [
+    (lambda e: e.on_key("f"), "fault"),
+    (lambda e: e.on_key("h"), "fault"),
+    (lambda e: e.on_key("u"), "unplugged"),
+    (lambda e: e.on_order(m.StopCP(cp_id="CP-01")), "stopped"),
+    (lambda e: e.shutdown(), "fault"),
+])
+def test_every_end_of_a_supply_sends_its_final_figures(parts, act, reason):
+    engine, wire, _, _ = parts
+    engine.cp_id = "CP-01"
+    start(engine)
+    tick_seconds(engine, 2)
+    act(engine)
+    (final,) = wire.telemetry(final=True)
+    assert final.reason == reason and final.consumo_kwh == 1.0
+
+
+def test_stop_and_resume(parts):
+    engine, _, _, shown = parts
+    engine.cp_id = "CP-01"
+    engine.on_order(m.StopCP(cp_id="CP-01"))
+    assert engine.state is m.CPState.PARADO and "Parado" in shown[-1]
+    engine.on_order(m.ResumeCP(cp_id="CP-01"))
+    assert engine.state is m.CPState.ACTIVADO and "resumed" in shown[-1]
+
+
+def test_the_time_limit_ends_a_supply():
+    wire = Wire()
+    engine = Engine(wire, lambda _: None, journal=Journal(), cp_id="CP-01", max_seconds=2)
+    start(engine)
+    engine.supply.started -= 5
+    tick_seconds(engine, 1)
+    assert wire.telemetry(final=True)[0].reason == "time_limit"
+
+
+def test_a_tick_without_supply_waits_a_second_and_a_late_tick_does_not_burst(parts):
+    engine, wire, _, _ = parts
+    assert engine.tick() == 1.0
+    engine.cp_id = "CP-01"
+    start(engine)
+    engine.supply.next_tick = time.monotonic() - 30  # the process was suspended 30 s
+    engine.tick()
+    assert engine.supply.kwh == 0.5 and engine.supply.next_tick > time.monotonic()
+
+
+def test_a_killed_engine_reports_its_unfinished_supply_when_it_starts_again():
+    journal, shown = Journal(), []
+    first = Engine(Wire(), shown.append, journal=journal, cp_id="CP-01")
+    start(first)
+    tick_seconds(first, 4)  # ... and then kill -9: nothing more runs
+    wire = Wire()
+    again = Engine(wire, shown.append, journal=journal)
+    again.recover()
+    (final,) = wire.telemetry(final=True)
+    assert (final.session_id, final.consumo_kwh, final.reason) == ("s1", 2.0, "fault")
+    assert "reporting its 2.00 kWh" in shown[-1]
+    start(again, cp="CP-01")  # the order of that supply again: never obeyed twice
+    again.cp_id = "CP-01"
+    start(again)
+    assert again.supply is None
+
+
+def test_unconfirmed_finals_are_sent_again_until_kafka_takes_them(parts):
+    engine, wire, journal, _ = parts
+    engine.cp_id = "CP-01"
+    start(engine)
+    engine.on_key("u")
+    wire.confirm(ok=False)  # Kafka gave up on it
+    assert engine.retry_at
+    engine.retry_at["s1"] = time.monotonic() - 1
+    wire.fail = True  # the broker is still away: not even queued
+    engine.tick()
+    assert engine.retry_at["s1"] > time.monotonic()
+    wire.fail = False
+    engine.retry_at["s1"] = time.monotonic() - 1
+    engine.tick()
+    wire.confirm()
+    assert not engine.finals and not engine.retry_at
+    assert len(wire.telemetry(final=True)) == 2  # the same final, twice: once taken
+    # and a restart finds nothing to send
+    again_wire = Wire()
+    Engine(again_wire, lambda _: None, journal=journal).recover()
+    assert not again_wire.sent
+
+
+def test_a_live_reading_kafka_cannot_take_is_skipped_not_fatal(parts):
+    engine, wire, _, _ = parts
+    engine.cp_id = "CP-01"
+    start(engine)
+    wire.fail = True
+    tick_seconds(engine, 1)  # no exception: the next reading carries on
+    wire.fail = False
+    tick_seconds(engine, 1)
+    assert wire.telemetry()[-1].consumo_kwh == 1.0
+
+
+def test_a_journal_from_another_version_is_dropped_with_a_log(caplog):
+    journal = Journal({"finals": [{"type": "telemetry", "cp_id": 5}], "seen": ["a"]})
+    wire = Wire()
+    engine = Engine(wire, lambda _: None, journal=journal)
+    engine.recover()
+    assert not wire.sent and engine.seen == ["a"]
+    assert "not understood" in caplog.text
