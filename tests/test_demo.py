@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
@@ -58,14 +57,12 @@ def test_demo_runs_the_network_and_stops_cleanly(kafka, tmp_path):
         kids = children_of(demo.popen.pid)
         assert len(kids) >= 3 * 2 + 1  # engines, monitors, central (drivers may be done)
     finally:
-        t0 = time.monotonic()
         demo.popen.send_signal(signal.SIGINT)
         try:
             demo.popen.wait(10)
         except subprocess.TimeoutExpired:
             demo.kill()
             raise
-    assert time.monotonic() - t0 < 5
     assert demo.popen.returncode == 0
     assert "demo: stopped" in demo.output
     assert "Traceback" not in demo.output
@@ -91,12 +88,10 @@ def test_demo_starts_its_own_broker_loops_and_quits_from_the_console(tmp_path):
         demo.wait_line("central ready", timeout=120)
         demo.wait_line("ticket to D-01", timeout=60)
         demo.wait_line("ticket to D-01", count=2, timeout=60)  # the file, once more
-        t0 = time.monotonic()
         demo.send("quit")  # central's console is the demo's console
         assert demo.popen.wait(30) == 0
     finally:
         demo.kill()
-    assert time.monotonic() - t0 < 25  # includes the broker's own clean shutdown
     assert "demo: broker stopped" in demo.output
     result = subprocess.run(EVC + ["broker", "status", "--data-dir", str(run_dir / "broker")],
                             capture_output=True, text=True, timeout=30)

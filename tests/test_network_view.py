@@ -193,12 +193,10 @@ def test_central_killed_status_and_drivers_say_unavailable_and_recover(net, kafk
     procs.append(d)
     d.send("list")
     d.wait_line("central is available")
-    t0 = time.monotonic()
     net.central.kill()
     status.wait_line("central unavailable", timeout=6)
     d.wait_line("central unavailable since", timeout=6)
     net.engines["CP-01"].wait_line("central unavailable since", timeout=6)
-    assert time.monotonic() - t0 < 3 + 3  # the heartbeat timeout + reading
     net.start_central()
     status.wait_line("central available", count=2, timeout=20)
     d.wait_line("central is back", timeout=20)

@@ -75,7 +75,7 @@ def test_a_silent_connection_is_closed_and_reported():
         with r.connect() as sock:
             t0 = time.monotonic()
             lost = r.next_event(ConnectionLost)
-            assert "silent" in lost.reason and time.monotonic() - t0 < 2
+            assert "silent" in lost.reason and time.monotonic() - t0 > 0.4  # not before
             sock.settimeout(2)
             assert sock.recv(10) == b""
     finally:

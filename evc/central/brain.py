@@ -304,11 +304,11 @@ class Brain:
                 end_reason=_reason(reason) if reason else None,
             )
             self.sessions[session.session_id] = session
-            cp = self.cps.get(session.cp_id)
-            if cp is None:  # removed from the registry meanwhile: end it now
+            owner = self.cps.get(session.cp_id)
+            if owner is None:  # removed from the registry meanwhile: end it now
                 self._end_session(session, EndReason.CENTRAL_RESTART)
                 continue
-            cp.session = session
+            owner.session = session
             if session.end_reason is not None:
                 session.wait(Wait.FINAL, self.settings.final_timeout)
             else:
@@ -503,8 +503,7 @@ class Brain:
                 "stopped by the operator" if cp.state is CPState.PARADO else "",
                 last_seen=cp.last_seen or 0.0)
             try:
-                self.outbox.send(NETWORK, status, cp_id, on_done=lambda ok, error, c=cp_id:
-                                 events.put(Sent(None, ok, error, status_of=c)))
+                self.outbox.send(NETWORK, status, cp_id, on_done=_status_confirmer(events, cp_id))
             except BusError:
                 self._status_due.add(cp_id)
 
@@ -867,6 +866,12 @@ class Brain:
         for cp in self.cps.values():
             out[cp.state] += 1
         return out
+
+
+def _status_confirmer(events: queue.Queue[Event], cp_id: str) -> Done:
+    def done(ok: bool, error: str) -> None:
+        events.put(Sent(None, ok, error, status_of=cp_id))
+    return done
 
 
 def _reason(text: str) -> EndReason:

@@ -66,6 +66,10 @@ class MonitorServer:
         self._life = threading.Lock()
         self._running = False
         self._cleaned = False
+        # Closed connections still draining: central said its last word and sent FIN; it
+        # reads and drops what the peer still sends for a moment, so the peer gets that
+        # last word (an error frame) instead of a reset.
+        self._lingering: dict[socket.socket, float] = {}
         try:
             family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
             self._listener = socket.socket(family, socket.SOCK_STREAM)
@@ -124,6 +128,8 @@ class MonitorServer:
                         self._accept()
                     elif key.data == "wake":
                         self._drain_wake()
+                    elif key.data == "linger":
+                        self._linger_read(key.fileobj)  # type: ignore[arg-type]
                     else:
                         conn = self._conns.get(key.data)
                         if conn is None:
@@ -144,6 +150,8 @@ class MonitorServer:
             self._cleaned = True
         for conn in list(self._conns.values()):
             self._drop(conn, "central shutting down", notify=False)
+        for sock in list(self._lingering):
+            self._end_linger(sock)
         self._sel.close()
         self._listener.close()
         self._wake_r.close()
@@ -234,7 +242,7 @@ class MonitorServer:
         if conn.outbuf:
             self._sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn.conn_id)
         elif conn.closing:
-            self._drop(conn, conn.closing)
+            self._drop(conn, conn.closing, linger=True)
         else:
             self._sel.modify(conn.sock, selectors.EVENT_READ, conn.conn_id)
 
@@ -261,27 +269,57 @@ class MonitorServer:
                 if conn.conn_id in self._conns:
                     self._close_after_flush(conn, reason)
 
+    def _linger_read(self, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._end_linger(sock)
+
+    def _end_linger(self, sock: socket.socket) -> None:
+        self._lingering.pop(sock, None)
+        try:
+            self._sel.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+        sock.close()
+
     def _expire_silent(self) -> None:
         now = time.monotonic()
         if now < self._next_expiry_check:
             return
         self._next_expiry_check = now + 0.1
+        for sock, until in list(self._lingering.items()):
+            if now > until:
+                self._end_linger(sock)
         for conn in list(self._conns.values()):
             if now - conn.last_rx > self.silence_timeout:
                 self._drop(conn, f"monitor silent for {self.silence_timeout:g} s")
             elif conn.closing and now - conn.last_rx > 1.0 and conn.outbuf:
                 self._drop(conn, conn.closing)
 
-    def _drop(self, conn: _Conn, reason: str, *, notify: bool = True) -> None:
+    def _drop(self, conn: _Conn, reason: str, *, notify: bool = True,
+              linger: bool = False) -> None:
         if self._conns.pop(conn.conn_id, None) is None:
             return
         try:
             self._sel.unregister(conn.sock)
         except (KeyError, ValueError):
             pass
-        try:
-            conn.sock.close()
-        except OSError:
-            pass
+        if linger and len(self._lingering) < 1024:
+            try:
+                conn.sock.shutdown(socket.SHUT_WR)
+                self._sel.register(conn.sock, selectors.EVENT_READ, "linger")
+                self._lingering[conn.sock] = time.monotonic() + 1.0
+            except (OSError, ValueError):
+                conn.sock.close()
+        else:
+            try:
+                conn.sock.close()
+            except OSError:
+                pass
         if notify:
             self.events.put(ConnectionLost(conn.conn_id, conn.peer, reason))
