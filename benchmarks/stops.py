@@ -50,6 +50,8 @@ def wait_text(log: Path, text: str, timeout: float = 40) -> None:
 def one_round(kafka: str, sig: int, tmp: Path) -> dict[str, float]:
     prefix = f"stops{uuid.uuid4().hex[:8]}-"
     common = ["--topic-prefix", prefix]
+    state = tmp / prefix  # journals of this round only
+    state.mkdir()
     port, eport = free_port(), free_port()
     (tmp / "cps.csv").write_text("CP-01,Calle 1,0.3\n")
     (tmp / "r.txt").write_text("CP-01\n")
@@ -62,13 +64,13 @@ def one_round(kafka: str, sig: int, tmp: Path) -> dict[str, float]:
     }
     wait_text(logs["central"], "central ready")
     procs["engine"] = start(["cp-engine", kafka, "--listen", f"127.0.0.1:{eport}",
-                             "--state-dir", str(tmp), *common], logs["engine"])
+                             "--state-dir", str(state), *common], logs["engine"])
     wait_text(logs["engine"], "engine listening")
     procs["monitor"] = start(["cp-monitor", f"127.0.0.1:{eport}", f"127.0.0.1:{port}",
                               "CP-01"], logs["monitor"])
     wait_text(logs["monitor"], "registered with central")
     procs["driver"] = start(["driver", kafka, "D-1", "--file", str(tmp / "r.txt"),
-                             "--charge-seconds", "60", "--state-dir", str(tmp), *common],
+                             "--charge-seconds", "60", "--state-dir", str(state), *common],
                             logs["driver"])
     procs["status"] = start(["status", kafka, *common], logs["status"])
     wait_text(logs["driver"], "live at CP-01")
@@ -95,7 +97,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     worst: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="evc-stops-") as tmp:
         for sig in (signal.SIGINT, signal.SIGTERM):
             for _ in range(args.rounds):
                 for name, seconds in one_round(args.kafka, sig, Path(tmp)).items():
