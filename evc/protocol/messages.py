@@ -90,7 +90,7 @@ def wire(name: str) -> Any:
 
 
 ID_FIELDS = frozenset({"cp_id", "driver_id"})
-TOKEN_FIELDS = frozenset({"msg_id", "session_id", "request_id"})
+TOKEN_FIELDS = frozenset({"msg_id", "session_id", "request_id", "kid", "mac"})
 TEXT_FIELDS = frozenset({"location", "reason", "state", "detail", "central"})
 
 M = TypeVar("M", bound="Message")
@@ -103,6 +103,8 @@ class Message:
 
     msg_id: str = dataclasses.field(default_factory=new_id)
     ts: float = dataclasses.field(default_factory=time.time)
+    kid: str = ""  # which key signed it (protocol.auth), when signed
+    mac: str = ""  # HMAC-SHA256 over the rest of the message, when signed
 
     def __post_init__(self) -> None:
         """Every id, token and text field follows protocol.ids, whoever built it."""
@@ -127,6 +129,8 @@ class Message:
         out: dict[str, Any] = {"type": self.TYPE}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if field.name in ("kid", "mac") and not value:
+                continue  # unsigned: the wire stays as it was
             if isinstance(value, Enum):
                 value = value.value
             out[field.metadata.get("wire", field.name)] = value
