@@ -28,6 +28,7 @@ def test_java_missing(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.broker  # needs Java (and Kafka's jars): not the unit layer
 def test_maven_missing(tmp_path):
     java = shutil.which("java")
     assert java, "these tests need Java"
@@ -52,6 +53,7 @@ def test_any_address_needs_advertise(tmp_path):
     assert result.returncode == 1 and "--advertise" in result.stderr
 
 
+@pytest.mark.broker  # needs Java (and Kafka's jars): not the unit layer
 def test_port_in_use(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -64,6 +66,7 @@ def test_port_in_use(tmp_path):
     assert f"port 127.0.0.1:{port} (listen) is already in use" in result.stderr
 
 
+@pytest.mark.broker  # needs Java (and Kafka's jars): not the unit layer
 def test_broker_dying_during_start_shows_its_log(tmp_path):
     # storage formatted for another node id: the broker refuses to start
     kraft = tmp_path / "kraft"
