@@ -61,6 +61,7 @@ class Crew:
         self.stop = stop
         self.threads: list[threading.Thread] = []
         self.crash: str | None = None
+        self.error: EvcError | None = None  # a thread that stopped the process on purpose
         self._lock = threading.Lock()
 
     def spawn(self, target: Callable[..., Any], *args: Any, name: str,
@@ -70,6 +71,11 @@ class Crew:
         def guarded() -> None:
             try:
                 target(*args)
+            except EvcError as exc:  # a reason to stop, said to the user as it is
+                with self._lock:
+                    if self.error is None:
+                        self.error = exc
+                self.stop.set()
             except BaseException as exc:  # noqa: BLE001 - reported, then the process stops
                 log.critical("thread %s died: %s", name, exc, exc_info=True)
                 with self._lock:
@@ -95,6 +101,8 @@ class Crew:
         return alive
 
     def check(self) -> None:
-        """Raise ThreadCrashed if a thread died: call after the main loop ends."""
+        """Raise why a thread stopped the process, if one did: call after the main loop."""
+        if self.error is not None:
+            raise self.error
         if self.crash is not None:
             raise ThreadCrashed(f"internal error, stopping: thread {self.crash} (see the log)")

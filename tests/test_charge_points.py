@@ -10,7 +10,7 @@ import pytest
 
 from evc.protocol import messages as m
 from evc.protocol.topics import REQUESTS
-from tests.helpers import wait_for
+from tests.helpers import Proc, free_port, wait_for
 from tests.network import Network, Observer
 
 pytestmark = pytest.mark.broker
@@ -222,3 +222,26 @@ def test_garbage_on_the_engine_port_harms_only_itself(net):
     assert engine.popen.poll() is None and "Traceback" not in engine.output
     assert net.current_state("CP-01") == "Activado"
     assert len(net.state_lines("CP-01")) == 1  # the monitor's checks never failed
+
+
+def test_a_second_central_never_splits_the_network(net, kafka, prefix, tmp_path):
+    first = net.start_central()
+    # the same database: refused by its lock
+    same_db = Proc(["central", str(free_port()), kafka, str(net.db), "--listen-host",
+                    "127.0.0.1", "--topic-prefix", prefix], name="second central")
+    net.procs.append(same_db)
+    assert same_db.popen.wait(30) == 1
+    assert "is in use by another central" in same_db.output
+    # another database on the same broker and prefix: refused, naming the active one
+    other_db = Proc(["central", str(free_port()), kafka, str(tmp_path / "other.json"),
+                     "--listen-host", "127.0.0.1", "--topic-prefix", prefix],
+                    name="third central")
+    net.procs.append(other_db)
+    assert other_db.popen.wait(60) == 1, other_db.output
+    assert "another central is active on" in other_db.output
+    assert f":{net.port} pid {first.popen.pid}" in other_db.output
+    assert "Traceback" not in same_db.output + other_db.output
+    assert first.popen.poll() is None
+    # the first one killed: the same database restarts as the active central at once
+    first.kill()
+    net.start_central()

@@ -24,14 +24,21 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import (
+    ConsumerRebalanceListener,
+    KafkaAdminClient,
+    KafkaConsumer,
+    KafkaProducer,
+    TopicPartition,
+)
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import MemberState, OffsetAndMetadata
 
 from evc.errors import BusError, ProtocolError
 from evc.protocol.messages import Message, Removed, from_record
-from evc.protocol.topics import ALL_TOPICS, COMPACTED, Delivery
+from evc.protocol.topics import ALL_TOPICS, COMPACTED, ONE_PARTITION, Delivery
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +134,8 @@ class KafkaBus:
         admin = self._admin()
         try:
             spec: dict[str, dict[str, Any]] = {
-                self.topic(n): {"num_partitions": partitions, "replication_factor": 1}
+                self.topic(n): {"num_partitions": 1 if n in ONE_PARTITION else partitions,
+                                "replication_factor": 1}
                 for n in names}
             for n in names:
                 if n in COMPACTED:
@@ -410,6 +418,69 @@ class Consumer:
 
 
 T = TypeVar("T")
+
+
+class Lease(ConsumerRebalanceListener):
+    """Leadership through Kafka's group coordinator: one member of a group holds the single
+    partition of a lease topic; the coordinator elects and fences, nothing home-made.
+
+    Static membership (``instance`` = ``group.instance.id``): the same process started
+    again takes its place at once, while a different one waits for it to leave or for
+    its session to time out. ``held`` is set while this member holds the partition,
+    ``decided`` once the coordinator has answered (held or not).
+    """
+
+    def __init__(self, bus: KafkaBus, topic: str, group: str, instance: str,
+                 session_timeout: float = 6.0) -> None:
+        self.held = threading.Event()
+        self.decided = threading.Event()
+        self.lost = threading.Event()  # held, then taken away
+        self._closed = False
+        with kafka_errors(f"cannot join group {group}", bus.bootstrap, bus.connect_timeout):
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=bus.bootstrap, client_id=f"{bus.client_id}-lease",
+                group_id=group, group_instance_id=instance, enable_auto_commit=False,
+                # the holder keeps its partition when another member joins: never moved
+                # away from a live central by a newcomer
+                partition_assignment_strategy=[CooperativeStickyAssignor],
+                session_timeout_ms=int(session_timeout * 1000), heartbeat_interval_ms=1000,
+                max_poll_interval_ms=max(10000, int(session_timeout * 2000)),
+                bootstrap_timeout_ms=int(bus.connect_timeout * 1000))
+            self._consumer.subscribe([bus.topic(topic)], listener=self)
+
+    # ConsumerRebalanceListener (called on the consumer's own loop: quick). Cooperative
+    # rebalancing: ``assigned`` and ``revoked`` list only what changed for this member.
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked and self.held.is_set() and not self._closed:
+            self.held.clear()
+            self.lost.set()
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        if assigned:
+            self.held.set()
+        self.decided.set()
+
+    def on_partitions_lost(self, lost: Any) -> None:
+        self.on_partitions_revoked(lost)
+
+    def run(self, stop: threading.Event) -> None:
+        """Keep the membership alive (poll) until ``stop``; then leave the group."""
+        try:
+            while not stop.is_set():
+                try:
+                    self._consumer.poll(timeout_ms=200)
+                except KafkaError as exc:
+                    log.warning("lease poll failed, retrying: %s", exc)
+                    stop.wait(0.5)
+                    continue
+                if self._consumer.group_metadata().state == MemberState.STABLE:
+                    self.decided.set()  # joined: held or not, the coordinator has spoken
+        finally:
+            self._closed = True
+            try:
+                self._consumer.close(autocommit=False, timeout_ms=1000)
+            except Exception as exc:  # noqa: BLE001 - closing must not raise at shutdown
+                log.warning("lease close: %s", exc)
 
 
 def retrying(what: Callable[[], T], *, wait: float, stop: threading.Event | None = None,

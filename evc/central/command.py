@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import math
 import os
@@ -10,25 +11,27 @@ import queue
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from evc.bus import open_bus, retrying
+from evc.bus import KafkaBus, Lease, open_bus, retrying
 from evc.central.board import BoardView
 from evc.central.brain import Brain, Settings
 from evc.central.events import BusMessage, BusSkipped, Event, OperatorKey, OperatorLine
 from evc.central.server import MonitorServer
 from evc.central.view import PlainView
-from evc.console import KeyReader, pump_keys, say
+from evc.console import KeyReader, pump_keys, say, stamp
 from evc.errors import ConfigError, EvcError
 from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
 from evc.net import Address
 from evc.options import ADDRESS, Common, common_options
 from evc.protocol.ids import check_id, check_text
-from evc.protocol.topics import REQUESTS, TELEMETRY
+from evc.protocol.messages import CentralStatus
+from evc.protocol.topics import CENTRAL_KEY, LEASE, NETWORK, REQUESTS, TELEMETRY
 from evc.store import Store
 
 log = logging.getLogger("evc.central")
@@ -141,6 +144,71 @@ def central(socket_port: int, kafka: Address, db_path: Path, listen_host: str,
                           max_supply=max_supply_seconds)))
 
 
+def take_the_lease(bus: KafkaBus, cfg: CentralConfig, crew: Crew,
+                   stop: threading.Event) -> Lease:
+    """Become the one active central of this broker and topic prefix, or refuse to start.
+
+    The lease is the single partition of central_lease, held through Kafka's group
+    coordinator (static membership: this central, restarted on the same database, takes
+    its own place back at once). Another live central keeps it: this one says who that is
+    and stops, instead of splitting the network. If the lease is ever lost while running,
+    central stops (only one may act).
+    """
+    digest = hashlib.sha1(str(cfg.db_path.resolve()).encode()).hexdigest()[:10]
+    instance = f"central-{socket.gethostname()}-{digest}"
+    group = f"{cfg.common.topic_prefix}evc-central-lease"
+    lease = retrying(lambda: Lease(bus, LEASE, group, instance), wait=cfg.common.kafka_wait,
+                     stop=stop)
+    crew.spawn(lease.run, stop, name="central-lease")
+    deadline = time.monotonic() + 20  # a dead holder's session (6 s) and a rejoin
+    while not lease.held.is_set() and time.monotonic() < deadline and not stop.is_set():
+        lease.held.wait(0.2)
+        if lease.decided.is_set() and not lease.held.is_set():
+            lease.held.wait(1.0)  # a holder that just died may still be leaving
+            if not lease.held.is_set():
+                break
+    if not lease.held.is_set() and not stop.is_set():
+        raise ConfigError(f"another central is active on {cfg.kafka}"
+                          + (f" with topic prefix {cfg.common.topic_prefix!r}"
+                             if cfg.common.topic_prefix else "")
+                          + f": {active_central(bus, stop)}; stop it first, or use another "
+                          "--topic-prefix")
+
+    def watch() -> None:
+        while not stop.is_set():
+            if lease.lost.wait(0.2):
+                log.critical("another central took the lease: stopping")
+                raise LeaseLost("another central took over this network; this one stopped "
+                                "so that only one acts")
+
+    crew.spawn(watch, name="central-lease-watch")
+    return lease
+
+
+class LeaseLost(EvcError):
+    """The lease went to another central while this one ran."""
+
+
+def active_central(bus: KafkaBus, stop: threading.Event) -> str:
+    """Who the active central is, from its last heartbeat on network_topic."""
+    consumer = bus.consumer([NETWORK], keys={NETWORK: [CENTRAL_KEY]}, from_beginning=True)
+    latest: CentralStatus | None = None
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not stop.is_set():
+            batch = consumer.poll(0.3)
+            for msg, _ in batch:
+                if isinstance(msg, CentralStatus):
+                    latest = msg
+            if not batch and latest is not None:
+                break
+    finally:
+        consumer.close()
+    if latest is None:
+        return "(it has not said who it is yet)"
+    return f"{latest.central}, last heard at {stamp(latest.ts)}"
+
+
 def run_central(cfg: CentralConfig) -> None:
     common = cfg.common
     if cfg.board:  # the board owns the terminal: the log goes to a file
@@ -168,6 +236,7 @@ def run_central(cfg: CentralConfig) -> None:
         store.close()
         raise
     try:
+        take_the_lease(bus, cfg, crew, stop)
         if cfg.board:
             view = BoardView(f"monitors :{server.address.port}  Kafka {cfg.kafka}  "
                              f"DB {cfg.db_path}")

@@ -13,7 +13,9 @@ REQUESTS = "requests_topic"  # driver -> central: charge and end requests
 TELEMETRY = "telemetry_topic"  # engine -> central (and its driver): readings
 CONTROL = "control_topic"  # central -> engines (orders) and drivers (answers, tickets)
 NETWORK = "network_topic"  # central -> anyone: its liveness and each CP's public state
-ALL_TOPICS = (REQUESTS, TELEMETRY, CONTROL, NETWORK)
+LEASE = "central_lease"  # one partition: the central that holds it is the active one
+ALL_TOPICS = (REQUESTS, TELEMETRY, CONTROL, NETWORK, LEASE)
+ONE_PARTITION = frozenset({LEASE})
 COMPACTED = {NETWORK: {"cleanup.policy": "compact", "segment.ms": "60000",
                        "min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": "60000"}}
 """Topic configs: network_topic keeps the latest record per key (a CP, or central)."""
