@@ -24,9 +24,12 @@ def kafka() -> str:
 
 @pytest.fixture(autouse=True)
 def own_state_dirs(tmp_path, monkeypatch) -> None:
-    """Engines and drivers keep their journals in this test's folder, never in data/."""
+    """Engines and drivers keep their journals, and everyone the credentials central
+    makes, in this test's folder, never in data/."""
     monkeypatch.setenv("EVC_CP_ENGINE_STATE_DIR", str(tmp_path / "engine-state"))
     monkeypatch.setenv("EVC_DRIVER_STATE_DIR", str(tmp_path / "driver-state"))
+    monkeypatch.setenv("EVC_CREDENTIALS_DIR", str(tmp_path / "credentials"))
+    monkeypatch.delenv("EVC_SECRET", raising=False)
 
 
 @pytest.fixture

@@ -13,6 +13,18 @@ from tests.helpers import Proc, free_port, wait_for
 
 CPS = [("CP-01", "C/Italia 5", 0.35), ("CP-02", "Av. Maisonnave 12", 0.40),
        ("CP-03", "C/Gerona 15", 0.30)]
+DRIVERS = [f"D-{i}" for i in range(1, 10)] + ["D-23", "D-42", "D-77"]
+
+
+def signed(message, credentials: Path | None = None):
+    """``message`` signed with its driver's credential, as that driver would send it."""
+    import os
+
+    from evc.protocol import auth
+
+    folder = credentials or Path(os.environ["EVC_CREDENTIALS_DIR"])
+    secret = (folder / f"{message.driver_id}.key").read_text().strip()
+    return auth.sign(message, auth.driver_key(secret))
 
 
 class Observer:
@@ -58,6 +70,8 @@ class Network:
         self.cps_file = tmp / "cps.csv"
         self.cps_file.write_text("id,location,price_eur_kwh\n" + "".join(
             f"{i},{loc},{p}\n" for i, loc, p in CPS))
+        self.drivers_file = tmp / "drivers.txt"
+        self.drivers_file.write_text("".join(f"{d}\n" for d in DRIVERS))
         self.central: Proc | None = None
         self.engines: dict[str, Proc] = {}
         self.monitors: dict[str, Proc] = {}
@@ -66,6 +80,7 @@ class Network:
     def start_central(self, *extra: str) -> Proc:
         self.central = Proc(["central", str(self.port), self.kafka, str(self.db),
                              "--listen-host", "127.0.0.1", "--cps", str(self.cps_file),
+                             "--drivers", str(self.drivers_file),
                              "--topic-prefix", self.prefix, "--log-level", "INFO",
                              "--log-file", str(self.central_log), *extra], name="central")
         self.procs.append(self.central)

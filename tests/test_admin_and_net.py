@@ -23,6 +23,9 @@ from evc.net import Address, parse_address, parse_addresses
     ("precio CP-01 0", admin.SetPrice("CP-01", 0.0)),
     ("help", admin.Help()), ("?", admin.Help()), ("ayuda", admin.Help()),
     ("quit", admin.Quit()), ("salir", admin.Quit()), ("exit", admin.Quit()),
+    ("rotate CP-01", admin.Rotate("CP-01")), ("revocar D-23", admin.Revoke("D-23")),
+    ("add-driver D-23", admin.AddDriver("D-23")),
+    ("remove-driver D-23", admin.RemoveDriver("D-23")),
     ("", None), ("   ", None),
 ])
 def test_commands(line, command):
@@ -39,12 +42,14 @@ def test_commands(line, command):
     ("add CP-1 x -1", "between 0 and 100"),
     ("add CP-1 x nan", "between 0 and 100"),
     ("add CP-1 x inf", "between 0 and 100"),
-    ('add "CP 11" x 0.3', "bad charge point id"),
+    ('add "CP 11" x 0.3', "bad id"),
     ("add CP-1 x\x1b[2J 0.3", "control characters"),
     ("remove", "usage: remove"),
     ("price CP-1", "usage: price"),
     ("help me", "takes no arguments"),
-    ("stop " + "C" * 65, "bad charge point id"),
+    ("stop " + "C" * 65, "bad id"),
+    ("rotate", "usage: rotate <id>"),
+    ("add-driver D 1", "usage"),
 ])
 def test_bad_commands(line, error):
     with pytest.raises(admin.CommandError, match=error):

@@ -10,7 +10,7 @@ import pytest
 from evc.protocol import messages as m
 from evc.protocol.topics import REQUESTS
 from tests.helpers import free_port, wait_for
-from tests.network import Network
+from tests.network import Network, signed
 from tests.terminal import Terminal
 
 pytestmark = pytest.mark.broker
@@ -28,7 +28,8 @@ def board(kafka, prefix, tmp_path, procs):
     net.cps_file.write_text("id,location,price_eur_kwh\n" + "".join(
         f"CP-0{i},Calle {i},0.3{i}\n" for i in range(1, 6)))
     term = Terminal(["central", str(net.port), kafka, str(net.db), "--listen-host", "127.0.0.1",
-                     "--cps", str(net.cps_file), "--topic-prefix", prefix])
+                     "--cps", str(net.cps_file), "--drivers", str(net.drivers_file),
+                     "--topic-prefix", prefix])
     term.wait_text("central ready", timeout=40)
     net.term = term
     yield net
@@ -61,7 +62,7 @@ def test_five_states_words_and_colours(board, bus):
     assert term.colour_of(row, "Parado") == ORANGE and "Out of Order" in term.lines()[row]
     board.engines["CP-03"].send("f")
     assert term.colour_of(cp_row(term, "CP-03", "Averiado"), "Averiado") == RED
-    bus.send(REQUESTS, m.ChargeRequest(driver_id="D-42", cp_id="CP-04"), "CP-04")
+    bus.send(REQUESTS, signed(m.ChargeRequest(driver_id="D-42", cp_id="CP-04")), "CP-04")
     bus.flush()
     row = cp_row(term, "CP-04", "Suministrando")
     assert term.colour_of(row, "Suministrando") == GREEN

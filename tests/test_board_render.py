@@ -7,7 +7,7 @@ import re
 import pytest
 
 from evc.central.board import Board
-from evc.central.brain import Brain
+from evc.central.brain import Brain, Settings
 from evc.central.events import MonitorFrame
 from evc.display import supports_256
 from evc.protocol import messages as m
@@ -19,7 +19,8 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 @pytest.fixture
 def brain(tmp_path):
-    b = Brain(Store(tmp_path / "c.json"), FakeOutbox(), FakeLink(), RecordingView())
+    b = Brain(Store(tmp_path / "c.json"), FakeOutbox(), FakeLink(), RecordingView(),
+              Settings(secure=False))
     for i in range(200):
         b.upsert_cp(f"CP-{i:03d}", f"Avenida de la Estación número {i}", 0.3)
     for i in range(0, 200, 3):
@@ -62,13 +63,15 @@ def test_a_supplying_row_keeps_its_figures_whole_in_80_columns(tmp_path):
     from evc.central.events import BusMessage
     from evc.protocol.topics import Delivery
 
-    brain = Brain(Store(tmp_path / "c.json"), FakeOutbox(), FakeLink(), RecordingView())
+    brain = Brain(Store(tmp_path / "c.json"), FakeOutbox(), FakeLink(), RecordingView(),
+              Settings(secure=False))
     for i in range(5):
         brain.upsert_cp(f"CP-{i:03d}", f"Avenida de la Estación número {i}", 0.3)
     brain.apply(MonitorFrame(900, "p", m.Register(cp_id="CP-001")))
     req = m.ChargeRequest(driver_id="D-12345678", cp_id="CP-001")
     brain.apply(BusMessage(req, Delivery("requests_topic", 0, 1)))
     session = brain.cps["CP-001"].session
+    session.started_at -= 600  # ten minutes of supply: 123.5 kWh is plausible
     brain.apply(BusMessage(m.Telemetry(cp_id="CP-001", driver_id="D-12345678",
                                        consumo_kwh=123.5, importe_eur=0,
                                        session_id=session.session_id),

@@ -34,7 +34,7 @@ def parts(tmp_path):
     store = Store(tmp_path / "c.json")
     outbox, link, view = FakeOutbox(), FakeLink(), RecordingView()
     brain = OneEventBatches(store, outbox, link, view,
-                            Settings(final_timeout=0.2, start_timeout=0.2))
+                            Settings(final_timeout=0.2, start_timeout=0.2, secure=False))
     for i in (1, 2):
         brain.upsert_cp(f"CP-0{i}", f"Calle {i}", 0.3)
     return brain, store, outbox, link, view
@@ -188,7 +188,7 @@ def restarted(tmp_path, **settings):
     store = Store(tmp_path / "c.json")
     out = FakeOutbox()
     brain = OneEventBatches(store, out, FakeLink(), RecordingView(),
-                            Settings(final_timeout=0.2, **settings))
+                            Settings(final_timeout=0.2, secure=False, **settings))
     return brain, store, out
 
 
@@ -207,6 +207,7 @@ def test_restart_resumes_open_sessions_and_starts_disconnected(parts, tmp_path):
     assert not out2.of(m.EndSupply)  # the supply goes on: the CP kept supplying
     session = again.sessions[auth.session_id]
     assert session.kwh == 1.5 and session.waiting is Wait.MONITOR
+    session.started_at -= 60  # it has been supplying a minute (3 kWh is plausible)
     register(again, 7, "CP-01")
     assert state(again, "CP-01") is m.CPState.SUMINISTRANDO and session.waiting is None
     again.on_bus(m.EndRequest(driver_id="D-1", cp_id="CP-01", session_id=auth.session_id))
@@ -339,7 +340,7 @@ def test_messages_leave_only_after_the_batch_is_stored(tmp_path):
 
     store = Store(tmp_path / "c.json")
     outbox = FakeOutbox()
-    brain = Brain(store, outbox, FakeLink(), RecordingView())
+    brain = Brain(store, outbox, FakeLink(), RecordingView(), Settings(secure=False))
     brain.upsert_cp("CP-01", "x", 0.3)
     brain.apply(MonitorFrame(1, "p", m.Register(cp_id="CP-01")))
     brain.flush()
@@ -447,7 +448,7 @@ def test_run_applies_batches_stores_them_then_sends_and_acks(tmp_path):
 
     store = Store(tmp_path / "c.json")
     outbox = FakeOutbox()
-    brain = Brain(store, outbox, FakeLink(), RecordingView())
+    brain = Brain(store, outbox, FakeLink(), RecordingView(), Settings(secure=False))
     brain.upsert_cp("CP-01", "x", 0.3)
     brain.acker = Acker()
     brain.events.put(MonitorFrame(1, "p", m.Register(cp_id="CP-01")))

@@ -11,7 +11,7 @@ import pytest
 from evc.protocol import messages as m
 from evc.protocol.topics import REQUESTS
 from tests.helpers import Proc, free_port, wait_for
-from tests.network import Network, Observer
+from tests.network import Network, Observer, signed
 
 pytestmark = pytest.mark.broker
 
@@ -29,7 +29,7 @@ def observer(bus, net):
 
 
 def request(bus, driver: str, cp: str) -> m.ChargeRequest:
-    req = m.ChargeRequest(driver_id=driver, cp_id=cp)
+    req = signed(m.ChargeRequest(driver_id=driver, cp_id=cp))
     bus.send(REQUESTS, req, cp)
     bus.flush()
     return req

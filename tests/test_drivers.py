@@ -11,7 +11,7 @@ import pytest
 from evc.protocol import messages as m
 from evc.protocol.topics import REQUESTS
 from tests.helpers import Proc, free_port, run_evc, wait_for
-from tests.network import Network, Observer
+from tests.network import Network, Observer, signed
 
 pytestmark = pytest.mark.broker
 
@@ -40,7 +40,7 @@ def driver(net: Network, driver_id: str, lines: list[str], *extra: str) -> Proc:
 
 
 def send_request(bus, driver_id: str, cp_id: str) -> m.ChargeRequest:
-    req = m.ChargeRequest(driver_id=driver_id, cp_id=cp_id)
+    req = signed(m.ChargeRequest(driver_id=driver_id, cp_id=cp_id))
     bus.send(REQUESTS, req, cp_id)
     bus.flush()
     return req
@@ -86,7 +86,7 @@ def test_two_drivers_ten_requests_three_cps(net, observer):
 
 def test_race_for_one_cp_authorizes_exactly_one(net, bus, observer):
     net.start_cp("CP-01")
-    reqs = [send_request(bus, f"R-{i}", "CP-01") for i in range(4)]
+    reqs = [send_request(bus, f"D-{i}", "CP-01") for i in range(4, 8)]
     answers = [observer.wait(m.Authorization, request_id=r.msg_id)[0] for r in reqs]
     assert sum(a.authorized for a in answers) == 1
     assert all("busy" in a.reason for a in answers if not a.authorized)
@@ -94,7 +94,7 @@ def test_race_for_one_cp_authorizes_exactly_one(net, bus, observer):
 
 def test_duplicate_delivery_is_answered_once(net, bus, observer):
     net.start_cp("CP-01")
-    req = m.ChargeRequest(driver_id="D-1", cp_id="CP-01")
+    req = signed(m.ChargeRequest(driver_id="D-1", cp_id="CP-01"))
     for _ in range(3):
         bus.send(REQUESTS, req, "CP-01")
     bus.flush()
@@ -123,8 +123,8 @@ def test_denials_for_stopped_faulted_disconnected_unknown(net, bus, observer):
     net.wait_state("CP-02", "Averiado")
     cases = {"CP-01": "stopped by the operator", "CP-02": "fault",
              "CP-03": "disconnected", "CP-404": "unknown charge point"}
-    for cp, reason in cases.items():
-        req = send_request(bus, f"D-{cp}", cp)
+    for i, (cp, reason) in enumerate(cases.items(), start=1):
+        req = send_request(bus, f"D-{i}", cp)
         answer = observer.wait(m.Authorization, request_id=req.msg_id)[0]
         assert not answer.authorized and reason in answer.reason, answer
 
@@ -159,7 +159,9 @@ def test_unplug_at_the_engine_ends_the_supply(net, observer):
 
 
 def test_a_driver_waits_while_central_is_away(kafka, prefix, tmp_path, procs, bus):
-    # topics exist (bus fixture) but no central runs yet
+    net = Network(kafka, prefix, tmp_path, procs)
+    net.start_central()  # it registers the drivers and writes their credentials ...
+    net.central.stop()  # ... and goes away
     path = tmp_path / "r.txt"
     path.write_text("CP-01\n")
     proc = Proc(["driver", kafka, "D-1", "--file", str(path), "--timeout", "1.5",
@@ -167,7 +169,6 @@ def test_a_driver_waits_while_central_is_away(kafka, prefix, tmp_path, procs, bu
     procs.append(proc)
     proc.wait_line("central unavailable since", timeout=15)
     assert proc.popen.poll() is None  # it waits instead of giving up
-    net = Network(kafka, prefix, tmp_path, procs)
     net.start_central()
     proc.wait_line("central is back", timeout=15)
     proc.wait_line("DENIED at CP-01: CP-01 is disconnected", timeout=15)

@@ -71,9 +71,12 @@ def records(consumer: KafkaConsumer, seen: list[dict]) -> list[dict]:
     return seen
 
 
-def test_the_seeds_bare_shapes_are_served(net, kafka, prefix):
+def test_the_seeds_bare_shapes_are_served(kafka, prefix, tmp_path, procs):
     """A foreign driver and a foreign engine send exactly the seed's keys (no type, msg_id
-    or ts), with a plain kafka-python client: answered, supplied, ticketed."""
+    or ts), with a plain kafka-python client: answered, supplied, ticketed (the open
+    level: the seed's clients carry no credentials)."""
+    net = Network(kafka, prefix, tmp_path, procs)
+    net.start_central("--security", "open")
     foreign = ForeignMonitor(net.port, "CP-03")
     try:
         net.wait_state("CP-03", "Activado")

@@ -51,6 +51,26 @@ class SetPrice:
 
 
 @dataclass(frozen=True)
+class Rotate:
+    ident: str  # a CP or a driver: a new secret credential
+
+
+@dataclass(frozen=True)
+class Revoke:
+    ident: str  # a CP or a driver: no credential any more
+
+
+@dataclass(frozen=True)
+class AddDriver:
+    driver_id: str
+
+
+@dataclass(frozen=True)
+class RemoveDriver:
+    driver_id: str
+
+
+@dataclass(frozen=True)
 class Help:
     pass
 
@@ -60,11 +80,13 @@ class Quit:
     pass
 
 
-Command = Stop | Resume | Add | Remove | SetPrice | Help | Quit
+Command = (Stop | Resume | Add | Remove | SetPrice | Rotate | Revoke | AddDriver | RemoveDriver
+           | Help | Quit)
 
 HELP = (
     "commands: stop <cp>|all, resume <cp>|all (parar/reanudar), "
-    'add <cp> "<location>" <price>, remove <cp>, price <cp> <eur>, help, quit'
+    'add <cp> "<location>" <price>, remove <cp>, price <cp> <eur>, '
+    "add-driver <id>, remove-driver <id>, rotate <cp|driver>, revoke <cp|driver>, help, quit"
 )
 
 ALIASES = {
@@ -73,6 +95,10 @@ ALIASES = {
     "add": "add", "alta": "add",
     "remove": "remove", "baja": "remove",
     "price": "price", "precio": "price",
+    "rotate": "rotate", "renovar": "rotate",
+    "revoke": "revoke", "revocar": "revoke",
+    "add-driver": "add-driver", "alta-conductor": "add-driver",
+    "remove-driver": "remove-driver", "baja-conductor": "remove-driver",
     "help": "help", "ayuda": "help", "?": "help",
     "quit": "quit", "exit": "quit", "salir": "quit",
 }
@@ -90,7 +116,7 @@ def parse_price(text: str) -> float:
 
 def _cp_id(text: str) -> str:
     if not is_id(text):
-        raise CommandError(f"bad charge point id {printable(text, 40)!r}: {ID_RULE}")
+        raise CommandError(f"bad id {printable(text, 40)!r}: {ID_RULE}")
     return text
 
 
@@ -130,6 +156,15 @@ def parse_command(line: str) -> Command | None:
         if len(args) != 2:
             raise CommandError("usage: price <cp> <eur>")
         return SetPrice(_cp_id(args[0]), parse_price(args[1]))
+    if verb in ("rotate", "revoke", "add-driver", "remove-driver"):
+        if len(args) != 1:
+            raise CommandError(f"usage: {words[0]} <id>")
+        ident = _cp_id(args[0])
+        if verb == "rotate":
+            return Rotate(ident)
+        if verb == "revoke":
+            return Revoke(ident)
+        return AddDriver(ident) if verb == "add-driver" else RemoveDriver(ident)
     if args:
         raise CommandError(f"{words[0]} takes no arguments")
     return Help() if verb == "help" else Quit()

@@ -37,7 +37,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
@@ -53,9 +53,11 @@ from evc.central.events import (
     Sent,
 )
 from evc.errors import BusError, ProtocolError
+from evc.protocol import auth
 from evc.protocol.messages import (
     Authorization,
     CentralStatus,
+    Challenge,
     ChargeRequest,
     CPState,
     CPStatus,
@@ -67,6 +69,7 @@ from evc.protocol.messages import (
     Health,
     Heartbeat,
     Message,
+    Prove,
     RecoveryReport,
     Register,
     RegisterAccepted,
@@ -81,7 +84,7 @@ from evc.protocol.messages import (
     new_id,
 )
 from evc.protocol.topics import CENTRAL_KEY, CONTROL, NETWORK, Delivery
-from evc.store import META, OUTBOX, Store
+from evc.store import DRIVERS, META, OUTBOX, Store
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +115,30 @@ class Outbox(Protocol):
 
 class Acker(Protocol):
     def ack(self, delivery: Delivery) -> None: ...
+
+
+class Credentials(Protocol):
+    """Where central hands out the secrets it makes (store.credentials.CredentialFiles)."""
+
+    def write(self, ident: str, secret: str) -> Any: ...
+
+    def remove(self, ident: str) -> None: ...
+
+
+class Audit(Protocol):
+    """The append-only record of who did what, from where (store.AuditLog)."""
+
+    def write(self, event: str, **fields: Any) -> None: ...
+
+
+class _Nowhere:
+    """Credentials and audit when none is given (unit tests of other rules)."""
+
+    def write(self, *_args: Any, **_fields: Any) -> None:
+        return None
+
+    def remove(self, ident: str) -> None:
+        return None
 
 
 class View(Protocol):
@@ -182,6 +209,8 @@ class ChargePoint:
     last_seen: float | None = None  # wall clock
     session: Session | None = None
     state: CPState = CPState.DESCONECTADO  # cached derive(); updated by Brain._refresh_cp
+    secret: str = ""  # its credential ("" = revoked: it cannot register at the auth level)
+    keys: dict[str, str] = field(default_factory=dict)  # kid -> Kafka key (newest last)
 
     def derive(self) -> CPState:
         if self.conn_id is None:
@@ -203,9 +232,21 @@ class Settings:
     resume_grace: float = 15.0  # after a restart, monitors of open sessions must be back
     max_supply: float = 3600.0  # a supply nobody ends is ended after this long (0: never)
     bus_timeout: float = 3.0  # no confirmation from Kafka this long: Kafka is unavailable
+    secure: bool = True  # the authenticated level; False: the open level (docs/SECURITY.md)
+    max_rate: float = 1.0  # kWh a CP can add per second: a faster reading is implausible
     heartbeat: float = 1.0  # central's liveness record on network_topic
     batch: int = 500
     tick: float = 0.2
+
+
+@dataclass
+class PendingRegistration:
+    """A monitor that said who it is and was challenged to prove it."""
+
+    cp_id: str
+    peer: str
+    register: Register
+    nonce: str  # central's
 
 
 @dataclass
@@ -241,6 +282,8 @@ class Brain:
         settings: Settings | None = None,
         events: queue.Queue[Event] | None = None,
         identity: str = "",
+        credentials: Credentials | None = None,
+        audit: Audit | None = None,
     ) -> None:
         self.store = store
         self.outbox = outbox
@@ -249,6 +292,10 @@ class Brain:
         self.settings = settings or Settings()
         self.events: queue.Queue[Event] = events if events is not None else queue.Queue()
         self.identity = identity or f"{socket.gethostname()} pid {os.getpid()}"
+        self.credentials: Credentials = credentials or _Nowhere()
+        self.audit: Audit = audit or _Nowhere()
+        self.drivers: dict[str, str] = {}  # driver id -> its secret (the driver registry)
+        self.challenges: dict[int, PendingRegistration] = {}
         self.acker: Acker | None = None
         self.cps: dict[str, ChargePoint] = {}
         self.by_conn: dict[int, str] = {}
@@ -278,7 +325,9 @@ class Brain:
                 cp_id=rec["cp_id"], location=rec.get("location", ""),
                 price=float(rec.get("price_eur_kwh", DEFAULT_PRICE)),
                 stopped=bool(rec.get("stopped", False)), last_seen=rec.get("last_seen"),
+                secret=str(rec.get("secret", "")), keys=dict(rec.get("keys", {})),
             )
+        self.drivers = {r["driver_id"]: str(r.get("secret", "")) for r in self.store.all(DRIVERS)}
         # After a restart every CP is Desconectado until its monitor registers again.
         for cp in self.cps.values():
             self.store.put_cp({"cp_id": cp.cp_id, "state": str(CPState.DESCONECTADO)})
@@ -333,13 +382,38 @@ class Brain:
         self.flush()
 
     def upsert_cp(self, cp_id: str, location: str, price: float) -> None:
-        """Registry entry from --cps or the console: add or update, keep the rest."""
+        """Registry entry from --cps or the console: add or update, keep the rest.
+
+        A new CP gets its secret credential now (written for its monitor and engine).
+        """
         cp = self.cps.get(cp_id)
         if cp is None:
             cp = self.cps[cp_id] = ChargePoint(cp_id, location, price)
+            self._new_secret(cp_id)
         else:
             cp.location, cp.price = location, price
         self._save_cp(cp)
+
+    def upsert_driver(self, driver_id: str) -> bool:
+        """Register a driver (from --drivers or the console); True when it is new."""
+        if driver_id in self.drivers:
+            return False
+        self.drivers[driver_id] = ""
+        self._new_secret(driver_id)
+        return True
+
+    def _new_secret(self, ident: str) -> None:
+        """A fresh credential for a CP or a driver: stored, written out, audited."""
+        secret = auth.new_secret()
+        if ident in self.cps:
+            cp = self.cps[ident]
+            cp.secret, cp.keys = secret, {}
+            self._save_cp(cp)
+        else:
+            self.drivers[ident] = secret
+            self.store.put(DRIVERS, {"driver_id": ident, "secret": secret})
+        where = self.credentials.write(ident, secret)
+        self.audit.write("credential", id=ident, action="issued", file=str(where or ""))
 
     # ------------------------------------------------------------------ loop
     def run(self, stop: threading.Event) -> None:
@@ -412,6 +486,19 @@ class Brain:
         if self.acker is not None:
             for delivery in acks:
                 self.acker.ack(delivery)
+
+    def _order(self, cp: ChargePoint, message: Message) -> None:
+        """An order to a CP's engine: signed with this registration's key (auth level)."""
+        if self.settings.secure and cp.keys:
+            message = auth.sign(message, list(cp.keys.values())[-1])
+        self._emit(CONTROL, message, cp.cp_id)
+
+    def _to_driver(self, driver_id: str, message: Message) -> None:
+        """An answer or a ticket: signed with the driver's key when it is registered."""
+        secret = self.drivers.get(driver_id)
+        if secret:
+            message = auth.sign(message, auth.driver_key(secret))
+        self._emit(CONTROL, message, driver_id)
 
     def _emit(self, topic: str, message: Message, key: str) -> None:
         """Decide a Kafka message: stored with this batch, sent once the batch is stored."""
@@ -546,7 +633,10 @@ class Brain:
         msg = event.message
         cp_id = self.by_conn.get(event.conn_id)
         if cp_id is None:
-            if isinstance(msg, Register):
+            pending = self.challenges.pop(event.conn_id, None)
+            if pending is not None and isinstance(msg, Prove) and msg.cp_id == pending.cp_id:
+                self.on_proof(event.conn_id, pending, msg)
+            elif pending is None and isinstance(msg, Register):
                 self.on_register(event.conn_id, event.peer, msg)
             else:
                 self.link.close_connection(
@@ -581,11 +671,56 @@ class Brain:
         if cp.conn_id is not None:
             self.view.note(f"refused second monitor for {cp.cp_id} at {peer} "
                            f"(connected from {cp.peer})", "warning")
+            self.audit.write("refused", cp_id=cp.cp_id, source=peer, code="duplicate")
             self.link.close_connection(conn_id, f"duplicate monitor for {cp.cp_id}",
                                        RegisterRejected(
                 cp_id=cp.cp_id, code=RejectCode.DUPLICATE,
                 reason=f"{cp.cp_id} is already connected from another monitor"))
             return
+        if self.settings.secure:
+            if not cp.secret or not msg.nonce:
+                why = ("its credential was revoked" if not cp.secret
+                       else "the monitor did not send a nonce (an old or open-level monitor)")
+                self._refuse_auth(conn_id, peer, cp.cp_id, why)
+                return
+            nonce = auth.new_nonce()
+            self.challenges[conn_id] = PendingRegistration(cp.cp_id, peer, msg, nonce)
+            self.link.send(conn_id, Challenge(cp_id=cp.cp_id, nonce=nonce))
+            return
+        self._accept(conn_id, peer, cp, msg, proof="", key_id="")
+
+    def on_proof(self, conn_id: int, pending: PendingRegistration, msg: Prove) -> None:
+        """The monitor's answer to the challenge: accepted, or refused and audited."""
+        cp = self.cps.get(pending.cp_id)
+        reg = pending.register
+        if cp is None or not cp.secret:
+            self._refuse_auth(conn_id, pending.peer, pending.cp_id, "no credential")
+            return
+        expected = auth.register_proof(cp.secret, cp.cp_id, reg.nonce, pending.nonce)
+        if not auth.same(expected, msg.proof):
+            self._refuse_auth(conn_id, pending.peer, cp.cp_id, "wrong credential")
+            return
+        if cp.conn_id is not None:  # another one registered meanwhile
+            self.link.close_connection(conn_id, f"duplicate monitor for {cp.cp_id}",
+                                       RegisterRejected(
+                cp_id=cp.cp_id, code=RejectCode.DUPLICATE,
+                reason=f"{cp.cp_id} is already connected from another monitor"))
+            return
+        key = auth.kafka_key(cp.secret, reg.nonce, pending.nonce)
+        kid = auth.key_id(key)
+        cp.keys = {**{k: v for k, v in list(cp.keys.items())[-1:]}, kid: key}  # + previous
+        self._accept(conn_id, pending.peer, cp, reg, key_id=kid,
+                     proof=auth.central_proof(cp.secret, cp.cp_id, reg.nonce, pending.nonce))
+
+    def _refuse_auth(self, conn_id: int, peer: str, cp_id: str, why: str) -> None:
+        self.view.note(f"refused monitor for {cp_id} at {peer}: {why}", "warning")
+        self.audit.write("refused", cp_id=cp_id, source=peer, code="auth", why=why)
+        self.link.close_connection(conn_id, f"{cp_id}: {why}", RegisterRejected(
+            cp_id=cp_id, code=RejectCode.AUTH,
+            reason=f"central refused {cp_id}: {why}"))
+
+    def _accept(self, conn_id: int, peer: str, cp: ChargePoint, msg: Register, *,
+                proof: str, key_id: str) -> None:
         before = cp.state
         cp.conn_id, cp.peer, cp.last_seen = conn_id, peer, time.time()
         self.by_conn[conn_id] = cp.cp_id
@@ -594,10 +729,12 @@ class Brain:
         cp.faulted = msg.health is Health.KO
         cp.fault_reason = "engine KO at registration" if cp.faulted else ""
         self.link.send(conn_id, RegisterAccepted(
-            cp_id=cp.cp_id, location=cp.location, price_eur_kwh=cp.price))
+            cp_id=cp.cp_id, location=cp.location, price_eur_kwh=cp.price, proof=proof,
+            key_id=key_id))
+        self.audit.write("registered", cp_id=cp.cp_id, source=peer, key_id=key_id)
         # Tell the engine its operator mode, so a restarted engine learns it.
         mode: Message = StopCP(cp_id=cp.cp_id) if cp.stopped else ResumeCP(cp_id=cp.cp_id)
-        self._emit(CONTROL, mode, cp.cp_id)
+        self._order(cp, mode)
         session = cp.session
         if session is not None and session.waiting is Wait.MONITOR:
             session.wait(None)  # resumed after central's restart
@@ -606,6 +743,7 @@ class Brain:
         self._refresh_cp(cp, f"monitor registered from {peer}", before)
 
     def on_connection_lost(self, conn_id: int, reason: str) -> None:
+        self.challenges.pop(conn_id, None)
         cp_id = self.by_conn.pop(conn_id, None)
         if cp_id is None:
             return
@@ -653,10 +791,13 @@ class Brain:
         if refusal is not None:
             code, reason = refusal
             self.counters.denied += 1
-            self._emit(CONTROL, Authorization(
+            self._to_driver(req.driver_id, Authorization(
                 driver_id=req.driver_id, cp_id=req.cp_id, request_id=req.msg_id,
-                authorized=False, code=code, reason=reason), req.driver_id)
+                authorized=False, code=code, reason=reason))
             self.view.note(f"denied {req.driver_id} at {req.cp_id}: {reason}")
+            if code in (DenyCode.UNKNOWN_DRIVER, DenyCode.BAD_PROOF):
+                self.audit.write("rejected", kind="charge_request", driver_id=req.driver_id,
+                                 cp_id=req.cp_id, code=str(code))
             return
         cp = self.cps[req.cp_id]
         before = cp.state
@@ -667,13 +808,13 @@ class Brain:
         self.sessions[session.session_id] = session
         cp.session = session
         self.store.put_session(session.record(status="open"))
-        self._emit(CONTROL, StartSupply(
+        self._order(cp, StartSupply(
             cp_id=cp.cp_id, driver_id=req.driver_id, session_id=session.session_id,
-            price_eur_kwh=cp.price), cp.cp_id)
-        self._emit(CONTROL, Authorization(
+            price_eur_kwh=cp.price))
+        self._to_driver(req.driver_id, Authorization(
             driver_id=req.driver_id, cp_id=cp.cp_id, request_id=req.msg_id, authorized=True,
             reason="authorized: plug in your vehicle", session_id=session.session_id,
-            price_eur_kwh=cp.price), req.driver_id)
+            price_eur_kwh=cp.price))
         self.counters.authorized += 1
         self._refresh_cp(cp, f"supply authorized for {req.driver_id}", before)
 
@@ -683,6 +824,14 @@ class Brain:
         A request's age does not count the time central or Kafka was away:
         requests made meanwhile are answered when they return.
         """
+        if self.settings.secure:
+            secret = self.drivers.get(req.driver_id)
+            if secret is None:
+                return (DenyCode.UNKNOWN_DRIVER,
+                        f"driver {req.driver_id} is not registered in central")
+            if not secret or not auth.verify(req, auth.driver_key(secret)):
+                return (DenyCode.BAD_PROOF, f"the request of {req.driver_id} does not carry "
+                        "its valid signature")
         age = self.age(req.ts)
         if age > self.settings.request_ttl:
             return DenyCode.EXPIRED, f"request expired ({age:.0f} s old)"
@@ -715,12 +864,26 @@ class Brain:
         if session is None or session.driver_id != req.driver_id or session.cp_id != req.cp_id:
             log.info("end request for unknown or finished session %s ignored", req.session_id)
             return
+        if self.settings.secure:
+            secret = self.drivers.get(req.driver_id, "")
+            if not secret or not auth.verify(req, auth.driver_key(secret)):
+                self.audit.write("rejected", kind="end_request", driver_id=req.driver_id,
+                                 session_id=req.session_id, why="not signed by the driver")
+                log.warning("end request for %s without the driver's signature ignored",
+                            req.session_id)
+                return
         self._end_session(session, EndReason.FINISHED)
 
     def on_telemetry(self, t: Telemetry) -> None:
         session = self.sessions.get(t.session_id) if t.session_id else self._bare_session(t)
         if session is None or session.cp_id != t.cp_id or session.driver_id != t.driver_id:
             log.debug("telemetry for no running session (%s %s) ignored", t.cp_id, t.session_id)
+            return
+        why = self._implausible(t, session)
+        if why is not None:
+            self.audit.write("rejected", kind="telemetry", cp_id=t.cp_id,
+                             session_id=session.session_id, why=why)
+            log.warning("%s: reading ignored: %s", t.cp_id, why)
             return
         if t.consumo_kwh < session.kwh:
             log.warning("%s: reading of %.3f kWh below the %.3f kWh already seen; kept the "
@@ -737,6 +900,22 @@ class Brain:
             reason = session.end_reason or _reason(t.reason)
             self._close_session(session, reason)
 
+    def _implausible(self, t: Telemetry, session: Session) -> str | None:
+        """Why a reading cannot be believed, or None (checked whatever the level)."""
+        if self.settings.secure:
+            cp = self.cps.get(t.cp_id)
+            key = cp.keys.get(t.kid) if cp is not None and t.kid else None
+            if key is None or not auth.verify(t, key):
+                return "not signed with the CP's key"
+        if t.consumo_kwh < 0:
+            return f"negative energy ({t.consumo_kwh} kWh)"
+        elapsed = max(0.0, time.time() - session.started_at)
+        most = self.settings.max_rate * (elapsed + 2.0)  # a margin of two readings
+        if t.consumo_kwh > most:
+            return (f"{t.consumo_kwh:.2f} kWh in {elapsed:.0f} s is more than the CP can "
+                    f"supply ({most:.2f} kWh)")
+        return None
+
     def _bare_session(self, t: Telemetry) -> Session | None:
         """A reading in the seed's bare shape belongs to the open session of its CP."""
         cp = self.cps.get(t.cp_id)
@@ -750,8 +929,12 @@ class Brain:
         session.end_reason = reason
         session.wait(Wait.FINAL, self.settings.final_timeout)
         self.store.put_session({"session_id": session.session_id, "end_reason": str(reason)})
-        self._emit(CONTROL, EndSupply(
-            cp_id=session.cp_id, session_id=session.session_id, reason=reason), session.cp_id)
+        cp = self.cps.get(session.cp_id)
+        end = EndSupply(cp_id=session.cp_id, session_id=session.session_id, reason=reason)
+        if cp is not None:
+            self._order(cp, end)
+        else:
+            self._emit(CONTROL, end, session.cp_id)
 
     def _close_session(self, session: Session, reason: EndReason) -> None:
         """The supply is over: one ticket, the session stored as closed, the CP freed."""
@@ -762,7 +945,7 @@ class Brain:
             driver_id=session.driver_id, cp_id=session.cp_id, session_id=session.session_id,
             consumo_kwh=session.kwh, importe_eur=session.eur, price_eur_kwh=session.price,
             started_at=session.started_at, ended_at=ended, reason=reason)
-        self._emit(CONTROL, ticket, session.driver_id)
+        self._to_driver(session.driver_id, ticket)
         self.counters.tickets += 1
         self.store.put_session(session.record(
             status="closed", ended_at=ended, reason=str(reason), ticket_id=ticket.msg_id))
@@ -783,6 +966,7 @@ class Brain:
             return
         if command is None:
             return
+        self.audit.write("operator", line=line)
         if isinstance(command, admin.Help):
             self.view.note(admin.HELP)
         elif isinstance(command, admin.Quit):
@@ -792,6 +976,22 @@ class Brain:
             self.upsert_cp(command.cp_id, command.location, command.price)
             self.view.note(f"{'updated' if existed else 'registered'} {command.cp_id} at "
                            f"{command.location}, {command.price:.2f} €/kWh")
+        elif isinstance(command, admin.AddDriver):
+            if self.upsert_driver(command.driver_id):
+                self.view.note(f"registered driver {command.driver_id}; its credential is "
+                               f"in {command.driver_id}.key")
+            else:
+                self.view.note(f"driver {command.driver_id} is registered already")
+        elif isinstance(command, admin.RemoveDriver):
+            if self.drivers.pop(command.driver_id, None) is None:
+                self.view.note(f"unknown driver {command.driver_id!r}; nothing changed", "error")
+            else:
+                self.store.remove(DRIVERS, command.driver_id)
+                self.credentials.remove(command.driver_id)
+                self.audit.write("credential", id=command.driver_id, action="removed")
+                self.view.note(f"removed driver {command.driver_id}")
+        elif isinstance(command, (admin.Rotate, admin.Revoke)):
+            self.change_credential(command.ident, rotate=isinstance(command, admin.Rotate))
         elif isinstance(command, (admin.Stop, admin.Resume, admin.Remove, admin.SetPrice)):
             targets = self._targets(command.cp_id)
             if targets is None:
@@ -809,6 +1009,35 @@ class Brain:
                     self.view.note(f"{cp.cp_id} now costs {cp.price:.2f} €/kWh "
                                    "(from the next supply)")
 
+    def change_credential(self, ident: str, *, rotate: bool) -> None:
+        """A new secret (rotate) or none (revoke) for a CP or a driver.
+
+        The old one stops working at once: a CP's monitor connected with it is
+        disconnected (its supply ends and is billed), and must register again with
+        the new file; a revoked one cannot register until rotated.
+        """
+        cp = self.cps.get(ident)
+        if cp is None and ident not in self.drivers:
+            self.view.note(f"unknown CP or driver {ident!r}; nothing changed", "error")
+            return
+        if rotate:
+            self._new_secret(ident)
+        else:
+            if cp is not None:
+                cp.secret, cp.keys = "", {}
+                self._save_cp(cp)
+            else:
+                self.drivers[ident] = ""
+                self.store.put(DRIVERS, {"driver_id": ident, "secret": ""})
+            self.credentials.remove(ident)
+            self.audit.write("credential", id=ident, action="revoked")
+        if cp is not None and cp.conn_id is not None:
+            self.link.close_connection(cp.conn_id, "credential changed", RegisterRejected(
+                cp_id=cp.cp_id, code=RejectCode.AUTH,
+                reason=f"{cp.cp_id}'s credential was {'rotated' if rotate else 'revoked'}"))
+        self.view.note(f"{ident}: credential {'rotated' if rotate else 'revoked'}"
+                       + (f"; the new one is in {ident}.key" if rotate else ""))
+
     def _targets(self, cp_id: str | None) -> list[ChargePoint] | None:
         if cp_id is None:
             return list(self.cps.values())
@@ -821,7 +1050,7 @@ class Brain:
     def stop_cp(self, cp: ChargePoint) -> None:
         before = cp.state
         cp.stopped = True
-        self._emit(CONTROL, StopCP(cp_id=cp.cp_id), cp.cp_id)
+        self._order(cp, StopCP(cp_id=cp.cp_id))
         if cp.session is not None:
             self._end_session(cp.session, EndReason.STOPPED)
         self._refresh_cp(cp, "stopped by the operator", before)
@@ -832,7 +1061,7 @@ class Brain:
     def resume_cp(self, cp: ChargePoint) -> None:
         before = cp.state
         cp.stopped = False
-        self._emit(CONTROL, ResumeCP(cp_id=cp.cp_id), cp.cp_id)
+        self._order(cp, ResumeCP(cp_id=cp.cp_id))
         self._refresh_cp(cp, "resumed by the operator", before)
         if cp.state is before:
             self.view.note(f"{cp.cp_id} resumed; it shows {before}")
@@ -853,6 +1082,7 @@ class Brain:
         self.store.put_cp({
             "cp_id": cp.cp_id, "location": cp.location, "price_eur_kwh": cp.price,
             "stopped": cp.stopped, "state": str(cp.state), "last_seen": cp.last_seen,
+            "secret": cp.secret, "keys": cp.keys,
         })
 
     def _refresh_cp(self, cp: ChargePoint, why: str, before: CPState) -> None:

@@ -32,7 +32,8 @@ from evc.options import ADDRESS, Common, common_options
 from evc.protocol.ids import check_id, check_text
 from evc.protocol.messages import CentralStatus
 from evc.protocol.topics import CENTRAL_KEY, LEASE, NETWORK, REQUESTS, TELEMETRY
-from evc.store import Store
+from evc.store import AuditLog, Store
+from evc.store.credentials import CredentialFiles, default_dir
 
 log = logging.getLogger("evc.central")
 
@@ -67,6 +68,24 @@ def read_registry(path: Path) -> list[tuple[str, str, float]]:
     return rows
 
 
+def read_drivers(path: Path) -> list[str]:
+    """Driver ids, one per line (a header `id`, blank lines and # comments allowed)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read driver file {path}: {exc.strerror}") from None
+    ids = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].split(",", 1)[0].strip()
+        if not line or (lineno == 1 and line.lower() in ("id", "driver_id")):
+            continue
+        try:
+            ids.append(check_id(line, "driver id"))
+        except EvcError as exc:
+            raise ConfigError(f"{path}:{lineno}: {exc}") from None
+    return ids
+
+
 def console_reader(events: queue.Queue[Event], stop: threading.Event) -> None:
     """Operator lines from stdin -> events. EOF (no terminal) just ends the reader."""
     while not stop.is_set():
@@ -91,7 +110,10 @@ class CentralConfig:
     db_path: Path
     listen_host: str = "0.0.0.0"
     cps_file: Path | None = None
+    drivers_file: Path | None = None
+    credentials_dir: Path | None = None
     heartbeat_timeout: float = 3.0
+    register_timeout: float = 5.0
     partitions: int = 3
     board: bool = False
     settings: Settings = Settings()
@@ -107,8 +129,20 @@ class CentralConfig:
               help="Address the monitor server binds.")
 @click.option("--cps", "cps_file", type=click.Path(dir_okay=False, path_type=Path),
               help="CSV id,location,price_eur_kwh: adds or updates registry entries at start.")
+@click.option("--drivers", "drivers_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Drivers to register at start: one id per line (# comments). Each gets "
+                   "its credential in the credentials folder.")
+@click.option("--security", type=click.Choice(["auth", "open"]), default="auth",
+              show_default=True, help="auth: CPs and drivers prove their credentials, orders "
+              "and readings are signed; open: anyone is believed (clients written to the "
+              "seed alone). See docs/SECURITY.md.")
+@click.option("--credentials-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Where central writes the credentials it makes (<id>.key, "
+              "0600) [default: $EVC_CREDENTIALS_DIR, or 'credentials' beside the DB].")
 @click.option("--heartbeat-timeout", type=click.FloatRange(0.5, 60), default=3.0,
               show_default=True, help="Seconds of monitor silence that mean Desconectado.")
+@click.option("--register-timeout", type=click.FloatRange(0.5, 60), default=5.0,
+              show_default=True, help="Seconds a new connection has to register.")
 @click.option("--partitions", type=click.IntRange(1, 64), default=3, show_default=True,
               help="Partitions of topics central creates.")
 @click.option("--final-timeout", type=click.FloatRange(0.5, 3600), default=20.0,
@@ -126,9 +160,10 @@ class CentralConfig:
                    "auto picks the board on a terminal unless NO_COLOR is set.")
 @common_options
 def central(socket_port: int, kafka: Address, db_path: Path, listen_host: str,
-            cps_file: Path | None, heartbeat_timeout: float, partitions: int,
-            final_timeout: float, resume_grace: float, max_supply_seconds: float,
-            display: str, common: Common) -> None:
+            cps_file: Path | None, drivers_file: Path | None, security: str,
+            credentials_dir: Path | None, heartbeat_timeout: float, register_timeout: float,
+            partitions: int, final_timeout: float, resume_grace: float,
+            max_supply_seconds: float, display: str, common: Common) -> None:
     """EV_Central: the monitor server, the rules, and the operator console.
 
     Monitors connect to SOCKET_PORT over TCP; drivers and engines reach central
@@ -138,10 +173,11 @@ def central(socket_port: int, kafka: Address, db_path: Path, listen_host: str,
     """
     run_central(CentralConfig(
         socket_port=socket_port, kafka=kafka, db_path=db_path, listen_host=listen_host,
-        cps_file=cps_file, heartbeat_timeout=heartbeat_timeout, partitions=partitions,
-        board=want_board(display), common=common,
+        cps_file=cps_file, drivers_file=drivers_file, credentials_dir=credentials_dir,
+        heartbeat_timeout=heartbeat_timeout, register_timeout=register_timeout,
+        partitions=partitions, board=want_board(display), common=common,
         settings=Settings(final_timeout=final_timeout, resume_grace=resume_grace,
-                          max_supply=max_supply_seconds)))
+                          max_supply=max_supply_seconds, secure=security == "auth")))
 
 
 def take_the_lease(bus: KafkaBus, cfg: CentralConfig, crew: Crew,
@@ -220,10 +256,16 @@ def run_central(cfg: CentralConfig) -> None:
     stop = threading.Event()
     install_stop_signals(stop)
     registry = read_registry(cfg.cps_file) if cfg.cps_file else []
+    drivers = read_drivers(cfg.drivers_file) if cfg.drivers_file else []
+    credentials = CredentialFiles(cfg.credentials_dir or (
+        default_dir() if os.environ.get("EVC_CREDENTIALS_DIR")
+        else cfg.db_path.parent / "credentials"))
     store = Store(cfg.db_path, lock=True)
-    events: queue.Queue[Event] = queue.Queue()
+    audit = AuditLog(cfg.db_path.with_name(cfg.db_path.stem + ".audit.jsonl"))
+    events: queue.Queue[Event] = queue.Queue(maxsize=100_000)
     server = MonitorServer(Address(cfg.listen_host, cfg.socket_port), events,
-                           silence_timeout=cfg.heartbeat_timeout)
+                           silence_timeout=cfg.heartbeat_timeout,
+                           register_timeout=cfg.register_timeout)
     crew = Crew(stop)
     view: PlainView | BoardView | None = None
     keys: KeyReader | None = None
@@ -234,6 +276,7 @@ def run_central(cfg: CentralConfig) -> None:
     except EvcError:
         server.stop()
         store.close()
+        audit.close()
         raise
     try:
         take_the_lease(bus, cfg, crew, stop)
@@ -244,11 +287,13 @@ def run_central(cfg: CentralConfig) -> None:
             view = PlainView()
         brain = Brain(store, bus, server, view, cfg.settings, events=events,
                       identity=f"{socket.gethostname()}:{server.address.port} "
-                               f"pid {os.getpid()}")
+                               f"pid {os.getpid()}", credentials=credentials, audit=audit)
         if isinstance(view, BoardView):
             view.start()
         for cp_id, location, price in registry:
             brain.upsert_cp(cp_id, location, price)
+        for driver_id in drivers:
+            brain.upsert_driver(driver_id)
         store.commit()
         # Central reads from where its store says it stopped applying (the group's
         # committed offsets are only a fallback, and a gauge of its lag).
@@ -283,4 +328,5 @@ def run_central(cfg: CentralConfig) -> None:
         crew.join(1.5)
         bus.close(timeout=0.5)
         store.close()
+        audit.close()
     crew.check()

@@ -1,9 +1,15 @@
 """Central's TCP server for monitors: one selector thread, many connections.
 
 The server only moves bytes: it frames, decodes and validates, answers
-heartbeats, enforces the silence timeout and the connection limit, and hands
-typed frames and losses to the brain as events. It never decides anything
-about a charge point.
+heartbeats, enforces the deadlines and limits, and hands typed frames and losses
+to the brain as events. It never decides anything about a charge point.
+
+No stranger ties up a socket: a connection must be registered (central sent it
+``register_ok``) within ``register_timeout``, whatever it sends meanwhile; a
+registered one must send a whole frame at least every ``silence_timeout`` (bytes
+trickled one by one do not count); one address may hold at most
+``per_address`` connections that are not registered; when the process runs out
+of file descriptors the listener pauses instead of spinning.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from evc.protocol.messages import (
     Heartbeat,
     HeartbeatAck,
     Message,
+    RegisterAccepted,
     from_wire,
 )
 
@@ -39,8 +46,11 @@ class _Conn:
     conn_id: int
     sock: socket.socket
     peer: str
-    last_rx: float
+    last_rx: float  # the last whole frame (or the connection's start)
     decoder: FrameDecoder = field(default_factory=FrameDecoder)
+    registered: bool = False
+    host: str = ""
+    started: float = field(default_factory=time.monotonic)
     outbuf: bytearray = field(default_factory=bytearray)
     closing: str | None = None  # close once outbuf is flushed, with this reason
 
@@ -53,10 +63,16 @@ class MonitorServer:
         *,
         silence_timeout: float = 3.0,
         max_connections: int = 4096,
+        register_timeout: float = 5.0,
+        per_address: int = 64,
     ) -> None:
         self.events = events
         self.silence_timeout = silence_timeout
         self.max_connections = max_connections
+        self.register_timeout = register_timeout
+        self.per_address = per_address
+        self._unregistered: dict[str, int] = {}  # host -> connections not registered yet
+        self._accept_paused_until = 0.0
         self._sel = selectors.DefaultSelector()
         self._conns: dict[int, _Conn] = {}
         self._next_id = 1
@@ -170,17 +186,26 @@ class MonitorServer:
                 sock, addr = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and friends: keep serving the others
-                log.error("accept failed: %s", exc)
+            except OSError as exc:  # EMFILE and friends: pause accepting, serve the others
+                log.error("accept failed (%s); not accepting for 0.5 s", exc)
+                self._sel.unregister(self._listener)
+                self._accept_paused_until = time.monotonic() + 0.5
                 return
             peer = f"{addr[0]}:{addr[1]}"
+            host = str(addr[0])
             if len(self._conns) >= self.max_connections:
                 log.warning("refusing %s: %d connections already", peer, len(self._conns))
                 sock.close()
                 continue
+            if self._unregistered.get(host, 0) >= self.per_address:
+                log.warning("refusing %s: %d unregistered connections from %s already", peer,
+                            self.per_address, host)
+                sock.close()
+                continue
+            self._unregistered[host] = self._unregistered.get(host, 0) + 1
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Conn(self._next_id, sock, peer, time.monotonic())
+            conn = _Conn(self._next_id, sock, peer, time.monotonic(), host=host)
             self._next_id += 1
             self._conns[conn.conn_id] = conn
             self._sel.register(sock, selectors.EVENT_READ, conn.conn_id)
@@ -202,11 +227,11 @@ class MonitorServer:
                 return
             self._drop(conn, "connection closed by monitor")
             return
-        conn.last_rx = time.monotonic()
         if conn.closing:
             return
         try:
             for obj in conn.decoder.feed(data):
+                conn.last_rx = time.monotonic()  # whole frames count, trickled bytes do not
                 message = from_wire(obj)
                 if not isinstance(message, TCP_CENTRAL_TYPES):
                     raise ProtocolError(f"a monitor may not send {message.TYPE!r}")
@@ -218,7 +243,21 @@ class MonitorServer:
             self._queue_out(conn, ErrorFrame(reason=str(exc)))
             self._close_after_flush(conn, f"protocol error: {exc}")
 
+    def _registered(self, conn: _Conn) -> None:
+        if not conn.registered:
+            conn.registered = True
+            self._forget_unregistered(conn)
+
+    def _forget_unregistered(self, conn: _Conn) -> None:
+        left = self._unregistered.get(conn.host, 0) - 1
+        if left > 0:
+            self._unregistered[conn.host] = left
+        else:
+            self._unregistered.pop(conn.host, None)
+
     def _queue_out(self, conn: _Conn, message: Message) -> None:
+        if isinstance(message, RegisterAccepted):
+            self._registered(conn)
         try:
             conn.outbuf += encode_frame(message.to_wire())
         except ProtocolError as exc:
@@ -295,8 +334,13 @@ class MonitorServer:
         for sock, until in list(self._lingering.items()):
             if now > until:
                 self._end_linger(sock)
+        if self._accept_paused_until and now > self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            self._sel.register(self._listener, selectors.EVENT_READ, "listen")
         for conn in list(self._conns.values()):
-            if now - conn.last_rx > self.silence_timeout:
+            if not conn.registered and now - conn.started > self.register_timeout:
+                self._drop(conn, f"did not register within {self.register_timeout:g} s")
+            elif now - conn.last_rx > self.silence_timeout:
                 self._drop(conn, f"monitor silent for {self.silence_timeout:g} s")
             elif conn.closing and now - conn.last_rx > 1.0 and conn.outbuf:
                 self._drop(conn, conn.closing)
@@ -305,6 +349,8 @@ class MonitorServer:
               linger: bool = False) -> None:
         if self._conns.pop(conn.conn_id, None) is None:
             return
+        if not conn.registered:
+            self._forget_unregistered(conn)
         try:
             self._sel.unregister(conn.sock)
         except (KeyError, ValueError):

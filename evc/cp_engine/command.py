@@ -23,9 +23,10 @@ from evc.net import Address
 from evc.netview import NetworkView
 from evc.options import ADDRESS, ID, AddressType, Common, common_options
 from evc.protocol.framing import read_frames, send_frame
-from evc.protocol.messages import CentralStatus, HealthCheck, Message, from_wire
+from evc.protocol.messages import CentralStatus, EngineKey, HealthCheck, Message, from_wire
 from evc.protocol.topics import CENTRAL_KEY, CONTROL, NETWORK
 from evc.store import JsonFile
+from evc.store.credentials import Credential
 
 log = logging.getLogger("evc.cp_engine")
 MAX_MONITORS = 8
@@ -34,7 +35,7 @@ MAX_MONITORS = 8
 @dataclass(frozen=True)
 class Check:
     sock: socket.socket
-    message: HealthCheck
+    message: HealthCheck | EngineKey
 
 
 @dataclass(frozen=True)
@@ -116,19 +117,51 @@ def serve_health(listener: socket.socket, events: queue.Queue[object],
     listener.close()
 
 
+IDLE = 10.0  # a monitor checks every second: a connection silent this long is let go
+
+
 def read_checks(sock: socket.socket, events: queue.Queue[object], stop: threading.Event) -> None:
     try:
-        for obj in read_frames(sock, stop):
+        for obj in read_frames(sock, stop, idle=IDLE):
             message = from_wire(obj)
-            if not isinstance(message, HealthCheck):
+            if not isinstance(message, (HealthCheck, EngineKey)):
                 raise ProtocolError(f"a monitor may not send {message.TYPE!r}")
             events.put(Check(sock, message))
     except ProtocolError as exc:
         log.warning("bad frame from monitor: %s", exc)
-    except OSError:
+    except OSError:  # closed, broken, or idle (TimeoutError)
         pass
     finally:
         sock.close()
+
+
+def answer_check(engine: Engine, event: Check) -> None:
+    """A frame from a monitor: the key hand-off, or a health check to answer (or refuse)."""
+    msg = event.message
+    if isinstance(msg, EngineKey):
+        if not engine.on_engine_key(msg):
+            log.warning("a key hand-off for %s that does not fit its credential: closing",
+                        msg.cp_id)
+            try:
+                event.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return
+    why = engine.refuse_check(msg)
+    if why is not None:
+        log.warning("refused %s: closing that connection", why)
+        try:
+            event.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return
+    reply = engine.on_health_check(msg)
+    if reply is not None:
+        try:
+            event.sock.settimeout(1.0)
+            send_frame(event.sock, reply.to_wire())
+        except OSError:
+            pass  # the monitor went away; its reader ends
 
 
 @dataclass(frozen=True)
@@ -139,13 +172,15 @@ class EngineConfig:
     power: float = 0.5
     max_supply_seconds: float = 0.0
     state_dir: Path = Path("data")
+    credentials: Path | None = None
     common: Common = Common()
 
 
 @click.command("cp-engine")
 @click.argument("kafka", type=ADDRESS)
-@click.option("--listen", "listen", required=True, type=AddressType(default_host="0.0.0.0"),
-              help="[HOST:]PORT where the monitor's health checks arrive (host default 0.0.0.0).")
+@click.option("--listen", "listen", required=True, type=AddressType(default_host="127.0.0.1"),
+              help="[HOST:]PORT where the monitor's health checks arrive (host default "
+                   "127.0.0.1: only this machine's monitor).")
 @click.option("--id", "cp_id", default=None, type=ID,
               help="Pin the CP id (else learnt from the monitor).")
 @click.option("--power", type=click.FloatRange(0.001, 1000), default=0.5, show_default=True,
@@ -156,9 +191,13 @@ class EngineConfig:
               default=Path("data"), show_default=True,
               help="Folder of the engine's journal (engine-<port>.json): a restarted engine "
                    "on the same port reports the supply it was running.")
+@click.option("--credentials", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Its CP's credential file [default: $EVC_SECRET, else "
+                   "$EVC_CREDENTIALS_DIR/<cp_id>.key, else data/credentials/<cp_id>.key].")
 @common_options
 def cp_engine(kafka: Address, listen: Address, cp_id: str | None, power: float,
-              max_supply_seconds: float, state_dir: Path, common: Common) -> None:
+              max_supply_seconds: float, state_dir: Path, credentials: Path | None,
+              common: Common) -> None:
     """EV_CP_E: supplies energy on central's orders, answers its monitor's health checks.
 
     Keys (without Enter on a terminal, one per line on a pipe):
@@ -166,7 +205,7 @@ def cp_engine(kafka: Address, listen: Address, cp_id: str | None, power: float,
     """
     run_engine(EngineConfig(kafka=kafka, listen=listen, cp_id=cp_id, power=power,
                             max_supply_seconds=max_supply_seconds, state_dir=state_dir,
-                            common=common))
+                            credentials=credentials, common=common))
 
 
 def run_engine(cfg: EngineConfig) -> None:
@@ -191,9 +230,21 @@ def run_engine(cfg: EngineConfig) -> None:
         raise
     screen = Screen()
     events: queue.Queue[object] = queue.Queue()
+    credentials: dict[str, Credential] = {}
+
+    def secret_for(cp: str) -> str | None:
+        if cp not in credentials:
+            credentials[cp] = Credential(cp, cfg.credentials)
+        try:
+            return credentials[cp].get()
+        except EvcError as exc:  # a broken file: said once in the log, treated as none
+            log.error("%s", exc)
+            return None
+
     engine = Engine(bus.send, screen.line, journal=journal,
                     notify=lambda sid, ok, error: events.put(FinalDone(sid, ok, error)),
-                    cp_id=cfg.cp_id, power=cfg.power, max_seconds=cfg.max_supply_seconds)
+                    cp_id=cfg.cp_id, power=cfg.power, max_seconds=cfg.max_supply_seconds,
+                    secret_for=secret_for)
     keys = KeyReader()
     workers: list[threading.Thread] = []
     crew = Crew(stop)
@@ -229,13 +280,7 @@ def run_engine(cfg: EngineConfig) -> None:
             except queue.Empty:
                 event = None
             if isinstance(event, Check):
-                reply = engine.on_health_check(event.message)
-                if reply is not None:
-                    try:
-                        event.sock.settimeout(1.0)
-                        send_frame(event.sock, reply.to_wire())
-                    except OSError:
-                        pass  # the monitor went away; its reader ends
+                answer_check(engine, event)
             elif isinstance(event, Order):
                 if isinstance(event.message, CentralStatus):
                     network.apply(event.message)

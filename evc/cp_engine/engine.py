@@ -6,6 +6,12 @@ stop, an unplug (key ``u``), a fault, or the time limit; each second it adds
 ``power`` kWh and sends telemetry with the seed's keys, and at its end one
 final telemetry message (``final: true`` and the reason).
 
+Trust (the authenticated level): the engine answers only health checks proven with its
+CP's secret, takes each registration's Kafka key from its monitor (``EngineKey``:
+derived from the secret, never sent), obeys only orders signed with that key (an order
+signed with a key it does not have yet waits a few seconds for it) and signs its readings.
+Without a secret for its CP it works at the open level: unsigned, as the seed.
+
 The meter survives the process: a small journal holds the running supply
 (written each second, before its telemetry leaves) and every final message
 Kafka has not yet confirmed. An engine killed mid-supply and started again
@@ -23,10 +29,12 @@ from enum import Enum
 from typing import Any, Protocol
 
 from evc.errors import BusError, ProtocolError
+from evc.protocol import auth
 from evc.protocol.messages import (
     CPState,
     EndReason,
     EndSupply,
+    EngineKey,
     Health,
     HealthCheck,
     HealthReply,
@@ -43,6 +51,8 @@ log = logging.getLogger(__name__)
 
 Done = Callable[[bool, str], None]
 SEEN = 100  # start orders remembered, so a repeated one is never obeyed twice
+CHECK_AGE = 60.0  # a health check older (or newer) than this is a replay
+PARK = 10.0  # seconds an order signed with a key not yet here waits for it
 
 
 class Send(Protocol):
@@ -86,6 +96,7 @@ class Engine:
         cp_id: str | None = None,
         power: float = 0.5,
         max_seconds: float = 0.0,
+        secret_for: Callable[[str], str | None] = lambda _cp: None,
     ) -> None:
         self.send = send  # bus.send(topic, message, key, on_done)
         self.show = show  # one line for the person at this CP
@@ -102,6 +113,10 @@ class Engine:
         self.finals: dict[str, Telemetry] = {}  # sent, not yet confirmed by Kafka
         self.retry_at: dict[str, float] = {}
         self.seen: list[str] = []  # session ids of start orders already handled
+        self.secret_for = secret_for  # the CP's credential, if this machine has it
+        self.keys: dict[str, str] = {}  # kid -> this CP's Kafka key (the newest last)
+        self.nonces: dict[str, float] = {}  # health-check nonces seen (replays refused)
+        self.parked: list[tuple[float, Message]] = []  # orders waiting for their key
 
     # ------------------------------------------------------------------ view
     @property
@@ -128,6 +143,7 @@ class Engine:
         """At start: finish what the journal says a killed engine left unfinished."""
         data = self.journal.load()
         self.seen = [str(s) for s in data.get("seen", [])][-SEEN:]
+        self.keys = {str(k): str(v) for k, v in dict(data.get("keys", {})).items()}
         for wire in data.get("finals", []):
             try:
                 final = from_wire(wire)
@@ -158,11 +174,19 @@ class Engine:
                     time.monotonic() - s.started)},
             "finals": [f.to_wire() for f in self.finals.values()],
             "seen": self.seen[-SEEN:],
+            "keys": self.keys,
         })
+
+    def _signed(self, reading: Telemetry) -> Telemetry:
+        """A reading signed with the newest key (the authenticated level)."""
+        if self.keys:
+            return auth.sign(reading, list(self.keys.values())[-1])
+        return reading
 
     def _send_final(self, final: Telemetry) -> None:
         self.retry_at.pop(final.session_id, None)
         session_id = final.session_id
+        final = self._signed(final)
         try:
             self.send(TELEMETRY, final, final.cp_id,
                       lambda ok, error: self.notify(session_id, ok, error))
@@ -182,6 +206,42 @@ class Engine:
             self.retry_at[session_id] = time.monotonic() + 1.0
 
     # ------------------------------------------------------------------ health (TCP)
+    def refuse_check(self, check: HealthCheck) -> str | None:
+        """Why this check is not from the CP's own monitor, or None to answer it."""
+        cp_id = self.cp_id or check.cp_id
+        secret = self.secret_for(cp_id)
+        if secret is None:
+            return None  # the open level: no credential here to check against
+        if not check.proof or not auth.same(
+                auth.check_proof(secret, cp_id, check.nonce, check.ts), check.proof):
+            return f"a health check for {check.cp_id} without its credential's proof"
+        now = time.time()
+        if abs(now - check.ts) > CHECK_AGE or check.nonce in self.nonces:
+            return "a replayed health check"
+        self.nonces[check.nonce] = now
+        if len(self.nonces) > 1000:
+            self.nonces = {n: t for n, t in self.nonces.items() if now - t < CHECK_AGE}
+        return None
+
+    def on_engine_key(self, msg: EngineKey) -> bool:
+        """The monitor hands over this registration's Kafka key; False if it does not fit."""
+        secret = self.secret_for(msg.cp_id)
+        if secret is None or msg.cp_id != (self.cp_id or msg.cp_id):
+            return False
+        key = auth.kafka_key(secret, msg.client_nonce, msg.server_nonce)
+        if auth.key_id(key) != msg.key_id:
+            return False
+        if self.cp_id is None:  # only its own monitor can make a key that fits
+            self.cp_id = msg.cp_id
+            self.show(f"serving {self.cp_id} (told by its monitor)")
+        if msg.key_id not in self.keys:
+            self.keys = {**dict(list(self.keys.items())[-1:]), msg.key_id: key}
+            self._save()
+            parked, self.parked = self.parked, []
+            for _, order in parked:  # orders that were waiting for this key
+                self.on_order(order)
+        return True
+
     def on_health_check(self, check: HealthCheck) -> HealthReply | None:
         """The answer to send, or None to stay silent (hang)."""
         if self.cp_id is None:
@@ -199,6 +259,20 @@ class Engine:
     def on_order(self, msg: Message) -> None:
         if getattr(msg, "cp_id", None) != self.cp_id or self.cp_id is None:
             return
+        if self.secret_for(self.cp_id) is not None:  # the authenticated level
+            key = self.keys.get(msg.kid)
+            if key is None:
+                if msg.mac:  # signed with a key not here yet: wait a little for it
+                    self.parked = [(t, o) for t, o in self.parked
+                                   if time.monotonic() - t < PARK][-50:]
+                    self.parked.append((time.monotonic(), msg))
+                else:
+                    log.warning("unsigned %s for %s ignored", msg.TYPE, self.cp_id)
+                return
+            if not auth.verify(msg, key):
+                log.warning("forged %s for %s ignored (its signature does not verify)",
+                            msg.TYPE, self.cp_id)
+                return
         if isinstance(msg, StartSupply):
             self._start(msg)
         elif isinstance(msg, EndSupply):
@@ -301,9 +375,9 @@ class Engine:
         s = self.supply
         assert s is not None and self.cp_id is not None
         try:
-            self.send(TELEMETRY, Telemetry(
+            self.send(TELEMETRY, self._signed(Telemetry(
                 cp_id=self.cp_id, driver_id=s.driver_id, consumo_kwh=s.kwh, importe_eur=s.eur,
-                session_id=s.session_id), self.cp_id)
+                session_id=s.session_id)), self.cp_id)
         except BusError as exc:
             log.warning("live reading not sent: %s", exc)
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import queue
 import threading
+from pathlib import Path
 
 import click
 
 from evc.console import say
-from evc.cp_monitor.monitor import Monitor, check_engine
+from evc.cp_monitor.monitor import EngineKeys, Monitor, check_engine
 from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
 from evc.net import Address
 from evc.options import ADDRESS, ID, Common, common_options
 from evc.protocol.ids import check_text
+from evc.store.credentials import Credential
 
 
 @click.command("cp-monitor")
@@ -27,9 +29,13 @@ from evc.protocol.ids import check_text
               show_default=True, help="Seconds the engine has to answer a health check.")
 @click.option("--central-timeout", type=click.FloatRange(0.5, 120), default=3.0,
               show_default=True, help="Seconds of central's silence that mean it is lost.")
+@click.option("--credentials", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="This CP's credential file [default: $EVC_SECRET, else "
+                   "$EVC_CREDENTIALS_DIR/<cp_id>.key, else data/credentials/<cp_id>.key].")
 @common_options
 def cp_monitor(engine: Address, central: Address, cp_id: str, location: str, interval: float,
-               answer_timeout: float, central_timeout: float, common: Common) -> None:
+               answer_timeout: float, central_timeout: float, credentials: Path | None,
+               common: Common) -> None:
     """EV_CP_M: registers CP_ID with central over TCP and watches its engine.
 
     ENGINE and CENTRAL are host:port. A health check goes to the engine every
@@ -37,14 +43,20 @@ def cp_monitor(engine: Address, central: Address, cp_id: str, location: str, int
     """
     check_text(location, "--location", 120)
     setup_logging(common.log_level, common.log_file)
+    credential = Credential(cp_id, credentials)
+    secret = credential.get()  # a broken file is a clear error now; a missing one, later
+    keys = EngineKeys()
     stop = threading.Event()
     install_stop_signals(stop)
     events: queue.Queue[object] = queue.Queue()
     crew = Crew(stop)
     crew.spawn(check_engine, engine, cp_id, events, stop, interval, answer_timeout,
-               name="monitor-engine")
-    say(f"{cp_id}: monitor started; engine {engine}, central {central}")
-    monitor = Monitor(central, cp_id, location, events, stop, interval, central_timeout)
+               credential, keys, name="monitor-engine")
+    say(f"{cp_id}: monitor started; engine {engine}, central {central}; "
+        + (f"credential from {credential.source}" if secret
+           else f"no credential yet ({credential.source})"))
+    monitor = Monitor(central, cp_id, location, events, stop, interval, central_timeout,
+                      credential=credential, engine_keys=keys)
     try:
         monitor.run()
     finally:

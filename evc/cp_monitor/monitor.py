@@ -16,10 +16,13 @@ import time
 from dataclasses import dataclass
 
 from evc.console import say, stamp
-from evc.errors import ProtocolError
+from evc.errors import ProtocolError, StoreError
 from evc.net import Address
+from evc.protocol import auth
 from evc.protocol.framing import read_frames, recv_frame, send_frame
 from evc.protocol.messages import (
+    Challenge,
+    EngineKey,
     ErrorFrame,
     FaultReport,
     Health,
@@ -28,6 +31,7 @@ from evc.protocol.messages import (
     Heartbeat,
     HeartbeatAck,
     Message,
+    Prove,
     RecoveryReport,
     Register,
     RegisterAccepted,
@@ -35,6 +39,7 @@ from evc.protocol.messages import (
     RejectCode,
     from_wire,
 )
+from evc.store.credentials import Credential
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +65,54 @@ class CentralLost:
 # ---------------------------------------------------------------------- engine checker
 
 
+class EngineKeys:
+    """The latest Kafka key hand-off for the engine (set by the monitor's owner thread,
+    sent by the checker on each new engine connection and whenever it changes)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: EngineKey | None = None
+        self._version = 0
+
+    def set(self, key: EngineKey) -> None:
+        with self._lock:
+            self._key = key
+            self._version += 1
+
+    def get(self) -> tuple[int, EngineKey | None]:
+        with self._lock:
+            return self._version, self._key
+
+
+def health_check(cp_id: str, secret: str | None) -> HealthCheck:
+    """A check the engine can tell comes from this CP's monitor (when it has the secret)."""
+    if secret is None:
+        return HealthCheck(cp_id=cp_id)
+    nonce, ts = auth.new_nonce(), time.time()
+    return HealthCheck(cp_id=cp_id, ts=ts, nonce=nonce,
+                       proof=auth.check_proof(secret, cp_id, nonce, ts))
+
+
 def check_engine(engine: Address, cp_id: str, events: queue.Queue[object],
-                 stop: threading.Event, interval: float, answer_timeout: float) -> None:
+                 stop: threading.Event, interval: float, answer_timeout: float,
+                 credential: Credential | None = None, keys: EngineKeys | None = None) -> None:
     sock: socket.socket | None = None
+    sent_version = -1
     next_check = time.monotonic()
     while not stop.is_set():
         result: HealthResult
         try:
             if sock is None:
                 sock = socket.create_connection(engine.pair, timeout=answer_timeout)
+                sent_version = -1  # a new engine connection: hand the key over again
             sock.settimeout(answer_timeout)
-            send_frame(sock, HealthCheck(cp_id=cp_id).to_wire())
+            if keys is not None:
+                version, key = keys.get()
+                if key is not None and version != sent_version:
+                    send_frame(sock, key.to_wire())
+                    sent_version = version
+            secret = credential.get() if credential is not None else None
+            send_frame(sock, health_check(cp_id, secret).to_wire())
             obj = recv_frame(sock)
             if obj is None:
                 raise ConnectionError("engine closed the connection")
@@ -117,7 +159,9 @@ class Monitor:
     """The main thread's state and rules."""
 
     def __init__(self, central: Address, cp_id: str, location: str, events: queue.Queue[object],
-                 stop: threading.Event, heartbeat: float, central_timeout: float) -> None:
+                 stop: threading.Event, heartbeat: float, central_timeout: float,
+                 credential: Credential | None = None,
+                 engine_keys: EngineKeys | None = None) -> None:
         self.central = central
         self.cp_id = cp_id
         self.location = location
@@ -137,6 +181,11 @@ class Monitor:
         self.last_rx = 0.0
         self.exit_code = 0
         self.unavailable_since: float | None = time.time()  # until first registered
+        self.credential = credential
+        self.secret: str | None = None  # the CP's credential (None: the open level)
+        self.engine_keys = engine_keys or EngineKeys()
+        self.nonce = ""  # this connection's nonce (ours)
+        self.challenge = ""  # central's nonce
 
     def run(self) -> None:
         # The first health result decides what the registration says.
@@ -191,8 +240,35 @@ class Monitor:
             say(f"{self.cp_id}: AVERÍA sent to central ({self.health.detail})")
         self.reported_ok = self.health.ok
 
+    def _give_up(self, text: str) -> None:
+        say(f"{self.cp_id}: {text}")
+        self.exit_code = 1
+        self.stop.set()
+
     def _on_central(self, msg: Message) -> None:
+        if isinstance(msg, Challenge):
+            if self.secret is None:
+                where = self.credential.source if self.credential else "none given"
+                self._give_up(f"central asks {self.cp_id} to prove its credential, but there "
+                              f"is none here ({where}); copy central's "
+                              f"credentials/{self.cp_id}.key there, or use --credentials")
+                return
+            self.challenge = msg.nonce
+            self._send(Prove(cp_id=self.cp_id, proof=auth.register_proof(
+                self.secret, self.cp_id, self.nonce, msg.nonce)))
+            return
         if isinstance(msg, RegisterAccepted):
+            if self.secret is not None and self.challenge:
+                expected = auth.central_proof(self.secret, self.cp_id, self.nonce,
+                                              self.challenge)
+                key = auth.kafka_key(self.secret, self.nonce, self.challenge)
+                if not auth.same(expected, msg.proof) or auth.key_id(key) != msg.key_id:
+                    self._lost("central could not prove it holds this CP's credential "
+                               "(not the real central?)")
+                    return
+                self.engine_keys.set(EngineKey(cp_id=self.cp_id, client_nonce=self.nonce,
+                                               server_nonce=self.challenge,
+                                               key_id=msg.key_id))
             self.registered = True
             self.unavailable_since = None
             self.backoff = 0.5
@@ -202,11 +278,10 @@ class Monitor:
             self.next_beat = time.monotonic() + self.heartbeat
             self._report_health()
         elif isinstance(msg, RegisterRejected):
-            say(f"{self.cp_id}: central refused the registration: {msg.reason}")
-            if msg.code is RejectCode.UNKNOWN:
-                self.exit_code = 1
-                self.stop.set()
+            if msg.code in (RejectCode.UNKNOWN, RejectCode.AUTH):
+                self._give_up(f"central refused the registration: {msg.reason}")
             else:
+                say(f"{self.cp_id}: central refused the registration: {msg.reason}")
                 self._lost("registration refused")
         elif isinstance(msg, ErrorFrame):
             say(f"{self.cp_id}: central reports a protocol error: {msg.reason}")
@@ -228,7 +303,16 @@ class Monitor:
         self.reader = threading.Thread(target=read_central, name="monitor-central",
                                        args=(sock, self.link, self.events, self.stop))
         self.reader.start()
-        self._send(Register(cp_id=self.cp_id, location=self.location, health=health))
+        if self.credential is not None:
+            try:
+                self.secret = self.credential.get()
+            except StoreError as exc:
+                self._give_up(str(exc))
+                return
+        self.nonce = auth.new_nonce() if self.secret is not None else ""
+        self.challenge = ""
+        self._send(Register(cp_id=self.cp_id, location=self.location, health=health,
+                            nonce=self.nonce))
 
     def _send(self, msg: Message) -> None:
         if self.sock is None:

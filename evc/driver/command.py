@@ -34,6 +34,7 @@ from evc.protocol.messages import (
 )
 from evc.protocol.topics import CONTROL, NETWORK, TELEMETRY, Delivery
 from evc.store import JsonFile
+from evc.store.credentials import Credential
 
 
 @click.command()
@@ -52,14 +53,17 @@ from evc.store import JsonFile
 @click.option("--list", "list_only", is_flag=True,
               help="Print the charge points available now (and whether central is there), "
                    "then exit.")
+@click.option("--credentials", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="This driver's credential file [default: $EVC_SECRET, else "
+                   "$EVC_CREDENTIALS_DIR/<driver_id>.key, else data/credentials/<id>.key].")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("data"), show_default=True,
               help="Folder of the driver's journal (driver-<id>.json): restarted with the "
                    "same id and file, the driver goes on where it stopped.")
 @common_options
 def driver(kafka: Address, driver_id: str, file_: Path | None, charge_seconds: float,
-           pause: float, timeout: float, live: bool, list_only: bool, state_dir: Path,
-           common: Common) -> None:
+           pause: float, timeout: float, live: bool, list_only: bool,
+           credentials: Path | None, state_dir: Path, common: Common) -> None:
     """EV_Driver: asks central for charges at the CPs listed in --file, one after another.
 
     Without --file, a prompt: type a CP id to charge there, `list` for the CPs available
@@ -71,6 +75,8 @@ def driver(kafka: Address, driver_id: str, file_: Path | None, charge_seconds: f
         return
     if file_ is not None:
         read_requests(file_)  # a missing or unreadable file is a clear error now
+    credential = Credential(driver_id, credentials)
+    credential.get()  # a broken file is a clear error now; a missing one is said later
     journal = JsonFile(state_dir / f"driver-{driver_id}.json")
     state = journal.load()
     stop = threading.Event()
@@ -96,7 +102,7 @@ def driver(kafka: Address, driver_id: str, file_: Path | None, charge_seconds: f
         crew.spawn(consumer.run, mine, stop, name="driver-kafka")
         d = Driver(bus, driver_id, inbox, stop, journal=journal, timeout=timeout,
                    charge_seconds=charge_seconds, pause=pause, live=live,
-                   caught_up=consumer.caught_up)
+                   caught_up=consumer.caught_up, credential=credential)
         try:
             if file_ is not None:
                 d.run_file(file_)

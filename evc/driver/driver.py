@@ -33,6 +33,7 @@ from evc.console import say as console_say
 from evc.console import stamp
 from evc.errors import BusError, ConfigError, EvcError, ProtocolError
 from evc.netview import NetworkView
+from evc.protocol import auth
 from evc.protocol.ids import is_id, printable
 from evc.protocol.messages import (
     Authorization,
@@ -47,6 +48,7 @@ from evc.protocol.messages import (
     from_wire,
 )
 from evc.protocol.topics import REQUESTS
+from evc.store.credentials import Credential
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +167,8 @@ class Driver:
                  stop: threading.Event, *, journal: Journal, timeout: float,
                  charge_seconds: float, pause: float, live: bool,
                  central_timeout: float = 3.0, ticket_timeout: float = 60.0,
-                 caught_up: threading.Event | None = None) -> None:
+                 caught_up: threading.Event | None = None,
+                 credential: Credential | None = None) -> None:
         self.bus = bus
         self.driver_id = driver_id
         self.inbox = inbox
@@ -187,8 +190,26 @@ class Driver:
         self.control_pos: dict[str, int] = dict(self.state.get("control", {}))
         self.network = NetworkView(central_timeout)  # CPs' public states, central's pulse
         self.caught_up = caught_up or threading.Event()  # network_topic's history is read
+        # With a credential (the authenticated level) requests are signed, and answers and
+        # tickets that do not carry central's signature for this driver are ignored.
+        self.credential = credential
+        self._warned = False
         self._unavailable_since: float | None = None
         self._unsent: dict[str, tuple[str, Message, str, float]] = {}  # msg_id -> retry
+
+    @property
+    def key(self) -> str | None:
+        """This driver's signing key, once its credential is there (looked up until then)."""
+        if self.credential is None:
+            return None
+        secret = self.credential.get()
+        if secret is None:
+            if not self._warned:
+                self._warned = True
+                say(f"{self.driver_id}: no credential ({self.credential.source}): requests "
+                    "go unsigned (a central at the authenticated level refuses them)")
+            return None
+        return auth.driver_key(secret)
 
     # ------------------------------------------------------------------ the journal
     def _save(self) -> None:
@@ -366,6 +387,11 @@ class Driver:
             if item.topic and item.offset >= 0 and isinstance(item.message,
                                                               (Authorization, Ticket)):
                 self.control_pos[str(item.partition)] = item.offset + 1
+                signing = self.key
+                if signing is not None and not auth.verify(item.message, signing):
+                    say(f"{self.driver_id}: ignored a forged {item.message.TYPE} (it does "
+                        "not carry central's signature)")
+                    item = None
             if isinstance(item.message, (CentralStatus, CPStatus, Removed)):
                 self.network.apply(item.message, item.live)
                 item = None
@@ -455,7 +481,11 @@ class Driver:
 
     # ------------------------------------------------------------------ sending
     def _send(self, topic: str, message: Message, key: str) -> None:
-        """Queue ``message``; one Kafka does not confirm is sent again until it does."""
+        """Queue ``message`` (signed, with a credential); one Kafka does not confirm is
+        sent again until it does."""
+        signing = self.key
+        if signing is not None and not message.mac:
+            message = auth.sign(message, signing)
         self._unsent[message.msg_id] = (topic, message, key, 0.0)
         inbox, msg_id = self.inbox, message.msg_id
         try:

@@ -12,6 +12,7 @@ import json
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -112,17 +113,20 @@ def send_frame(sock: socket.socket, obj: dict[str, Any]) -> None:
     sock.sendall(encode_frame(obj))
 
 
-def read_frames(sock: socket.socket, stop: threading.Event, poll: float = 0.5
-                ) -> Iterator[dict[str, Any]]:
+def read_frames(sock: socket.socket, stop: threading.Event, poll: float = 0.5,
+                idle: float | None = None) -> Iterator[dict[str, Any]]:
     """Frames from a blocking socket until EOF or ``stop``, checking ``stop`` every ``poll`` s.
 
     Reads through a FrameDecoder, so a timeout in the middle of a frame loses
     nothing. EOF mid-frame and malformed frames raise ProtocolError; socket
-    errors propagate.
+    errors propagate; no whole frame for ``idle`` seconds raises TimeoutError.
     """
     decoder = FrameDecoder()
     sock.settimeout(poll)
+    last = time.monotonic()
     while not stop.is_set():
+        if idle is not None and time.monotonic() - last > idle:
+            raise TimeoutError(f"no frame for {idle:g} s")
         try:
             data = sock.recv(65536)
         except TimeoutError:
@@ -130,4 +134,7 @@ def read_frames(sock: socket.socket, stop: threading.Event, poll: float = 0.5
         if not data:
             decoder.close()
             return
-        yield from decoder.feed(data)
+        frames = decoder.feed(data)
+        if frames:
+            last = time.monotonic()
+        yield from frames

@@ -66,6 +66,7 @@ class RejectCode(StrEnum):
     UNKNOWN = "unknown"  # the CP is not in the registry: the monitor gives up
     DUPLICATE = "duplicate"  # another live monitor holds the id: retry later
     PROTOCOL = "protocol"  # spoke before registering, or for another CP
+    AUTH = "auth"  # no valid proof of the CP's secret (refused, audited)
 
 
 class DenyCode(StrEnum):
@@ -78,6 +79,8 @@ class DenyCode(StrEnum):
     FAULTED = "faulted"  # the CP is out of service (Averiado)
     STOPPED = "stopped"  # stopped by the operator (Parado)
     BUSY = "busy"  # the CP is supplying someone else
+    UNKNOWN_DRIVER = "unknown_driver"  # not registered in central
+    BAD_PROOF = "bad_proof"  # the request does not carry the driver's valid MAC
 
 
 def new_id() -> str:
@@ -90,7 +93,8 @@ def wire(name: str) -> Any:
 
 
 ID_FIELDS = frozenset({"cp_id", "driver_id"})
-TOKEN_FIELDS = frozenset({"msg_id", "session_id", "request_id", "kid", "mac"})
+TOKEN_FIELDS = frozenset({"msg_id", "session_id", "request_id", "kid", "mac", "nonce",
+                          "proof", "key_id", "client_nonce", "server_nonce"})
 TEXT_FIELDS = frozenset({"location", "reason", "state", "detail", "central"})
 
 M = TypeVar("M", bound="Message")
@@ -272,6 +276,25 @@ class Register(Message):
     cp_id: str
     location: str = ""
     health: Health = Health.OK
+    nonce: str = ""  # the monitor's challenge to central (authenticated level)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Challenge(Message):
+    """Central -> monitor: prove you hold this CP's secret (``nonce`` is central's)."""
+
+    TYPE: ClassVar[str] = "challenge"
+    cp_id: str
+    nonce: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Prove(Message):
+    """Monitor -> central: HMAC of both nonces under the CP's secret (protocol.auth)."""
+
+    TYPE: ClassVar[str] = "prove"
+    cp_id: str
+    proof: str
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -280,6 +303,8 @@ class RegisterAccepted(Message):
     cp_id: str
     location: str
     price_eur_kwh: float
+    proof: str = ""  # central's own proof of the secret (authenticated level)
+    key_id: str = ""  # the id of this registration's Kafka key (derived on both sides)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -336,6 +361,20 @@ class HealthCheck(Message):
 
     TYPE: ClassVar[str] = "health_check"
     cp_id: str
+    nonce: str = ""  # with ``proof``: the check comes from the CP's own monitor
+    proof: str = ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EngineKey(Message):
+    """Monitor -> engine after each registration: derive this registration's Kafka key
+    from the CP's secret and these nonces; ``key_id`` says it was derived right."""
+
+    TYPE: ClassVar[str] = "engine_key"
+    cp_id: str
+    client_nonce: str
+    server_nonce: str
+    key_id: str
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -492,4 +531,4 @@ class Removed(Message):
     key: str
 
 
-TCP_CENTRAL_TYPES = (Register, Heartbeat, FaultReport, RecoveryReport)
+TCP_CENTRAL_TYPES = (Register, Prove, Heartbeat, FaultReport, RecoveryReport)
