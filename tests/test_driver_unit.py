@@ -214,3 +214,20 @@ def test_request_files(tmp_path):
     with pytest.raises(ConfigError, match="not UTF-8"):
         numbered_requests(bad)
     assert numbered_requests(requests_file(tmp_path, "CP-01")) == [(2, "CP-01")]
+
+
+def test_with_a_credential_unsigned_answers_are_forgeries(tmp_path, capsys):
+    from evc.store.credentials import Credential
+
+    key_file = tmp_path / "D-1.key"
+    key_file.write_text("ab" * 32 + "\n")
+    inbox: queue.Queue = queue.Queue()
+    central = Central(inbox)  # answers unsigned: as a stranger would
+    central.beat()
+    d = Driver(central, "D-1", inbox, threading.Event(), journal=Journal(), timeout=0.5,
+               charge_seconds=0, pause=0, live=False,
+               credential=Credential("D-1", key_file))
+    d.run_file(requests_file(tmp_path, "CP-01"))
+    out = capsys.readouterr().out
+    assert "ignored a forged authorization" in out and "did not answer" in out
+    assert central.sent[0].mac  # its own request went signed

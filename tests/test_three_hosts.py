@@ -110,8 +110,12 @@ def run_flows(hosts: Hosts, kafka: str, tmp_path, procs: list[Proc]) -> None:
     pc2, pc3 = hosts.ip["pc2"], hosts.ip["pc3"]
     cps = tmp_path / "cps.csv"
     cps.write_text("CP-01,C/Italia 5,0.35\nCP-02,Av. Maisonnave 12,0.40\n")
+    drivers = tmp_path / "drivers.txt"
+    drivers.write_text("D-1\n")
+    # one folder for all "machines" here: the copy step of docs/DEPLOY.md is implicit
     central = Proc(["central", "5000", kafka, str(tmp_path / "central.json"), "--cps",
-                    str(cps)], wrapper=hosts.wrap("pc2"), name="central@pc2")
+                    str(cps), "--drivers", str(drivers)], wrapper=hosts.wrap("pc2"),
+                   name="central@pc2")
     procs.append(central)
     central.wait_line("central ready", timeout=60)
 

@@ -52,7 +52,9 @@ class Children:
     def start(self, name: str, args: list[str],
               stdin: int | None = None) -> subprocess.Popen[bytes]:
         log = open(self.run_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1")
+        # every child finds the credentials central makes in the run folder
+        env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1",
+                   EVC_CREDENTIALS_DIR=str(self.run_dir / "credentials"))
         proc = subprocess.Popen(EVC + args,
                                 stdin=stdin if stdin is not None else subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -131,6 +133,8 @@ def write_inputs(run_dir: Path, n_cps: int, n_drivers: int, per_driver: int,
         for i, cp in enumerate(cps):
             location = LOCATIONS[i % len(LOCATIONS)]
             out.write(f"{cp},\"{location}\",{0.30 + rng.randint(0, 15) / 100:.2f}\n")
+    (run_dir / "drivers.txt").write_text(
+        "".join(f"D-{d:02d}\n" for d in range(1, n_drivers + 1)), encoding="utf-8")
     files = []
     for d in range(1, n_drivers + 1):
         path = run_dir / f"requests-D-{d:02d}.txt"
@@ -224,8 +228,9 @@ def run_demo(kafka: Address, n_cps: int, n_drivers: int, per_driver: int,
         db = run_dir / "central.json"
         central = subprocess.Popen(EVC + [
             "central", str(central_port), str(kafka), str(db),
-            "--cps", str(run_dir / "charging_points.csv"), "--display", display,
-            "--log-file", str(run_dir / "central.log")])
+            "--cps", str(run_dir / "charging_points.csv"), "--drivers",
+            str(run_dir / "drivers.txt"), "--credentials-dir", str(run_dir / "credentials"),
+            "--display", display, "--log-file", str(run_dir / "central.log")])
         drivers_at = time.monotonic() + 20  # drivers start once the CPs are up (or by then)
         drivers_started = n_drivers == 0
         drivers: dict[str, tuple[subprocess.Popen[bytes], list[str]]] = {}

@@ -392,7 +392,7 @@ class Driver:
                     say(f"{self.driver_id}: ignored a forged {item.message.TYPE} (it does "
                         "not carry central's signature)")
                     item = None
-            if isinstance(item.message, (CentralStatus, CPStatus, Removed)):
+            elif isinstance(item.message, (CentralStatus, CPStatus, Removed)):
                 self.network.apply(item.message, item.live)
                 item = None
         self._watch_central()

@@ -88,16 +88,24 @@ def find_secret(ident: str, explicit: Path | None = None) -> tuple[str | None, s
 
 
 class Credential:
-    """One CP's or driver's secret, looked up when needed until it is found (a monitor
-    may start before central has written its file), then kept."""
+    """One CP's or driver's secret, looked up when needed: until it is found (a monitor
+    may start before central has written its file), and again whenever its file changes
+    (central rotated it and the new file was copied in)."""
 
     def __init__(self, ident: str, explicit: Path | None = None) -> None:
         self.ident = ident
         self.explicit = explicit
         self._secret: str | None = None
+        self._stamp: float | None = None
         self.source = str(explicit) if explicit else str(default_dir() / f"{ident}.key")
 
     def get(self) -> str | None:
-        if self._secret is None:
+        path = Path(self.source)
+        try:
+            stamp: float | None = path.stat().st_mtime_ns if path.exists() else None
+        except OSError:
+            stamp = None
+        if self._secret is None or stamp != self._stamp:
             self._secret, self.source = find_secret(self.ident, self.explicit)
+            self._stamp = stamp
         return self._secret

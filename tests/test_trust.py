@@ -1,0 +1,200 @@
+"""Strangers cannot impersonate or forge (R9): each attack fails, honest traffic goes on.
+
+Real processes, the real broker, central at its default (authenticated) level. The
+attacker knows everything docs/PROTOCOL.md says, but no credential.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+
+import pytest
+
+from evc.protocol import messages as m
+from evc.protocol.framing import recv_frame
+from evc.protocol.topics import CONTROL, REQUESTS, TELEMETRY
+from evc.store import read_audit
+from tests.helpers import Proc, wait_for
+from tests.network import Network, Observer
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def net(kafka, prefix, tmp_path, procs):
+    network = Network(kafka, prefix, tmp_path, procs)
+    network.start_central()
+    return network
+
+
+@pytest.fixture
+def observer(bus, net):
+    obs = Observer(bus, net.context)
+    yield obs
+    obs.close()
+
+
+def frame(obj: dict) -> bytes:
+    payload = json.dumps(obj).encode()
+    return struct.pack(">I", len(payload)) + payload
+
+
+def audit(net: Network) -> list[dict]:
+    return read_audit(net.db.with_name("central.audit.jsonl"))
+
+
+def stranger_registers(net: Network, cp: str, proof: str = "0" * 64) -> dict | None:
+    """Register as ``cp`` and answer the challenge with a made-up proof."""
+    with socket.create_connection(("127.0.0.1", net.port), timeout=5) as sock:
+        sock.sendall(frame({"type": "register", "cp_id": cp, "location": "Fake 1",
+                            "health": "OK", "nonce": "ab" * 16}))
+        first = recv_frame(sock)
+        if first is not None and first["type"] == "challenge":
+            sock.sendall(frame({"type": "prove", "cp_id": cp, "proof": proof}))
+            return recv_frame(sock)
+        return first
+
+
+def test_a_stranger_cannot_become_a_cp(net):
+    net.start_cp("CP-01")
+    net.monitors["CP-01"].kill()  # the real monitor drops
+    net.wait_state("CP-01", "Desconectado")
+    answer = stranger_registers(net, "CP-01")
+    assert answer["type"] == "register_rejected" and answer["code"] == "auth"
+    # no nonce at all (an open-level monitor, or the documented frame alone)
+    with socket.create_connection(("127.0.0.1", net.port), timeout=5) as sock:
+        sock.sendall(frame({"type": "register", "cp_id": "CP-01"}))
+        assert recv_frame(sock)["code"] == "auth"
+    refused = [a for a in audit(net) if a["event"] == "refused" and a["cp_id"] == "CP-01"]
+    assert len(refused) >= 2 and all(a["source"].startswith("127.0.0.1:") for a in refused)
+    assert net.current_state("CP-01") == "Desconectado"  # the stranger never got in
+    net.start_monitor("CP-01")  # and the real one registers as before
+    net.wait_state("CP-01", "Activado")
+
+
+def test_a_forged_reading_bills_nothing(net, bus, observer):
+    net.start_cp("CP-01")
+    d = Proc(["driver", net.kafka, "D-1", "--topic-prefix", net.prefix,
+              "--charge-seconds", "3"], name="driver")
+    net.procs.append(d)
+    d.send("CP-01")
+    d.wait_line("live at CP-01")
+    (auth,) = observer.of(m.Authorization, driver_id="D-1")
+    forged = m.Telemetry(cp_id="CP-01", driver_id="D-1", consumo_kwh=999.0, importe_eur=5000,
+                         session_id=auth.session_id, final=True, reason="finished")
+    bus.send(TELEMETRY, forged, "CP-01")
+    bus.flush()
+    d.wait_line("TICKET at CP-01", timeout=20)
+    (ticket,) = observer.wait(m.Ticket, session_id=auth.session_id)
+    assert ticket.consumo_kwh < 10 and ticket.importe_eur < 5
+    wait_for(lambda: any(a["event"] == "rejected" and a.get("kind") == "telemetry"
+                         for a in audit(net)), 5, "the forged reading in the audit log")
+
+
+def test_a_forged_order_is_ignored_by_the_engine(net, bus, observer):
+    net.start_cp("CP-01")
+    bus.send(CONTROL, m.StartSupply(cp_id="CP-01", driver_id="D-9", session_id="free" * 8,
+                                    price_eur_kwh=0.0), "CP-01")
+    bus.send(CONTROL, m.StopCP(cp_id="CP-01"), "CP-01")
+    bus.flush()
+    engine = net.engines["CP-01"]
+    engine.wait_line("unsigned start_supply for CP-01 ignored")
+    assert "supplying D-9" not in engine.output and "Parado" not in engine.output
+    assert net.current_state("CP-01") == "Activado"
+    d = Proc(["driver", net.kafka, "D-1", "--topic-prefix", net.prefix,
+              "--charge-seconds", "1"], name="driver")  # real orders still work
+    net.procs.append(d)
+    d.send("CP-01")
+    d.wait_line("TICKET at CP-01", timeout=20)
+
+
+def test_a_stranger_cannot_request_for_a_driver_nor_forge_its_ticket(net, kafka, bus,
+                                                                      observer):
+    net.start_cp("CP-01")
+    unsigned = m.ChargeRequest(driver_id="D-1", cp_id="CP-01")
+    unknown = m.ChargeRequest(driver_id="D-666", cp_id="CP-01")
+    for req in (unsigned, unknown):
+        bus.send(REQUESTS, req, "CP-01")
+    bus.flush()
+    assert observer.wait(m.Authorization, request_id=unsigned.msg_id)[0].code \
+        is m.DenyCode.BAD_PROOF
+    assert observer.wait(m.Authorization, request_id=unknown.msg_id)[0].code \
+        is m.DenyCode.UNKNOWN_DRIVER
+    d = Proc(["driver", net.kafka, "D-1", "--topic-prefix", net.prefix,
+              "--charge-seconds", "4"], name="driver")
+    net.procs.append(d)
+    d.send("CP-01")
+    d.wait_line("live at CP-01")
+    (auth,) = [a for a in observer.of(m.Authorization, driver_id="D-1") if a.authorized]
+    fake = m.Ticket(driver_id="D-1", cp_id="CP-01", session_id=auth.session_id,
+                    consumo_kwh=0.0, importe_eur=9999.0, price_eur_kwh=99, started_at=1,
+                    ended_at=2, reason=m.EndReason.FINISHED)
+    bus.send(CONTROL, fake, "D-1")
+    bus.flush()
+    d.wait_line("ignored a forged ticket")
+    d.wait_line("TICKET at CP-01", timeout=20)
+    assert "9999" not in d.output
+    assert net.central.popen.poll() is None
+
+
+def test_trickling_strangers_are_let_go_and_honest_cps_go_on(net):
+    net.start_cp("CP-01")
+    socks = [socket.create_connection(("127.0.0.1", net.port), timeout=5) for _ in range(40)]
+    t0 = time.monotonic()
+    try:
+        closed: set[int] = set()
+        while len(closed) < len(socks) and time.monotonic() - t0 < 15:
+            for i, sock in enumerate(socks):
+                if i in closed:
+                    continue
+                try:
+                    sock.send(b"\x00")  # one byte a second: never a whole frame
+                    sock.settimeout(0.01)
+                    if sock.recv(100) == b"":
+                        closed.add(i)
+                except (BlockingIOError, TimeoutError):
+                    pass
+                except OSError:
+                    closed.add(i)
+            time.sleep(1)
+        assert len(closed) == len(socks)  # each let go (by the registration deadline)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert net.current_state("CP-01") == "Activado"
+    assert len(net.state_lines("CP-01")) == 1
+
+
+def test_a_stranger_on_the_engine_port_gets_no_answer(net):
+    net.start_cp("CP-01")
+    port = net.engine_ports["CP-01"]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(frame({"type": "health_check", "cp_id": "CP-01"}))  # no proof
+        sock.settimeout(5)
+        assert sock.recv(100) == b""  # closed, unanswered
+    net.engines["CP-01"].wait_line("refused a health check for CP-01 without its")
+    assert net.current_state("CP-01") == "Activado"
+
+
+def test_rotate_and_revoke_credentials_from_the_console(net):
+    net.start_cp("CP-01")
+    key = net.tmp / "credentials" / "CP-01.key"
+    old = key.read_text()
+    net.central.send("rotate CP-01")
+    net.central.wait_line("CP-01: credential rotated")
+    assert key.read_text() != old
+    # the connected monitor is let go; it registers again with the new file by itself
+    net.monitors["CP-01"].wait_line("credential was rotated")
+    assert net.monitors["CP-01"].popen.wait(10) == 1  # an auth refusal: it stops, says why
+    net.start_monitor("CP-01")
+    net.wait_state("CP-01", "Activado")
+    net.central.send("revoke CP-01")
+    net.central.wait_line("CP-01: credential revoked")
+    assert not key.exists()
+    net.wait_state("CP-01", "Desconectado")
+    assert stranger_registers(net, "CP-01")["code"] == "auth"
+    events = [(a["event"], a.get("action")) for a in audit(net) if a.get("id") == "CP-01"]
+    assert ("credential", "issued") in events and ("credential", "revoked") in events
