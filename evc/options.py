@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from evc.bus import Sasl
 from evc.errors import EvcError
 from evc.net import Address, parse_address
 from evc.protocol.ids import check_id
@@ -78,7 +79,15 @@ class Common:
     log_level: str = "WARNING"
     log_file: str | None = None
     kafka_wait: float = 10.0
+    kafka_user: str | None = None
+    kafka_password: str | None = None
 
+    @property
+    def sasl(self) -> Sasl | None:
+        """The Kafka login for a broker started with `evc broker start --secure`."""
+        if self.kafka_user is None:
+            return None
+        return Sasl(self.kafka_user, self.kafka_password or "")
 
 def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Adds --topic-prefix, --log-level, --log-file and --kafka-wait as ``common: Common``."""
@@ -91,11 +100,17 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--kafka-wait", type=click.FloatRange(1, 86400), default=10.0,
                   show_default=True, help="Seconds to keep trying to reach the broker at "
                   "start (a restart during a broker outage waits for it).")
+    @click.option("--kafka-user", envvar="EVC_KAFKA_USER", default=None,
+                  help="Kafka user, for a broker started with --secure [env EVC_KAFKA_USER].")
+    @click.option("--kafka-password", envvar="EVC_KAFKA_PASSWORD", default=None,
+                  help="Its password [env EVC_KAFKA_PASSWORD].")
     @functools.wraps(func)
     def wrapper(*args: Any, topic_prefix: str, log_level: str, log_file: str | None,
-                kafka_wait: float, **kwargs: Any) -> Any:
+                kafka_wait: float, kafka_user: str | None, kafka_password: str | None,
+                **kwargs: Any) -> Any:
         common = Common(topic_prefix=topic_prefix, log_level=log_level, log_file=log_file,
-                        kafka_wait=kafka_wait)
+                        kafka_wait=kafka_wait, kafka_user=kafka_user,
+                        kafka_password=kafka_password)
         return func(*args, common=common, **kwargs)
 
     return wrapper

@@ -198,3 +198,63 @@ def test_rotate_and_revoke_credentials_from_the_console(net):
     assert stranger_registers(net, "CP-01")["code"] == "auth"
     events = [(a["event"], a.get("action")) for a in audit(net) if a.get("id") == "CP-01"]
     assert ("credential", "issued") in events and ("credential", "revoked") in events
+
+
+def test_a_secure_broker_lets_each_role_do_only_its_part(tmp_path, procs):
+    """`evc broker start --secure`: SASL/SCRAM users and ACLs. The whole network runs with
+    one user per role; a driver's user cannot write orders, a wrong password gets in
+    nowhere."""
+    from evc.bus import KafkaBus, Sasl
+    from evc.errors import BusError
+    from tests.helpers import free_port, run_evc
+
+    port, data = free_port(), tmp_path / "broker"
+    started = run_evc(["broker", "start", "--secure", "--listen", f"127.0.0.1:{port}",
+                       "--controller-port", str(free_port()), "--data-dir", str(data)],
+                      timeout=300)
+    assert started.returncode == 0, started.stderr
+    try:
+        assert "--kafka-user driver --kafka-password" in started.stdout
+        users = json.loads((data / "kafka-users.json").read_text())
+        assert oct((data / "kafka-users.json").stat().st_mode)[-3:] == "600"
+        kafka = f"127.0.0.1:{port}"
+
+        def as_role(role: str) -> dict[str, str]:
+            return {"EVC_KAFKA_USER": role, "EVC_KAFKA_PASSWORD": users[role]}
+
+        net = Network(kafka, "", tmp_path, procs)
+        net.central = Proc(["central", str(net.port), kafka, str(net.db), "--listen-host",
+                            "127.0.0.1", "--cps", str(net.cps_file), "--drivers",
+                            str(net.drivers_file), "--log-file", str(net.central_log)],
+                           env=as_role("central"), name="central")
+        procs.append(net.central)
+        net.central.wait_line("central ready", timeout=60)
+        port_e = net.engine_ports.setdefault("CP-01", free_port())
+        engine = Proc(["cp-engine", kafka, "--listen", f"127.0.0.1:{port_e}", "--id", "CP-01",
+                       "--state-dir", str(tmp_path / "state")], env=as_role("engine"),
+                      name="engine")
+        procs.append(engine)
+        engine.wait_line("engine listening", timeout=30)
+        net.start_monitor("CP-01")
+        net.wait_state("CP-01", "Activado")
+        d = Proc(["driver", kafka, "D-1", "--charge-seconds", "2"], env=as_role("driver"),
+                 name="driver")
+        procs.append(d)
+        d.send("CP-01")
+        d.wait_line("TICKET at CP-01", timeout=30)
+        status = run_evc(["status", kafka, "--once"], env=as_role("viewer"))
+        assert status.returncode == 0 and "CP-01" in status.stdout, status.stderr
+        # the driver's user may write requests, never orders
+        verdicts: list = []
+        with KafkaBus(kafka, sasl=Sasl("driver", users["driver"])) as bus:
+            bus.send(CONTROL, m.StopCP(cp_id="CP-01"), "CP-01",
+                     lambda ok, error: verdicts.append((ok, error)))
+            wait_for(lambda: verdicts, 20, "the broker's verdict")
+        assert verdicts[0][0] is False and "TopicAuthorization" in verdicts[0][1]
+        with pytest.raises(BusError, match="refused the login of Kafka user 'driver'"):
+            KafkaBus(kafka, sasl=Sasl("driver", "wrong"), connect_timeout=3)
+        anonymous = run_evc(["driver", kafka, "D-1", "--list", "--kafka-wait", "2"])
+        assert anonymous.returncode == 1  # no user: nothing
+        assert net.current_state("CP-01") == "Activado"
+    finally:
+        run_evc(["broker", "stop", "--data-dir", str(data)], timeout=120)

@@ -39,10 +39,18 @@ def broker() -> None:
 @click.option("--timeout", type=click.FloatRange(1, 600), default=60.0, show_default=True,
               help="Seconds to wait until the broker answers.")
 @click.option("--foreground", is_flag=True, help="Stay attached; Ctrl+C stops the broker.")
+@click.option("--secure", is_flag=True,
+              help="Clients must log in (SASL/SCRAM-SHA-256) as one of the users it makes "
+                   "(central, engine, driver, viewer), each allowed only its own topics "
+                   "(ACLs). See `evc broker users` and docs/SECURITY.md.")
+@click.option("--topic-prefix", default="", help="With --secure: the topic prefix of the "
+              "network whose topics the ACLs name.")
 def start(listen: Address, advertise: Address | None, controller_port: int | None,
-          data_dir: Path | None, fresh: bool, timeout: float, foreground: bool) -> None:
+          data_dir: Path | None, fresh: bool, timeout: float, foreground: bool,
+          secure: bool, topic_prefix: str) -> None:
     """Start the broker (detached) and wait until it answers."""
-    cfg = manager.make_config(listen, advertise, data_dir, controller_port)
+    cfg = manager.make_config(listen, advertise, data_dir, controller_port, secure=secure,
+                              topic_prefix=topic_prefix)
     if foreground:
         raise SystemExit(manager.run_foreground(cfg, fresh=fresh, timeout=timeout,
                                                 echo=click.echo))
@@ -52,6 +60,10 @@ def start(listen: Address, advertise: Address | None, controller_port: int | Non
                    f"(pid {current.pid}, data {current.data_dir})")
         return
     run = manager.start(cfg, fresh=fresh, timeout=timeout, echo=click.echo)
+    if secure:
+        click.echo(f"clients log in as these users (`evc broker users --data-dir "
+                   f"{cfg.data_dir}` prints them again):")
+        print_users(cfg)
     click.echo(f"Kafka broker running at {run.bootstrap} (pid {run.pid}); log {cfg.log_file}")
 
 
@@ -78,3 +90,22 @@ def status(data_dir: Path | None) -> None:
         raise SystemExit(3)
     click.echo(f"Kafka broker running at {current.bootstrap} (pid {current.pid}, "
                f"data {current.data_dir})")
+
+
+def print_users(cfg: manager.BrokerConfig) -> None:
+    found = manager.users(cfg)
+    for role, who in (("central", "central"), ("engine", "every cp-engine"),
+                      ("driver", "every driver"), ("viewer", "evc status")):
+        click.echo(f"  {who:16s} --kafka-user {role} --kafka-password {found[role]}")
+
+
+@broker.command("users")
+@data_dir_option
+def users_command(data_dir: Path | None) -> None:
+    """Print the Kafka users of a broker started with --secure (keep them private)."""
+    folder = (data_dir or manager.default_data_dir()).resolve()
+    cfg = manager.make_config(manager.Address("127.0.0.1", 9092), None, folder, None,
+                              secure=True)
+    if not cfg.users_file.exists():
+        raise click.ClickException(f"no users in {folder}: start it with --secure first")
+    print_users(cfg)

@@ -20,6 +20,7 @@ import base64
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from evc.bus import ping
+from evc.bus import ROLES, Sasl, ping, provision
 from evc.errors import ConfigError, EvcError
 from evc.net import Address, port_free
 
@@ -142,6 +143,8 @@ class BrokerConfig:
     advertise: Address
     controller: Address
     data_dir: Path
+    secure: bool = False  # SASL/SCRAM users and ACLs (see docs/SECURITY.md)
+    topic_prefix: str = ""  # the network whose topics the ACLs name
 
     @property
     def pid_file(self) -> Path:
@@ -163,14 +166,44 @@ class BrokerConfig:
     def out_file(self) -> Path:
         return self.data_dir / "broker.out"
 
-    def render(self) -> str:
-        return _resource("server.properties.in").format(
+    @property
+    def users_file(self) -> Path:
+        """The secure broker's Kafka users and passwords (mode 0600)."""
+        return self.data_dir / "kafka-users.json"
+
+    def render(self, admin_password: str = "") -> str:
+        text = _resource("server.properties.in").format(
             listen_host=self.listen.host,
             listen_port=self.listen.port,
             controller_host=self.controller.host,
             controller_port=self.controller.port,
             advertise=self.advertise,
             log_dirs=self.kraft_dir,
+        )
+        if not self.secure:
+            return text
+        # Clients speak SASL/SCRAM-SHA-256; the controller listener stays local plaintext.
+        text = text.replace(f"PLAINTEXT://{self.listen.host}:{self.listen.port}",
+                            f"SASL_PLAINTEXT://{self.listen.host}:{self.listen.port}")
+        text = text.replace(f"advertised.listeners=PLAINTEXT://{self.advertise}",
+                            f"advertised.listeners=SASL_PLAINTEXT://{self.advertise}")
+        text = text.replace("inter.broker.listener.name=PLAINTEXT",
+                            "inter.broker.listener.name=SASL_PLAINTEXT")
+        text = text.replace("listener.security.protocol.map=CONTROLLER:PLAINTEXT,"
+                            "PLAINTEXT:PLAINTEXT",
+                            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,"
+                            "SASL_PLAINTEXT:SASL_PLAINTEXT")
+        text = text.replace("auto.create.topics.enable=true", "auto.create.topics.enable=false")
+        return text + (
+            "sasl.enabled.mechanisms=SCRAM-SHA-256\n"
+            "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-256\n"
+            "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="admin" password="{admin_password}";\n'
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\n"
+            "allow.everyone.if.no.acl.found=false\n"
+            # the broker's own controller connections (local plaintext) and the admin
+            "super.users=User:admin;User:ANONYMOUS\n"
         )
 
 
@@ -179,7 +212,8 @@ def default_data_dir() -> Path:
 
 
 def make_config(
-    listen: Address, advertise: Address | None, data_dir: Path | None, controller_port: int | None
+    listen: Address, advertise: Address | None, data_dir: Path | None, controller_port: int | None,
+    *, secure: bool = False, topic_prefix: str = ""
 ) -> BrokerConfig:
     if advertise is None:
         if listen.host in ("0.0.0.0", "::", ""):
@@ -188,7 +222,8 @@ def make_config(
                 "which address clients on other machines use"
             )
         advertise = listen
-    controller_host = "127.0.0.1" if listen.host in ("0.0.0.0", "::") else listen.host
+    controller_host = ("127.0.0.1" if secure or listen.host in ("0.0.0.0", "::")
+                       else listen.host)
     ctrl_port = controller_port or listen.port + 1
     if ctrl_port > 65535:
         raise ConfigError("controller port out of range: give --controller-port")
@@ -197,6 +232,8 @@ def make_config(
         advertise=advertise,
         controller=Address(controller_host, ctrl_port),
         data_dir=(data_dir or default_data_dir()).resolve(),
+        secure=secure,
+        topic_prefix=topic_prefix,
     )
 
 
@@ -270,12 +307,33 @@ def new_cluster_id() -> str:
             return cid
 
 
+def users(cfg: BrokerConfig) -> dict[str, str]:
+    """The secure broker's users and passwords (made once, kept in the data dir)."""
+    try:
+        data = json.loads(cfg.users_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        data = {}
+    except (OSError, ValueError) as exc:
+        raise BrokerError(f"cannot read {cfg.users_file}: {exc}") from exc
+    if not data:
+        data = {user: secrets.token_hex(16) for user in ("admin", *ROLES)}
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(cfg.users_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=1)
+    return {str(k): str(v) for k, v in data.items()}
+
+
 def _format_storage(java: str, libs: Path, cfg: BrokerConfig) -> None:
     if (cfg.kraft_dir / "meta.properties").exists():
         return
     cid = new_cluster_id()
+    extra = []
+    if cfg.secure:  # the admin user exists from the first start on
+        extra = ["--add-scram",
+                 f"SCRAM-SHA-256=[name=admin,password={users(cfg)['admin']}]"]
     cmd = _java_cmd(java, libs, cfg, "kafka.tools.StorageTool",
-                    "format", "-t", cid, "-c", str(cfg.properties))
+                    "format", "-t", cid, "-c", str(cfg.properties), *extra)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-10:])
@@ -293,7 +351,9 @@ def prepare(cfg: BrokerConfig, *, fresh: bool, echo: Echo = print) -> list[str]:
         if not port_free(addr):
             raise BrokerError(f"port {addr} ({what}) is already in use by another program")
     cfg.log_file.parent.mkdir(parents=True, exist_ok=True)
-    cfg.properties.write_text(cfg.render(), encoding="utf-8")
+    cfg.properties.write_text(cfg.render(users(cfg)["admin"] if cfg.secure else ""),
+                              encoding="utf-8")
+    os.chmod(cfg.properties, 0o600)  # it holds the admin password when secure
     _format_storage(java, libs, cfg)
     return _java_cmd(java, libs, cfg, KAFKA_MAIN, str(cfg.properties))
 
@@ -315,7 +375,10 @@ def wait_ready(cfg: BrokerConfig, proc: subprocess.Popen[bytes], timeout: float)
                 f"the broker died during start (exit {proc.returncode}); last log lines:\n"
                 f"{_tail(cfg.log_file)}\n{_tail(cfg.out_file, 5)}"
             )
-        if ping(probe, timeout=2.0):
+        admin = Sasl("admin", users(cfg)["admin"]) if cfg.secure else None
+        if ping(probe, timeout=2.0, sasl=admin):
+            if admin is not None:
+                provision(probe, admin, {r: users(cfg)[r] for r in ROLES}, cfg.topic_prefix)
             return
         time.sleep(0.3)
     _terminate(proc.pid, 10)

@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kafka import (
@@ -43,20 +44,42 @@ from evc.protocol.topics import ALL_TOPICS, COMPACTED, ONE_PARTITION, Delivery
 log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
+TOPIC_AUTHORIZATION_FAILED = 29  # Kafka's error code
 MAX_BLOCK_MS = 1000  # send() waits at most this long for metadata or buffer space
 
 Done = Callable[[bool, str], None]
 """``on_done(ok, error)``: called once per send, from the producer's I/O thread."""
 
 
+@dataclass(frozen=True)
+class Sasl:
+    """A Kafka user (SASL/SCRAM-SHA-256), for a broker started with `evc broker --secure`."""
+
+    user: str
+    password: str
+
+    def client_config(self) -> dict[str, Any]:
+        return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-256",
+                "sasl_plain_username": self.user, "sasl_plain_password": self.password}
+
+
+def _auth(sasl: Sasl | None) -> dict[str, Any]:
+    return sasl.client_config() if sasl is not None else {}
+
+
 @contextlib.contextmanager
-def kafka_errors(what: str, bootstrap: str = "", timeout: float = 0.0) -> Iterator[None]:
+def kafka_errors(what: str, bootstrap: str = "", timeout: float = 0.0,
+                 user: str = "") -> Iterator[None]:
     """The one place kafka-python's errors become ``BusError`` (cause kept)."""
     try:
         yield
     except BusError:
         raise
     except KafkaTimeoutError as exc:
+        if bootstrap and user:
+            raise BusError(f"cannot reach Kafka broker at {bootstrap} within {timeout:g} s, "
+                           f"or it refused the login of Kafka user {user!r} (check "
+                           "--kafka-user and --kafka-password)", retriable=True) from exc
         if bootstrap:
             raise BusError(f"cannot reach Kafka broker at {bootstrap} within {timeout:g} s "
                            "(is it running? try `evc broker start`)", retriable=True) from exc
@@ -97,16 +120,19 @@ class KafkaBus:
         prefix: str = "",
         client_id: str = "evc",
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        sasl: Sasl | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.prefix = prefix
         self.client_id = client_id
         self.connect_timeout = connect_timeout
+        self.sasl = sasl
         self._closed = False
         self._partitions: dict[str, int] = {}
-        with kafka_errors(f"cannot use Kafka broker at {bootstrap}", bootstrap, connect_timeout):
+        with kafka_errors(f"cannot use Kafka broker at {bootstrap}", bootstrap, connect_timeout,
+                          sasl.user if sasl else ""):
             self._producer = KafkaProducer(
-                bootstrap_servers=bootstrap,
+                bootstrap_servers=bootstrap, **_auth(sasl),
                 client_id=client_id,
                 acks="all",
                 linger_ms=2,
@@ -122,7 +148,7 @@ class KafkaBus:
         with kafka_errors(f"cannot use Kafka broker at {self.bootstrap}", self.bootstrap,
                           self.connect_timeout):
             return KafkaAdminClient(
-                bootstrap_servers=self.bootstrap,
+                bootstrap_servers=self.bootstrap, **_auth(self.sasl),
                 client_id=f"{self.client_id}-admin",
                 bootstrap_timeout_ms=int(self.connect_timeout * 1000),
             )
@@ -142,10 +168,16 @@ class KafkaBus:
                     spec[self.topic(n)]["configs"] = dict(COMPACTED[n])
             with kafka_errors(f"cannot create topics {', '.join(full)}"):
                 try:
-                    admin.create_topics(spec, raise_errors=False)
-                    admin.wait_for_topics(full, timeout_ms=int(self.connect_timeout * 1000))
+                    result = admin.create_topics(spec, raise_errors=False)
                 except TopicAlreadyExistsError:
-                    pass
+                    result = {}
+                # A topic this user may not even see (a secure broker's ACLs) is not waited
+                # for: whoever may use it has made sure it exists.
+                hidden = {t.get("name") for t in result.get("topics", [])
+                          if t.get("error_code") == TOPIC_AUTHORIZATION_FAILED}
+                visible = [t for t in full if t not in hidden]
+                if visible:
+                    admin.wait_for_topics(visible, timeout_ms=int(self.connect_timeout * 1000))
         finally:
             admin.close()
 
@@ -276,7 +308,7 @@ class Consumer:
         with kafka_errors(f"cannot consume {', '.join(self.topics)}", bus.bootstrap,
                           bus.connect_timeout):
             self._consumer = KafkaConsumer(
-                bootstrap_servers=bus.bootstrap,
+                bootstrap_servers=bus.bootstrap, **_auth(bus.sasl),
                 client_id=f"{bus.client_id}-consumer",
                 group_id=group_id,
                 enable_auto_commit=False,
@@ -439,6 +471,7 @@ class Lease(ConsumerRebalanceListener):
         with kafka_errors(f"cannot join group {group}", bus.bootstrap, bus.connect_timeout):
             self._consumer = KafkaConsumer(
                 bootstrap_servers=bus.bootstrap, client_id=f"{bus.client_id}-lease",
+                **_auth(bus.sasl),
                 group_id=group, group_instance_id=instance, enable_auto_commit=False,
                 # the holder keeps its partition when another member joins: never moved
                 # away from a live central by a newcomer
@@ -515,13 +548,14 @@ def retrying(what: Callable[[], T], *, wait: float, stop: threading.Event | None
 def open_bus(bootstrap: str, *, prefix: str = "", client_id: str = "evc",
              wait: float = DEFAULT_CONNECT_TIMEOUT, partitions: int = 3,
              stop: threading.Event | None = None,
-             note: Callable[[str], Any] | None = None) -> KafkaBus:
+             note: Callable[[str], Any] | None = None, sasl: Sasl | None = None) -> KafkaBus:
     """A bus whose topics exist, trying for ``wait`` s while the broker is unreachable."""
     deadline = time.monotonic() + wait
 
     def attempt() -> KafkaBus:
         timeout = max(1.0, min(DEFAULT_CONNECT_TIMEOUT, deadline - time.monotonic()))
-        bus = KafkaBus(bootstrap, prefix=prefix, client_id=client_id, connect_timeout=timeout)
+        bus = KafkaBus(bootstrap, prefix=prefix, client_id=client_id, connect_timeout=timeout,
+                       sasl=sasl)
         try:
             bus.ensure_topics(partitions=partitions)
         except BaseException:
@@ -533,11 +567,11 @@ def open_bus(bootstrap: str, *, prefix: str = "", client_id: str = "evc",
     return retrying(attempt, wait=wait, stop=stop, note=note, bootstrap=bootstrap)
 
 
-def ping(bootstrap: str, timeout: float = 2.0) -> bool:
+def ping(bootstrap: str, timeout: float = 2.0, sasl: Sasl | None = None) -> bool:
     """True when a broker at ``bootstrap`` answers a metadata request within ``timeout``."""
     try:
         admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
+            bootstrap_servers=bootstrap, **_auth(sasl),
             client_id="evc-ping",
             bootstrap_timeout_ms=int(timeout * 1000),
             request_timeout_ms=max(1000, int(timeout * 1000)),
@@ -551,3 +585,79 @@ def ping(bootstrap: str, timeout: float = 2.0) -> bool:
         return False
     finally:
         admin.close()
+
+
+# ---------------------------------------------------------------------- a secure broker
+
+ROLES = ("central", "engine", "driver", "viewer")
+
+
+def _allow(topics: Iterable[str], *ops: str) -> list[tuple[str, str, str]]:
+    return [("topic", t, op) for t in topics for op in ops]
+
+
+def role_acls(prefix: str) -> dict[str, list[tuple[str, str, str]]]:
+    """What each Kafka user may do: (resource type, name, operation). Kafka's ACLs are per
+    topic, not per key: a driver may read every answer on control_topic; it cannot forge
+    one (central signs them) nor write anything but requests."""
+    from evc.protocol.topics import CONTROL, LEASE, NETWORK, REQUESTS, TELEMETRY
+
+    t = {n: f"{prefix}{n}" for n in (REQUESTS, TELEMETRY, CONTROL, NETWORK, LEASE)}
+    read = ("READ", "DESCRIBE")
+    write = ("WRITE", "DESCRIBE")
+    return {
+        "central": _allow([t[REQUESTS], t[TELEMETRY], t[LEASE], t[NETWORK]], *read)
+        + _allow([t[CONTROL], t[NETWORK]], *write)
+        + [("group", f"{prefix}evc-central", "READ"),
+           ("group", f"{prefix}evc-central-lease", "READ"),
+           ("cluster", "kafka-cluster", "IDEMPOTENT_WRITE")],
+        "engine": _allow([t[TELEMETRY]], *write) + _allow([t[CONTROL], t[NETWORK]], *read)
+        + [("cluster", "kafka-cluster", "IDEMPOTENT_WRITE")],
+        "driver": _allow([t[REQUESTS]], *write)
+        + _allow([t[CONTROL], t[TELEMETRY], t[NETWORK]], *read)
+        + [("cluster", "kafka-cluster", "IDEMPOTENT_WRITE")],
+        "viewer": _allow([t[NETWORK]], *read),
+    }
+
+
+def provision(bootstrap: str, admin: Sasl, passwords: Mapping[str, str], prefix: str = "",
+              partitions: int = 3) -> None:
+    """On a secure broker: evc's topics, one SCRAM user per role, and each role's ACLs."""
+    from kafka.admin import (
+        ACL,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePattern,
+        ResourceType,
+        UserScramCredentialUpsertion,
+    )
+
+    bus = KafkaBus(bootstrap, prefix=prefix, client_id="evc-provision", sasl=admin)
+    try:
+        bus.ensure_topics(partitions=partitions)
+        client = bus._admin()
+        try:
+            with kafka_errors("cannot create the Kafka users"):
+                errors = client.alter_user_scram_credentials([
+                    UserScramCredentialUpsertion(user, "SCRAM-SHA-256", password)
+                    for user, password in passwords.items()])
+            failed = {u: e for u, e in errors.items() if e}
+            if failed:
+                raise BusError(f"cannot create the Kafka users: {failed}")
+            kinds = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP,
+                     "cluster": ResourceType.CLUSTER}
+            acls = [ACL(principal=f"User:{user}", host="*",
+                        operation=ACLOperation[op], permission_type=ACLPermissionType.ALLOW,
+                        resource_pattern=ResourcePattern(kinds[kind], name,
+                                                         ACLResourcePatternType.LITERAL))
+                    for user, rules in role_acls(prefix).items() if user in passwords
+                    for kind, name, op in rules]
+            with kafka_errors("cannot create the Kafka ACLs"):
+                result = client.create_acls(acls)
+            if result.get("failed"):
+                raise BusError(f"cannot create the Kafka ACLs: {result['failed'][:3]}")
+        finally:
+            client.close()
+    finally:
+        bus.close()

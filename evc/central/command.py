@@ -272,7 +272,8 @@ def run_central(cfg: CentralConfig) -> None:
     try:
         bus = open_bus(str(cfg.kafka), prefix=common.topic_prefix, client_id="evc-central",
                        wait=common.kafka_wait, partitions=cfg.partitions, stop=stop,
-                       note=lambda text: log.warning("%s", text) if cfg.board else say(text))
+                       note=lambda text: log.warning("%s", text) if cfg.board else say(text),
+                       sasl=common.sasl)
     except EvcError:
         server.stop()
         store.close()

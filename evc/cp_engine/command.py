@@ -224,7 +224,7 @@ def run_engine(cfg: EngineConfig) -> None:
         raise ConfigError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from None
     try:
         bus = open_bus(str(cfg.kafka), prefix=cfg.common.topic_prefix, client_id="evc-engine",
-                       wait=cfg.common.kafka_wait, stop=stop, note=say)
+                       wait=cfg.common.kafka_wait, stop=stop, note=say, sasl=cfg.common.sasl)
     except EvcError:
         listener.close()
         raise

@@ -83,7 +83,7 @@ def driver(kafka: Address, driver_id: str, file_: Path | None, charge_seconds: f
     install_stop_signals(stop)
     crew = Crew(stop)
     with open_bus(str(kafka), prefix=common.topic_prefix, client_id=f"evc-driver-{driver_id}",
-                  wait=common.kafka_wait, stop=stop, note=say) as bus:
+                  wait=common.kafka_wait, stop=stop, note=say, sasl=common.sasl) as bus:
         inbox: queue.Queue[Got | SendResult] = queue.Queue()
         control = bus.topic(CONTROL)
         # Answers and tickets: only this driver's partition, from where it stopped reading.
@@ -127,7 +127,7 @@ def list_available(kafka: Address, driver_id: str, common: Common) -> None:
     view = NetworkView()
     inbox: queue.Queue[tuple[Message, bool]] = queue.Queue()
     with open_bus(str(kafka), prefix=common.topic_prefix, client_id=f"evc-driver-{driver_id}",
-                  wait=common.kafka_wait, stop=stop, note=say) as bus:
+                  wait=common.kafka_wait, stop=stop, note=say, sasl=common.sasl) as bus:
         consumer = retrying(lambda: bus.consumer([NETWORK], from_beginning=True),
                             wait=common.kafka_wait, stop=stop)
         crew.spawn(consumer.run, lambda msg, d: inbox.put((msg, consumer.is_live(d))), stop,

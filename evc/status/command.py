@@ -57,7 +57,7 @@ def status(kafka: Address, once: bool, as_json: bool, central_timeout: float,
     inbox: queue.Queue[tuple[Message, bool]] = queue.Queue()
     crew = Crew(stop)
     with open_bus(str(kafka), prefix=common.topic_prefix, client_id="evc-status",
-                  wait=common.kafka_wait, stop=stop) as bus:
+                  wait=common.kafka_wait, stop=stop, sasl=common.sasl) as bus:
         consumer = retrying(lambda: bus.consumer([NETWORK], from_beginning=True),
                             wait=common.kafka_wait, stop=stop)
 
