@@ -59,7 +59,8 @@ class Part:
 
     def start(self) -> None:
         out = open(self.log, "ab")  # noqa: SIM115 - owned by the child
-        env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1",
+                   EVC_CREDENTIALS_DIR=str(self.log.parent / "credentials"))
         self.proc = subprocess.Popen(EVC + self.args, stdout=out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL,
                                      env=env, start_new_session=True)
@@ -149,8 +150,11 @@ def main() -> int:
     cps = [f"CP-{i:02d}" for i in range(1, args.cps + 1)]
     (run / "cps.csv").write_text("id,location,price_eur_kwh\n" + "".join(
         f"{cp},Calle {i},0.{30 + i % 10}\n" for i, cp in enumerate(cps)))
+    (run / "drivers.txt").write_text("".join(f"D-{i:02d}\n"
+                                             for i in range(1, args.drivers + 1)))
     central = Part("central", ["central", str(central_port), kafka, str(run / "central.json"),
                                "--listen-host", "127.0.0.1", "--cps", str(run / "cps.csv"),
+                               "--drivers", str(run / "drivers.txt"),
                                "--display", "plain", "--log-level", "INFO", "--log-file",
                                str(run / "central.log"), *common], run / "central.out")
     engines, monitors, drivers = {}, {}, {}

@@ -466,7 +466,6 @@ class Lease(ConsumerRebalanceListener):
                  session_timeout: float = 6.0) -> None:
         self.held = threading.Event()
         self.decided = threading.Event()
-        self.lost = threading.Event()  # held, then taken away
         self._closed = False
         with kafka_errors(f"cannot join group {group}", bus.bootstrap, bus.connect_timeout):
             self._consumer = KafkaConsumer(
@@ -484,9 +483,8 @@ class Lease(ConsumerRebalanceListener):
     # ConsumerRebalanceListener (called on the consumer's own loop: quick). Cooperative
     # rebalancing: ``assigned`` and ``revoked`` list only what changed for this member.
     def on_partitions_revoked(self, revoked: Any) -> None:
-        if revoked and self.held.is_set() and not self._closed:
+        if revoked and not self._closed:
             self.held.clear()
-            self.lost.set()
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         if assigned:

@@ -181,14 +181,15 @@ def central(socket_port: int, kafka: Address, db_path: Path, listen_host: str,
 
 
 def take_the_lease(bus: KafkaBus, cfg: CentralConfig, crew: Crew,
-                   stop: threading.Event) -> Lease:
+                   stop: threading.Event, identity: str) -> Lease:
     """Become the one active central of this broker and topic prefix, or refuse to start.
 
     The lease is the single partition of central_lease, held through Kafka's group
     coordinator (static membership: this central, restarted on the same database, takes
     its own place back at once). Another live central keeps it: this one says who that is
-    and stops, instead of splitting the network. If the lease is ever lost while running,
-    central stops (only one may act).
+    and stops, instead of splitting the network. A lease lost while running (the broker
+    restarting, a long outage) is taken back when the group settles again; central stops
+    only when another central is heard acting meanwhile (only one may act).
     """
     digest = hashlib.sha1(str(cfg.db_path.resolve()).encode()).hexdigest()[:10]
     instance = f"central-{socket.gethostname()}-{digest}"
@@ -211,11 +212,27 @@ def take_the_lease(bus: KafkaBus, cfg: CentralConfig, crew: Crew,
                           "--topic-prefix")
 
     def watch() -> None:
-        while not stop.is_set():
-            if lease.lost.wait(0.2):
-                log.critical("another central took the lease: stopping")
-                raise LeaseLost("another central took over this network; this one stopped "
-                                "so that only one acts")
+        """While the lease is not held, listen for another central's live heartbeat."""
+        consumer = None
+        try:
+            while not stop.is_set():
+                if lease.held.wait(0.5):
+                    continue
+                if consumer is None:
+                    log.warning("central's lease is not held (the broker away, or another "
+                                "central?): listening for another central")
+                    consumer = retrying(lambda: bus.consumer(
+                        [NETWORK], keys={NETWORK: [CENTRAL_KEY]}), wait=3600, stop=stop)
+                for msg, _ in consumer.poll(0.5):
+                    if isinstance(msg, CentralStatus) and msg.central != identity \
+                            and not lease.held.is_set():
+                        log.critical("another central acts (%s): stopping", msg.central)
+                        raise LeaseLost(f"another central took over this network "
+                                        f"({msg.central}); this one stopped so that only "
+                                        "one acts")
+        finally:
+            if consumer is not None:
+                consumer.close()
 
     crew.spawn(watch, name="central-lease-watch")
     return lease
@@ -280,15 +297,15 @@ def run_central(cfg: CentralConfig) -> None:
         audit.close()
         raise
     try:
-        take_the_lease(bus, cfg, crew, stop)
+        identity = f"{socket.gethostname()}:{server.address.port} pid {os.getpid()}"
+        take_the_lease(bus, cfg, crew, stop, identity)
         if cfg.board:
             view = BoardView(f"monitors :{server.address.port}  Kafka {cfg.kafka}  "
                              f"DB {cfg.db_path}")
         else:
             view = PlainView()
         brain = Brain(store, bus, server, view, cfg.settings, events=events,
-                      identity=f"{socket.gethostname()}:{server.address.port} "
-                               f"pid {os.getpid()}", credentials=credentials, audit=audit)
+                      identity=identity, credentials=credentials, audit=audit)
         if isinstance(view, BoardView):
             view.start()
         for cp_id, location, price in registry:

@@ -247,6 +247,11 @@ class Monitor:
 
     def _on_central(self, msg: Message) -> None:
         if isinstance(msg, Challenge):
+            try:
+                self.secret = self.credential.get() if self.credential is not None else None
+            except StoreError as exc:
+                self._give_up(str(exc))
+                return
             if self.secret is None:
                 where = self.credential.source if self.credential else "none given"
                 self._give_up(f"central asks {self.cp_id} to prove its credential, but there "
@@ -303,13 +308,9 @@ class Monitor:
         self.reader = threading.Thread(target=read_central, name="monitor-central",
                                        args=(sock, self.link, self.events, self.stop))
         self.reader.start()
-        if self.credential is not None:
-            try:
-                self.secret = self.credential.get()
-            except StoreError as exc:
-                self._give_up(str(exc))
-                return
-        self.nonce = auth.new_nonce() if self.secret is not None else ""
+        # Always a nonce: a central at the authenticated level answers with a challenge,
+        # and the credential is looked up then (it may have been written a moment ago).
+        self.nonce = auth.new_nonce()
         self.challenge = ""
         self._send(Register(cp_id=self.cp_id, location=self.location, health=health,
                             nonce=self.nonce))
