@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from evc.central.board import Board
-from evc.central.brain import Brain
+from evc.central.brain import Brain, Settings
 from evc.central.events import MonitorFrame
 from evc.protocol import messages as m
 from evc.store import Store
@@ -47,7 +48,8 @@ class _Quiet:
 
 
 def build(n: int, folder: Path) -> Brain:
-    brain = Brain(Store(folder / "bench.json"), _Null(), _Null(), _Quiet())
+    brain = Brain(Store(folder / "bench.json"), _Null(), _Null(), _Quiet(),
+                  Settings(secure=False))
     for i in range(n):
         brain.upsert_cp(f"CP-{i:04d}", f"Calle del Punto de Recarga {i}", 0.30 + (i % 10) / 100)
     for i in range(n):
@@ -77,11 +79,13 @@ def measure(brain: Brain, width: int, height: int, rounds: int) -> list[float]:
     return times
 
 
-def report(label: str, times: list[float]) -> None:
+def report(label: str, times: list[float]) -> dict[str, float]:
     ms = sorted(t * 1000 for t in times)
     p95 = ms[int(len(ms) * 0.95) - 1]
     print(f"{label:42s} min {ms[0]:7.2f} ms  median {statistics.median(ms):7.2f} ms  "
           f"p95 {p95:7.2f} ms")
+    return {"min_ms": round(ms[0], 2), "median_ms": round(statistics.median(ms), 2),
+            "p95_ms": round(p95, 2)}
 
 
 def main() -> None:
@@ -90,15 +94,18 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=160)
     parser.add_argument("--height", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         brain = build(args.cps, Path(tmp))
         counts = ", ".join(f"{n} {s}" for s, n in brain.counts().items())
         print(f"board of {args.cps} CPs ({counts})")
-        report(f"screen {args.width}x{args.height}", measure(brain, args.width, args.height,
-                                                             args.rounds))
-        report(f"every row ({args.width}x{args.cps + 20})",
-               measure(brain, args.width, args.cps + 20, args.rounds))
+        screen = report(f"screen {args.width}x{args.height}",
+                        measure(brain, args.width, args.height, args.rounds))
+        rows = report(f"every row ({args.width}x{args.cps + 20})",
+                      measure(brain, args.width, args.cps + 20, args.rounds))
+    if args.json:
+        print(json.dumps({"cps": args.cps, "screen": screen, "every_row": rows}))
 
 
 if __name__ == "__main__":

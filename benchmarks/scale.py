@@ -1,22 +1,29 @@
-"""Central under load: N monitors on TCP, S supplies at 1 Hz telemetry, drivers' latency.
+"""Central under load, at the authenticated level: latency as drivers see it, CPU, memory.
 
     python -m benchmarks.scale [--cps 1000] [--supplies 500] [--seconds 30]
-                               [--kafka 127.0.0.1:9092]
+                               [--real-cps 50] [--real-drivers 20] [--kafka HOST:PORT]
+    python -m benchmarks.scale --ramp            # 500, 1000, 2000, 5000 CPs, half supplying
+    python -m benchmarks.scale --seconds 600     # memory: RSS at minute 1 and at the end
+    ... --json                                   # one JSON object with the figures, last
 
-Runs a real `evc central` (plain display) against the real broker. This process plays
-the rest of the network with light-weight stand-ins speaking the real protocol:
-N monitors (one selector thread: register, heartbeat every second), engines for every
-CP (one Kafka consumer on control_topic; telemetry every second for each supply), and
-S drivers whose requests are timed until their authorization and, at the end, until
-their ticket. Then it measures how fast central notices faults and lost monitors (the
-time until central prints the state change), and samples central's CPU and memory.
-Prints figures; asserts nothing.
+Runs a real `evc central` against the real broker, and the network around it: most CPs
+are light-weight stand-ins in this process speaking the real protocols (a monitor per CP
+on one selector: challenge-response registration, a heartbeat every second; an engine per
+CP: signed telemetry every second while supplying), plus --real-cps real `evc cp-engine`
++ `evc cp-monitor` pairs and --real-drivers real `evc driver` processes (charging at the
+real CPs in a loop), so the figures include the real components' own latency. Simulated
+drivers sign their requests; their latencies are measured where a driver sees them (its
+answer or ticket read from control_topic). Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import selectors
+import signal
 import socket
 import statistics
 import subprocess
@@ -26,14 +33,23 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from benchmarks.procinfo import cpu_seconds, rss_mb
 from evc.bus import KafkaBus
+from evc.protocol import auth
 from evc.protocol import messages as m
 from evc.protocol.framing import FrameDecoder, encode_frame
 from evc.protocol.topics import CONTROL, REQUESTS, TELEMETRY
 
 EVC = [sys.executable, "-m", "evc.cli"]
+RAMP = (500, 1000, 2000, 5000)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def pct(values: list[float], p: float) -> float:
@@ -41,72 +57,66 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
-def show(label: str, values_s: list[float]) -> None:
-    values_s = [v for v in values_s if v == v]  # NaN: never seen
-    if not values_s:
-        print(f"{label:44s} no samples")
+def summary(values_s: list[float]) -> dict[str, float | int]:
+    ms = [v * 1000 for v in values_s if v == v]
+    if not ms:
+        return {"n": 0}
+    return {"n": len(ms), "p50_ms": round(statistics.median(ms), 1),
+            "p99_ms": round(pct(ms, 0.99), 1), "max_ms": round(max(ms), 1)}
+
+
+def show(label: str, s: dict[str, Any]) -> None:
+    if not s.get("n"):
+        print(f"  {label:40s} no samples")
         return
-    ms = [v * 1000 for v in values_s]
-    print(f"{label:44s} n={len(ms):4d}  median {statistics.median(ms):8.1f} ms  "
-          f"p99 {pct(ms, 0.99):8.1f} ms  max {max(ms):8.1f} ms")
+    print(f"  {label:40s} n={s['n']:5d}  p50 {s['p50_ms']:7.1f} ms  p99 {s['p99_ms']:7.1f} ms"
+          f"  max {s['max_ms']:7.1f} ms")
 
 
-class CentralOutput:
-    """Central's stdout lines, each stamped when it arrived here."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.lines: list[tuple[float, str]] = []
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self.thread.start()
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            with self.lock:
-                self.lines.append((time.monotonic(), line.rstrip()))
-
-    def time_to(self, action, needle: str, timeout: float = 10.0) -> float:
-        """Seconds from doing ``action`` until central prints a line with ``needle``."""
-        t = time.monotonic()
-        action()
-        while (seen := self.first(needle, t)) is None:
-            if time.monotonic() - t > timeout:
-                return float("nan")
-            time.sleep(0.005)
-        return seen - t
-
-    def first(self, needle: str, after: float) -> float | None:
-        with self.lock:
-            for stamp, line in self.lines:
-                if stamp >= after and needle in line:
-                    return stamp
-        return None
+def secret(folder: Path, ident: str, timeout: float = 30) -> str:
+    path = folder / f"{ident}.key"
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no credential {path}")
+        time.sleep(0.05)
+    return path.read_text().strip()
 
 
 class Monitors:
-    """N monitor stand-ins on one selector: register, then a heartbeat every second."""
+    """Monitor stand-ins on one selector: register with the challenge-response, then a
+    heartbeat every second. The Kafka key of each registration goes to ``keys``."""
 
-    def __init__(self, port: int, cp_ids: list[str]) -> None:
+    def __init__(self, port: int, cp_ids: list[str], creds: Path) -> None:
+        self.port, self.creds = port, creds
         self.sel = selectors.DefaultSelector()
         self.socks: dict[str, socket.socket] = {}
         self.decoders: dict[str, FrameDecoder] = {}
+        self.nonces: dict[str, str] = {}
+        self.keys: dict[str, str] = {}
         self.registered: set[str] = set()
         self.stop = threading.Event()
-        for cp in cp_ids:
-            sock = socket.create_connection(("127.0.0.1", port))
-            sock.sendall(encode_frame(m.Register(cp_id=cp, location="bench").to_wire()))
-            sock.setblocking(False)
-            self.socks[cp] = sock
-            self.decoders[cp] = FrameDecoder()
-            self.sel.register(sock, selectors.EVENT_READ, cp)
+        self.pending = list(cp_ids)
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
+
+    def _connect(self, cp: str) -> None:
+        sock = socket.create_connection(("127.0.0.1", self.port))
+        self.nonces[cp] = auth.new_nonce()
+        sock.sendall(encode_frame(m.Register(cp_id=cp, location="bench",
+                                             nonce=self.nonces[cp]).to_wire()))
+        sock.setblocking(False)
+        self.socks[cp] = sock
+        self.decoders[cp] = FrameDecoder()
+        self.sel.register(sock, selectors.EVENT_READ, cp)
 
     def _loop(self) -> None:
         next_beat = time.monotonic() + 1
         while not self.stop.is_set():
-            for key, _ in self.sel.select(0.1):
+            # connect in waves, so unregistered connections stay under central's cap
+            while self.pending and len(self.socks) - len(self.registered) < 50:
+                self._connect(self.pending.pop(0))
+            for key, _ in self.sel.select(0.05):
                 cp = key.data
                 try:
                     data = self.socks[cp].recv(65536)
@@ -118,11 +128,16 @@ class Monitors:
                     self.close(cp)
                     continue
                 for frame in self.decoders[cp].feed(data):
-                    if frame["type"] == "register_ok":
+                    if frame["type"] == "challenge":
+                        s = secret(self.creds, cp)
+                        self.send(cp, m.Prove(cp_id=cp, proof=auth.register_proof(
+                            s, cp, self.nonces[cp], frame["nonce"])))
+                        self.keys[cp] = auth.kafka_key(s, self.nonces[cp], frame["nonce"])
+                    elif frame["type"] == "register_ok":
                         self.registered.add(cp)
             if time.monotonic() >= next_beat:
                 next_beat += 1
-                for cp, _sock in list(self.socks.items()):
+                for cp in list(self.registered):
                     self.send(cp, m.Heartbeat(cp_id=cp))
 
     def send(self, cp: str, msg: m.Message) -> None:
@@ -145,12 +160,11 @@ class Monitors:
 
 
 class Engines:
-    """Every CP's engine stand-in: obeys start/end orders, telemetry each second."""
+    """Engine stand-ins: obey start/end orders for their CPs; signed telemetry each second."""
 
-    def __init__(self, bus: KafkaBus, power: float = 0.5) -> None:
-        self.bus = bus
-        self.power = power
-        self.supplies: dict[str, list] = {}  # cp -> [order, kwh]
+    def __init__(self, bus: KafkaBus, keys: dict[str, str], power: float = 0.5) -> None:
+        self.bus, self.keys, self.power = bus, keys, power
+        self.supplies: dict[str, list[Any]] = {}  # cp -> [order, kwh]
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.consumer = bus.consumer([CONTROL])
@@ -160,6 +174,8 @@ class Engines:
         threading.Thread(target=self._tick, daemon=True).start()
 
     def _order(self, msg: m.Message, _d: object) -> None:
+        if getattr(msg, "cp_id", None) not in self.keys:
+            return  # a real CP's order, or not an order
         with self.lock:
             if isinstance(msg, m.StartSupply):
                 self.supplies[msg.cp_id] = [msg, 0.0]
@@ -170,10 +186,11 @@ class Engines:
                     self._telemetry(entry[0], entry[1], True, str(msg.reason))
 
     def _telemetry(self, order: m.StartSupply, kwh: float, final: bool, reason: str) -> None:
-        self.bus.send(TELEMETRY, m.Telemetry(
+        reading = m.Telemetry(
             cp_id=order.cp_id, driver_id=order.driver_id, consumo_kwh=round(kwh, 4),
             importe_eur=round(kwh * order.price_eur_kwh, 2), session_id=order.session_id,
-            final=final, reason=reason), order.cp_id)
+            final=final, reason=reason)
+        self.bus.send(TELEMETRY, auth.sign(reading, self.keys[order.cp_id]), order.cp_id)
         self.sent += 1
 
     def _tick(self) -> None:
@@ -184,42 +201,139 @@ class Engines:
                     self._telemetry(entry[0], entry[1], False, "")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cps", type=int, default=1000)
-    parser.add_argument("--supplies", type=int, default=500)
-    parser.add_argument("--seconds", type=float, default=30)
-    parser.add_argument("--kafka", default="127.0.0.1:9092")
-    parser.add_argument("--probes", type=int, default=20, help="faults and losses timed")
-    args = parser.parse_args()
+class Real:
+    """Real `evc` processes: CPs (engine + monitor) and drivers looping over them."""
+
+    def __init__(self, tmp: Path, kafka: str, prefix: str, central_port: int,
+                 cps: list[str], drivers: list[str], env: dict[str, str]) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.tmp, self.env = tmp, env
+        self.driver_logs: list[Path] = []
+        common = ["--topic-prefix", prefix, "--kafka-wait", "60"]
+        for cp in cps:
+            port = free_port()
+            self._start(f"engine-{cp}", ["cp-engine", kafka, "--listen", f"127.0.0.1:{port}",
+                                         "--id", cp, "--state-dir", str(tmp / "state"),
+                                         *common])
+            self._start(f"monitor-{cp}", ["cp-monitor", f"127.0.0.1:{port}",
+                                          f"127.0.0.1:{central_port}", cp])
+        self.driver_args = []
+        for i, driver in enumerate(drivers):
+            path = tmp / f"requests-{driver}.txt"
+            path.write_text("".join(f"{cps[(i + k) % len(cps)]}\n" for k in range(1000)))
+            self.driver_args.append((driver, ["driver", kafka, driver, "--file", str(path),
+                                              "--charge-seconds", "5", "--pause", "1",
+                                              "--state-dir", str(tmp / "state"), *common]))
+
+    def _start(self, name: str, args: list[str]) -> Path:
+        log = self.tmp / f"{name}.log"
+        out = open(log, "ab")  # noqa: SIM115 - owned by the child
+        self.procs.append(subprocess.Popen(
+            EVC + args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=self.env, start_new_session=True))
+        out.close()
+        return log
+
+    def start_drivers(self) -> None:
+        for driver, args in self.driver_args:
+            self.driver_logs.append(self._start(f"driver-{driver}", args))
+
+    def latencies(self) -> tuple[list[float], list[float]]:
+        """(request -> answer, end -> ticket) in seconds, from the real drivers' own lines."""
+        stamp = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d\d\d) ")
+        answer, ticket = [], []
+        for log in self.driver_logs:
+            asked = ended = None
+            for line in log.read_text(errors="replace").splitlines():
+                match = stamp.match(line)
+                if not match:
+                    continue
+                h, mi, s, ms = (int(x) for x in match.groups())
+                t = h * 3600 + mi * 60 + s + ms / 1000
+                if "requested a charge" in line:
+                    asked = t
+                elif ("AUTHORIZED at" in line or "DENIED at" in line) and asked is not None:
+                    answer.append(t - asked)
+                    asked = None
+                elif "asked to end the supply" in line:
+                    ended = t
+                elif "TICKET at" in line and ended is not None:
+                    ticket.append(t - ended)
+                    ended = None
+        return answer, ticket
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def board_render_ms(n: int) -> float:
+    """The median time to render central's board of ``n`` CPs (a 160x60 screen)."""
+    from benchmarks.board_render import build, measure
+
+    with tempfile.TemporaryDirectory() as folder:
+        return round(statistics.median(measure(build(n, Path(folder)), 160, 60, 5)) * 1000, 2)
+
+
+def consumer_lag(bus: KafkaBus, group: str) -> int:
+    """Records central has not yet applied (and committed), over its topics' partitions."""
+    return bus.group_lag(group, [REQUESTS, TELEMETRY])
+
+
+def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any]:
     prefix = f"bench{uuid.uuid4().hex[:6]}-"
     tmp = Path(tempfile.mkdtemp(prefix="evc-scale-"))
-    cps = [f"CP-{i:04d}" for i in range(args.cps)]
+    creds = tmp / "credentials"
+    cps = [f"CP-{i:04d}" for i in range(n_cps)]
+    real_cps = cps[:args.real_cps]
+    sim_cps = cps[args.real_cps:]
+    sim_drivers = [f"D-{i:05d}" for i in range(n_supplies)]
+    real_drivers = [f"R-{i:03d}" for i in range(args.real_drivers)]
     (tmp / "cps.csv").write_text("".join(f"{cp},bench,0.30\n" for cp in cps))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    (tmp / "drivers.txt").write_text("".join(f"{d}\n" for d in sim_drivers + real_drivers))
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1", EVC_CREDENTIALS_DIR=str(creds))
     central = subprocess.Popen(
         EVC + ["central", str(port), args.kafka, str(tmp / "central.json"), "--cps",
-               str(tmp / "cps.csv"), "--topic-prefix", prefix, "--display", "plain",
-               "--listen-host", "127.0.0.1", "--log-file", str(tmp / "central.log")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
-    out = CentralOutput(central)
+               str(tmp / "cps.csv"), "--drivers", str(tmp / "drivers.txt"),
+               "--topic-prefix", prefix, "--display", "plain", "--listen-host", "127.0.0.1",
+               "--log-file", str(tmp / "central.log")],
+        stdout=open(tmp / "central.out", "wb"),  # noqa: SIM115
+        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    figures: dict[str, Any] = {"cps": n_cps, "supplies": n_supplies,
+                               "real_cps": len(real_cps), "real_drivers": len(real_drivers)}
+    real = None
     try:
-        while out.first("central ready", 0) is None:
-            if central.poll() is not None:
-                raise SystemExit("central exited:\n" + "\n".join(line for _, line in out.lines))
+        deadline = time.monotonic() + 120
+        while "central ready" not in (tmp / "central.out").read_text(errors="replace"):
+            if central.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("central did not start:\n" + (tmp / "central.out").read_text())
             time.sleep(0.1)
         bus = KafkaBus(args.kafka, prefix=prefix, client_id="evc-bench")
-        engines = Engines(bus)
+        real = Real(tmp, args.kafka, prefix, port, real_cps, real_drivers, env)
+        t0 = time.monotonic()
+        monitors = Monitors(port, sim_cps, creds)
+        while len(monitors.registered) < len(sim_cps) and time.monotonic() - t0 < 300:
+            time.sleep(0.05)
+        took = time.monotonic() - t0
+        figures["registrations_per_s"] = round(len(monitors.registered) / took, 1)
+        print(f"{n_cps} CPs: {len(monitors.registered)} simulated monitors registered in "
+              f"{took:.1f} s ({figures['registrations_per_s']}/s)", flush=True)
+        engines = Engines(bus, monitors.keys)
         answers: dict[str, float] = {}
         tickets: dict[str, float] = {}
         auth_of: dict[str, m.Authorization] = {}
         lock = threading.Lock()
         stop = threading.Event()
-        driver_consumer = bus.consumer([CONTROL])
+        watcher = bus.consumer([CONTROL])
 
-        def on_driver(msg: m.Message, _d: object) -> None:
+        def on_control(msg: m.Message, _d: object) -> None:
             now = time.monotonic()
             with lock:
                 if isinstance(msg, m.Authorization):
@@ -228,65 +342,109 @@ def main() -> None:
                 elif isinstance(msg, m.Ticket):
                     tickets[msg.session_id] = now
 
-        threading.Thread(target=driver_consumer.run, args=(on_driver, stop), daemon=True).start()
-
-        t0 = time.monotonic()
-        monitors = Monitors(port, cps)
-        while len(monitors.registered) < len(cps) and time.monotonic() - t0 < 60:
-            time.sleep(0.05)
-        print(f"{len(monitors.registered)} of {len(cps)} monitors registered in "
-              f"{time.monotonic() - t0:.2f} s")
+        threading.Thread(target=watcher.run, args=(on_control, stop), daemon=True).start()
+        real.start_drivers()
+        keys = {d: auth.driver_key(secret(creds, d)) for d in sim_drivers}
         cpu0, wall0 = cpu_seconds(central.pid), time.monotonic()
-
         sent: dict[str, float] = {}
-        for i in range(args.supplies):
-            req = m.ChargeRequest(driver_id=f"D-{i}", cp_id=cps[i])
+        pace = min(0.002, 1.0 / max(1, n_supplies))  # all requests within about a second
+        for i, driver in enumerate(sim_drivers):
+            req = auth.sign(m.ChargeRequest(driver_id=driver, cp_id=sim_cps[i]), keys[driver])
             sent[req.msg_id] = time.monotonic()
             bus.send(REQUESTS, req, req.cp_id)
-            time.sleep(0.002)  # 500 drivers arriving over about a second
-        bus.flush()
-        deadline = time.monotonic() + 30
-        while len(answers) < len(sent) and time.monotonic() < deadline:
+            time.sleep(pace)
+        deadline = time.monotonic() + 60
+        while len(answers.keys() & sent.keys()) < len(sent) and time.monotonic() < deadline:
             time.sleep(0.05)
-        show("request -> authorization", [answers[k] - v for k, v in sent.items()
-                                           if k in answers])
-        granted = sum(1 for a in auth_of.values() if a.authorized)
-        print(f"authorized {granted} of {len(sent)}")
-
-        time.sleep(args.seconds)  # supplies run: telemetry at 1 Hz each
+        figures["authorization"] = summary([answers[k] - v for k, v in sent.items()
+                                            if k in answers])
+        figures["authorized"] = sum(1 for k in sent if k in auth_of and auth_of[k].authorized)
+        rss: list[tuple[float, float]] = []
+        lags: list[int] = []
+        t_run = time.monotonic()
+        telemetry0 = engines.sent
+        while time.monotonic() - t_run < args.seconds:  # supplies run: telemetry at 1 Hz
+            lags.append(consumer_lag(bus, f"{prefix}evc-central"))
+            rss.append((time.monotonic() - t_run, rss_mb(central.pid)))
+            time.sleep(1.0)
         cpu1, wall1 = cpu_seconds(central.pid), time.monotonic()
-        print(f"central during {args.seconds:.0f} s of {granted} supplies + {len(cps)} "
-              f"heartbeats/s: CPU {100 * (cpu1 - cpu0) / (wall1 - wall0):.0f}% of one core, "
-              f"RSS {rss_mb(central.pid):.0f} MB; telemetry sent {engines.sent}")
-
-        probes = cps[args.supplies: args.supplies + args.probes]
-        show("fault report -> state change printed", [
-            out.time_to(lambda cp=cp: monitors.send(cp, m.FaultReport(cp_id=cp, reason="b")),
-                        f"{cp} Activado -> Averiado") for cp in probes])
-        show("closed monitor -> Desconectado printed", [
-            out.time_to(lambda cp=cp: monitors.close(cp), f"{cp} Averiado -> Desconectado")
-            for cp in probes])
-
+        figures["telemetry_per_s"] = round((engines.sent - telemetry0) / (wall1 - t_run), 1)
+        figures["lag_records_max"] = max(lags, default=0)
+        figures["lag_s_max"] = round(max(lags, default=0) / max(1.0, figures["telemetry_per_s"]
+                                                                  + n_cps), 2)
+        figures["central_cpu_pct"] = round(100 * (cpu1 - cpu0) / (wall1 - wall0))
+        figures["central_rss_mb"] = round(rss[-1][1] if rss else rss_mb(central.pid), 1)
+        at_minute = [r for t, r in rss if t >= 60]
+        if at_minute:
+            figures["rss_at_minute_1_mb"] = round(at_minute[0], 1)
+            figures["rss_growth_pct"] = round(100 * (rss[-1][1] / at_minute[0] - 1), 1)
         ends: dict[str, float] = {}
-        for _req_id, auth in list(auth_of.items()):
-            if auth.authorized:
-                ends[auth.session_id] = time.monotonic()
-                bus.send(REQUESTS, m.EndRequest(driver_id=auth.driver_id, cp_id=auth.cp_id,
-                                                session_id=auth.session_id), auth.cp_id)
-        bus.flush()
-        deadline = time.monotonic() + 30
-        while len([s for s in ends if s in tickets]) < len(ends) and time.monotonic() < deadline:
+        for auth_msg in list(auth_of.values()):
+            if auth_msg.authorized and auth_msg.request_id in sent:
+                end = auth.sign(m.EndRequest(driver_id=auth_msg.driver_id,
+                                             cp_id=auth_msg.cp_id,
+                                             session_id=auth_msg.session_id),
+                                keys[auth_msg.driver_id])
+                ends[auth_msg.session_id] = time.monotonic()
+                bus.send(REQUESTS, end, auth_msg.cp_id)
+                time.sleep(pace)
+        deadline = time.monotonic() + 60
+        while len(ends.keys() & tickets.keys()) < len(ends) and time.monotonic() < deadline:
             time.sleep(0.05)
-        show("end request -> ticket", [tickets[s] - t for s, t in ends.items() if s in tickets])
-        print(f"tickets {len([s for s in ends if s in tickets])} of {len(ends)} supplies")
+        figures["ticket"] = summary([tickets[s] - t for s, t in ends.items() if s in tickets])
+        figures["tickets"] = len(ends.keys() & tickets.keys())
+        answer, ticket = real.latencies()
+        figures["real_driver_authorization"] = summary(answer)
+        figures["real_driver_ticket"] = summary(ticket)
+        figures["board_render_ms"] = board_render_ms(n_cps)
         stop.set()
         engines.stop.set()
         monitors.stop.set()
         bus.close()
     finally:
+        if real is not None:
+            real.stop()
         central.terminate()
-        central.wait(10)
+        try:
+            central.wait(10)
+        except subprocess.TimeoutExpired:
+            central.kill()
+    print(f"  registrations {figures.get('registrations_per_s')}/s; authorized "
+          f"{figures.get('authorized')} of {n_supplies}; tickets {figures.get('tickets')}")
+    show("request -> authorization (simulated)", figures.get("authorization", {}))
+    show("request -> authorization (real drivers)",
+         figures.get("real_driver_authorization", {}))
+    show("end request -> ticket (simulated)", figures.get("ticket", {}))
+    show("end request -> ticket (real drivers)", figures.get("real_driver_ticket", {}))
+    print(f"  telemetry {figures.get('telemetry_per_s')} msg/s; central lag max "
+          f"{figures.get('lag_records_max')} records (~{figures.get('lag_s_max')} s); CPU "
+          f"{figures.get('central_cpu_pct')}% of one core; RSS {figures.get('central_rss_mb')} MB"
+          + (f" (minute 1: {figures['rss_at_minute_1_mb']} MB, "
+             f"{figures['rss_growth_pct']:+} %)" if "rss_growth_pct" in figures else "")
+          + f"; board render {figures.get('board_render_ms')} ms", flush=True)
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cps", type=int, default=1000)
+    parser.add_argument("--supplies", type=int, default=None, help="default: half the CPs")
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--ramp", action="store_true", help=f"steps of {RAMP} CPs")
+    parser.add_argument("--real-cps", type=int, default=50)
+    parser.add_argument("--real-drivers", type=int, default=20)
+    parser.add_argument("--kafka", default="127.0.0.1:9092")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    args = parser.parse_args()
+    steps = RAMP if args.ramp else (args.cps,)
+    results = []
+    for n in steps:
+        supplies = args.supplies if args.supplies is not None else n // 2
+        results.append(step(args, n, min(supplies, n - args.real_cps)))
+    if args.json:
+        print(json.dumps(results if args.ramp else results[0]))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -39,8 +39,14 @@ def test_f1_registration_makes_the_cp_activado_and_is_persisted(net):
     net.start_central()
     net.start_cp("CP-01")
     assert "Desconectado -> Activado" in net.state_lines("CP-01")[-1]
-    rec = next(r for r in net.db_json()["cps"].values() if r["cp_id"] == "CP-01")
-    assert rec["state"] == "Activado" and rec["location"] == "C/Italia 5"
+
+    def stored() -> dict:
+        return next((r for r in net.db_json()["cps"].values() if r["cp_id"] == "CP-01"), {})
+
+    # the log line is written while the batch is applied; the file once it is committed
+    wait_for(lambda: stored().get("state") == "Activado", 5, "CP-01 stored as Activado")
+    rec = stored()
+    assert rec["location"] == "C/Italia 5"
     assert rec["last_seen"] > time.time() - 60
 
 

@@ -129,6 +129,7 @@ class KafkaBus:
         self.sasl = sasl
         self._closed = False
         self._partitions: dict[str, int] = {}
+        self._gauge: tuple[KafkaAdminClient, KafkaConsumer] | None = None
         with kafka_errors(f"cannot use Kafka broker at {bootstrap}", bootstrap, connect_timeout,
                           sasl.user if sasl else ""):
             self._producer = KafkaProducer(
@@ -194,10 +195,25 @@ class KafkaBus:
                 if ids:
                     self._partitions[topic] = len(ids)
                     break
-                if time.monotonic() > deadline:
-                    raise BusError(f"topic {topic} does not exist (did central create it?)")
+                if time.monotonic() > deadline:  # missing, or the broker is away
+                    raise BusError(f"topic {topic} does not exist (did central create it?)",
+                                   retriable=True)
                 time.sleep(0.1)
         return self._partitions[topic]
+
+    def group_lag(self, group: str, names: Iterable[str]) -> int:
+        """Records of ``names`` that ``group`` has not committed yet (a gauge of its lag)."""
+        if self._gauge is None:
+            self._gauge = (self._admin(), KafkaConsumer(bootstrap_servers=self.bootstrap,
+                                                        **_auth(self.sasl)))
+        admin, consumer = self._gauge
+        tps = [TopicPartition(self.topic(n), p) for n in names for p in range(
+            self.partitions(n))]
+        with kafka_errors(f"cannot read the offsets of group {group}"):
+            committed = admin.list_consumer_group_offsets(group)
+            ends = consumer.end_offsets(tps)
+        return sum(max(0, ends[tp] - (committed[tp].offset if tp in committed else 0))
+                   for tp in tps)
 
     def partition_of(self, name: str, key: str) -> int:
         return partition_for(key, self.partitions(name))
@@ -262,6 +278,12 @@ class KafkaBus:
         if self._closed:
             return
         self._closed = True
+        if self._gauge is not None:
+            for client in self._gauge:
+                try:
+                    client.close()
+                except Exception as exc:  # noqa: BLE001 - closing must not raise
+                    log.warning("close: %s", exc)
         try:
             self._producer.close(timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - closing must not raise at shutdown
@@ -303,6 +325,8 @@ class Consumer:
         self._closed = False
         self._close_lock = threading.Lock()
         self.ready = threading.Event()  # set once partitions are assigned and positioned
+        self._retarget: dict[str, tuple[list[str], float]] = {}  # applied by the owner thread
+        self._retarget_lock = threading.Lock()
         self.caught_up = threading.Event()  # set once every partition reached live_from
         timeout_ms = int(bus.connect_timeout * 1000)
         with kafka_errors(f"cannot consume {', '.join(self.topics)}", bus.bootstrap,
@@ -356,6 +380,36 @@ class Consumer:
         self.live_from = {(tp.topic, tp.partition): int(off) for tp, off in ends.items()}
         self.ready.set()
 
+    def retarget(self, name: str, keys: Iterable[str]) -> None:
+        """Read only the partitions of ``name`` (unprefixed) that hold ``keys``' records,
+        from the next poll on (any thread may ask): new partitions from a second before
+        the asking, so nothing written meanwhile is missed."""
+        with self._retarget_lock:
+            self._retarget[name] = (list(keys), time.time() - 1.0)
+
+    def _apply_retarget(self) -> None:
+        with self._retarget_lock:
+            asked, self._retarget = self._retarget, {}
+        if not asked:
+            return
+        current = set(self._consumer.assignment())
+        for name, (keys, since) in asked.items():
+            topic = self._bus.topic(name)
+            count = self._bus.partitions(name)
+            wanted = {TopicPartition(topic, partition_for(k, count)) for k in keys}
+            kept = {tp for tp in current if tp.topic != topic}
+            added = wanted - current
+            current = kept | wanted
+            self._consumer.assign(sorted(current, key=lambda tp: (tp.topic, tp.partition)))
+            found = self._consumer.offsets_for_times({tp: int(since * 1000) for tp in added})
+            for tp in added:
+                at = found.get(tp)
+                if at is not None:
+                    self._consumer.seek(tp, at.offset)
+                else:
+                    self._consumer.seek_to_end(tp)
+                self._consumer.position(tp)
+
     def _check_caught_up(self) -> None:
         for tp in self._consumer.assignment():
             end = self.live_from.get((tp.topic, tp.partition), 0)
@@ -392,6 +446,10 @@ class Consumer:
              ) -> list[tuple[Message, Delivery]]:
         """One poll: decoded messages; malformed records are logged and given to ``on_skip``."""
         self._commit_acked()
+        try:
+            self._apply_retarget()
+        except KafkaError as exc:
+            log.warning("cannot reassign partitions yet: %s", exc)
         try:
             batches = self._consumer.poll(timeout_ms=int(timeout * 1000))
         except KafkaError as exc:

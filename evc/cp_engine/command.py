@@ -41,6 +41,7 @@ class Check:
 @dataclass(frozen=True)
 class Order:
     message: Message
+    topic: str
 
 
 @dataclass(frozen=True)
@@ -250,18 +251,23 @@ def run_engine(cfg: EngineConfig) -> None:
     crew = Crew(stop)
     try:
         engine.recover()
-        # orders, and central's heartbeat (only the partition that holds it, from now on)
-        consumer = retrying(lambda: bus.consumer([CONTROL, NETWORK],
-                                                 keys={NETWORK: [CENTRAL_KEY]}),
-                            wait=cfg.common.kafka_wait, stop=stop)
+        # Only the partitions that hold this CP's orders and central's heartbeat: an
+        # engine's Kafka cost does not grow with the network. Until its monitor says which
+        # CP it serves (no --id), it reads no orders (none can be for it).
+        consumer = retrying(lambda: bus.consumer(
+            [CONTROL, NETWORK], keys={CONTROL: [cfg.cp_id] if cfg.cp_id else [],
+                                      NETWORK: [CENTRAL_KEY]}),
+            wait=cfg.common.kafka_wait, stop=stop)
         crew.spawn(serve_health, listener, events, stop, workers, name="engine-accept")
-        crew.spawn(consumer.run, lambda msg, _d: events.put(Order(msg)), stop,
+        crew.spawn(consumer.run, lambda msg, d: events.put(Order(msg, d.topic)), stop,
                    name="engine-kafka")
         crew.spawn(pump_keys, keys, lambda key: events.put(Key(key)), stop, name="engine-keys")
         screen.line(f"engine listening for its monitor on {cfg.listen}, Kafka {cfg.kafka}"
                     + (f", pinned to {cfg.cp_id}" if cfg.cp_id else ""))
         wait = 1.0
+        control_topic = bus.topic(CONTROL)
         network = NetworkView()
+        reading_orders_of = cfg.cp_id
         central_lost: float | None = None
         while not stop.is_set():
             silent = network.central_silent()
@@ -284,12 +290,15 @@ def run_engine(cfg: EngineConfig) -> None:
             elif isinstance(event, Order):
                 if isinstance(event.message, CentralStatus):
                     network.apply(event.message)
-                else:
+                elif event.topic == control_topic:  # not the CPs' states on network_topic
                     engine.on_order(event.message)
             elif isinstance(event, Key):
                 engine.on_key(event.text)
             elif isinstance(event, FinalDone):
                 engine.final_done(event.session_id, event.ok, event.error)
+            if engine.cp_id != reading_orders_of and engine.cp_id is not None:
+                reading_orders_of = engine.cp_id  # learnt from its monitor: its orders now
+                consumer.retarget(CONTROL, [engine.cp_id])
             wait = engine.tick()
     finally:
         stop.set()

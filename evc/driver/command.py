@@ -87,8 +87,10 @@ def driver(kafka: Address, driver_id: str, file_: Path | None, charge_seconds: f
         inbox: queue.Queue[Got | SendResult] = queue.Queue()
         control = bus.topic(CONTROL)
         # Answers and tickets: only this driver's partition, from where it stopped reading.
+        # Answers and tickets: only this driver's partition of control_topic, from where it
+        # stopped reading; live readings: only the partition of the CP it charges at.
         consumer = retrying(lambda: bus.consumer(
-            [CONTROL, TELEMETRY, NETWORK], keys={CONTROL: [driver_id]},
+            [CONTROL, TELEMETRY, NETWORK], keys={CONTROL: [driver_id], TELEMETRY: []},
             from_beginning=[NETWORK], start=Driver.start_offsets(state, control)),
             wait=common.kafka_wait, stop=stop)
 
@@ -102,7 +104,8 @@ def driver(kafka: Address, driver_id: str, file_: Path | None, charge_seconds: f
         crew.spawn(consumer.run, mine, stop, name="driver-kafka")
         d = Driver(bus, driver_id, inbox, stop, journal=journal, timeout=timeout,
                    charge_seconds=charge_seconds, pause=pause, live=live,
-                   caught_up=consumer.caught_up, credential=credential)
+                   caught_up=consumer.caught_up, credential=credential,
+                   watch_cp=lambda cp: consumer.retarget(TELEMETRY, [cp]))
         try:
             if file_ is not None:
                 d.run_file(file_)

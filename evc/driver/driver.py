@@ -168,7 +168,8 @@ class Driver:
                  charge_seconds: float, pause: float, live: bool,
                  central_timeout: float = 3.0, ticket_timeout: float = 60.0,
                  caught_up: threading.Event | None = None,
-                 credential: Credential | None = None) -> None:
+                 credential: Credential | None = None,
+                 watch_cp: Callable[[str], None] = lambda _cp: None) -> None:
         self.bus = bus
         self.driver_id = driver_id
         self.inbox = inbox
@@ -193,6 +194,7 @@ class Driver:
         # With a credential (the authenticated level) requests are signed, and answers and
         # tickets that do not carry central's signature for this driver are ignored.
         self.credential = credential
+        self.watch_cp = watch_cp  # read the live readings of this CP only (its partition)
         self._warned = False
         self._unavailable_since: float | None = None
         self._unsent: dict[str, tuple[str, Message, str, float]] = {}  # msg_id -> retry
@@ -313,6 +315,7 @@ class Driver:
             self.state["current"] = None
             return
         assert isinstance(request, ChargeRequest)
+        self.watch_cp(request.cp_id)
         say(f"{self.driver_id}: back after a stop; following my request at {request.cp_id} "
             f"of {stamp(request.ts)}")
         self.summary["requested"] += 1
@@ -330,6 +333,7 @@ class Driver:
         self._answered(request, answer, current.get("line"))
 
     def request(self, cp_id: str, line: int | None) -> None:
+        self.watch_cp(cp_id)
         while not self.inbox.empty():  # the latest word of the network
             self._next(0)
         why = self.network.why_not(cp_id)
