@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -246,3 +247,107 @@ def test_a_journal_from_another_version_is_dropped_with_a_log(caplog):
     engine.recover()
     assert not wire.sent and engine.seen == ["a"]
     assert "not understood" in caplog.text
+
+
+# ------------------------------------------------------------- the authenticated level
+
+SECRET = "5e" * 32
+
+
+@pytest.fixture
+def trusted():
+    """An engine holding CP-01's credential (as its credential file would give it)."""
+    wire, journal, shown = Wire(), Journal(), []
+    engine = Engine(wire, shown.append, journal=journal, power=0.5,
+                    secret_for=lambda cp: SECRET if cp == "CP-01" else None)
+    return engine, wire, journal, shown
+
+
+def proven_check(cp="CP-01", nonce="n1", ts=None, secret=SECRET) -> m.HealthCheck:
+    from evc.protocol import auth
+
+    ts = time.time() if ts is None else ts
+    return m.HealthCheck(cp_id=cp, nonce=nonce, ts=ts,
+                         proof=auth.check_proof(secret, cp, nonce, ts))
+
+
+def hand_key(engine, cp="CP-01", client="c" * 32, server="s" * 32, secret=SECRET) -> str:
+    from evc.protocol import auth
+
+    key = auth.kafka_key(secret, client, server)
+    assert engine.on_engine_key(m.EngineKey(cp_id=cp, client_nonce=client, server_nonce=server,
+                                            key_id=auth.key_id(key)))
+    return key
+
+
+def test_only_proven_fresh_health_checks_are_answered(trusted):
+    engine, *_ = trusted
+    assert engine.refuse_check(proven_check()) is None
+    assert "replayed" in engine.refuse_check(proven_check())  # the same nonce again
+    assert "replayed" in engine.refuse_check(proven_check(nonce="n2", ts=time.time() - 600))
+    assert "without its credential's proof" in engine.refuse_check(m.HealthCheck(cp_id="CP-01"))
+    assert "without" in engine.refuse_check(proven_check(nonce="n3", secret="00" * 32))
+    engine.nonces = {f"old{i}": time.time() - 3600 for i in range(1000)}
+    assert engine.refuse_check(proven_check(nonce="n4")) is None
+    assert list(engine.nonces) == ["n4"]  # nonces too old to be replayed are forgotten
+
+
+def test_a_key_is_taken_only_when_derived_from_the_cps_own_secret(trusted):
+    from evc.protocol import auth
+
+    engine, _, journal, shown = trusted
+    wrong = auth.kafka_key("00" * 32, "c" * 32, "s" * 32)
+    assert not engine.on_engine_key(m.EngineKey(
+        cp_id="CP-01", client_nonce="c" * 32, server_nonce="s" * 32,
+        key_id=auth.key_id(wrong)))
+    assert not engine.on_engine_key(m.EngineKey(
+        cp_id="CP-09", client_nonce="c" * 32, server_nonce="s" * 32, key_id="x"))
+    assert engine.cp_id is None and engine.keys == {}
+    key = hand_key(engine)
+    assert engine.cp_id == "CP-01" and "serving CP-01" in shown[-1]
+    assert journal.data["keys"] == {auth.key_id(key): key}
+    hand_key(engine, client="d" * 32)
+    hand_key(engine, client="e" * 32)
+    assert len(engine.keys) == 2  # the newest and the one before it
+
+
+def test_orders_are_obeyed_only_when_signed_with_the_registrations_key(trusted):
+    from evc.protocol import auth
+
+    engine, wire, *_ = trusted
+    key = hand_key(engine)
+    order = m.StartSupply(cp_id="CP-01", driver_id="D-1", session_id="s1", price_eur_kwh=0.4)
+    engine.on_order(order)  # unsigned
+    engine.on_order(auth.sign(order, "ab" * 32))  # signed with a key never handed over
+    assert engine.supply is None and len(engine.parked) == 1
+    forged = dataclasses.replace(auth.sign(order, key), price_eur_kwh=0.0)
+    engine.on_order(forged)  # the right key id, but not what was signed
+    assert engine.supply is None
+    engine.on_order(auth.sign(order, key))
+    assert engine.supply is not None and engine.supply.session_id == "s1"
+    tick_seconds(engine, 1)
+    reading = wire.telemetry(session_id="s1")[-1]
+    assert auth.verify(reading, key)  # readings carry the same key
+
+
+def test_an_order_signed_before_the_key_arrives_waits_for_it(trusted):
+    from evc.protocol import auth
+
+    engine, *_ = trusted
+    hand_key(engine)
+    key2 = auth.kafka_key(SECRET, "f" * 32, "s" * 32)
+    engine.on_order(auth.sign(m.StartSupply(cp_id="CP-01", driver_id="D-1", session_id="s2",
+                                            price_eur_kwh=0.4), key2))
+    assert engine.supply is None and engine.parked
+    hand_key(engine, client="f" * 32)  # the monitor registered again: the new key
+    assert engine.supply is not None and engine.supply.session_id == "s2"
+    assert engine.parked == []
+
+
+def test_keys_and_seen_orders_survive_a_restart(trusted):
+    engine, wire, journal, _ = trusted
+    key = hand_key(engine)
+    again = Engine(wire, lambda _t: None, journal=Journal(journal.data),
+                   secret_for=lambda cp: SECRET)
+    again.recover()
+    assert list(again.keys.values()) == [key]
