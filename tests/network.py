@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
 from evc.bus import KafkaBus
 from evc.protocol.messages import Message
 from evc.protocol.topics import CONTROL, REQUESTS, TELEMETRY
+from evc.store import read_database
 from tests.helpers import Proc, free_port, wait_for
 
 CPS = [("CP-01", "C/Italia 5", 0.35), ("CP-02", "Av. Maisonnave 12", 0.40),
@@ -138,4 +138,5 @@ class Network:
         return f"central output:\n{out}\ncentral log:\n{log}"
 
     def db_json(self) -> dict:
-        return json.loads(self.db.read_text())
+        """What central has committed: its TinyDB file with the journal replayed."""
+        return read_database(self.db)

@@ -9,7 +9,7 @@ import pytest
 from evc.central.brain import Brain, Settings, Wait
 from evc.central.events import ConnectionLost, MonitorFrame, OperatorLine
 from evc.protocol import messages as m
-from evc.store import Store
+from evc.store import Store, read_database
 from tests.fakes import FakeLink, FakeOutbox, RecordingView
 
 
@@ -336,8 +336,6 @@ def test_operator_commands_with_errors_change_nothing(parts):
 
 
 def test_messages_leave_only_after_the_batch_is_stored(tmp_path):
-    import json
-
     store = Store(tmp_path / "c.json")
     outbox = FakeOutbox()
     brain = Brain(store, outbox, FakeLink(), RecordingView(), Settings(secure=False))
@@ -349,7 +347,7 @@ def test_messages_leave_only_after_the_batch_is_stored(tmp_path):
     assert len(outbox.sent) == sent_before  # decided, not yet announced
     brain.flush()
     auth = outbox.of(m.Authorization)[-1]
-    stored = json.loads((tmp_path / "c.json").read_text())["sessions"]
+    stored = read_database(tmp_path / "c.json")["sessions"]
     assert any(s["session_id"] == auth.session_id for s in stored.values())
 
 
@@ -439,9 +437,7 @@ def test_run_applies_batches_stores_them_then_sends_and_acks(tmp_path):
             self.acked = []
 
         def ack(self, delivery):
-            import json
-
-            on_disk = json.loads((tmp_path / "c.json").read_text())["offsets"]
+            on_disk = read_database(tmp_path / "c.json")["offsets"]
             (stored,) = [r["next"] for r in on_disk.values()]
             assert stored > delivery.offset  # applied and stored before acked
             self.acked.append(delivery.offset)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from evc.errors import StoreError
-from evc.store import Store
+from evc.store import Store, read_database
 
 
 def test_records_survive_reopen(tmp_path):
@@ -42,9 +42,11 @@ def test_nothing_is_written_before_commit(tmp_path):
     path = tmp_path / "c.json"
     store = Store(path)
     store.put_cp({"cp_id": "CP-01"})
-    assert not path.exists() or "CP-01" not in path.read_text()
+    assert "CP-01" not in read_database(path)["cps"]
     store.commit()
-    assert "CP-01" in path.read_text()
+    assert "CP-01" in read_database(path)["cps"]
+    store.close()
+    assert "CP-01" in path.read_text()  # a clean stop leaves one whole TinyDB file
 
 
 def test_broken_file_is_a_clear_error(tmp_path):
@@ -71,8 +73,8 @@ def test_unwritable_folder_is_a_clear_error(tmp_path):
 
 WRITER = r"""
 import sys
-from evc.store import Store
-store = Store(sys.argv[1])
+from evc.store import Store, read_database
+store = Store(sys.argv[1], compact_bytes=20_000)  # kills land in compactions too
 n = len(store.cps())
 while True:
     store.put_cp({"cp_id": f"CP-{n:05d}", "location": "x" * 200, "price_eur_kwh": 0.3})
@@ -99,13 +101,15 @@ def test_kill_at_random_moments_never_loses_a_committed_record(tmp_path):
         proc.wait()
         printed = [int(x) for x in out.split()]
         committed = max(committed, max(printed))
-        data = json.loads(path.read_text())  # always a whole, valid file
-        ids = {r["cp_id"] for r in data["cps"].values()}
+        json.loads(path.read_text())  # always a whole, valid file
+        data = read_database(path)  # with the journal of what was committed since
+        ids = set(data["cps"])
         missing = [n for n in range(committed + 1) if f"CP-{n:05d}" not in ids]
         assert not missing, f"committed records lost: {missing[:5]}"
         assert len(data["sessions"]) >= committed + 1
-    Store(path).close()  # opening cleans the temp files of killed writers
+    Store(path).close()  # opening cleans the temp files of killed writers and journals
     assert [p.name for p in tmp_path.iterdir()] == ["central.json"]
+    assert set(read_database(path)["cps"]) == ids
 
 
 def test_old_closed_sessions_move_to_the_archive(tmp_path):
@@ -119,3 +123,64 @@ def test_old_closed_sessions_move_to_the_archive(tmp_path):
     store.close()
     again = Store(tmp_path / "central.json", keep_closed=3)
     assert len(again.sessions()) == 4 and len(again.archived_sessions()) == 2
+
+
+def test_a_commit_appends_only_what_changed_and_compaction_keeps_a_tinydb_file(tmp_path):
+    path = tmp_path / "central.json"
+    store = Store(path, compact_bytes=10**9)
+    for i in range(200):
+        store.put_cp({"cp_id": f"CP-{i:03d}", "location": "x" * 100})
+    store.commit()
+    journal = tmp_path / "central.json.journal.1"
+    size = journal.stat().st_size
+    store.put_session({"session_id": "s1", "kwh": 1.0})
+    store.remove_cp("CP-007")
+    store.commit()
+    assert journal.stat().st_size - size < 200  # one small line, not the database
+    assert "CP-007" not in read_database(path)["cps"]
+    store.compact_bytes = 1  # the next commit compacts (in a thread)
+    store.put_session({"session_id": "s1", "kwh": 2.0})
+    store.commit()
+    store.close()
+    from tinydb import TinyDB
+
+    with TinyDB(path) as db:
+        assert len(db.table("cps")) == 199
+        assert db.table("sessions").all() == [{"session_id": "s1", "kwh": 2.0}]
+    assert not list(tmp_path.glob("*.journal.*"))
+
+
+def test_a_torn_last_line_is_a_batch_never_committed(tmp_path):
+    path = tmp_path / "central.json"
+    store = Store(path)
+    store.put_cp({"cp_id": "CP-01"})
+    store.commit()
+    journal = next(tmp_path.glob("*.journal.*"))
+    with open(journal, "ab") as out:  # a kill in the middle of the next append
+        out.write(b'{"put":{"cps":{"CP-02":{"cp_id":"CP-0')
+    os.close(store._journal_fd)  # the killed process' descriptor
+    store._journal_fd = None
+    store._release()
+    again = Store(path)
+    assert [r["cp_id"] for r in again.cps()] == ["CP-01"]
+    again.close()
+
+
+def test_replaying_a_journal_the_file_already_holds_changes_nothing(tmp_path):
+    path = tmp_path / "central.json"
+    store = Store(path)
+    store.put_session({"session_id": "s1", "kwh": 1.0})
+    store.commit()
+    store.put_session({"session_id": "s1", "kwh": 2.0})
+    store.remove_cp("none")
+    store.put_cp({"cp_id": "CP-01"})
+    store.commit()
+    store.remove_cp("CP-01")
+    store.commit()
+    journal = next(tmp_path.glob("*.journal.*"))
+    kept = journal.read_bytes()
+    store.close()  # compacts and drops the journal ...
+    journal.write_bytes(kept)  # ... unless killed between the two
+    again = Store(path)
+    assert again.sessions() == [{"session_id": "s1", "kwh": 2.0}] and again.cps() == []
+    again.close()

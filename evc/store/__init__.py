@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -173,16 +174,18 @@ class AtomicJSONStorage(Storage):
 class Store:
     """Central's database. Records are plain dicts, each table keyed by one field.
 
-    TinyDB reads the file at start; from then on the records live in dicts indexed
-    by key (every put is O(1), never a table scan) and ``commit()`` hands the
-    whole database to TinyDB's storage in one atomic write. Closed sessions beyond
+    TinyDB reads the file at start (and the journals left by a kill are replayed
+    over it); from then on the records live in dicts indexed by key (every put is
+    O(1), never a table scan), ``commit()`` appends the changed ones to the journal,
+    and a compaction hands the whole database to TinyDB's storage in one atomic
+    write once the journal passes ``compact_bytes``. Closed sessions beyond
     ``keep_closed`` move, oldest first, to an append-only archive beside the file
     (``<name>.sessions.jsonl``), so the file TinyDB rewrites stays small.
     With ``lock=True`` a second process cannot open the same file.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, keep_closed: int = 1000,
-                 lock: bool = False) -> None:
+                 lock: bool = False, compact_bytes: int = 8 << 20) -> None:
         self.path = Path(path)
         self.archive_path = self.path.with_name(self.path.stem + ".sessions.jsonl")
         self.keep_closed = keep_closed
@@ -201,18 +204,31 @@ class Store:
                 rows = self._db.table(name, cache_size=0).all()
                 self._tables[name] = {str(d[key]): dict(d) for d in rows}
             self._storage: AtomicJSONStorage = self._db.storage  # type: ignore[assignment]
+            journals = _journals(self.path)
+            for _, journal in journals:
+                _replay(journal, self._tables)
         except StoreError:
             self._release()
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self._release()
             raise StoreError(f"{self.path} is not a valid evc database ({exc})") from None
-        # Each record's JSON text, re-encoded only when the record changed: a commit
-        # joins these instead of encoding the whole database again.
-        self._json: dict[str, dict[str, str]] = {name: {} for name in TABLES}
-        self._changed: dict[str, set[str]] = {name: set(rows)
-                                               for name, rows in self._tables.items()}
+        # Each record's JSON text, re-encoded only when the record changed: a journal
+        # line holds only these, and a compaction joins them.
+        self._json: dict[str, dict[str, str]] = {
+            name: {key: _dumps(rec) for key, rec in rows.items()}
+            for name, rows in self._tables.items()}
+        self._changed: dict[str, set[str]] = {name: set() for name in TABLES}
+        self._removed: dict[str, set[str]] = {name: set() for name in TABLES}
         self._dirty = False
+        self.compact_bytes = compact_bytes
+        self._journal_fd: int | None = None
+        self._journal_bytes = 0
+        self._gen = max((gen for gen, _ in journals), default=0)
+        self._compactor: threading.Thread | None = None
+        self._compact_error: StoreError | None = None
+        if journals:  # start from a whole, current TinyDB file
+            self._compact(wait=True)
 
     # ------------------------------------------------------------------ any table
     def put(self, table: str, record: dict[str, Any]) -> None:
@@ -220,6 +236,7 @@ class Store:
         key = str(record[TABLES[table]])
         self._tables[table].setdefault(key, {}).update(record)
         self._changed[table].add(key)
+        self._removed[table].discard(key)
         self._dirty = True
 
     def get(self, table: str, key: str) -> dict[str, Any] | None:
@@ -230,7 +247,9 @@ class Store:
         removed = self._tables[table].pop(key, None) is not None
         self._json[table].pop(key, None)
         self._changed[table].discard(key)
-        self._dirty = self._dirty or removed
+        if removed:
+            self._removed[table].add(key)
+            self._dirty = True
         return removed
 
     def all(self, table: str, **match: Any) -> list[dict[str, Any]]:
@@ -318,20 +337,95 @@ class Store:
             self.remove(SESSIONS, str(rec["session_id"]))
 
     def commit(self) -> None:
-        """Write every change since the last commit, atomically, in one write."""
+        """Make every change since the last commit durable: one journal line, fsynced.
+
+        Raises StoreError when the disk refuses (then nothing of the batch may be
+        announced); a background compaction that failed is reported here too.
+        """
+        if self._compact_error is not None:
+            error, self._compact_error = self._compact_error, None
+            raise error
         if not self._dirty:
             return
         self._archive_old_sessions()
-        tables = []
+        puts = []
         for name, records in self._tables.items():
+            changed = self._changed[name]
+            if not changed:
+                continue
             texts = self._json[name]
-            for key in self._changed[name]:
-                texts[key] = json.dumps(records[key], ensure_ascii=False, separators=(",", ":"))
-            self._changed[name].clear()
+            parts = []
+            for key in changed:
+                texts[key] = text = _dumps(records[key])
+                parts.append(f"{json.dumps(key, ensure_ascii=False)}:{text}")
+            changed.clear()
+            puts.append(f"{json.dumps(name)}:{{{','.join(parts)}}}")
+        removed = {name: sorted(keys) for name, keys in self._removed.items() if keys}
+        for keys in self._removed.values():
+            keys.clear()
+        line = f'{{"put":{{{",".join(puts)}}},"remove":{_dumps(removed)}}}\n'
+        self._append(line.encode("utf-8"))
+        self._dirty = False
+        if self._journal_bytes >= self.compact_bytes:
+            self._compact(wait=False)
+
+    def _append(self, payload: bytes) -> None:
+        try:
+            if self._journal_fd is None:
+                self._gen += 1
+                journal = _journal_path(self.path, self._gen)
+                self._journal_fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                                           0o600)
+                self._journal_bytes = 0
+                _fsync_dir(self.path.parent)  # the new journal itself survives a crash
+            os.write(self._journal_fd, payload)
+            os.fdatasync(self._journal_fd)
+        except OSError as exc:
+            raise StoreError(f"cannot write {self.path}'s journal: {exc.strerror}") from None
+        self._journal_bytes += len(payload)
+
+    def _snapshot(self) -> bytes:
+        tables = []
+        for name, texts in self._json.items():
             body = ",".join(f'"{i}":{text}' for i, text in enumerate(texts.values(), start=1))
             tables.append(f'"{name}":{{{body}}}')
-        self._storage.write_bytes(("{" + ",".join(tables) + "}").encode("utf-8"))
-        self._dirty = False
+        return ("{" + ",".join(tables) + "}").encode("utf-8")
+
+    def _compact(self, *, wait: bool) -> None:
+        """Rewrite the TinyDB file with everything committed; then drop the journals.
+
+        The snapshot is taken here, in the owner thread, and the next commit starts a
+        new journal; the file is written by a thread (``wait=False``) or now.
+        """
+        if self._compactor is not None:
+            if not wait and self._compactor.is_alive():
+                return  # one at a time: the journal grows a little meanwhile
+            self._compactor.join()
+            self._compactor = None
+        snapshot, upto = self._snapshot(), self._gen
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
+        if wait:
+            self._write_snapshot(snapshot, upto)
+            if self._compact_error is not None:
+                error, self._compact_error = self._compact_error, None
+                raise error
+        else:
+            self._compactor = threading.Thread(target=self._write_snapshot,
+                                               args=(snapshot, upto),
+                                               name="store-compaction", daemon=True)
+            self._compactor.start()
+
+    def _write_snapshot(self, snapshot: bytes, upto: int) -> None:
+        try:
+            self._storage.write_bytes(snapshot)
+            for gen, journal in _journals(self.path):
+                if gen <= upto:
+                    journal.unlink(missing_ok=True)
+        except (StoreError, OSError) as exc:
+            self._compact_error = exc if isinstance(exc, StoreError) else StoreError(
+                f"cannot compact {self.path}: {exc.strerror}")
 
     def _release(self) -> None:
         if self._lock is not None:
@@ -339,11 +433,88 @@ class Store:
             self._lock = None
 
     def close(self) -> None:
+        """Commit, and leave one whole, current TinyDB file (no journal)."""
         try:
             self.commit()
+            self._compact(wait=True)
             self._db.close()
         finally:
+            if self._journal_fd is not None:
+                os.close(self._journal_fd)
+                self._journal_fd = None
             self._release()
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _journal_path(path: Path, gen: int) -> Path:
+    return path.with_name(f"{path.name}.journal.{gen}")
+
+
+def _journals(path: Path) -> list[tuple[int, Path]]:
+    """The journals beside ``path``, oldest first."""
+    found = []
+    for journal in path.parent.glob(f"{path.name}.journal.*"):
+        suffix = journal.name.rsplit(".", 1)[1]
+        if suffix.isdigit():
+            found.append((int(suffix), journal))
+    return sorted(found)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replay(journal: Path, tables: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Apply a journal's committed batches to ``tables``, in order.
+
+    Each line holds whole records, so replaying a journal the TinyDB file already
+    includes (a kill between a compaction's write and its cleanup) changes nothing.
+    A line that does not parse was torn by a kill: that batch was never committed.
+    """
+    try:
+        lines = journal.read_bytes().split(b"\n")
+    except OSError as exc:
+        raise StoreError(f"cannot read {journal}: {exc.strerror}") from None
+    for raw in lines:
+        try:
+            batch = json.loads(raw)
+            puts, removes = batch["put"], batch["remove"]
+        except (ValueError, TypeError, KeyError):
+            continue
+        for name, keys in removes.items():
+            for key in keys:
+                tables.setdefault(name, {}).pop(str(key), None)
+        for name, records in puts.items():
+            table = tables.setdefault(name, {})
+            for key, rec in records.items():
+                table[str(key)] = rec
+
+
+def read_database(path: str | os.PathLike[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """What a running central has committed, read without opening its Store:
+    the TinyDB file with its journals replayed, as {table: {key: record}}."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        data = {}
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"cannot read {path}: {exc}") from None
+    tables = {name: {str(rec[key]): rec for rec in data.get(name, {}).values()}
+              for name, key in TABLES.items()}
+    for _, journal in _journals(path):
+        try:
+            _replay(journal, tables)
+        except StoreError:
+            continue  # compacted away while we read
+    return tables
 
 
 class AuditLog:
