@@ -40,7 +40,7 @@ from evc.bus import KafkaBus
 from evc.protocol import auth
 from evc.protocol import messages as m
 from evc.protocol.framing import FrameDecoder, encode_frame
-from evc.protocol.topics import CONTROL, REQUESTS, TELEMETRY
+from evc.protocol.topics import CENTRAL_KEY, CONTROL, NETWORK, REQUESTS, TELEMETRY
 
 EVC = [sys.executable, "-m", "evc.cli"]
 RAMP = (500, 1000, 2000, 5000)
@@ -201,6 +201,20 @@ class Engines:
                     self._telemetry(entry[0], entry[1], False, "")
 
 
+class Probe:
+    """Reads what one engine or one driver reads (the same keyed assignment) and counts it."""
+
+    def __init__(self, bus: KafkaBus, keys: dict[str, list[str]]) -> None:
+        self.count = 0
+        self.stop = threading.Event()
+        self.consumer = bus.consumer(list(keys), keys=keys)
+        threading.Thread(target=self.consumer.run, args=(self._read, self.stop),
+                         daemon=True).start()
+
+    def _read(self, _msg: m.Message, _d: object) -> None:
+        self.count += 1
+
+
 class Real:
     """Real `evc` processes: CPs (engine + monitor) and drivers looping over them."""
 
@@ -303,10 +317,11 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         EVC + ["central", str(port), args.kafka, str(tmp / "central.json"), "--cps",
                str(tmp / "cps.csv"), "--drivers", str(tmp / "drivers.txt"),
                "--topic-prefix", prefix, "--display", "plain", "--listen-host", "127.0.0.1",
-               "--log-file", str(tmp / "central.log")],
+               "--log-file", str(tmp / "central.log"), "--partitions", str(args.partitions)],
         stdout=open(tmp / "central.out", "wb"),  # noqa: SIM115
         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     figures: dict[str, Any] = {"cps": n_cps, "supplies": n_supplies,
+                               "partitions": args.partitions,
                                "real_cps": len(real_cps), "real_drivers": len(real_drivers)}
     real = None
     try:
@@ -343,6 +358,10 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
                     tickets[msg.session_id] = now
 
         threading.Thread(target=watcher.run, args=(on_control, stop), daemon=True).start()
+        # what one engine reads (its CP's control partition, central's heartbeat) and what
+        # one charging driver reads of telemetry (its CP's partition)
+        engine_probe = Probe(bus, {CONTROL: [sim_cps[0]], NETWORK: [CENTRAL_KEY]})
+        driver_probe = Probe(bus, {TELEMETRY: [sim_cps[0]]})
         real.start_drivers()
         keys = {d: auth.driver_key(secret(creds, d)) for d in sim_drivers}
         cpu0, wall0 = cpu_seconds(central.pid), time.monotonic()
@@ -363,12 +382,17 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         lags: list[int] = []
         t_run = time.monotonic()
         telemetry0 = engines.sent
+        probes0 = (engine_probe.count, driver_probe.count)
         while time.monotonic() - t_run < args.seconds:  # supplies run: telemetry at 1 Hz
             lags.append(consumer_lag(bus, f"{prefix}evc-central"))
             rss.append((time.monotonic() - t_run, rss_mb(central.pid)))
             time.sleep(1.0)
         cpu1, wall1 = cpu_seconds(central.pid), time.monotonic()
         figures["telemetry_per_s"] = round((engines.sent - telemetry0) / (wall1 - t_run), 1)
+        figures["engine_reads_per_s"] = round((engine_probe.count - probes0[0])
+                                              / (wall1 - t_run), 1)
+        figures["driver_telemetry_reads_per_s"] = round((driver_probe.count - probes0[1])
+                                                        / (wall1 - t_run), 1)
         figures["lag_records_max"] = max(lags, default=0)
         figures["lag_s_max"] = round(max(lags, default=0) / max(1.0, figures["telemetry_per_s"]
                                                                   + n_cps), 2)
@@ -398,6 +422,8 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         figures["real_driver_ticket"] = summary(ticket)
         figures["board_render_ms"] = board_render_ms(n_cps)
         stop.set()
+        engine_probe.stop.set()
+        driver_probe.stop.set()
         engines.stop.set()
         monitors.stop.set()
         bus.close()
@@ -422,6 +448,9 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
           + (f" (minute 1: {figures['rss_at_minute_1_mb']} MB, "
              f"{figures['rss_growth_pct']:+} %)" if "rss_growth_pct" in figures else "")
           + f"; board render {figures.get('board_render_ms')} ms", flush=True)
+    print(f"  one engine reads {figures.get('engine_reads_per_s')} records/s; one charging "
+          f"driver reads {figures.get('driver_telemetry_reads_per_s')} telemetry records/s "
+          f"(all CPs together: {figures.get('telemetry_per_s')}/s)", flush=True)
     return figures
 
 
@@ -434,6 +463,8 @@ def main() -> int:
     parser.add_argument("--real-cps", type=int, default=50)
     parser.add_argument("--real-drivers", type=int, default=20)
     parser.add_argument("--kafka", default="127.0.0.1:9092")
+    parser.add_argument("--partitions", type=int, default=3,
+                        help="partitions of each topic (central's --partitions)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args()
     steps = RAMP if args.ramp else (args.cps,)

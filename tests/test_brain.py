@@ -486,3 +486,15 @@ def test_removed_cps_are_tombstoned_on_the_network_topic(parts):
     brain.tick()
     tombstones = [(topic, key) for topic, msg, key in outbox.sent if msg is None]
     assert tombstones == [("network_topic", "CP-02")]
+
+
+def test_a_slow_start_is_not_taken_for_kafka_being_away(tmp_path):
+    """Loading a large registry before the loop runs is not Kafka's silence."""
+    view = RecordingView()
+    brain = Brain(Store(tmp_path / "c.json"), FakeOutbox(), FakeLink(), view,
+                  Settings(secure=False))
+    brain.last_confirm -= 60  # as if the registry took a minute to load
+    brain.events.put(OperatorLine("quit"))
+    brain.run(__import__("threading").Event())
+    assert brain.bus_down_since is None
+    assert not [text for _, text in view.notes if "Kafka unavailable" in text]

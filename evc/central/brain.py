@@ -419,6 +419,9 @@ class Brain:
     def run(self, stop: threading.Event) -> None:
         """Apply events until ``stop``; the caller's threads feed ``self.events``."""
         next_tick = 0.0
+        # Kafka's silence counts from now: loading a large registry or waiting for the
+        # consumer before this is not Kafka being away.
+        self.last_confirm = time.monotonic()
         while not stop.is_set():
             timeout = max(0.0, next_tick - time.monotonic())
             batch: list[Event] = []
