@@ -96,12 +96,17 @@ class Monitors:
         self.keys: dict[str, str] = {}
         self.registered: set[str] = set()
         self.stop = threading.Event()
-        self.pending = list(cp_ids)
+        self.pending: list[tuple[float, str]] = [(0.0, cp) for cp in cp_ids]  # (when, cp)
+        self.lost = 0
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
     def _connect(self, cp: str) -> None:
-        sock = socket.create_connection(("127.0.0.1", self.port))
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        except OSError:
+            self.pending.append((time.monotonic() + 1.0, cp))
+            return
         self.nonces[cp] = auth.new_nonce()
         sock.sendall(encode_frame(m.Register(cp_id=cp, location="bench",
                                              nonce=self.nonces[cp]).to_wire()))
@@ -114,8 +119,11 @@ class Monitors:
         next_beat = time.monotonic() + 1
         while not self.stop.is_set():
             # connect in waves, so unregistered connections stay under central's cap
-            while self.pending and len(self.socks) - len(self.registered) < 50:
-                self._connect(self.pending.pop(0))
+            # (64 per address, shared with the real monitors on this host)
+            now = time.monotonic()
+            while (self.pending and self.pending[0][0] <= now
+                   and len(self.socks) - len(self.registered) < 30):
+                self._connect(self.pending.pop(0)[1])
             for key, _ in self.sel.select(0.05):
                 cp = key.data
                 try:
@@ -150,6 +158,7 @@ class Monitors:
             pass
 
     def close(self, cp: str) -> None:
+        """Central closed it (refused, or lost): like a real monitor, try again in 1 s."""
         sock = self.socks.pop(cp, None)
         if sock is not None:
             try:
@@ -157,6 +166,11 @@ class Monitors:
             except (KeyError, ValueError):
                 pass
             sock.close()
+            if cp in self.registered:
+                self.registered.discard(cp)
+                self.lost += 1
+            if not self.stop.is_set():
+                self.pending.append((time.monotonic() + 1.0, cp))
 
 
 class Engines:
@@ -332,6 +346,18 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
             time.sleep(0.1)
         bus = KafkaBus(args.kafka, prefix=prefix, client_id="evc-bench")
         real = Real(tmp, args.kafka, prefix, port, real_cps, real_drivers, env)
+        # the real CPs first (a hundred Python processes starting take the CPU for a
+        # while): registrations/s is then central's own figure
+        t_real = time.monotonic()
+        while time.monotonic() - t_real < 240:
+            out = (tmp / "central.out").read_text(errors="replace")
+            if len({cp for cp in real_cps if f"{cp} Desconectado -> Activado" in out}) \
+                    >= len(real_cps):
+                break
+            time.sleep(0.5)
+        figures["real_cps_up_s"] = round(time.monotonic() - t_real, 1)
+        print(f"{len(real_cps)} real CPs registered in {figures['real_cps_up_s']} s",
+              flush=True)
         t0 = time.monotonic()
         monitors = Monitors(port, sim_cps, creds)
         while len(monitors.registered) < len(sim_cps) and time.monotonic() - t0 < 300:
@@ -396,6 +422,7 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         figures["lag_records_max"] = max(lags, default=0)
         figures["lag_s_max"] = round(max(lags, default=0) / max(1.0, figures["telemetry_per_s"]
                                                                   + n_cps), 2)
+        figures["monitors_dropped"] = monitors.lost
         figures["central_cpu_pct"] = round(100 * (cpu1 - cpu0) / (wall1 - wall0))
         figures["central_rss_mb"] = round(rss[-1][1] if rss else rss_mb(central.pid), 1)
         at_minute = [r for t, r in rss if t >= 60]
@@ -455,6 +482,8 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
 
 
 def main() -> int:
+    # SIGTERM ends the run like Ctrl+C: the finally blocks stop every process started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cps", type=int, default=1000)
     parser.add_argument("--supplies", type=int, default=None, help="default: half the CPs")

@@ -338,7 +338,7 @@ class Consumer:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest" if from_beginning is True else "latest",
                 bootstrap_timeout_ms=timeout_ms,
-                fetch_max_wait_ms=100,
+                fetch_max_wait_ms=500,
             )
             try:
                 self._assign(topics, from_beginning, keys or {}, start or {})
