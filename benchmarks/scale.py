@@ -351,8 +351,8 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         t_real = time.monotonic()
         while time.monotonic() - t_real < 240:
             out = (tmp / "central.out").read_text(errors="replace")
-            if len({cp for cp in real_cps if f"{cp} Desconectado -> Activado" in out}) \
-                    >= len(real_cps):
+            up = set(re.findall(r" (CP-\d+) \w+ -> Activado", out))
+            if len(up & set(real_cps)) >= len(real_cps):
                 break
             time.sleep(0.5)
         figures["real_cps_up_s"] = round(time.monotonic() - t_real, 1)
@@ -483,7 +483,11 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
 
 def main() -> int:
     # SIGTERM ends the run like Ctrl+C: the finally blocks stop every process started
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    def terminated(*_: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, terminated)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cps", type=int, default=1000)
     parser.add_argument("--supplies", type=int, default=None, help="default: half the CPs")
