@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import statistics
 import time
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +49,12 @@ def test_f1_registration_makes_the_cp_activado_and_is_persisted(net):
     wait_for(lambda: stored().get("state") == "Activado", 5, "CP-01 stored as Activado")
     rec = stored()
     assert rec["location"] == "C/Italia 5"
+    # an idle central sleeps: no thread spins (a busy loop would take a whole core)
+    ticks = Path(f"/proc/{net.central.popen.pid}/stat")
+    before = sum(int(x) for x in ticks.read_text().rsplit(")", 1)[1].split()[11:13])
+    time.sleep(2.0)  # measuring an interval, not waiting for a condition
+    after = sum(int(x) for x in ticks.read_text().rsplit(")", 1)[1].split()[11:13])
+    assert (after - before) / os.sysconf("SC_CLK_TCK") < 0.5, "central busy while idle"
     assert rec["last_seen"] > time.time() - 60
 
 

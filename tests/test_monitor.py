@@ -52,6 +52,7 @@ class FakeCentral:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address = Address("127.0.0.1", self.listener.getsockname()[1])
         self.frames: list[dict] = []
+        self.release = threading.Event()
         self.conns: list[socket.socket] = []
         self.stop = threading.Event()
         threading.Thread(target=self.serve, daemon=True).start()
@@ -73,6 +74,8 @@ class FakeCentral:
                 if self.reply == "silent":
                     continue
                 if obj["type"] == "register":
+                    if self.reply == "hold":  # answers once released (a busy central)
+                        self.release.wait(5)
                     if self.reply == "unknown":
                         send_frame(sock, m.RegisterRejected(
                             cp_id=obj["cp_id"], reason="not in the registry",
@@ -192,6 +195,25 @@ def test_an_engine_that_is_not_there_is_a_fault_at_registration():
     try:
         wait_for(lambda: central.kinds()[:1] == ["register"], 5, "registration")
         assert central.frames[0]["health"] == "KO"
+    finally:
+        run.close()
+        central.stop.set()
+
+
+def test_a_health_change_while_central_answers_the_registration_is_reported(engine):
+    """Registered as KO, the engine came back before central answered: central must hear
+    it, or the CP stays Averiado on the board while it is fine."""
+    central = FakeCentral(reply="hold")
+    engine.mode = "KO"
+    run = Running(central, engine)
+    try:
+        wait_for(lambda: central.kinds()[:1] == ["register"], 5, "registration")
+        assert central.frames[0]["health"] == "KO"
+        engine.mode = "OK"
+        wait_for(lambda: run.monitor.health is not None and run.monitor.health.ok, 5,
+                 "the engine OK again")
+        central.release.set()
+        wait_for(lambda: "recovered" in central.kinds(), 5, "OK sent after the answer")
     finally:
         run.close()
         central.stop.set()

@@ -216,7 +216,8 @@ def take_the_lease(bus: KafkaBus, cfg: CentralConfig, crew: Crew,
         consumer = None
         try:
             while not stop.is_set():
-                if lease.held.wait(0.5):
+                if lease.held.is_set():
+                    stop.wait(0.5)  # held: nothing to watch (no busy loop)
                     continue
                 if consumer is None:
                     log.warning("central's lease is not held (the broker away, or another "

@@ -175,6 +175,7 @@ class Monitor:
         self.reader: threading.Thread | None = None
         self.health: HealthResult | None = None
         self.reported_ok: bool | None = None  # what central was last told
+        self.registered_ok = True  # the health the last Register carried
         self.backoff = 0.5
         self.next_connect = 0.0
         self.next_beat = 0.0
@@ -277,7 +278,8 @@ class Monitor:
             self.registered = True
             self.unavailable_since = None
             self.backoff = 0.5
-            self.reported_ok = self.health.ok if self.health else True
+            # central knows the health the Register carried; a change since is told now
+            self.reported_ok = self.registered_ok
             say(f"{self.cp_id}: registered with central at {self.central} "
                 f"({msg.location}, {msg.price_eur_kwh:.2f} €/kWh)")
             self.next_beat = time.monotonic() + self.heartbeat
@@ -305,6 +307,7 @@ class Monitor:
         self.sock = sock
         self.last_rx = time.monotonic()
         health = Health.OK if self.health is None or self.health.ok else Health.KO
+        self.registered_ok = health is Health.OK
         self.reader = threading.Thread(target=read_central, name="monitor-central",
                                        args=(sock, self.link, self.events, self.stop))
         self.reader.start()
