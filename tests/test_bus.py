@@ -90,6 +90,7 @@ def test_group_resumes_after_the_last_acknowledged_message(bus):
     stop = threading.Event()
     stop.set()
     first.run(lambda *_: None, stop)  # commits acknowledged offsets and closes
+    assert bus.group_lag(group, [REQUESTS]) == 2  # the gauge: two records not yet applied
     second = bus.consumer([REQUESTS], group_id=group, from_beginning=True)
     rest = collect(second, 2, timeout=30)
     second.close()

@@ -210,10 +210,10 @@ class KafkaBus:
         tps = [TopicPartition(self.topic(n), p) for n in names for p in range(
             self.partitions(n))]
         with kafka_errors(f"cannot read the offsets of group {group}"):
-            committed = admin.list_consumer_group_offsets(group)
+            committed = admin.list_group_offsets({group: tps}).get(group, {})
             ends = consumer.end_offsets(tps)
-        return sum(max(0, ends[tp] - (committed[tp].offset if tp in committed else 0))
-                   for tp in tps)
+        done = {tp: max(0, meta.offset) for tp, meta in committed.items()}  # -1: none yet
+        return sum(max(0, ends[tp] - done.get(tp, 0)) for tp in tps)
 
     def partition_of(self, name: str, key: str) -> int:
         return partition_for(key, self.partitions(name))
