@@ -266,8 +266,9 @@ class Real:
         for driver, args in self.driver_args:
             self.driver_logs.append(self._start(f"driver-{driver}", args))
 
-    def latencies(self) -> tuple[list[float], list[float]]:
-        """(request -> answer, end -> ticket) in seconds, from the real drivers' own lines."""
+    def latencies(self, since: float) -> tuple[list[float], list[float]]:
+        """(request -> answer, end -> ticket) in seconds, from the real drivers' own lines
+        stamped after ``since`` (seconds of the local day)."""
         stamp = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d\d\d) ")
         answer, ticket = [], []
         for log in self.driver_logs:
@@ -278,6 +279,8 @@ class Real:
                     continue
                 h, mi, s, ms = (int(x) for x in match.groups())
                 t = h * 3600 + mi * 60 + s + ms / 1000
+                if t < since:
+                    continue
                 if "requested a charge" in line:
                     asked = t
                 elif ("AUTHORIZED at" in line or "DENIED at" in line) and asked is not None:
@@ -346,18 +349,21 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
             time.sleep(0.1)
         bus = KafkaBus(args.kafka, prefix=prefix, client_id="evc-bench")
         real = Real(tmp, args.kafka, prefix, port, real_cps, real_drivers, env)
+        real.start_drivers()
         # the real CPs first (a hundred Python processes starting take the CPU for a
         # while): registrations/s is then central's own figure
         t_real = time.monotonic()
         while time.monotonic() - t_real < 240:
             out = (tmp / "central.out").read_text(errors="replace")
             up = set(re.findall(r" (CP-\d+) \w+ -> Activado", out))
-            if len(up & set(real_cps)) >= len(real_cps):
+            answered = sum(1 for log in real.driver_logs if "AUTHORIZED at" in
+                           log.read_text(errors="replace"))
+            if len(up & set(real_cps)) >= len(real_cps) and answered >= len(real_drivers):
                 break
             time.sleep(0.5)
         figures["real_cps_up_s"] = round(time.monotonic() - t_real, 1)
-        print(f"{len(real_cps)} real CPs registered in {figures['real_cps_up_s']} s",
-              flush=True)
+        print(f"{len(real_cps)} real CPs registered and {len(real_drivers)} real drivers "
+              f"charging after {figures['real_cps_up_s']} s", flush=True)
         t0 = time.monotonic()
         monitors = Monitors(port, sim_cps, creds)
         while len(monitors.registered) < len(sim_cps) and time.monotonic() - t0 < 300:
@@ -388,9 +394,10 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         # one charging driver reads of telemetry (its CP's partition)
         engine_probe = Probe(bus, {CONTROL: [sim_cps[0]], NETWORK: [CENTRAL_KEY]})
         driver_probe = Probe(bus, {TELEMETRY: [sim_cps[0]]})
-        real.start_drivers()
         keys = {d: auth.driver_key(secret(creds, d)) for d in sim_drivers}
         cpu0, wall0 = cpu_seconds(central.pid), time.monotonic()
+        lt = time.localtime()
+        since = lt.tm_hour * 3600 + lt.tm_min * 60 + lt.tm_sec  # the measured window
         sent: dict[str, float] = {}
         pace = min(0.002, 1.0 / max(1, n_supplies))  # all requests within about a second
         for i, driver in enumerate(sim_drivers):
@@ -430,8 +437,12 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
             figures["rss_at_minute_1_mb"] = round(at_minute[0], 1)
             figures["rss_growth_pct"] = round(100 * (rss[-1][1] / at_minute[0] - 1), 1)
         ends: dict[str, float] = {}
+        ended_early = 0
         for auth_msg in list(auth_of.values()):
             if auth_msg.authorized and auth_msg.request_id in sent:
+                if auth_msg.session_id in tickets:  # ended already (its CP was lost)
+                    ended_early += 1
+                    continue
                 end = auth.sign(m.EndRequest(driver_id=auth_msg.driver_id,
                                              cp_id=auth_msg.cp_id,
                                              session_id=auth_msg.session_id),
@@ -443,8 +454,9 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         while len(ends.keys() & tickets.keys()) < len(ends) and time.monotonic() < deadline:
             time.sleep(0.05)
         figures["ticket"] = summary([tickets[s] - t for s, t in ends.items() if s in tickets])
+        figures["ended_before_asked"] = ended_early
         figures["tickets"] = len(ends.keys() & tickets.keys())
-        answer, ticket = real.latencies()
+        answer, ticket = real.latencies(since)
         figures["real_driver_authorization"] = summary(answer)
         figures["real_driver_ticket"] = summary(ticket)
         figures["board_render_ms"] = board_render_ms(n_cps)
@@ -463,7 +475,9 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         except subprocess.TimeoutExpired:
             central.kill()
     print(f"  registrations {figures.get('registrations_per_s')}/s; authorized "
-          f"{figures.get('authorized')} of {n_supplies}; tickets {figures.get('tickets')}")
+          f"{figures.get('authorized')} of {n_supplies}; tickets {figures.get('tickets')} "
+          f"(+{figures.get('ended_before_asked')} ended before asked); simulated monitors "
+          f"dropped by central: {figures.get('monitors_dropped')}")
     show("request -> authorization (simulated)", figures.get("authorization", {}))
     show("request -> authorization (real drivers)",
          figures.get("real_driver_authorization", {}))
