@@ -102,18 +102,22 @@ class Monitors:
         self.thread.start()
 
     def _connect(self, cp: str) -> None:
-        try:
-            sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
-        except OSError:
-            self.pending.append((time.monotonic() + 1.0, cp))
-            return
-        self.nonces[cp] = auth.new_nonce()
-        sock.sendall(encode_frame(m.Register(cp_id=cp, location="bench",
-                                             nonce=self.nonces[cp]).to_wire()))
+        """A non-blocking connect: one slow accept must not hold every heartbeat back."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", self.port))
         self.socks[cp] = sock
         self.decoders[cp] = FrameDecoder()
-        self.sel.register(sock, selectors.EVENT_READ, cp)
+        self.sel.register(sock, selectors.EVENT_WRITE, cp)
+
+    def _connected(self, cp: str) -> None:
+        sock = self.socks[cp]
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self.close(cp)
+            return
+        self.sel.modify(sock, selectors.EVENT_READ, cp)
+        self.nonces[cp] = auth.new_nonce()
+        self.send(cp, m.Register(cp_id=cp, location="bench", nonce=self.nonces[cp]))
 
     def _loop(self) -> None:
         next_beat = time.monotonic() + 1
@@ -124,8 +128,11 @@ class Monitors:
             while (self.pending and self.pending[0][0] <= now
                    and len(self.socks) - len(self.registered) < 30):
                 self._connect(self.pending.pop(0)[1])
-            for key, _ in self.sel.select(0.05):
+            for key, mask in self.sel.select(0.05):
                 cp = key.data
+                if mask & selectors.EVENT_WRITE:
+                    self._connected(cp)
+                    continue
                 try:
                     data = self.socks[cp].recv(65536)
                 except (BlockingIOError, KeyError):
@@ -171,6 +178,7 @@ class Monitors:
                 self.lost += 1
             if not self.stop.is_set():
                 self.pending.append((time.monotonic() + 1.0, cp))
+                self.pending.sort()
 
 
 class Engines:
@@ -396,6 +404,7 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         driver_probe = Probe(bus, {TELEMETRY: [sim_cps[0]]})
         keys = {d: auth.driver_key(secret(creds, d)) for d in sim_drivers}
         cpu0, wall0 = cpu_seconds(central.pid), time.monotonic()
+        own0 = sum(os.times()[:2])
         lt = time.localtime()
         since = lt.tm_hour * 3600 + lt.tm_min * 60 + lt.tm_sec  # the measured window
         sent: dict[str, float] = {}
@@ -430,6 +439,8 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         figures["lag_s_max"] = round(max(lags, default=0) / max(1.0, figures["telemetry_per_s"]
                                                                   + n_cps), 2)
         figures["monitors_dropped"] = monitors.lost
+        figures["load_generator_cpu_pct"] = round(100 * (sum(os.times()[:2]) - own0)
+                                                  / (wall1 - wall0))
         figures["central_cpu_pct"] = round(100 * (cpu1 - cpu0) / (wall1 - wall0))
         figures["central_rss_mb"] = round(rss[-1][1] if rss else rss_mb(central.pid), 1)
         at_minute = [r for t, r in rss if t >= 60]
@@ -485,7 +496,8 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
     show("end request -> ticket (real drivers)", figures.get("real_driver_ticket", {}))
     print(f"  telemetry {figures.get('telemetry_per_s')} msg/s; central lag max "
           f"{figures.get('lag_records_max')} records (~{figures.get('lag_s_max')} s); CPU "
-          f"{figures.get('central_cpu_pct')}% of one core; RSS {figures.get('central_rss_mb')} MB"
+          f"{figures.get('central_cpu_pct')}% of one core (load generator "
+          f"{figures.get('load_generator_cpu_pct')}%); RSS {figures.get('central_rss_mb')} MB"
           + (f" (minute 1: {figures['rss_at_minute_1_mb']} MB, "
              f"{figures['rss_growth_pct']:+} %)" if "rss_growth_pct" in figures else "")
           + f"; board render {figures.get('board_render_ms')} ms", flush=True)
