@@ -53,6 +53,7 @@ class _Conn:
     started: float = field(default_factory=time.monotonic)
     outbuf: bytearray = field(default_factory=bytearray)
     closing: str | None = None  # close once outbuf is flushed, with this reason
+    writing: bool = False  # registered for EVENT_WRITE (outbuf did not fit the socket)
 
 
 class MonitorServer:
@@ -279,11 +280,15 @@ class MonitorServer:
             self._drop(conn, f"connection broken ({exc.strerror or exc})")
             return
         if conn.outbuf:
-            self._sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn.conn_id)
+            if not conn.writing:
+                self._sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
+                                 conn.conn_id)
+                conn.writing = True
         elif conn.closing:
             self._drop(conn, conn.closing, linger=True)
-        else:
+        elif conn.writing:  # one system call only when the interest changes
             self._sel.modify(conn.sock, selectors.EVENT_READ, conn.conn_id)
+            conn.writing = False
 
     def _close_after_flush(self, conn: _Conn, reason: str) -> None:
         conn.closing = reason

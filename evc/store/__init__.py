@@ -227,7 +227,7 @@ class Store:
         self._gen = max((gen for gen, _ in journals), default=0)
         self._compactor: threading.Thread | None = None
         self._compact_error: StoreError | None = None
-        if journals:  # start from a whole, current TinyDB file
+        if journals or not self.path.exists():  # start from a whole, current TinyDB file
             self._compact(wait=True)
 
     # ------------------------------------------------------------------ any table
