@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import resource
 import selectors
 import socket
 import threading
@@ -56,6 +57,21 @@ class _Conn:
     writing: bool = False  # registered for EVENT_WRITE (outbuf did not fit the socket)
 
 
+def connection_budget(reserve: int = 256) -> int:
+    """How many monitors central can hold: its open-file limit, raised to the hard limit
+    (up to 65,536), less ``reserve`` for Kafka, the store and the logs."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    limit = 65536 if soft == resource.RLIM_INFINITY else soft
+    return max(16, limit - reserve)
+
+
 class MonitorServer:
     def __init__(
         self,
@@ -63,13 +79,13 @@ class MonitorServer:
         events: queue.Queue[Event],
         *,
         silence_timeout: float = 3.0,
-        max_connections: int = 4096,
+        max_connections: int | None = None,
         register_timeout: float = 5.0,
         per_address: int = 64,
     ) -> None:
         self.events = events
         self.silence_timeout = silence_timeout
-        self.max_connections = max_connections
+        self.max_connections = max_connections or connection_budget()
         self.register_timeout = register_timeout
         self.per_address = per_address
         self._unregistered: dict[str, int] = {}  # host -> connections not registered yet
