@@ -181,6 +181,61 @@ class Monitors:
                 self.pending.sort()
 
 
+def _monitors_child(port: int, cp_ids: list[str], creds: Path, out: Any, stop: Any) -> None:
+    """The stand-in monitors' own process: reports (cp, key) once registered, (cp, None)
+    when central drops one."""
+    monitors = Monitors(port, cp_ids, creds)
+    told: set[str] = set()
+    while not stop.is_set():
+        now = set(monitors.registered)
+        for cp in now - told:
+            out.put((cp, monitors.keys.get(cp)))
+        for cp in told - now:
+            out.put((cp, None))
+        told = now
+        time.sleep(0.1)
+    monitors.stop.set()
+
+
+class MonitorsProcess:
+    """The stand-in monitors in a process of their own: the load generator's Kafka work
+    (signing and sending readings, reading every answer) must not hold their heartbeats
+    back behind the GIL, or central rightly drops them as silent."""
+
+    def __init__(self, port: int, cp_ids: list[str], creds: Path) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.queue = ctx.Queue()
+        self.stop_event = ctx.Event()
+        self.keys: dict[str, str] = {}
+        self.registered: set[str] = set()
+        self.lost = 0
+        self.proc = ctx.Process(target=_monitors_child, daemon=True,
+                                args=(port, cp_ids, creds, self.queue, self.stop_event))
+        self.proc.start()
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                cp, key = self.queue.get()
+            except (EOFError, OSError):
+                return
+            if key is None:
+                self.registered.discard(cp)
+                self.lost += 1
+            else:
+                self.keys[cp] = key
+                self.registered.add(cp)
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
 class Engines:
     """Engine stand-ins: obey start/end orders for their CPs; signed telemetry each second."""
 
@@ -373,7 +428,7 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         print(f"{len(real_cps)} real CPs registered and {len(real_drivers)} real drivers "
               f"charging after {figures['real_cps_up_s']} s", flush=True)
         t0 = time.monotonic()
-        monitors = Monitors(port, sim_cps, creds)
+        monitors = MonitorsProcess(port, sim_cps, creds)
         while len(monitors.registered) < len(sim_cps) and time.monotonic() - t0 < 300:
             time.sleep(0.05)
         took = time.monotonic() - t0
@@ -475,7 +530,7 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         engine_probe.stop.set()
         driver_probe.stop.set()
         engines.stop.set()
-        monitors.stop.set()
+        monitors.close()
         bus.close()
     finally:
         if real is not None:
