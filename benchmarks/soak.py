@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks.procinfo import children, rss_mb
+from evc.store import read_database
 
 EVC = [sys.executable, "-m", "evc.cli"]
 
@@ -60,6 +61,7 @@ def main() -> int:
     parser.add_argument("--every", type=float, default=8.0, help="seconds between actions")
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     run_dir = Path(args.run_dir or f"runs/soak-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -124,11 +126,11 @@ def main() -> int:
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(5)
-    return report(run_dir, actions, memory, demo.returncode)
+    return report(run_dir, actions, memory, demo.returncode, as_json=args.json)
 
 
 def report(run_dir: Path, actions: dict[str, int], memory: dict[str, list[float]],
-           demo_rc: int | None) -> int:
+           demo_rc: int | None, as_json: bool = False) -> int:
     print(f"run folder: {run_dir}  (demo exit code {demo_rc})")
     print("actions: " + ", ".join(f"{k} {v}" for k, v in actions.items()))
     requested = answered = authorized = tickets = 0
@@ -140,7 +142,7 @@ def report(run_dir: Path, actions: dict[str, int], memory: dict[str, list[float]
         tickets += len(re.findall(r": TICKET at", text))
     print(f"drivers: {requested} requests, {answered} answered, {authorized} authorized, "
           f"{tickets} tickets")
-    db = json.loads((run_dir / "central.json").read_text())
+    db = read_database(run_dir / "central.json")
     sessions = list(db.get("sessions", {}).values())
     closed = [s for s in sessions if s.get("status") == "closed"]
     reasons: dict[str, int] = {}
@@ -162,6 +164,14 @@ def report(run_dir: Path, actions: dict[str, int], memory: dict[str, list[float]
     print(f"authorized without ticket in the driver log: {unticketed} (in flight at the stop)")
     ok = not crashed and in_flight <= 5 and unticketed <= 5
     print("RESULT: " + ("ok" if ok else "PROBLEMS"))
+    if as_json:
+        print(json.dumps({
+            "actions": actions, "requests": requested, "answered": answered,
+            "authorized": authorized, "tickets": tickets, "sessions": len(sessions),
+            "closed": len(closed), "reasons": reasons, "tracebacks": crashed,
+            "rss_mb": {name: [samples[0], samples[-1], max(samples)]
+                       for name, samples in sorted(memory.items()) if samples},
+            "ok": ok}))
     return 0 if ok else 1
 
 
