@@ -10,6 +10,7 @@ import pytest
 
 from evc.bus import KafkaBus, ping
 from tests.helpers import Proc
+from tests.network import Observer
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +58,11 @@ def procs() -> Iterator[list[Proc]]:
             pass
         finally:
             proc.kill()
+
+
+@pytest.fixture
+def observer(bus: KafkaBus, net) -> Iterator[Observer]:
+    """Every message on the test's topics, for the module's ``net``."""
+    obs = Observer(bus, net.context)
+    yield obs
+    obs.close()

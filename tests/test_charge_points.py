@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import statistics
 import time
-from pathlib import Path
 
 import pytest
 
+from benchmarks.procinfo import cpu_seconds
 from evc.protocol import messages as m
 from evc.protocol.topics import REQUESTS
 from tests.helpers import Proc, free_port, wait_for
@@ -21,13 +20,6 @@ pytestmark = pytest.mark.broker
 @pytest.fixture
 def net(kafka, prefix, tmp_path, procs):
     return Network(kafka, prefix, tmp_path, procs)
-
-
-@pytest.fixture
-def observer(bus, net):
-    obs = Observer(bus, net.context)
-    yield obs
-    obs.close()
 
 
 def request(bus, driver: str, cp: str) -> m.ChargeRequest:
@@ -50,11 +42,9 @@ def test_f1_registration_makes_the_cp_activado_and_is_persisted(net):
     rec = stored()
     assert rec["location"] == "C/Italia 5"
     # an idle central sleeps: no thread spins (a busy loop would take a whole core)
-    ticks = Path(f"/proc/{net.central.popen.pid}/stat")
-    before = sum(int(x) for x in ticks.read_text().rsplit(")", 1)[1].split()[11:13])
+    before = cpu_seconds(net.central.popen.pid)
     time.sleep(2.0)  # measuring an interval, not waiting for a condition
-    after = sum(int(x) for x in ticks.read_text().rsplit(")", 1)[1].split()[11:13])
-    assert (after - before) / os.sysconf("SC_CLK_TCK") < 0.5, "central busy while idle"
+    assert cpu_seconds(net.central.popen.pid) - before < 0.5, "central busy while idle"
     assert rec["last_seen"] > time.time() - 60
 
 

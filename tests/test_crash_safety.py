@@ -28,13 +28,6 @@ def net(kafka, prefix, tmp_path, procs):
     return Network(kafka, prefix, tmp_path, procs)
 
 
-@pytest.fixture
-def observer(bus, net):
-    obs = Observer(bus, net.context)
-    yield obs
-    obs.close()
-
-
 def driver(net: Network, driver_id: str, lines: list[str], *extra: str) -> Proc:
     path = net.tmp / f"{driver_id}.txt"
     if not path.exists():
@@ -185,7 +178,10 @@ def test_broker_down_mid_supply_stops_nobody(own_broker, prefix, tmp_path, procs
         wait_for(lambda: len(LIVE.findall(d.output)) > lives + 2, 30, "live figures again")
     except AssertionError:
         d.signal(signal.SIGUSR1)  # what is it doing?
-        time.sleep(1)
+        try:
+            wait_for(lambda: "most recent call first" in d.output, 3, "the stack dump")
+        except AssertionError:
+            pass  # report what there is
         raise AssertionError(d.output[-6000:]) from None
     net.engines["CP-01"].send("u")  # the driver unplugs
     d.wait_line("TICKET at CP-01", timeout=60)

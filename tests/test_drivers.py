@@ -11,7 +11,7 @@ import pytest
 from evc.protocol import messages as m
 from evc.protocol.topics import REQUESTS
 from tests.helpers import Proc, free_port, run_evc, wait_for
-from tests.network import Network, Observer, signed
+from tests.network import Network, signed
 
 pytestmark = pytest.mark.broker
 
@@ -21,13 +21,6 @@ def net(kafka, prefix, tmp_path, procs):
     network = Network(kafka, prefix, tmp_path, procs)
     network.start_central()
     return network
-
-
-@pytest.fixture
-def observer(bus, net):
-    obs = Observer(bus, net.context)
-    yield obs
-    obs.close()
 
 
 def driver(net: Network, driver_id: str, lines: list[str], *extra: str) -> Proc:

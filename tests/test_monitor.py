@@ -15,44 +15,12 @@ from evc.protocol.framing import read_frames, send_frame
 from tests.helpers import wait_for
 
 
-class FakeEngine:
-    """Answers health checks OK, KO, or not at all."""
+class FakeServer:
+    """Listens on 127.0.0.1; each connection is served by ``talk`` in a thread of its own."""
 
     def __init__(self) -> None:
-        self.mode = "OK"
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address = Address("127.0.0.1", self.listener.getsockname()[1])
-        self.stop = threading.Event()
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self) -> None:
-        self.listener.settimeout(0.1)
-        while not self.stop.is_set():
-            try:
-                sock, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=self.answer, args=(sock,), daemon=True).start()
-
-    def answer(self, sock: socket.socket) -> None:
-        try:
-            for obj in read_frames(sock, self.stop):
-                if self.mode != "HANG":
-                    send_frame(sock, m.HealthReply(cp_id=obj["cp_id"],
-                                                   status=m.Health(self.mode)).to_wire())
-        except OSError:
-            pass
-
-
-class FakeCentral:
-    """Accepts monitors; answers as told; records every frame."""
-
-    def __init__(self, reply: str = "ok") -> None:
-        self.reply = reply  # ok | unknown | silent
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = Address("127.0.0.1", self.listener.getsockname()[1])
-        self.frames: list[dict] = []
-        self.release = threading.Event()
         self.conns: list[socket.socket] = []
         self.stop = threading.Event()
         threading.Thread(target=self.serve, daemon=True).start()
@@ -66,6 +34,36 @@ class FakeCentral:
                 continue
             self.conns.append(sock)
             threading.Thread(target=self.talk, args=(sock,), daemon=True).start()
+
+    def talk(self, sock: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class FakeEngine(FakeServer):
+    """Answers health checks OK, KO, or not at all."""
+
+    def __init__(self) -> None:
+        self.mode = "OK"
+        super().__init__()
+
+    def talk(self, sock: socket.socket) -> None:
+        try:
+            for obj in read_frames(sock, self.stop):
+                if self.mode != "HANG":
+                    send_frame(sock, m.HealthReply(cp_id=obj["cp_id"],
+                                                   status=m.Health(self.mode)).to_wire())
+        except OSError:
+            pass
+
+
+class FakeCentral(FakeServer):
+    """Accepts monitors; answers as told; records every frame."""
+
+    def __init__(self, reply: str = "ok") -> None:
+        self.reply = reply  # ok | unknown | silent | hold
+        self.frames: list[dict] = []
+        self.release = threading.Event()
+        super().__init__()
 
     def talk(self, sock: socket.socket) -> None:
         try:

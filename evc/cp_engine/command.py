@@ -136,6 +136,14 @@ def read_checks(sock: socket.socket, events: queue.Queue[object], stop: threadin
         sock.close()
 
 
+def hang_up(sock: socket.socket) -> None:
+    """End a connection from the owner thread; its reader sees the end and closes it."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 def answer_check(engine: Engine, event: Check) -> None:
     """A frame from a monitor: the key hand-off, or a health check to answer (or refuse)."""
     msg = event.message
@@ -143,18 +151,12 @@ def answer_check(engine: Engine, event: Check) -> None:
         if not engine.on_engine_key(msg):
             log.warning("a key hand-off for %s that does not fit its credential: closing",
                         msg.cp_id)
-            try:
-                event.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            hang_up(event.sock)
         return
     why = engine.refuse_check(msg)
     if why is not None:
         log.warning("refused %s: closing that connection", why)
-        try:
-            event.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        hang_up(event.sock)
         return
     reply = engine.on_health_check(msg)
     if reply is not None:

@@ -226,6 +226,7 @@ class Store:
         self._journal_bytes = 0
         self._gen = max((gen for gen, _ in journals), default=0)
         self._compactor: threading.Thread | None = None
+        self._compacted = -1  # the newest journal generation the file includes
         self._compact_error: StoreError | None = None
         if journals or not self.path.exists():  # start from a whole, current TinyDB file
             self._compact(wait=True)
@@ -403,6 +404,7 @@ class Store:
             self._compactor.join()
             self._compactor = None
         snapshot, upto = self._snapshot(), self._gen
+        self._compacted = upto
         if self._journal_fd is not None:
             os.close(self._journal_fd)
             self._journal_fd = None
@@ -436,7 +438,12 @@ class Store:
         """Commit, and leave one whole, current TinyDB file (no journal)."""
         try:
             self.commit()
-            self._compact(wait=True)
+            if self._compactor is not None:
+                self._compactor.join()
+            # the file is rewritten only when it lacks a journal (or the last try failed)
+            if self._compacted != self._gen or self._compact_error is not None:
+                self._compact_error = None
+                self._compact(wait=True)
             self._db.close()
         finally:
             if self._journal_fd is not None:
