@@ -20,7 +20,7 @@ import click
 
 from evc.bus import Sasl
 from evc.errors import EvcError
-from evc.net import Address, parse_address
+from evc.net import Address, parse_address, parse_addresses
 from evc.protocol.ids import check_id
 
 
@@ -66,7 +66,23 @@ class IdType(click.ParamType):
             raise click.ClickException(str(exc)) from exc
 
 
+class AddressesType(click.ParamType):
+    """``HOST:PORT[,HOST:PORT...]`` -> a list of ``Address`` (at least one)."""
+
+    name = "host:port[,host:port]"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> list[Address]:
+        if isinstance(value, list):
+            return value
+        try:
+            return parse_addresses(str(value), what=f"{_name(param)} address")
+        except EvcError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
 ADDRESS = AddressType()
+ADDRESSES = AddressesType()
 ID = IdType()
 LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
 

@@ -33,7 +33,13 @@ from kafka import (
     TopicPartition,
 )
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import (
+    InvalidProducerEpochError,
+    KafkaError,
+    KafkaTimeoutError,
+    ProducerFencedError,
+    TopicAlreadyExistsError,
+)
 from kafka.partitioner.default import murmur2
 from kafka.structs import MemberState, OffsetAndMetadata
 
@@ -339,6 +345,9 @@ class Consumer:
                 auto_offset_reset="earliest" if from_beginning is True else "latest",
                 bootstrap_timeout_ms=timeout_ms,
                 fetch_max_wait_ms=500,
+                # central sends in transactions: what a deposed central left open and
+                # the new one aborted is never seen
+                isolation_level="read_committed",
             )
             try:
                 self._assign(topics, from_beginning, keys or {}, start or {})
@@ -505,6 +514,235 @@ class Consumer:
             self._consumer.close(autocommit=False, timeout_ms=1000)
         except Exception as exc:  # noqa: BLE001 - closing must not raise at shutdown
             log.warning("consumer close: %s", exc)
+
+
+class Transactions:
+    """The active central's one producer: everything it sends goes out in Kafka
+    transactions, its stored changes (``central_changelog``) with the messages they
+    decided, so a reader sees a batch whole or not at all.
+
+    Its ``transactional.id`` is the same for every central of a network: the one that
+    calls ``init_transactions`` fences the one before (the broker refuses the older
+    producer epoch, carried by every record batch) and aborts what it left open. A
+    deposed central's next transaction fails: ``fenced`` is set and it must step down.
+
+    ``send`` and ``replicate`` only queue (any thread); ``run`` (one thread) commits
+    what is queued, one transaction at a time. A failed transaction reports its messages
+    as not sent (their owner sends them again) and keeps its changes for the next one.
+    """
+
+    def __init__(self, bus: KafkaBus, transactional_id: str, changelog: str,
+                 timeout: float = 10.0) -> None:
+        self._bus = bus
+        self.transactional_id = transactional_id
+        self.changelog = bus.topic(changelog)
+        self.timeout = timeout
+        self.fenced = threading.Event()
+        self.committed = 0  # transactions committed
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._changes: dict[str, str | None] = {}  # in order; the latest version of a key
+        self._messages: list[tuple[str, Message | None, str, Done | None]] = []
+        self._closed = False
+        self._producer = self._new_producer()
+
+    def _new_producer(self) -> KafkaProducer:
+        bus = self._bus
+        with kafka_errors("cannot start Kafka transactions", bus.bootstrap, bus.connect_timeout,
+                          bus.sasl.user if bus.sasl else ""):
+            producer = KafkaProducer(
+                bootstrap_servers=bus.bootstrap, **_auth(bus.sasl),
+                client_id=f"{bus.client_id}-txn", transactional_id=self.transactional_id,
+                enable_idempotence=True, acks="all", linger_ms=0,
+                # the broker answers "concurrent transactions" for a few ms after each
+                # commit: retry soon, not after the 100 ms default
+                retry_backoff_ms=5, max_block_ms=int(self.timeout * 1000),
+                transaction_timeout_ms=int(self.timeout * 1000),
+                bootstrap_timeout_ms=int(bus.connect_timeout * 1000))
+            try:
+                producer.init_transactions()  # fences the previous holder of the id
+            except BaseException:
+                producer.close(timeout=0)
+                raise
+        return producer
+
+    # ------------------------------------------------------------------ any thread
+    def send(self, topic: str, message: Message | None, key: str,
+             on_done: Done | None = None) -> None:
+        """Like ``KafkaBus.send``: queued for the next transaction."""
+        with self._lock:
+            if self._closed:
+                raise BusError("transactions closed")
+            self._messages.append((topic, message, key, on_done))
+            self._wake.notify()
+
+    def replicate(self, changes: Iterable[tuple[str, str | None]]) -> None:
+        """Stored changes ("<table>/<key>", JSON or None) for the changelog."""
+        with self._lock:
+            for key, text in changes:
+                self._changes.pop(key, None)  # keep the order of the latest versions
+                self._changes[key] = text
+            self._wake.notify()
+
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._changes and not self._messages
+
+    # ------------------------------------------------------------------ its thread
+    def run(self, stop: threading.Event) -> None:
+        """Commit what is queued until ``stop`` (then once more, bounded), or fenced."""
+        try:
+            while not self.fenced.is_set():
+                with self._lock:
+                    if not self._changes and not self._messages:
+                        if stop.is_set():
+                            break
+                        self._wake.wait(0.2)
+                        continue
+                    changes, self._changes = self._changes, {}
+                    messages, self._messages = self._messages, []
+                if not self._commit(changes, messages):
+                    with self._lock:  # newer versions queued meanwhile win
+                        for key, text in changes.items():
+                            self._changes.setdefault(key, text)
+                    if stop.is_set():
+                        break
+                    stop.wait(0.5)
+        finally:
+            with self._lock:
+                self._closed = True
+                left = self._messages
+                self._messages = []
+            for _, _, _, on_done in left:
+                if on_done is not None:
+                    on_done(False, "central stopped")
+            try:
+                self._producer.close(timeout=1.0)
+            except Exception as exc:  # noqa: BLE001 - closing must not raise at shutdown
+                log.warning("transactional producer close: %s", exc)
+
+    def _commit(self, changes: Mapping[str, str | None],
+                messages: list[tuple[str, Message | None, str, Done | None]]) -> bool:
+        producer = self._producer
+        try:
+            producer.begin_transaction()
+            for key, text in changes.items():
+                producer.send(self.changelog, key=key.encode("utf-8"),
+                              value=text.encode("utf-8") if text is not None else None)
+            for topic, message, key, _ in messages:
+                producer.send(self._bus.topic(topic),
+                              value=encode(message) if message is not None else None,
+                              key=key.encode("utf-8"))
+            producer.commit_transaction()
+        except KafkaError as exc:
+            fenced = isinstance(exc, (ProducerFencedError, InvalidProducerEpochError)) or \
+                "fenced" in type(exc).__name__.lower()
+            self._failed(messages, str(exc) or type(exc).__name__)
+            if fenced:
+                log.critical("another central took over (this producer was fenced)")
+                self.fenced.set()
+                return False
+            log.warning("Kafka transaction failed (%s); trying again", exc)
+            self._restart()
+            return False
+        self.committed += 1
+        for _, _, _, on_done in messages:
+            if on_done is not None:
+                on_done(True, "")
+        return True
+
+    @staticmethod
+    def _failed(messages: list[tuple[str, Message | None, str, Done | None]],
+                error: str) -> None:
+        for _, _, _, on_done in messages:
+            if on_done is not None:
+                on_done(False, error)
+
+    def _restart(self) -> None:
+        """A failed transaction may leave the producer unusable: abort, or start anew."""
+        try:
+            self._producer.abort_transaction()
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure: a new producer
+            log.debug("abort failed (%s): a new transactional producer", exc)
+        try:
+            self._producer.close(timeout=0)
+        except Exception:  # noqa: BLE001
+            pass
+        while not self.fenced.is_set():
+            try:
+                self._producer = self._new_producer()
+                return
+            except BusError as exc:
+                if isinstance(exc.__cause__, (ProducerFencedError, InvalidProducerEpochError)):
+                    self.fenced.set()
+                    return
+                log.warning("cannot restart Kafka transactions yet: %s", exc)
+                time.sleep(1.0)
+
+
+class ChangelogReader:
+    """Reads ``central_changelog`` (committed transactions only) as ("<table>/<key>",
+    JSON or None) pairs: how a standby central follows the active one."""
+
+    def __init__(self, bus: KafkaBus, changelog: str) -> None:
+        self._tp = TopicPartition(bus.topic(changelog), 0)
+        with kafka_errors(f"cannot read {self._tp.topic}", bus.bootstrap, bus.connect_timeout):
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=bus.bootstrap, **_auth(bus.sasl),
+                client_id=f"{bus.client_id}-changelog", group_id=None,
+                enable_auto_commit=False, isolation_level="read_committed",
+                fetch_max_wait_ms=200, max_partition_fetch_bytes=8 << 20,
+                bootstrap_timeout_ms=int(bus.connect_timeout * 1000))
+            self._consumer.assign([self._tp])
+            self._consumer.seek_to_beginning(self._tp)
+
+    def poll(self, timeout: float = 0.2) -> list[tuple[str, str | None]]:
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout * 1000))
+        except KafkaError as exc:
+            log.warning("changelog poll failed, retrying: %s", exc)
+            time.sleep(min(timeout, 0.5))
+            return []
+        out: list[tuple[str, str | None]] = []
+        for records in batches.values():
+            for record in records:
+                try:
+                    key = record.key.decode("utf-8") if record.key else ""
+                    value = record.value.decode("utf-8") if record.value is not None else None
+                except UnicodeDecodeError:
+                    log.warning("skipping a changelog record that is not UTF-8 (@%d)",
+                                record.offset)
+                    continue
+                out.append((key, value))
+        return out
+
+    def behind(self) -> int:
+        """Committed records not read yet (0: up to date)."""
+        with kafka_errors("cannot read the changelog's end"):
+            end = self._consumer.end_offsets([self._tp])[self._tp]
+            return max(0, int(end) - self._consumer.position(self._tp))
+
+    def read_to_end(self, stop: threading.Event | None = None,
+                    timeout: float = 30.0) -> list[tuple[str, str | None]]:
+        """Everything committed up to now (the end as of this call)."""
+        with kafka_errors("cannot read the changelog's end"):
+            end = int(self._consumer.end_offsets([self._tp])[self._tp])
+        out: list[tuple[str, str | None]] = []
+        deadline = time.monotonic() + timeout
+        while self._consumer.position(self._tp) < end:
+            if (stop is not None and stop.is_set()) or time.monotonic() > deadline:
+                raise BusError(f"cannot read {self._tp.topic} to its end "
+                               f"(at {self._consumer.position(self._tp)} of {end})",
+                               retriable=True)
+            out += self.poll(0.2)
+        return out
+
+    def close(self) -> None:
+        try:
+            self._consumer.close(autocommit=False, timeout_ms=1000)
+        except Exception as exc:  # noqa: BLE001 - closing must not raise at shutdown
+            log.warning("changelog reader close: %s", exc)
 
 
 T = TypeVar("T")

@@ -81,6 +81,9 @@ class Board:
             down = time.strftime("%H:%M:%S", time.localtime(brain.bus_down_since))
             head = f" KAFKA UNAVAILABLE since {down}: supplies go on, requests wait  {clock} "
             lines.append(Fore.RED + Style.BRIGHT + fit(head, width) + RESET)
+        elif getattr(brain, "banner", ""):  # a standby central: read-only
+            head = f" {brain.banner}  (read-only)  {clock} "  # type: ignore[attr-defined]
+            lines.append(Fore.YELLOW + Style.BRIGHT + fit(head, width) + RESET)
         else:
             head = f" EVCharging central  {self.title}  {clock} "
             lines.append(Style.BRIGHT + fit(head, width) + RESET)

@@ -209,6 +209,7 @@ class ChargePoint:
     last_seen: float | None = None  # wall clock
     session: Session | None = None
     state: CPState = CPState.DESCONECTADO  # cached derive(); updated by Brain._refresh_cp
+    presumed_until: float = 0.0  # monotonic: the last known state is shown until then
     secret: str = ""  # its credential ("" = revoked: it cannot register at the auth level)
     keys: dict[str, str] = field(default_factory=dict)  # kid -> Kafka key (newest last)
 
@@ -284,8 +285,14 @@ class Brain:
         identity: str = "",
         credentials: Credentials | None = None,
         audit: Audit | None = None,
+        epoch: int = 0,
+        presume: float = 0.0,
     ) -> None:
         self.store = store
+        self.epoch = epoch  # this central's term as the active one (CentralStatus)
+        # After a takeover (or a restart) a CP whose monitor was connected keeps its last
+        # state this long: a failover shorter than the heartbeat timeout shows nobody gone.
+        self.presume = presume
         self.outbox = outbox
         self.link = link
         self.view = view
@@ -316,6 +323,7 @@ class Brain:
         self._next_heartbeat = 0.0
         self._next_alive = 0.0
         self._status_due: set[str] = set()  # CPs whose public state must be published
+        self._presumed: set[str] = set()  # CPs shown in their last state (``presume``)
         self._load()
 
     # ------------------------------------------------------------------ start-up
@@ -328,10 +336,21 @@ class Brain:
                 secret=str(rec.get("secret", "")), keys=dict(rec.get("keys", {})),
             )
         self.drivers = {r["driver_id"]: str(r.get("secret", "")) for r in self.store.all(DRIVERS)}
-        # After a restart every CP is Desconectado until its monitor registers again.
-        for cp in self.cps.values():
+        # After a restart every CP is Desconectado until its monitor registers again, or,
+        # with ``presume``, once its monitor has had that long to register again.
+        until = time.monotonic() + self.presume
+        for rec in self.store.cps():
+            cp = self.cps[rec["cp_id"]]
+            try:
+                last = CPState(rec.get("state", CPState.DESCONECTADO))
+            except ValueError:
+                last = CPState.DESCONECTADO
+            if self.presume and last is not CPState.DESCONECTADO:
+                cp.state, cp.presumed_until = last, until
+                self._presumed.add(cp.cp_id)
+                continue
             self.store.put_cp({"cp_id": cp.cp_id, "state": str(CPState.DESCONECTADO)})
-        self._status_due = set(self.cps)
+            self._status_due.add(cp.cp_id)
         self.applied = self.store.offsets()
         alive = self.store.get(META, "alive")
         if alive is not None:  # central was away from then until now
@@ -566,6 +585,15 @@ class Brain:
         for msg_id, p in list(self.pending.items()):
             if p.retry_at and now >= p.retry_at:
                 self._send(msg_id)
+        if self._presumed and now > min(self.cps[c].presumed_until if c in self.cps else 0.0
+                                        for c in self._presumed):
+            for cp_id in sorted(self._presumed):
+                cp = self.cps.get(cp_id)
+                if cp is None or now > cp.presumed_until:
+                    self._presumed.discard(cp_id)
+                    if cp is not None and cp.presumed_until and cp.conn_id is None:
+                        cp.presumed_until = 0.0
+                        self._refresh_cp(cp, "its monitor did not register again", cp.state)
         if now >= self._next_alive:  # how long central was away, if it dies now
             self._next_alive = now + 1.0
             self.store.put(META, {"name": "alive", "at": time.time()})
@@ -575,7 +603,7 @@ class Brain:
             try:
                 self.outbox.send(NETWORK, CentralStatus(
                     central=self.identity, started_at=self.started_at,
-                    kafka_ok=self.bus_down_since is None), CENTRAL_KEY,
+                    kafka_ok=self.bus_down_since is None, epoch=self.epoch), CENTRAL_KEY,
                     on_done=self._confirmer(None))
             except BusError as exc:
                 log.debug("heartbeat not sent: %s", exc)
@@ -726,6 +754,7 @@ class Brain:
                 proof: str, key_id: str) -> None:
         before = cp.state
         cp.conn_id, cp.peer, cp.last_seen = conn_id, peer, time.time()
+        cp.presumed_until = 0.0
         self.by_conn[conn_id] = cp.cp_id
         if msg.location and msg.location != cp.location:
             cp.location = msg.location

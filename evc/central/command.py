@@ -17,22 +17,39 @@ from pathlib import Path
 
 import click
 
-from evc.bus import KafkaBus, Lease, open_bus, retrying
+from evc.bus import (
+    ChangelogReader,
+    Consumer,
+    KafkaBus,
+    Lease,
+    Transactions,
+    open_bus,
+    retrying,
+)
 from evc.central.board import BoardView
 from evc.central.brain import Brain, Settings
-from evc.central.events import BusMessage, BusSkipped, Event, OperatorKey, OperatorLine
+from evc.central.events import (
+    BusMessage,
+    BusSkipped,
+    ConnectionLost,
+    Event,
+    MonitorFrame,
+    OperatorKey,
+    OperatorLine,
+)
 from evc.central.server import MonitorServer
+from evc.central.standby import StandbyModel
 from evc.central.view import PlainView
-from evc.console import KeyReader, pump_keys, say, stamp
+from evc.console import KeyReader, pump_keys, say
 from evc.errors import ConfigError, EvcError
 from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
 from evc.net import Address
 from evc.options import ADDRESS, Common, common_options
 from evc.protocol.ids import check_id, check_text
-from evc.protocol.messages import CentralStatus
-from evc.protocol.topics import CENTRAL_KEY, LEASE, NETWORK, REQUESTS, TELEMETRY
-from evc.store import AuditLog, Store
+from evc.protocol.messages import CentralStatus, RegisterRejected, RejectCode
+from evc.protocol.topics import CENTRAL_KEY, CHANGELOG, LEASE, NETWORK, REQUESTS, TELEMETRY
+from evc.store import META, AuditLog, Store
 from evc.store.credentials import CredentialFiles, default_dir
 
 log = logging.getLogger("evc.central")
@@ -114,6 +131,7 @@ class CentralConfig:
     credentials_dir: Path | None = None
     heartbeat_timeout: float = 3.0
     register_timeout: float = 5.0
+    lease_timeout: float = 3.0
     partitions: int = 3
     board: bool = False
     settings: Settings = Settings()
@@ -180,87 +198,87 @@ def central(socket_port: int, kafka: Address, db_path: Path, listen_host: str,
                           max_supply=max_supply_seconds, secure=security == "auth")))
 
 
-def take_the_lease(bus: KafkaBus, cfg: CentralConfig, crew: Crew,
-                   stop: threading.Event, identity: str) -> Lease:
-    """Become the one active central of this broker and topic prefix, or refuse to start.
+def join_the_lease(bus: KafkaBus, cfg: CentralConfig, crew: Crew,
+                   stop: threading.Event) -> Lease:
+    """Join the election of this network's active central (broker and topic prefix).
 
     The lease is the single partition of central_lease, held through Kafka's group
-    coordinator (static membership: this central, restarted on the same database, takes
-    its own place back at once). Another live central keeps it: this one says who that is
-    and stops, instead of splitting the network. A lease lost while running (the broker
-    restarting, a long outage) is taken back when the group settles again; central stops
-    only when another central is heard acting meanwhile (only one may act).
+    coordinator: the member holding it is the active central, any other is a standby.
+    Static membership: this central, restarted on the same database, takes its own
+    place back at once; another one waits for a dead holder's session to time out.
     """
     digest = hashlib.sha1(str(cfg.db_path.resolve()).encode()).hexdigest()[:10]
     instance = f"central-{socket.gethostname()}-{digest}"
     group = f"{cfg.common.topic_prefix}evc-central-lease"
-    lease = retrying(lambda: Lease(bus, LEASE, group, instance), wait=cfg.common.kafka_wait,
-                     stop=stop)
+    lease = retrying(lambda: Lease(bus, LEASE, group, instance,
+                                   session_timeout=cfg.lease_timeout),
+                     wait=cfg.common.kafka_wait, stop=stop)
     crew.spawn(lease.run, stop, name="central-lease")
-    deadline = time.monotonic() + 20  # a dead holder's session (6 s) and a rejoin
-    while not lease.held.is_set() and time.monotonic() < deadline and not stop.is_set():
-        lease.held.wait(0.2)
-        if lease.decided.is_set() and not lease.held.is_set():
-            lease.held.wait(1.0)  # a holder that just died may still be leaving
-            if not lease.held.is_set():
-                break
-    if not lease.held.is_set() and not stop.is_set():
-        raise ConfigError(f"another central is active on {cfg.kafka}"
-                          + (f" with topic prefix {cfg.common.topic_prefix!r}"
-                             if cfg.common.topic_prefix else "")
-                          + f": {active_central(bus, stop)}; stop it first, or use another "
-                          "--topic-prefix")
-
-    def watch() -> None:
-        """While the lease is not held, listen for another central's live heartbeat."""
-        consumer = None
-        try:
-            while not stop.is_set():
-                if lease.held.is_set():
-                    stop.wait(0.5)  # held: nothing to watch (no busy loop)
-                    continue
-                if consumer is None:
-                    log.warning("central's lease is not held (the broker away, or another "
-                                "central?): listening for another central")
-                    consumer = retrying(lambda: bus.consumer(
-                        [NETWORK], keys={NETWORK: [CENTRAL_KEY]}), wait=3600, stop=stop)
-                for msg, _ in consumer.poll(0.5):
-                    if isinstance(msg, CentralStatus) and msg.central != identity \
-                            and not lease.held.is_set():
-                        log.critical("another central acts (%s): stopping", msg.central)
-                        raise LeaseLost(f"another central took over this network "
-                                        f"({msg.central}); this one stopped so that only "
-                                        "one acts")
-        finally:
-            if consumer is not None:
-                consumer.close()
-
-    crew.spawn(watch, name="central-lease-watch")
     return lease
 
 
-class LeaseLost(EvcError):
-    """The lease went to another central while this one ran."""
+class Standby:
+    """The standby central's loop (one thread: the caller's): follows the changelog into
+    the store, refuses monitors, shows the network read-only; returns once the lease is
+    held (or on stop)."""
 
+    def __init__(self, bus: KafkaBus, store: Store, reader: ChangelogReader,
+                 server: MonitorServer, events: queue.Queue[Event],
+                 view: PlainView | BoardView) -> None:
+        self.bus, self.store, self.reader = bus, store, reader
+        self.server, self.events, self.view = server, events, view
+        self.model = StandbyModel()
+        self.status: Consumer | None = None
 
-def active_central(bus: KafkaBus, stop: threading.Event) -> str:
-    """Who the active central is, from its last heartbeat on network_topic."""
-    consumer = bus.consumer([NETWORK], keys={NETWORK: [CENTRAL_KEY]}, from_beginning=True)
-    latest: CentralStatus | None = None
-    try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not stop.is_set():
-            batch = consumer.poll(0.3)
-            for msg, _ in batch:
+    def follow(self, lease: Lease, stop: threading.Event) -> None:
+        self.model.reload(self.store)
+        if self.status is None:
+            self.status = retrying(lambda: self.bus.consumer(
+                [NETWORK], keys={NETWORK: [CENTRAL_KEY]}, from_beginning=True),
+                wait=3600, stop=stop)
+        self.view.note("standby: following the active central; monitors are sent to it")
+        next_draw = 0.0
+        while not stop.is_set() and not lease.held.is_set():
+            changes = self.reader.poll(0.2)
+            if changes:
+                self.store.apply_changes(changes)
+                self.store.commit()
+                self.model.reload(self.store)
+            for msg, _ in self.status.poll(0.0):
                 if isinstance(msg, CentralStatus):
-                    latest = msg
-            if not batch and latest is not None:
-                break
-    finally:
-        consumer.close()
-    if latest is None:
-        return "(it has not said who it is yet)"
-    return f"{latest.central}, last heard at {stamp(latest.ts)}"
+                    self.model.heard_active(msg.central, msg.started_at, msg.epoch)
+            self._events(stop)
+            if time.monotonic() >= next_draw:
+                self.view.refresh(self.model)  # type: ignore[arg-type]
+                next_draw = time.monotonic() + 0.5
+
+    def _events(self, stop: threading.Event) -> None:
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(event, MonitorFrame):
+                active = self.model.active or "not known yet"
+                self.server.close_connection(event.conn_id, "standby", RegisterRejected(
+                    cp_id=getattr(event.message, "cp_id", "") or "?", code=RejectCode.STANDBY,
+                    reason=f"this central is the standby; the active one is {active}"))
+            elif isinstance(event, (OperatorLine, OperatorKey)):
+                line = event.text if isinstance(event, OperatorLine) else \
+                    self.view.key(event.key)
+                if line is None:
+                    continue
+                if line.strip().lower() in ("quit", "exit", "q"):
+                    stop.set()
+                elif line.strip():
+                    self.view.note(f"standby (read-only): give operator commands to the "
+                                   f"active central ({self.model.active or 'not known yet'})",
+                                   "warning")
+            # anything else (Kafka, sends) belonged to the term that ended: dropped
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.close()
 
 
 def run_central(cfg: CentralConfig) -> None:
@@ -287,6 +305,8 @@ def run_central(cfg: CentralConfig) -> None:
     crew = Crew(stop)
     view: PlainView | BoardView | None = None
     keys: KeyReader | None = None
+    reader: ChangelogReader | None = None
+    standby: Standby | None = None
     try:
         bus = open_bus(str(cfg.kafka), prefix=common.topic_prefix, client_id="evc-central",
                        wait=common.kafka_wait, partitions=cfg.partitions, stop=stop,
@@ -299,30 +319,18 @@ def run_central(cfg: CentralConfig) -> None:
         raise
     try:
         identity = f"{socket.gethostname()}:{server.address.port} pid {os.getpid()}"
-        take_the_lease(bus, cfg, crew, stop, identity)
         if cfg.board:
             view = BoardView(f"monitors :{server.address.port}  Kafka {cfg.kafka}  "
                              f"DB {cfg.db_path}")
         else:
             view = PlainView()
-        brain = Brain(store, bus, server, view, cfg.settings, events=events,
-                      identity=identity, credentials=credentials, audit=audit)
-        if isinstance(view, BoardView):
-            view.start()
-        for cp_id, location, price in registry:
-            brain.upsert_cp(cp_id, location, price)
-        for driver_id in drivers:
-            brain.upsert_driver(driver_id)
+        # The network's state is the changelog's when it has any (this DB may be behind
+        # it: another central was active meanwhile); an empty one gets this DB's.
+        reader = retrying(lambda: ChangelogReader(bus, CHANGELOG), wait=common.kafka_wait,
+                          stop=stop)
+        found = store.apply_changes(reader.read_to_end(stop), replace=True)
         store.commit()
-        # Central reads from where its store says it stopped applying (the group's
-        # committed offsets are only a fallback, and a gauge of its lag).
-        consumer = retrying(lambda: bus.consumer(
-            [REQUESTS, TELEMETRY], group_id=f"{common.topic_prefix}evc-central",
-            from_beginning=True, start=brain.applied), wait=common.kafka_wait, stop=stop)
-        brain.acker = consumer
-        crew.spawn(consumer.run, lambda msg, delivery: events.put(BusMessage(msg, delivery)),
-                   stop, 0.2, lambda delivery, error: events.put(BusSkipped(delivery, error)),
-                   name="central-kafka", start=False)
+        lease = join_the_lease(bus, cfg, crew, stop)
         if cfg.board:
             keys = KeyReader()
             # every key is an event: the board owns the line being typed
@@ -334,9 +342,23 @@ def run_central(cfg: CentralConfig) -> None:
                        start=False)
         crew.spawn(server.run, name="central-tcp", start=False)
         crew.start()
-        view.note(f"central ready: monitors on {server.address}, Kafka {cfg.kafka}, "
-                  f"{len(brain.cps)} charge points in {cfg.db_path}")
-        brain.run(stop)
+        if isinstance(view, BoardView):
+            view.start()
+        standby = Standby(bus, store, reader, server, events, view)
+        first = True
+        while not stop.is_set():
+            if not first or not wait_for_lease(lease, stop):
+                standby.follow(lease, stop)
+                if stop.is_set():
+                    break
+            first = False
+            term = ActiveTerm(cfg, bus, store, reader, server, events, view, identity,
+                              credentials, audit, stop)
+            term.run(lease, publish_all=found == 0, registry=registry, drivers=drivers)
+            found = 1
+            if term.stepped_down and not stop.is_set():
+                view.note("stepped down: another central took over; this one is the standby "
+                          "now", "error")
     finally:
         stop.set()
         if isinstance(view, BoardView):
@@ -344,8 +366,127 @@ def run_central(cfg: CentralConfig) -> None:
         if keys is not None:
             keys.close()
         server.stop()
+        if standby is not None:
+            standby.close()
+        if reader is not None:
+            reader.close()
         crew.join(1.5)
         bus.close(timeout=0.5)
         store.close()
         audit.close()
     crew.check()
+
+
+def wait_for_lease(lease: Lease, stop: threading.Event) -> bool:
+    """At start: True once this central holds the lease; False when the coordinator gave
+    it to another (a live central: this one is its standby)."""
+    deadline = time.monotonic() + 20  # a broker just started, a first rebalance
+    while not stop.is_set() and time.monotonic() < deadline:
+        if lease.held.wait(0.2):
+            return True
+        if lease.decided.is_set():
+            return lease.held.wait(1.0)  # a holder that just died may still be leaving
+    return lease.held.is_set()
+
+
+class ActiveTerm:
+    """One term as the active central: fence the previous one, catch up, run the brain
+    until stop or until another central fences this one."""
+
+    def __init__(self, cfg: CentralConfig, bus: KafkaBus, store: Store,
+                 reader: ChangelogReader, server: MonitorServer, events: queue.Queue[Event],
+                 view: PlainView | BoardView, identity: str, credentials: CredentialFiles,
+                 audit: AuditLog, stop: threading.Event) -> None:
+        self.cfg, self.bus, self.store, self.reader = cfg, bus, store, reader
+        self.server, self.events, self.view = server, events, view
+        self.identity, self.credentials, self.audit = identity, credentials, audit
+        self.stop = stop
+        self.stepped_down = False
+
+    def run(self, lease: Lease, *, publish_all: bool, registry: list[tuple[str, str, float]],
+            drivers: list[str]) -> None:
+        cfg, store, stop = self.cfg, self.store, self.stop
+        common = cfg.common
+        started = time.monotonic()
+        # Fencing first: from here on the previous central can commit nothing, so the
+        # changelog's end is final; then catch up to it.
+        txn = retrying(lambda: Transactions(self.bus, f"{common.topic_prefix}evc-central",
+                                            CHANGELOG), wait=3600, stop=stop)
+        term_stop = threading.Event()
+        crew = Crew(term_stop)
+        brain: Brain | None = None
+        try:
+            caught = store.apply_changes(retrying(lambda: self.reader.read_to_end(stop),
+                                                  wait=3600, stop=stop))
+            store.replica = txn.replicate
+            if publish_all and not caught:
+                txn.replicate(store.changes())  # an empty changelog gets this database
+            meta = store.get(META, "epoch") or {}
+            epoch = int(meta.get("value", 0)) + 1
+            store.put(META, {"name": "epoch", "value": epoch, "central": self.identity,
+                             "at": time.time()})
+            self.drain()
+            brain = Brain(store, txn, self.server, self.view, cfg.settings, events=self.events,
+                          identity=self.identity, credentials=self.credentials,
+                          audit=self.audit, epoch=epoch, presume=cfg.heartbeat_timeout)
+            for cp_id, location, price in registry:
+                brain.upsert_cp(cp_id, location, price)
+            for driver_id in drivers:
+                brain.upsert_driver(driver_id)
+            store.commit()
+            # Central reads from where its store says it stopped applying (the group's
+            # committed offsets are only a fallback, and a gauge of its lag).
+            consumer = retrying(lambda: self.bus.consumer(
+                [REQUESTS, TELEMETRY], group_id=f"{common.topic_prefix}evc-central",
+                from_beginning=True, start=brain.applied), wait=common.kafka_wait, stop=stop)
+            brain.acker = consumer
+            crew.spawn(txn.run, term_stop, name="central-transactions")
+            crew.spawn(consumer.run,
+                       lambda msg, delivery: self.events.put(BusMessage(msg, delivery)),
+                       term_stop, 0.2,
+                       lambda delivery, error: self.events.put(BusSkipped(delivery, error)),
+                       name="central-kafka")
+
+            def ends_the_term() -> None:
+                while not term_stop.is_set():
+                    if stop.wait(0.2) or txn.fenced.is_set():
+                        term_stop.set()
+
+            crew.spawn(ends_the_term, name="central-term")
+            took = time.monotonic() - started
+            self.view.note(f"central ready (active, term {epoch}, took over in {took:.1f} s): "
+                           f"monitors on {self.server.address}, Kafka {cfg.kafka}, "
+                           f"{len(brain.cps)} charge points in {cfg.db_path}")
+            brain.run(term_stop)
+            if brain.quit_requested.is_set():
+                stop.set()
+            self.stepped_down = txn.fenced.is_set() and not stop.is_set()
+            if not self.stepped_down:
+                self.finish(brain, txn)
+        finally:
+            term_stop.set()
+            store.replica = None
+            crew.join(1.5)
+            if self.stepped_down and brain is not None:
+                for conn_id in list(brain.by_conn) + list(brain.challenges):
+                    self.server.close_connection(conn_id, "this central stepped down")
+        crew.check()
+
+    def finish(self, brain: Brain, txn: Transactions) -> None:
+        """A clean stop: what this term committed reaches the changelog (bounded)."""
+        brain.flush()
+        deadline = time.monotonic() + 1.0
+        while not txn.idle() and time.monotonic() < deadline and not txn.fenced.is_set():
+            time.sleep(0.02)
+
+    def drain(self) -> None:
+        """Events of the standby time or of an earlier term are not this term's."""
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(event, (MonitorFrame, ConnectionLost, OperatorLine, OperatorKey)):
+                # a monitor that spoke meanwhile is refused like a standby's: it retries
+                if isinstance(event, MonitorFrame):
+                    self.server.close_connection(event.conn_id, "central changing terms")

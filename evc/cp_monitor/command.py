@@ -13,14 +13,14 @@ from evc.cp_monitor.monitor import EngineKeys, Monitor, check_engine
 from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
 from evc.net import Address
-from evc.options import ADDRESS, ID, Common, common_options
+from evc.options import ADDRESS, ADDRESSES, ID, Common, common_options
 from evc.protocol.ids import check_text
 from evc.store.credentials import Credential
 
 
 @click.command("cp-monitor")
 @click.argument("engine", type=ADDRESS)
-@click.argument("central", type=ADDRESS)
+@click.argument("central", type=ADDRESSES)
 @click.argument("cp_id", type=ID)
 @click.option("--location", default="", help="Where this CP is (sent at registration).")
 @click.option("--interval", type=click.FloatRange(0.1, 60), default=1.0, show_default=True,
@@ -33,13 +33,15 @@ from evc.store.credentials import Credential
               help="This CP's credential file [default: $EVC_SECRET, else "
                    "$EVC_CREDENTIALS_DIR/<cp_id>.key, else data/credentials/<cp_id>.key].")
 @common_options
-def cp_monitor(engine: Address, central: Address, cp_id: str, location: str, interval: float,
+def cp_monitor(engine: Address, central: list[Address], cp_id: str, location: str, interval: float,
                answer_timeout: float, central_timeout: float, credentials: Path | None,
                common: Common) -> None:
     """EV_CP_M: registers CP_ID with central over TCP and watches its engine.
 
-    ENGINE and CENTRAL are host:port. A health check goes to the engine every
-    second; KO or no answer sends AVERÍA to central at once, recovery sends OK.
+    ENGINE and CENTRAL are host:port; CENTRAL may list the active central and its
+    standby (host:port,host:port): the monitor registers with the one that is active.
+    A health check goes to the engine every second; KO or no answer sends AVERÍA to
+    central at once, recovery sends OK.
     """
     check_text(location, "--location", 120)
     setup_logging(common.log_level, common.log_file)
@@ -52,7 +54,8 @@ def cp_monitor(engine: Address, central: Address, cp_id: str, location: str, int
     crew = Crew(stop)
     crew.spawn(check_engine, engine, cp_id, events, stop, interval, answer_timeout,
                credential, keys, name="monitor-engine")
-    say(f"{cp_id}: monitor started; engine {engine}, central {central}; "
+    say(f"{cp_id}: monitor started; engine {engine}, central "
+        f"{','.join(str(c) for c in central)}; "
         + (f"credential from {credential.source}" if secret
            else f"no credential yet ({credential.source})"))
     monitor = Monitor(central, cp_id, location, events, stop, interval, central_timeout,

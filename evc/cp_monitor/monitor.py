@@ -158,11 +158,16 @@ def read_central(sock: socket.socket, link: int, events: queue.Queue[object],
 class Monitor:
     """The main thread's state and rules."""
 
-    def __init__(self, central: Address, cp_id: str, location: str, events: queue.Queue[object],
+    def __init__(self, central: Address | list[Address], cp_id: str, location: str,
+                 events: queue.Queue[object],
                  stop: threading.Event, heartbeat: float, central_timeout: float,
                  credential: Credential | None = None,
                  engine_keys: EngineKeys | None = None) -> None:
-        self.central = central
+        # Every central this CP may register with (the active one and its standby): tried
+        # in turn; a standby's refusal moves on at once.
+        self.centrals = central if isinstance(central, list) else [central]
+        self.central = self.centrals[0]
+        self.tried = 0  # addresses tried since the last registration
         self.cp_id = cp_id
         self.location = location
         self.events = events
@@ -278,6 +283,7 @@ class Monitor:
             self.registered = True
             self.unavailable_since = None
             self.backoff = 0.5
+            self.tried = 0
             # central knows the health the Register carried; a change since is told now
             self.reported_ok = self.registered_ok
             say(f"{self.cp_id}: registered with central at {self.central} "
@@ -285,7 +291,11 @@ class Monitor:
             self.next_beat = time.monotonic() + self.heartbeat
             self._report_health()
         elif isinstance(msg, RegisterRejected):
-            if msg.code in (RejectCode.UNKNOWN, RejectCode.AUTH):
+            if msg.code is RejectCode.STANDBY:
+                # a failover may be under way: the other central, soon
+                self.backoff = 0.5
+                self._lost(f"{self.central} is the standby central ({msg.reason})")
+            elif msg.code in (RejectCode.UNKNOWN, RejectCode.AUTH):
                 self._give_up(f"central refused the registration: {msg.reason}")
             else:
                 say(f"{self.cp_id}: central refused the registration: {msg.reason}")
@@ -335,6 +345,17 @@ class Monitor:
     def _retry_later(self, reason: str) -> None:
         if self.unavailable_since is None:
             self.unavailable_since = time.time()
+        self.tried += 1
+        if len(self.centrals) > 1 and self.tried % len(self.centrals):
+            # the next central at once; the backoff after a whole round
+            self.central = self.centrals[(self.centrals.index(self.central) + 1)
+                                         % len(self.centrals)]
+            say(f"{self.cp_id}: {reason}; trying {self.central}")
+            self.next_connect = time.monotonic()
+            return
+        if len(self.centrals) > 1:
+            self.central = self.centrals[(self.centrals.index(self.central) + 1)
+                                         % len(self.centrals)]
         say(f"{self.cp_id}: {reason}; central unavailable since "
             f"{stamp(self.unavailable_since)}; retrying in {self.backoff:g} s")
         self.next_connect = time.monotonic() + self.backoff

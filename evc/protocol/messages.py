@@ -68,6 +68,7 @@ class RejectCode(StrEnum):
     DUPLICATE = "duplicate"  # another live monitor holds the id: retry later
     PROTOCOL = "protocol"  # spoke before registering, or for another CP
     AUTH = "auth"  # no valid proof of the CP's secret (refused, audited)
+    STANDBY = "standby"  # this central is the standby: register with the active one
 
 
 class DenyCode(StrEnum):
@@ -535,8 +536,9 @@ class CentralStatus(Message):
 
     TYPE: ClassVar[str] = "central_status"
     central: str  # who: host name and process id
-    started_at: float
+    started_at: float  # when it became the active central
     kafka_ok: bool = True
+    epoch: int = 0  # how many times a central took the network over (grows by one each time)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

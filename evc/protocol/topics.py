@@ -14,11 +14,15 @@ TELEMETRY = "telemetry_topic"  # engine -> central (and its driver): readings
 CONTROL = "control_topic"  # central -> engines (orders) and drivers (answers, tickets)
 NETWORK = "network_topic"  # central -> anyone: its liveness and each CP's public state
 LEASE = "central_lease"  # one partition: the central that holds it is the active one
-ALL_TOPICS = (REQUESTS, TELEMETRY, CONTROL, NETWORK, LEASE)
-ONE_PARTITION = frozenset({LEASE})
+CHANGELOG = "central_changelog"  # active central -> standby: every stored record (one partition)
+ALL_TOPICS = (REQUESTS, TELEMETRY, CONTROL, NETWORK, LEASE, CHANGELOG)
+ONE_PARTITION = frozenset({LEASE, CHANGELOG})
 COMPACTED = {NETWORK: {"cleanup.policy": "compact", "segment.ms": "60000",
-                       "min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": "60000"}}
-"""Topic configs: network_topic keeps the latest record per key (a CP, or central)."""
+                       "min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": "60000"},
+             CHANGELOG: {"cleanup.policy": "compact", "segment.ms": "60000",
+                         "min.cleanable.dirty.ratio": "0.2"}}
+"""Topic configs: network_topic keeps the latest record per key (a CP, or central);
+central_changelog the latest version of each stored record (removals kept a day)."""
 CENTRAL_KEY = "@central"  # network_topic key of central's heartbeat (never a valid CP id)
 
 

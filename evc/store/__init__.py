@@ -23,6 +23,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +229,9 @@ class Store:
         self._compactor: threading.Thread | None = None
         self._compacted = -1  # the newest journal generation the file includes
         self._compact_error: StoreError | None = None
+        # Called by commit() with the batch's changes, as ("<table>/<key>", record JSON or
+        # None for a removal): the active central's changelog (docs/ARCHITECTURE.md).
+        self.replica: Callable[[list[tuple[str, str | None]]], None] | None = None
         if journals or not self.path.exists():  # start from a whole, current TinyDB file
             self._compact(wait=True)
 
@@ -313,6 +317,47 @@ class Store:
     def set_offset(self, topic: str, partition: int, next_offset: int) -> None:
         self.put(OFFSETS, {"tp": f"{topic}:{partition}", "next": next_offset})
 
+    # ------------------------------------------------------------------ replication
+    def changes(self) -> list[tuple[str, str]]:
+        """Every record as a change ("<table>/<key>", JSON): the whole database, for a
+        changelog that is still empty."""
+        return [(f"{name}/{key}", text) for name, texts in self._json.items()
+                for key, text in texts.items()]
+
+    def apply_changes(self, changes: Iterable[tuple[str, str | None]], *,
+                      replace: bool = False) -> int:
+        """Records from the changelog (a standby following the active central), committed
+        by the next ``commit()``. ``replace``: they are the whole database (the rest goes,
+        unless none of them is a valid record). A change naming no table, or whose record
+        is not a JSON object, is skipped. Returns how many were applied."""
+        valid: list[tuple[str, str, dict[str, Any] | None]] = []
+        for ident, text in changes:
+            name, _, key = ident.partition("/")
+            if name not in TABLES or not key:
+                continue
+            if text is None:
+                valid.append((name, key, None))
+                continue
+            try:
+                record = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                valid.append((name, key, record))
+        if replace and valid:
+            for name in TABLES:
+                for key in list(self._tables[name]):
+                    self.remove(name, key)
+        for name, key, record in valid:
+            if record is None:
+                self.remove(name, key)
+            else:
+                self._tables[name][key] = record
+                self._changed[name].add(key)
+                self._removed[name].discard(key)
+                self._dirty = True
+        return len(valid)
+
     # ------------------------------------------------------------------ lifecycle
     @property
     def dirty(self) -> bool:
@@ -350,6 +395,7 @@ class Store:
             return
         self._archive_old_sessions()
         puts = []
+        changes: list[tuple[str, str | None]] = []
         for name, records in self._tables.items():
             changed = self._changed[name]
             if not changed:
@@ -359,14 +405,19 @@ class Store:
             for key in changed:
                 texts[key] = text = _dumps(records[key])
                 parts.append(f"{json.dumps(key, ensure_ascii=False)}:{text}")
+                changes.append((f"{name}/{key}", text))
             changed.clear()
             puts.append(f"{json.dumps(name)}:{{{','.join(parts)}}}")
         removed = {name: sorted(keys) for name, keys in self._removed.items() if keys}
+        for name, gone in removed.items():
+            changes += [(f"{name}/{key}", None) for key in gone]
         for keys in self._removed.values():
             keys.clear()
         line = f'{{"put":{{{",".join(puts)}}},"remove":{_dumps(removed)}}}\n'
         self._append(line.encode("utf-8"))
         self._dirty = False
+        if self.replica is not None:
+            self.replica(changes)
         if self._journal_bytes >= self.compact_bytes:
             self._compact(wait=False)
 
