@@ -36,6 +36,10 @@ class NetworkView:
             if live:
                 self._beat = time.monotonic()
 
+    def heard_central(self) -> None:
+        """A live answer signed by central: it is there, whatever its heartbeat's timing."""
+        self._beat = time.monotonic()
+
     # ------------------------------------------------------------------ central
     def central_available(self) -> bool:
         return self._beat is not None and time.monotonic() - self._beat <= self.central_timeout

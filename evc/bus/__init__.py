@@ -532,8 +532,12 @@ class Transactions:
     """
 
     def __init__(self, bus: KafkaBus, transactional_id: str, changelog: str,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, leader: Callable[[], bool] | None = None) -> None:
         self._bus = bus
+        # Whether this central still holds the lease: a "fenced" answer while it does is
+        # the coordinator aborting a transaction that outlived its timeout (a broker
+        # outage), not another central; then the producer starts again.
+        self._leader = leader
         self.transactional_id = transactional_id
         self.changelog = bus.topic(changelog)
         self.timeout = timeout
@@ -633,12 +637,12 @@ class Transactions:
                 producer.send(self._bus.topic(topic),
                               value=encode(message) if message is not None else None,
                               key=key.encode("utf-8"))
-            producer.commit_transaction()
+            self._end(producer, commit=True)
         except KafkaError as exc:
             fenced = isinstance(exc, (ProducerFencedError, InvalidProducerEpochError)) or \
                 "fenced" in type(exc).__name__.lower()
             self._failed(messages, str(exc) or type(exc).__name__)
-            if fenced:
+            if fenced and not self._still_leader():
                 log.critical("another central took over (this producer was fenced)")
                 self.fenced.set()
                 return False
@@ -651,6 +655,19 @@ class Transactions:
                 on_done(True, "")
         return True
 
+    def _still_leader(self) -> bool:
+        """True when the lease stays held for 2 s (time for a lost one to be noticed)."""
+        if self._leader is None:
+            return False
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            if not self._leader():
+                return False
+            time.sleep(0.1)
+        log.warning("Kafka aborted a transaction of this central (it outlived its timeout); "
+                    "starting again")
+        return True
+
     @staticmethod
     def _failed(messages: list[tuple[str, Message | None, str, Done | None]],
                 error: str) -> None:
@@ -658,13 +675,28 @@ class Transactions:
             if on_done is not None:
                 on_done(False, error)
 
+    def _end(self, producer: KafkaProducer, *, commit: bool) -> None:
+        """Commit or abort, waiting at most ``timeout`` (kafka-python's own calls wait
+        without a bound, and a broker restart can leave one waiting for good)."""
+        manager = getattr(producer, "_transaction_manager", None)
+        sender = getattr(producer, "_sender", None)
+        if manager is None or sender is None:  # another kafka-python: its own calls
+            producer.commit_transaction() if commit else producer.abort_transaction()
+            return
+        result = manager.begin_commit() if commit else manager.begin_abort()
+        sender.wakeup()
+        if not result.wait(timeout_ms=int(self.timeout * 1000)):
+            raise KafkaTimeoutError(f"the transaction did not {'commit' if commit else 'abort'}"
+                                    f" within {self.timeout:g} s")
+
     def _restart(self) -> None:
-        """A failed transaction may leave the producer unusable: abort, or start anew."""
+        """A failed transaction may leave the producer unusable: abort, or start anew
+        (whose ``init_transactions`` aborts what this one left open)."""
         try:
-            self._producer.abort_transaction()
+            self._end(self._producer, commit=False)
             return
         except Exception as exc:  # noqa: BLE001 - any failure: a new producer
-            log.debug("abort failed (%s): a new transactional producer", exc)
+            log.warning("abort failed (%s): a new transactional producer", exc)
         try:
             self._producer.close(timeout=0)
         except Exception:  # noqa: BLE001
@@ -674,7 +706,8 @@ class Transactions:
                 self._producer = self._new_producer()
                 return
             except BusError as exc:
-                if isinstance(exc.__cause__, (ProducerFencedError, InvalidProducerEpochError)):
+                if isinstance(exc.__cause__, (ProducerFencedError, InvalidProducerEpochError)) \
+                        and not self._still_leader():
                     self.fenced.set()
                     return
                 log.warning("cannot restart Kafka transactions yet: %s", exc)
@@ -894,16 +927,19 @@ def role_acls(prefix: str) -> dict[str, list[tuple[str, str, str]]]:
     """What each Kafka user may do: (resource type, name, operation). Kafka's ACLs are per
     topic, not per key: a driver may read every answer on control_topic; it cannot forge
     one (central signs them) nor write anything but requests."""
-    from evc.protocol.topics import CONTROL, LEASE, NETWORK, REQUESTS, TELEMETRY
+    from evc.protocol.topics import CHANGELOG, CONTROL, LEASE, NETWORK, REQUESTS, TELEMETRY
 
-    t = {n: f"{prefix}{n}" for n in (REQUESTS, TELEMETRY, CONTROL, NETWORK, LEASE)}
+    t = {n: f"{prefix}{n}" for n in (REQUESTS, TELEMETRY, CONTROL, NETWORK, LEASE, CHANGELOG)}
     read = ("READ", "DESCRIBE")
     write = ("WRITE", "DESCRIBE")
     return {
-        "central": _allow([t[REQUESTS], t[TELEMETRY], t[LEASE], t[NETWORK]], *read)
-        + _allow([t[CONTROL], t[NETWORK]], *write)
+        "central": _allow([t[REQUESTS], t[TELEMETRY], t[LEASE], t[NETWORK], t[CHANGELOG]],
+                          *read)
+        + _allow([t[CONTROL], t[NETWORK], t[CHANGELOG]], *write)
         + [("group", f"{prefix}evc-central", "READ"),
            ("group", f"{prefix}evc-central-lease", "READ"),
+           ("transactional_id", f"{prefix}evc-central", "WRITE"),
+           ("transactional_id", f"{prefix}evc-central", "DESCRIBE"),
            ("cluster", "kafka-cluster", "IDEMPOTENT_WRITE")],
         "engine": _allow([t[TELEMETRY]], *write) + _allow([t[CONTROL], t[NETWORK]], *read)
         + [("cluster", "kafka-cluster", "IDEMPOTENT_WRITE")],
@@ -940,7 +976,8 @@ def provision(bootstrap: str, admin: Sasl, passwords: Mapping[str, str], prefix:
             if failed:
                 raise BusError(f"cannot create the Kafka users: {failed}")
             kinds = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP,
-                     "cluster": ResourceType.CLUSTER}
+                     "cluster": ResourceType.CLUSTER,
+                     "transactional_id": ResourceType.TRANSACTIONAL_ID}
             acls = [ACL(principal=f"User:{user}", host="*",
                         operation=ACLOperation[op], permission_type=ACLPermissionType.ALLOW,
                         resource_pattern=ResourcePattern(kinds[kind], name,

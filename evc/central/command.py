@@ -347,14 +347,16 @@ def run_central(cfg: CentralConfig) -> None:
         standby = Standby(bus, store, reader, server, events, view)
         first = True
         while not stop.is_set():
-            if not first or not wait_for_lease(lease, stop):
+            took_over = not first or not wait_for_lease(lease, stop)
+            if took_over:
                 standby.follow(lease, stop)
                 if stop.is_set():
                     break
             first = False
             term = ActiveTerm(cfg, bus, store, reader, server, events, view, identity,
                               credentials, audit, stop)
-            term.run(lease, publish_all=found == 0, registry=registry, drivers=drivers)
+            term.run(lease, publish_all=found == 0, registry=registry, drivers=drivers,
+                     took_over=took_over)
             found = 1
             if term.stepped_down and not stop.is_set():
                 view.note("stepped down: another central took over; this one is the standby "
@@ -404,14 +406,15 @@ class ActiveTerm:
         self.stepped_down = False
 
     def run(self, lease: Lease, *, publish_all: bool, registry: list[tuple[str, str, float]],
-            drivers: list[str]) -> None:
+            drivers: list[str], took_over: bool) -> None:
         cfg, store, stop = self.cfg, self.store, self.stop
         common = cfg.common
         started = time.monotonic()
         # Fencing first: from here on the previous central can commit nothing, so the
         # changelog's end is final; then catch up to it.
         txn = retrying(lambda: Transactions(self.bus, f"{common.topic_prefix}evc-central",
-                                            CHANGELOG), wait=3600, stop=stop)
+                                            CHANGELOG, leader=lease.held.is_set),
+                       wait=3600, stop=stop)
         term_stop = threading.Event()
         crew = Crew(term_stop)
         brain: Brain | None = None
@@ -428,7 +431,10 @@ class ActiveTerm:
             self.drain()
             brain = Brain(store, txn, self.server, self.view, cfg.settings, events=self.events,
                           identity=self.identity, credentials=self.credentials,
-                          audit=self.audit, epoch=epoch, presume=cfg.heartbeat_timeout)
+                          audit=self.audit, epoch=epoch,
+                          # a failover keeps the board as it was while monitors move over;
+                          # a restart starts from nobody connected
+                          presume=cfg.heartbeat_timeout if took_over else 0.0)
             for cp_id, location, price in registry:
                 brain.upsert_cp(cp_id, location, price)
             for driver_id in drivers:
@@ -440,7 +446,9 @@ class ActiveTerm:
                 [REQUESTS, TELEMETRY], group_id=f"{common.topic_prefix}evc-central",
                 from_beginning=True, start=brain.applied), wait=common.kafka_wait, stop=stop)
             brain.acker = consumer
-            crew.spawn(txn.run, term_stop, name="central-transactions")
+            # a daemon: a commit waits for the broker as long as it is away (what it
+            # holds is in the store), and must not hold the process at a stop
+            crew.spawn(txn.run, term_stop, name="central-transactions", daemon=True)
             crew.spawn(consumer.run,
                        lambda msg, delivery: self.events.put(BusMessage(msg, delivery)),
                        term_stop, 0.2,

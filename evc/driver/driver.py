@@ -396,6 +396,8 @@ class Driver:
                     say(f"{self.driver_id}: ignored a forged {item.message.TYPE} (it does "
                         "not carry central's signature)")
                     item = None
+                elif item.live:  # an answer written now: central is there
+                    self.network.heard_central()
             elif isinstance(item.message, (CentralStatus, CPStatus, Removed)):
                 self.network.apply(item.message, item.live)
                 item = None
