@@ -21,6 +21,20 @@ class Address:
         return (self.host, self.port)
 
 
+@dataclass(frozen=True)
+class Bootstrap:
+    """Kafka brokers to start from: one ``HOST:PORT``, or several (a cluster) by commas."""
+
+    addresses: tuple[Address, ...]
+
+    def __str__(self) -> str:
+        return ",".join(str(a) for a in self.addresses)
+
+
+def parse_bootstrap(text: str, *, what: str = "Kafka address") -> Bootstrap:
+    return Bootstrap(tuple(parse_addresses(text, what=what)))
+
+
 def parse_address(text: str, *, default_host: str | None = None, what: str = "address") -> Address:
     """``HOST:PORT`` (or ``PORT`` when ``default_host`` is given) -> Address.
 

@@ -1,9 +1,9 @@
 """Click pieces every command shares: option groups and parameter types.
 
     @click.command()
-    @click.argument("kafka", type=ADDRESS)
+    @click.argument("kafka", type=KAFKA)
     @common_options
-    def cmd(kafka: Address, common: Common) -> None: ...
+    def cmd(kafka: Bootstrap, common: Common) -> None: ...
 
 An ``EvcError`` raised by any command becomes one ``Error: …`` line (exit 1)
 in ``evc.cli.PluginGroup``; commands do not wrap it themselves.
@@ -20,7 +20,7 @@ import click
 
 from evc.bus import Sasl
 from evc.errors import EvcError
-from evc.net import Address, parse_address, parse_addresses
+from evc.net import Address, Bootstrap, parse_address, parse_addresses, parse_bootstrap
 from evc.protocol.ids import check_id
 
 
@@ -81,7 +81,23 @@ class AddressesType(click.ParamType):
             raise click.ClickException(str(exc)) from exc
 
 
+class BootstrapType(click.ParamType):
+    """Kafka: ``HOST:PORT`` or, for a cluster, ``HOST:PORT,HOST:PORT,...``."""
+
+    name = "host:port[,host:port]"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Bootstrap:
+        if isinstance(value, Bootstrap):
+            return value
+        try:
+            return parse_bootstrap(str(value), what=f"{_name(param)} address")
+        except EvcError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
 ADDRESS = AddressType()
+KAFKA = BootstrapType()
 ADDRESSES = AddressesType()
 ID = IdType()
 LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)

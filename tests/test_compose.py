@@ -45,3 +45,26 @@ def test_named_volume_and_healthcheck():
     volume = kafka["volumes"][0].split(":")[0]
     assert volume in doc["volumes"]
     assert kafka["healthcheck"]["test"]
+
+
+def test_the_cluster_profile_runs_three_brokers_that_replicate_everything():
+    services = load()["services"]
+    nodes = {name: services[name] for name in ("kafka-1", "kafka-2", "kafka-3")}
+    ports = set()
+    for i, (_name, node) in enumerate(sorted(nodes.items()), start=1):
+        assert node["profiles"] == ["cluster"] and node["image"] == services["kafka"]["image"]
+        env = node["environment"]
+        assert env["KAFKA_NODE_ID"] == str(i)
+        assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == \
+            "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"
+        assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "3"
+        assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+        assert env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == "3"
+        assert env["CLUSTER_ID"] == nodes["kafka-1"]["environment"]["CLUSTER_ID"]
+        (port,) = node["ports"]
+        ports.add(port)
+        assert port.split(":")[0] in env["KAFKA_ADVERTISED_LISTENERS"]
+        assert "${KAFKA_ADVERTISED_HOST" in env["KAFKA_ADVERTISED_LISTENERS"]
+        assert f"kafka-{i}-data:/var/lib/kafka/data" in node["volumes"]
+    assert len(ports) == 3
+    assert "profiles" not in services["kafka"]  # `docker compose up -d`: the one broker

@@ -60,7 +60,7 @@ class FakeCentral(FakeServer):
     """Accepts monitors; answers as told; records every frame."""
 
     def __init__(self, reply: str = "ok") -> None:
-        self.reply = reply  # ok | unknown | silent | hold
+        self.reply = reply  # ok | unknown | silent | hold | standby
         self.frames: list[dict] = []
         self.release = threading.Event()
         super().__init__()
@@ -74,10 +74,11 @@ class FakeCentral(FakeServer):
                 if obj["type"] == "register":
                     if self.reply == "hold":  # answers once released (a busy central)
                         self.release.wait(5)
-                    if self.reply == "unknown":
+                    if self.reply in ("unknown", "standby"):
                         send_frame(sock, m.RegisterRejected(
                             cp_id=obj["cp_id"], reason="not in the registry",
-                            code=m.RejectCode.UNKNOWN).to_wire())
+                            code=m.RejectCode(self.reply)).to_wire())
+                        sock.close()
                     else:
                         send_frame(sock, m.RegisterAccepted(
                             cp_id=obj["cp_id"], location="x", price_eur_kwh=0.3).to_wire())
@@ -95,13 +96,15 @@ class FakeCentral(FakeServer):
 
 
 class Running:
-    def __init__(self, central: FakeCentral, engine: FakeEngine,
+    def __init__(self, central: FakeCentral | list[FakeCentral], engine: FakeEngine,
                  central_timeout: float = 3.0) -> None:
         self.stop = threading.Event()
         events: queue.Queue = queue.Queue()
         self.checker = threading.Thread(target=check_engine, args=(
             engine.address, "CP-01", events, self.stop, 0.1, 0.3))
-        self.monitor = Monitor(central.address, "CP-01", "Calle 1", events, self.stop,
+        address = ([c.address for c in central] if isinstance(central, list)
+                   else central.address)
+        self.monitor = Monitor(address, "CP-01", "Calle 1", events, self.stop,
                                0.1, central_timeout)
         self.thread = threading.Thread(target=self.monitor.run)
         self.checker.start()
@@ -215,3 +218,22 @@ def test_a_health_change_while_central_answers_the_registration_is_reported(engi
     finally:
         run.close()
         central.stop.set()
+
+
+def test_a_standby_central_sends_the_monitor_to_the_next_address_at_once(engine, capsys):
+    standby, active = FakeCentral("standby"), FakeCentral()
+    run = Running([standby, active], engine)
+    try:
+        wait_for(lambda: "heartbeat" in active.kinds(), 5, "registered with the second")
+        assert standby.kinds() == ["register"]
+        out = capsys.readouterr().out
+        assert "is the standby central" in out and f"trying {active.address}" in out
+        # the active one dies and the other becomes active: the monitor moves back
+        standby.reply = "ok"
+        active.reply = "standby"
+        active.drop_everyone()
+        wait_for(lambda: "heartbeat" in standby.kinds(), 5, "registered with the first")
+    finally:
+        run.close()
+        standby.stop.set()
+        active.stop.set()

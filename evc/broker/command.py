@@ -45,12 +45,39 @@ def broker() -> None:
                    "(ACLs). See `evc broker users` and docs/SECURITY.md.")
 @click.option("--topic-prefix", default="", help="With --secure: the topic prefix of the "
               "network whose topics the ACLs name.")
+@click.option("--nodes", type=click.IntRange(1, 9), default=1, show_default=True,
+              help="Brokers on this machine, as one cluster: node i listens on the --listen "
+                   "port + 2(i-1), its controller on the next port, its data in "
+                   "<data-dir>/node-<i>. With 3 or more, topics get 3 replicas.")
+@click.option("--node-id", type=click.IntRange(1, 999), default=1, show_default=True,
+              help="One node of a cluster spread over machines: this node's id in --voters.")
+@click.option("--voters", default="",
+              help="One node per machine: every controller, ID@HOST:PORT,... (the same on "
+                   "each machine), e.g. 1@IP1:9093,2@IP2:9093,3@IP3:9093.")
+@click.option("--cluster-id", default="",
+              help="With --voters: the same id on every machine (`evc broker cluster-id` "
+                   "makes one).")
 def start(listen: Address, advertise: Address | None, controller_port: int | None,
           data_dir: Path | None, fresh: bool, timeout: float, foreground: bool,
-          secure: bool, topic_prefix: str) -> None:
+          secure: bool, topic_prefix: str, nodes: int, node_id: int, voters: str,
+          cluster_id: str) -> None:
     """Start the broker (detached) and wait until it answers."""
+    if nodes > 1:
+        if foreground or secure or voters:
+            raise click.UsageError("--nodes does not go with --foreground, --secure or "
+                                   "--voters")
+        configs = manager.cluster_configs(listen, nodes, data_dir)
+        runs = manager.start_cluster(configs, fresh=fresh, timeout=timeout, echo=click.echo)
+        bootstrap = ",".join(r.bootstrap for r in runs)
+        click.echo(f"Kafka cluster of {nodes} brokers running at {bootstrap} (pids "
+                   f"{', '.join(str(r.pid) for r in runs)}); logs in "
+                   f"{configs[0].data_dir.parent}/node-*/logs")
+        return
+    if voters and not cluster_id:
+        raise click.UsageError("--voters needs --cluster-id (the same on every node)")
     cfg = manager.make_config(listen, advertise, data_dir, controller_port, secure=secure,
-                              topic_prefix=topic_prefix)
+                              topic_prefix=topic_prefix, node_id=node_id, voters=voters,
+                              cluster_id=cluster_id)
     if foreground:
         raise SystemExit(manager.run_foreground(cfg, fresh=fresh, timeout=timeout,
                                                 echo=click.echo))
@@ -71,25 +98,52 @@ def start(listen: Address, advertise: Address | None, controller_port: int | Non
 @data_dir_option
 @click.option("--timeout", type=click.FloatRange(1, 300), default=30.0, show_default=True,
               help="Seconds to wait for a clean shutdown before killing it.")
-def stop(data_dir: Path | None, timeout: float) -> None:
-    """Stop the broker started with `evc broker start`."""
-    stopped = manager.stop((data_dir or manager.default_data_dir()).resolve(), grace=timeout)
-    if stopped is None:
-        click.echo("Kafka broker is not running")
-    else:
-        click.echo(f"Kafka broker at {stopped.bootstrap} stopped (pid {stopped.pid})")
+@click.option("--node", type=click.IntRange(1, 9), default=None,
+              help="Of a cluster started with --nodes: stop only this node.")
+def stop(data_dir: Path | None, timeout: float, node: int | None) -> None:
+    """Stop the broker (or every node of the cluster) started with `evc broker start`."""
+    root = (data_dir or manager.default_data_dir()).resolve()
+    folders = manager.cluster_nodes(root) or [root]
+    if node is not None:
+        folders = [f for f in folders if f.name == f"node-{node}"]
+        if not folders:
+            raise click.ClickException(f"no node {node} in {root}")
+    for folder in folders:
+        stopped = manager.stop(folder, grace=timeout)
+        if stopped is None:
+            click.echo(f"Kafka broker {_which(folder)}is not running")
+        else:
+            click.echo(f"Kafka broker {_which(folder)}at {stopped.bootstrap} stopped "
+                       f"(pid {stopped.pid})")
+
+
+def _which(folder: Path) -> str:
+    return f"{folder.name} " if folder.name.startswith("node-") else ""
 
 
 @broker.command()
 @data_dir_option
 def status(data_dir: Path | None) -> None:
-    """Say whether the broker runs, and where. Exit code 3 when it does not."""
-    current = manager.running((data_dir or manager.default_data_dir()).resolve())
-    if current is None:
-        click.echo("Kafka broker is not running")
+    """Say whether the broker (or each node of a cluster) runs, and where. Exit code 3
+    when none does."""
+    root = (data_dir or manager.default_data_dir()).resolve()
+    up = 0
+    for folder in manager.cluster_nodes(root) or [root]:
+        current = manager.running(folder)
+        if current is None:
+            click.echo(f"Kafka broker {_which(folder)}is not running")
+            continue
+        up += 1
+        click.echo(f"Kafka broker {_which(folder)}running at {current.bootstrap} "
+                   f"(pid {current.pid}, data {current.data_dir})")
+    if not up:
         raise SystemExit(3)
-    click.echo(f"Kafka broker running at {current.bootstrap} (pid {current.pid}, "
-               f"data {current.data_dir})")
+
+
+@broker.command("cluster-id")
+def cluster_id_command() -> None:
+    """Print a new cluster id (for --cluster-id on every node of a cluster)."""
+    click.echo(manager.new_cluster_id())
 
 
 def print_users(cfg: manager.BrokerConfig) -> None:

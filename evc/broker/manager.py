@@ -27,7 +27,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -145,6 +145,18 @@ class BrokerConfig:
     data_dir: Path
     secure: bool = False  # SASL/SCRAM users and ACLs (see docs/SECURITY.md)
     topic_prefix: str = ""  # the network whose topics the ACLs name
+    node_id: int = 1
+    voters: str = ""  # controller.quorum.voters; "" = this node alone
+    replication: int = 1  # of Kafka's internal topics (3 on a cluster of three or more)
+    cluster_id: str = ""  # "" = a new one at the first format
+
+    @property
+    def quorum(self) -> str:
+        return self.voters or f"{self.node_id}@{self.controller}"
+
+    @property
+    def min_isr(self) -> int:
+        return 2 if self.replication >= 3 else 1
 
     @property
     def pid_file(self) -> Path:
@@ -179,6 +191,10 @@ class BrokerConfig:
             controller_port=self.controller.port,
             advertise=self.advertise,
             log_dirs=self.kraft_dir,
+            node_id=self.node_id,
+            voters=self.quorum,
+            replication=self.replication,
+            min_isr=self.min_isr,
         )
         if not self.secure:
             return text
@@ -213,7 +229,8 @@ def default_data_dir() -> Path:
 
 def make_config(
     listen: Address, advertise: Address | None, data_dir: Path | None, controller_port: int | None,
-    *, secure: bool = False, topic_prefix: str = ""
+    *, secure: bool = False, topic_prefix: str = "", node_id: int = 1, voters: str = "",
+    cluster_id: str = ""
 ) -> BrokerConfig:
     if advertise is None:
         if listen.host in ("0.0.0.0", "::", ""):
@@ -222,7 +239,12 @@ def make_config(
                 "which address clients on other machines use"
             )
         advertise = listen
-    controller_host = ("127.0.0.1" if secure or listen.host in ("0.0.0.0", "::")
+    if voters and secure:
+        raise ConfigError("--secure is for a single broker; a cluster runs without it")
+    # a node of a cluster on several machines: its controller listens where the others
+    # reach it (the voters list names that address)
+    controller_host = (listen.host if voters
+                       else "127.0.0.1" if secure or listen.host in ("0.0.0.0", "::")
                        else listen.host)
     ctrl_port = controller_port or listen.port + 1
     if ctrl_port > 65535:
@@ -234,7 +256,55 @@ def make_config(
         data_dir=(data_dir or default_data_dir()).resolve(),
         secure=secure,
         topic_prefix=topic_prefix,
+        node_id=node_id,
+        voters=voters,
+        replication=_replication(voters),
+        cluster_id=cluster_id,
     )
+
+
+def _replication(voters: str) -> int:
+    """Replicas of Kafka's internal topics: 3 on a cluster of three or more."""
+    nodes = len([v for v in voters.split(",") if v.strip()]) if voters else 1
+    return 3 if nodes >= 3 else 1
+
+
+def cluster_configs(listen: Address, nodes: int, data_dir: Path | None) -> list[BrokerConfig]:
+    """``nodes`` brokers on this machine: node i listens on port + 2(i-1) and its
+    controller on the next port; each has its data in ``<data-dir>/node-<i>``; one
+    cluster id for all (kept in ``<data-dir>/cluster.id``)."""
+    if listen.host in ("0.0.0.0", "::", ""):
+        raise ConfigError("--nodes runs every node on this machine: --listen 127.0.0.1:PORT "
+                          "(one node per machine: --node-id and --voters)")
+    if listen.port + 2 * nodes > 65536:
+        raise ConfigError(f"ports {listen.port}-{listen.port + 2 * nodes - 1} out of range")
+    root = (data_dir or default_data_dir()).resolve()
+    voters = ",".join(f"{i}@{listen.host}:{listen.port + 2 * (i - 1) + 1}"
+                      for i in range(1, nodes + 1))
+    return [make_config(Address(listen.host, listen.port + 2 * (i - 1)), None,
+                        root / f"node-{i}", listen.port + 2 * (i - 1) + 1, node_id=i,
+                        voters=voters)
+            for i in range(1, nodes + 1)]
+
+
+def cluster_nodes(data_dir: Path) -> list[Path]:
+    """The node folders of a cluster started with --nodes (none for a single broker)."""
+    return sorted((p for p in data_dir.glob("node-*") if p.is_dir()),
+                  key=lambda p: int(p.name.split("-", 1)[1]) if p.name[5:].isdigit() else 0)
+
+
+def cluster_id(root: Path, *, fresh: bool) -> str:
+    """The cluster id every node of a local cluster is formatted with."""
+    path = root / "cluster.id"
+    if not fresh:
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            pass
+    root.mkdir(parents=True, exist_ok=True)
+    cid = new_cluster_id()
+    path.write_text(cid, encoding="utf-8")
+    return cid
 
 
 # ---------------------------------------------------------------------- process
@@ -327,7 +397,7 @@ def users(cfg: BrokerConfig) -> dict[str, str]:
 def _format_storage(java: str, libs: Path, cfg: BrokerConfig) -> None:
     if (cfg.kraft_dir / "meta.properties").exists():
         return
-    cid = new_cluster_id()
+    cid = cfg.cluster_id or new_cluster_id()
     extra = []
     if cfg.secure:  # the admin user exists from the first start on
         extra = ["--add-scram",
@@ -388,10 +458,7 @@ def wait_ready(cfg: BrokerConfig, proc: subprocess.Popen[bytes], timeout: float)
     )
 
 
-def start(cfg: BrokerConfig, *, fresh: bool, timeout: float, echo: Echo = print) -> Running:
-    current = running(cfg.data_dir)
-    if current is not None:
-        return current
+def _launch(cfg: BrokerConfig, *, fresh: bool, echo: Echo) -> subprocess.Popen[bytes]:
     cmd = prepare(cfg, fresh=fresh, echo=echo)
     with open(cfg.out_file, "wb") as out:
         proc = subprocess.Popen(
@@ -399,6 +466,14 @@ def start(cfg: BrokerConfig, *, fresh: bool, timeout: float, echo: Echo = print)
             start_new_session=True, cwd=cfg.data_dir,
         )
     _write_pid(cfg, proc.pid)
+    return proc
+
+
+def start(cfg: BrokerConfig, *, fresh: bool, timeout: float, echo: Echo = print) -> Running:
+    current = running(cfg.data_dir)
+    if current is not None:
+        return current
+    proc = _launch(cfg, fresh=fresh, echo=echo)
     try:
         wait_ready(cfg, proc, timeout)
     except BaseException:
@@ -407,6 +482,39 @@ def start(cfg: BrokerConfig, *, fresh: bool, timeout: float, echo: Echo = print)
         cfg.pid_file.unlink(missing_ok=True)
         raise
     return Running(proc.pid, str(cfg.advertise), cfg.data_dir)
+
+
+def start_cluster(configs: list[BrokerConfig], *, fresh: bool, timeout: float,
+                  echo: Echo = print) -> list[Running]:
+    """Start every node that is not running (all at once: a KRaft quorum needs a
+    majority of its voters up), then wait until each answers."""
+    root = configs[0].data_dir.parent
+    if fresh:
+        for cfg in configs:
+            stop(cfg.data_dir, grace=10)
+    cid = cluster_id(root, fresh=fresh)
+    configs = [replace(cfg, cluster_id=cid) for cfg in configs]
+    started: list[tuple[BrokerConfig, subprocess.Popen[bytes]]] = []
+    try:
+        for cfg in configs:
+            if running(cfg.data_dir) is None:
+                started.append((cfg, _launch(cfg, fresh=fresh, echo=echo)))
+        for cfg, proc in started:
+            wait_ready(cfg, proc, timeout)
+    except BaseException:
+        for cfg, proc in started:
+            if proc.poll() is None:
+                _terminate(proc.pid, 10)
+            cfg.pid_file.unlink(missing_ok=True)
+        raise
+    out = []
+    for cfg in configs:
+        current = running(cfg.data_dir)
+        if current is None:
+            raise BrokerError(f"node {cfg.node_id} of the cluster is not running; log:\n"
+                              f"{_tail(cfg.log_file)}")
+        out.append(current)
+    return out
 
 
 def run_foreground(cfg: BrokerConfig, *, fresh: bool, timeout: float,
@@ -482,5 +590,5 @@ def stop(data_dir: Path, grace: float = 30.0) -> Running | None:
 
 __all__ = [
     "BrokerConfig", "BrokerError", "Running", "make_config", "start", "stop", "running",
-    "run_foreground", "default_data_dir",
+    "run_foreground", "default_data_dir", "cluster_configs", "cluster_nodes", "start_cluster",
 ]

@@ -166,13 +166,23 @@ class KafkaBus:
         full = [self.topic(n) for n in names]
         admin = self._admin()
         try:
+            # On a cluster of three brokers or more every topic has 3 replicas, and a write
+            # (acks=all) needs 2 of them: any one broker may die without losing anything.
+            try:
+                brokers = len(admin.describe_cluster().get("brokers", [])) or 1
+            except KafkaError:  # not allowed to ask (a secure broker): a single broker
+                brokers = 1
+            replicas = 3 if brokers >= 3 else 1
             spec: dict[str, dict[str, Any]] = {
                 self.topic(n): {"num_partitions": 1 if n in ONE_PARTITION else partitions,
-                                "replication_factor": 1}
+                                "replication_factor": replicas}
                 for n in names}
             for n in names:
-                if n in COMPACTED:
-                    spec[self.topic(n)]["configs"] = dict(COMPACTED[n])
+                configs = dict(COMPACTED.get(n, {}))
+                if replicas >= 3:
+                    configs["min.insync.replicas"] = "2"
+                if configs:
+                    spec[self.topic(n)]["configs"] = configs
             with kafka_errors(f"cannot create topics {', '.join(full)}"):
                 try:
                     result = admin.create_topics(spec, raise_errors=False)

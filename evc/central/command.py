@@ -44,8 +44,8 @@ from evc.console import KeyReader, pump_keys, say
 from evc.errors import ConfigError, EvcError
 from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
-from evc.net import Address
-from evc.options import ADDRESS, Common, common_options
+from evc.net import Address, Bootstrap
+from evc.options import KAFKA, Common, common_options
 from evc.protocol.ids import check_id, check_text
 from evc.protocol.messages import CentralStatus, RegisterRejected, RejectCode
 from evc.protocol.topics import CENTRAL_KEY, CHANGELOG, LEASE, NETWORK, REQUESTS, TELEMETRY
@@ -123,7 +123,7 @@ def want_board(mode: str) -> bool:
 @dataclass(frozen=True)
 class CentralConfig:
     socket_port: int
-    kafka: Address
+    kafka: Bootstrap
     db_path: Path
     listen_host: str = "0.0.0.0"
     cps_file: Path | None = None
@@ -140,7 +140,7 @@ class CentralConfig:
 
 @click.command()
 @click.argument("socket_port", type=click.IntRange(0, 65535))
-@click.argument("kafka", type=ADDRESS)
+@click.argument("kafka", type=KAFKA)
 @click.argument("db_path", required=False, type=click.Path(dir_okay=False, path_type=Path),
                 default=Path("data/central.json"))
 @click.option("--listen-host", default="0.0.0.0", show_default=True,
@@ -177,7 +177,7 @@ class CentralConfig:
               help="board: live coloured board (terminals); plain: one line per change. "
                    "auto picks the board on a terminal unless NO_COLOR is set.")
 @common_options
-def central(socket_port: int, kafka: Address, db_path: Path, listen_host: str,
+def central(socket_port: int, kafka: Bootstrap, db_path: Path, listen_host: str,
             cps_file: Path | None, drivers_file: Path | None, security: str,
             credentials_dir: Path | None, heartbeat_timeout: float, register_timeout: float,
             partitions: int, final_timeout: float, resume_grace: float,

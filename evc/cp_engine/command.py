@@ -19,9 +19,9 @@ from evc.cp_engine.engine import Engine
 from evc.errors import ConfigError, EvcError, ProtocolError
 from evc.lifecycle import Crew, install_stop_signals, join_all
 from evc.logs import setup_logging
-from evc.net import Address
+from evc.net import Address, Bootstrap
 from evc.netview import NetworkView
-from evc.options import ADDRESS, ID, AddressType, Common, common_options
+from evc.options import ID, KAFKA, AddressType, Common, common_options
 from evc.protocol.framing import read_frames, send_frame
 from evc.protocol.messages import CentralStatus, EngineKey, HealthCheck, Message, from_wire
 from evc.protocol.topics import CENTRAL_KEY, CONTROL, NETWORK
@@ -169,7 +169,7 @@ def answer_check(engine: Engine, event: Check) -> None:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    kafka: Address
+    kafka: Bootstrap
     listen: Address
     cp_id: str | None = None
     power: float = 0.5
@@ -180,7 +180,7 @@ class EngineConfig:
 
 
 @click.command("cp-engine")
-@click.argument("kafka", type=ADDRESS)
+@click.argument("kafka", type=KAFKA)
 @click.option("--listen", "listen", required=True, type=AddressType(default_host="127.0.0.1"),
               help="[HOST:]PORT where the monitor's health checks arrive (host default "
                    "127.0.0.1: only this machine's monitor).")
@@ -198,7 +198,7 @@ class EngineConfig:
               help="Its CP's credential file [default: $EVC_SECRET, else "
                    "$EVC_CREDENTIALS_DIR/<cp_id>.key, else data/credentials/<cp_id>.key].")
 @common_options
-def cp_engine(kafka: Address, listen: Address, cp_id: str | None, power: float,
+def cp_engine(kafka: Bootstrap, listen: Address, cp_id: str | None, power: float,
               max_supply_seconds: float, state_dir: Path, credentials: Path | None,
               common: Common) -> None:
     """EV_CP_E: supplies energy on central's orders, answers its monitor's health checks.

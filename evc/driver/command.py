@@ -20,9 +20,9 @@ from evc.driver.driver import (
 )
 from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
-from evc.net import Address
+from evc.net import Bootstrap
 from evc.netview import NetworkView, read_current
-from evc.options import ADDRESS, ID, Common, common_options
+from evc.options import ID, KAFKA, Common, common_options
 from evc.protocol.messages import (
     Authorization,
     CentralStatus,
@@ -38,7 +38,7 @@ from evc.store.credentials import Credential
 
 
 @click.command()
-@click.argument("kafka", type=ADDRESS)
+@click.argument("kafka", type=KAFKA)
 @click.argument("driver_id", type=ID)
 @click.option("--file", "file_", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CP ids, one per line (# comments). Without it: an interactive prompt.")
@@ -61,7 +61,7 @@ from evc.store.credentials import Credential
               help="Folder of the driver's journal (driver-<id>.json): restarted with the "
                    "same id and file, the driver goes on where it stopped.")
 @common_options
-def driver(kafka: Address, driver_id: str, file_: Path | None, charge_seconds: float,
+def driver(kafka: Bootstrap, driver_id: str, file_: Path | None, charge_seconds: float,
            pause: float, timeout: float, live: bool, list_only: bool,
            credentials: Path | None, state_dir: Path, common: Common) -> None:
     """EV_Driver: asks central for charges at the CPs listed in --file, one after another.
@@ -122,7 +122,7 @@ def driver(kafka: Address, driver_id: str, file_: Path | None, charge_seconds: f
             f"{s['denied']} denied, {s['unanswered']} unanswered, {s['tickets']} tickets")
 
 
-def list_available(kafka: Address, driver_id: str, common: Common) -> None:
+def list_available(kafka: Bootstrap, driver_id: str, common: Common) -> None:
     """`--list`: the CPs free to supply now, from network_topic; no request is made."""
     stop = threading.Event()
     install_stop_signals(stop)

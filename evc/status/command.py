@@ -31,15 +31,15 @@ from evc.display import (
 )
 from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
-from evc.net import Address
+from evc.net import Bootstrap
 from evc.netview import NetworkView, read_current
-from evc.options import ADDRESS, Common, common_options
+from evc.options import KAFKA, Common, common_options
 from evc.protocol.messages import CentralStatus, CPState, CPStatus, Message, Removed
 from evc.protocol.topics import NETWORK, Delivery
 
 
 @click.command()
-@click.argument("kafka", type=ADDRESS)
+@click.argument("kafka", type=KAFKA)
 @click.option("--once", is_flag=True, help="Print the table once and exit (3: central "
               "unavailable).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document and exit.")
@@ -47,7 +47,7 @@ from evc.protocol.topics import NETWORK, Delivery
               show_default=True, help="Seconds without central's heartbeat that mean it is "
               "unavailable.")
 @common_options
-def status(kafka: Address, once: bool, as_json: bool, central_timeout: float,
+def status(kafka: Bootstrap, once: bool, as_json: bool, central_timeout: float,
            common: Common) -> None:
     """A read-only live board of the network (CPs and central), from any machine."""
     setup_logging(common.log_level, common.log_file, to_stderr=not (once or as_json))
