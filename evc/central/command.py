@@ -31,11 +31,11 @@ from evc.central.brain import Brain, Settings
 from evc.central.events import (
     BusMessage,
     BusSkipped,
-    ConnectionLost,
     Event,
     MonitorFrame,
     OperatorKey,
     OperatorLine,
+    Sent,
 )
 from evc.central.server import MonitorServer
 from evc.central.standby import StandbyModel
@@ -49,7 +49,7 @@ from evc.options import KAFKA, Common, common_options
 from evc.protocol.ids import check_id, check_text
 from evc.protocol.messages import CentralStatus, RegisterRejected, RejectCode
 from evc.protocol.topics import CENTRAL_KEY, CHANGELOG, LEASE, NETWORK, REQUESTS, TELEMETRY
-from evc.store import META, AuditLog, Store
+from evc.store import DRIVERS, META, AuditLog, Store
 from evc.store.credentials import CredentialFiles, default_dir
 
 log = logging.getLogger("evc.central")
@@ -379,6 +379,21 @@ def run_central(cfg: CentralConfig) -> None:
     crew.check()
 
 
+def hand_out(store: Store, credentials: CredentialFiles) -> None:
+    """Write the credential files this machine lacks (or holds an old version of): the
+    network's state may have come from the changelog, made by another central."""
+    for rec in store.cps() + store.all(DRIVERS):
+        ident, secret = rec.get("cp_id") or rec.get("driver_id"), rec.get("secret")
+        if not ident or not secret:
+            continue
+        try:
+            current = credentials.path(ident).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            current = ""
+        if current != secret:
+            credentials.write(ident, secret)
+
+
 def wait_for_lease(lease: Lease, stop: threading.Event) -> bool:
     """At start: True once this central holds the lease; False when the coordinator gave
     it to another (a live central: this one is its standby)."""
@@ -429,6 +444,7 @@ class ActiveTerm:
             store.put(META, {"name": "epoch", "value": epoch, "central": self.identity,
                              "at": time.time()})
             self.drain()
+            hand_out(store, self.credentials)
             brain = Brain(store, txn, self.server, self.view, cfg.settings, events=self.events,
                           identity=self.identity, credentials=self.credentials,
                           audit=self.audit, epoch=epoch,
@@ -488,13 +504,15 @@ class ActiveTerm:
             time.sleep(0.02)
 
     def drain(self) -> None:
-        """Events of the standby time or of an earlier term are not this term's."""
+        """Kafka events of an earlier term are not this term's (the consumer starts again
+        from the stored offsets); monitors and the operator are served as they came."""
+        kept: list[Event] = []
         while True:
             try:
                 event = self.events.get_nowait()
             except queue.Empty:
-                return
-            if isinstance(event, (MonitorFrame, ConnectionLost, OperatorLine, OperatorKey)):
-                # a monitor that spoke meanwhile is refused like a standby's: it retries
-                if isinstance(event, MonitorFrame):
-                    self.server.close_connection(event.conn_id, "central changing terms")
+                break
+            if not isinstance(event, (BusMessage, BusSkipped, Sent)):
+                kept.append(event)
+        for event in kept:
+            self.events.put(event)
