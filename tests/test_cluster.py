@@ -9,6 +9,7 @@ import os
 import signal
 
 import pytest
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from evc.bus import KafkaBus
 from evc.net import Address, port_free
@@ -56,7 +57,10 @@ def test_one_broker_of_three_dies_mid_supply_and_nothing_is_lost(cluster, prefix
         admin = bus._admin()
         try:
             (topic,) = admin.describe_topics([bus.topic(CONTROL)])
-            assert {len(p["replicas"]) for p in topic["partitions"]} == {3}
+            assert {len(p["replica_nodes"]) for p in topic["partitions"]} == {3}
+            found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC,
+                                                           bus.topic(CONTROL))])
+            assert found["topic"][bus.topic(CONTROL)]["min.insync.replicas"]["value"] == "2"
         finally:
             admin.close()
         net.start_cp("CP-01")
