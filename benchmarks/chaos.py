@@ -1,6 +1,7 @@
 """Chaos: a network under demo-like load while its parts are killed (-9) and restarted.
 
     python -m benchmarks.chaos [--minutes 10] [--cps 10] [--drivers 5] [--every 4] [--json]
+                               [--centrals 2] [--nodes 3]
 
 Runs its own broker (restarted now and then on the same data), central, CPs (engine +
 monitor) and drivers as real `evc` processes. Every --every seconds one random part is
@@ -12,6 +13,12 @@ requests and answers, tickets lost and duplicated, kWh billed versus supplied (t
 engines' readings and final figures, which their journals carry across their deaths),
 processes that exited unasked, and the slowest recovery of a CP after its killed part
 restarted. The last line with --json is one JSON object with these figures.
+
+Redundancy: ``--centrals 2`` runs a standby central beside the active one (monitors are
+given both); a central kill then kills the *active* one, and the report adds the longest
+time without an active central. ``--nodes 3`` runs a three-broker cluster: a broker kill
+kills one node at random (SIGKILL) and restarts it 5-20 s later; the network must not
+notice.
 """
 
 from __future__ import annotations
@@ -56,8 +63,10 @@ class Part:
         self.killed = False  # by us: its exit is expected
         self.unasked: list[str] = []
         self.started_at = 0.0
+        self.log_from = 0  # where this run's output starts in the (appended) log
 
     def start(self) -> None:
+        self.log_from = self.log.stat().st_size if self.log.exists() else 0
         out = open(self.log, "ab")  # noqa: SIM115 - owned by the child
         env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1",
                    EVC_CREDENTIALS_DIR=str(self.log.parent / "credentials"))
@@ -77,6 +86,22 @@ class Part:
             self.unasked.append(f"{self.name} exit {self.proc.returncode} at "
                                 f"{time.strftime('%H:%M:%S')}")
             self.killed = True  # counted
+
+    def output(self) -> str:
+        """What the current run of this part printed."""
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(self.log_from)
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def active(self) -> bool:
+        """A central: alive, and its last word was becoming the active one."""
+        text = self.output()
+        became = text.rfind("central ready (active")
+        left = max(text.rfind("standby: following"), text.rfind("stepped down"))
+        return self.alive() and became > left
 
     def kill(self) -> None:
         if self.alive():
@@ -98,12 +123,31 @@ class Part:
                 self.proc.wait(5)
 
 
-def broker(cmd: str, port: int, ctrl: int, data: Path) -> None:
+def broker(cmd: str, port: int, ctrl: int, data: Path, nodes: int = 1) -> None:
     args = ["broker", cmd, "--data-dir", str(data)]
     if cmd == "start":
-        args += ["--listen", f"127.0.0.1:{port}", "--controller-port", str(ctrl),
-                 "--timeout", "120"]
+        args += ["--listen", f"127.0.0.1:{port}", "--timeout", "120"]
+        args += ["--nodes", str(nodes)] if nodes > 1 else ["--controller-port", str(ctrl)]
     subprocess.run(EVC + args, check=cmd == "start", capture_output=True, timeout=300)
+
+
+def kill_node(data: Path, node: int) -> None:
+    """SIGKILL one broker of a cluster started with --nodes."""
+    try:
+        pid = json.loads((data / f"node-{node}" / "broker.pid").read_text())["pid"]
+        os.kill(int(pid), signal.SIGKILL)
+    except (OSError, ValueError, KeyError):
+        pass
+
+
+def free_run(length: int) -> int:
+    """A port p with p .. p+length-1 all free (a local cluster's ports)."""
+    from evc.net import Address, port_free
+
+    for base in range(30000 + random.randrange(20000), 60000, 97):
+        if all(port_free(Address("127.0.0.1", base + i)) for i in range(length)):
+            return base
+    raise SystemExit("no free run of ports for the cluster")
 
 
 def read_everything(kafka: str, prefix: str) -> list[m.Message]:
@@ -132,18 +176,23 @@ def main() -> int:
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    parser.add_argument("--centrals", type=int, choices=(1, 2), default=1,
+                        help="2: a standby central; central kills hit the active one")
+    parser.add_argument("--nodes", type=int, choices=(1, 3), default=1,
+                        help="3: a three-broker cluster; broker kills hit one node")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     run = Path(args.run_dir or f"runs/chaos-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     run.mkdir(parents=True, exist_ok=True)
-    port, ctrl = free_port(), free_port()
-    kafka, data = f"127.0.0.1:{port}", run / "broker"
+    port, ctrl = (free_run(6), 0) if args.nodes > 1 else (free_port(), free_port())
+    kafka = ",".join(f"127.0.0.1:{port + 2 * i}" for i in range(args.nodes))
+    data = run / "broker"
     prefix = f"chaos{int(time.time())}-"
-    central_port = free_port()
+    central_ports = [free_port() for _ in range(args.centrals)]
     # a part restarted during a broker outage waits for the broker instead of exiting
     common = ["--topic-prefix", prefix, "--kafka-wait", "120"]
     print(f"run folder {run}; broker {kafka}", flush=True)
-    broker("start", port, ctrl, data)
+    broker("start", port, ctrl, data, args.nodes)
     with KafkaBus(kafka, prefix=prefix, client_id="evc-chaos") as bus:
         bus.ensure_topics()
 
@@ -152,11 +201,13 @@ def main() -> int:
         f"{cp},Calle {i},0.{30 + i % 10}\n" for i, cp in enumerate(cps)))
     (run / "drivers.txt").write_text("".join(f"D-{i:02d}\n"
                                              for i in range(1, args.drivers + 1)))
-    central = Part("central", ["central", str(central_port), kafka, str(run / "central.json"),
-                               "--listen-host", "127.0.0.1", "--cps", str(run / "cps.csv"),
-                               "--drivers", str(run / "drivers.txt"),
-                               "--display", "plain", "--log-level", "INFO", "--log-file",
-                               str(run / "central.log"), *common], run / "central.out")
+    centrals = [Part(f"central {i + 1}", [
+        "central", str(cport), kafka, str(run / f"central{i + 1}.json"),
+        "--listen-host", "127.0.0.1", "--cps", str(run / "cps.csv"),
+        "--drivers", str(run / "drivers.txt"), "--credentials-dir", str(run / "credentials"),
+        "--display", "plain", "--log-level", "INFO", "--log-file",
+        str(run / f"central{i + 1}.log"), *common], run / f"central{i + 1}.out")
+        for i, cport in enumerate(central_ports)]
     engines, monitors, drivers = {}, {}, {}
     for cp in cps:
         eport = free_port()
@@ -164,7 +215,8 @@ def main() -> int:
             "cp-engine", kafka, "--listen", f"127.0.0.1:{eport}", "--id", cp,
             "--state-dir", str(run / "state"), *common], run / f"engine-{cp}.out")
         monitors[cp] = Part(f"monitor {cp}", [
-            "cp-monitor", f"127.0.0.1:{eport}", f"127.0.0.1:{central_port}", cp],
+            "cp-monitor", f"127.0.0.1:{eport}",
+            ",".join(f"127.0.0.1:{p}" for p in central_ports), cp],
             run / f"monitor-{cp}.out")
     for i in range(1, args.drivers + 1):
         did = f"D-{i:02d}"
@@ -173,9 +225,13 @@ def main() -> int:
         drivers[did] = Part(f"driver {did}", [
             "driver", kafka, did, "--file", str(path), "--charge-seconds", "5", "--pause", "1",
             "--state-dir", str(run / "state"), *common], run / f"driver-{did}.out")
-    parts: list[Part] = [central, *engines.values(), *monitors.values(), *drivers.values()]
-    for part in parts:
+    parts: list[Part] = [*centrals, *engines.values(), *monitors.values(), *drivers.values()]
+    centrals[0].start()  # the first one is active (and creates the topics' state)
+    wait_until(lambda: centrals[0].active(), 60)
+    for part in parts[1:]:
         part.start()
+    without: list[float] = []  # seconds without an active central, after each kill
+    orphaned_at = 0.0  # monotonic: when the active central was killed (0: one is active)
 
     kills: Counter[str] = Counter()
     restarts: list[tuple[float, str, str]] = []  # (when restarted, kind, cp or "")
@@ -199,22 +255,31 @@ def main() -> int:
                     part.start()
                     with lock:
                         restarts.append((time.time(), kind, cp))
+            if orphaned_at and any(c.active() for c in centrals):
+                without.append(now - orphaned_at)
+                orphaned_at = 0.0
             if broker_back_at and now >= broker_back_at:
-                broker("start", port, ctrl, data)
+                broker("start", port, ctrl, data, args.nodes)
                 broker_down[-1] = (broker_down[-1][0], time.time())
                 restarts.append((time.time(), "broker", ""))
                 broker_back_at = 0.0
                 next_broker = time.monotonic() + args.broker_every
             elif now >= next_broker and not broker_back_at:
-                broker("stop", port, ctrl, data)
+                if args.nodes > 1:
+                    kill_node(data, rng.randrange(1, args.nodes + 1))
+                else:
+                    broker("stop", port, ctrl, data)
                 kills["broker"] += 1
                 broker_down.append((time.time(), 0.0))
                 broker_back_at = time.monotonic() + rng.uniform(5, 20)
             if now >= next_kill:
                 next_kill = now + args.every
                 kind = rng.choice(["central", "engine", "monitor", "driver"])
-                if kind == "central":
-                    part, cp = central, ""
+                if kind == "central":  # the active one (with a standby: a failover)
+                    cp = ""
+                    part = next((c for c in centrals if c.active()), centrals[0])
+                    if part.active() and not orphaned_at:
+                        orphaned_at = now
                 elif kind == "driver":
                     part, cp = drivers[rng.choice(list(drivers))], ""
                 else:
@@ -229,7 +294,7 @@ def main() -> int:
         for _, part, _, _ in pending:
             part.start()
         if broker_back_at:
-            broker("start", port, ctrl, data)
+            broker("start", port, ctrl, data, args.nodes)
             broker_down[-1] = (broker_down[-1][0], time.time())
         time.sleep(10)
         for part in drivers.values():
@@ -240,7 +305,15 @@ def main() -> int:
             part.stop()
         messages = read_everything(kafka, prefix)
         broker("stop", port, ctrl, data)
-    return report(run, messages, kills, restarts, parts, args.json)
+    return report(run, messages, kills, restarts, parts, args.json, without)
+
+
+def wait_until(condition: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit("the first central did not become active")
+        time.sleep(0.2)
 
 
 def recovery_times(run: Path, restarts: list[tuple[float, str, str]]
@@ -248,7 +321,9 @@ def recovery_times(run: Path, restarts: list[tuple[float, str, str]]
     """Per kind: (seconds, when, cp) from a part's restart to its CP serving again."""
     serving: dict[str, list[float]] = defaultdict(list)
     day = time.strftime("%Y-%m-%d")
-    for line in (run / "central.out").read_text(errors="replace").splitlines():
+    lines = [ln for path in sorted(run.glob("central*.out"))
+             for ln in path.read_text(errors="replace").splitlines()]
+    for line in lines:
         match = STATE.match(line)
         if match and match.group(3) in ("Activado", "Suministrando", "Parado"):
             when = time.mktime(time.strptime(f"{day} {match.group(1)}", "%Y-%m-%d %H:%M:%S"))
@@ -264,7 +339,8 @@ def recovery_times(run: Path, restarts: list[tuple[float, str, str]]
 
 
 def report(run: Path, messages: list[m.Message], kills: Counter[str],
-           restarts: list[tuple[float, str, str]], parts: list[Part], as_json: bool) -> int:
+           restarts: list[tuple[float, str, str]], parts: list[Part], as_json: bool,
+           without: list[float]) -> int:
     requests = {x.msg_id for x in messages if isinstance(x, m.ChargeRequest)}
     auths = [x for x in messages if isinstance(x, m.Authorization)]
     answered = {a.request_id for a in auths}
@@ -305,6 +381,8 @@ def report(run: Path, messages: list[m.Message], kills: Counter[str],
         "unasked_exits": len(unasked),
         "slowest_recovery_s": {k: round(v, 1) for k, v in slowest.items()},
         "slowest_recovery_central_up_s": {k: round(v, 1) for k, v in slowest_alone.items()},
+        "failovers": len(without),
+        "longest_without_active_central_s": round(max(without, default=0.0), 1),
     }
     print(f"kills: {', '.join(f'{k} {v}' for k, v in sorted(kills.items()))}")
     print(f"requests {figures['requests']}, answered {figures['answered']}; authorized "
@@ -312,6 +390,9 @@ def report(run: Path, messages: list[m.Message], kills: Counter[str],
     print(f"lost tickets {len(lost)}, duplicated tickets {len(duplicated)}")
     print(f"kWh supplied {figures['kwh_supplied']}, billed {figures['kwh_billed']}, "
           f"under-billed {figures['kwh_under_billed']} over {len(under)} supplies")
+    if without:
+        print(f"failovers {len(without)}: longest time without an active central "
+              f"{max(without):.1f} s (median {sorted(without)[len(without) // 2]:.1f} s)")
     print(f"processes that exited unasked: {len(unasked)}"
           + "".join(f"\n  {u}" for u in unasked[:20]))
     print("slowest recovery after a restart (s): "
