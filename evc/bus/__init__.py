@@ -576,7 +576,7 @@ class Transactions:
             try:
                 producer.init_transactions()  # fences the previous holder of the id
             except BaseException:
-                producer.close(timeout=0)
+                _discard(producer, 0)
                 raise
         return producer
 
@@ -630,10 +630,7 @@ class Transactions:
             for _, _, _, on_done in left:
                 if on_done is not None:
                     on_done(False, "central stopped")
-            try:
-                self._producer.close(timeout=1.0)
-            except Exception as exc:  # noqa: BLE001 - closing must not raise at shutdown
-                log.warning("transactional producer close: %s", exc)
+            _discard(self._producer, 1.0)
 
     def _commit(self, changes: Mapping[str, str | None],
                 messages: list[tuple[str, Message | None, str, Done | None]]) -> bool:
@@ -707,10 +704,7 @@ class Transactions:
             return
         except Exception as exc:  # noqa: BLE001 - any failure: a new producer
             log.warning("abort failed (%s): a new transactional producer", exc)
-        try:
-            self._producer.close(timeout=0)
-        except Exception:  # noqa: BLE001
-            pass
+        _discard(self._producer, 0)
         while not self.fenced.is_set():
             try:
                 self._producer = self._new_producer()
@@ -722,6 +716,20 @@ class Transactions:
                     return
                 log.warning("cannot restart Kafka transactions yet: %s", exc)
                 time.sleep(1.0)
+
+
+def _discard(producer: KafkaProducer, timeout: float) -> None:
+    """Close a producer whatever state a failed transaction left it in. A close that
+    raises leaves it open, and its ``__del__`` would close it again later and print the
+    error as a traceback: it is marked closed here instead."""
+    try:
+        producer.close(timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - a failed producer's close may raise anything
+        log.debug("producer close: %s", exc)
+        sender = getattr(producer, "_sender", None)
+        if sender is not None and sender.is_alive():
+            sender.force_close()
+        producer._closed = True
 
 
 class ChangelogReader:
