@@ -80,8 +80,12 @@ def test_one_broker_of_three_dies_mid_supply_and_nothing_is_lost(cluster, prefix
             os.kill(pid, signal.SIGKILL)
             (auth,) = observer.wait(m.Authorization, driver_id="D-1", timeout=30)
             ticket = observer.wait(m.Ticket, session_id=auth.session_id, timeout=60)[0]
-            final = observer.of(m.Telemetry, session_id=auth.session_id, final=True)
-            assert len(final) == 1 and ticket.consumo_kwh == final[0].consumo_kwh
+            # the test's own reader may see the ticket first (its partitions' leaders moved
+            # at different moments): wait for the final reading too, then compare
+            final = observer.wait(m.Telemetry, session_id=auth.session_id, final=True,
+                                  timeout=30)
+            assert len(final) == 1 and ticket.consumo_kwh == final[0].consumo_kwh, \
+                net.context()
             d.wait_line(f"TICKET at CP-01: {ticket.consumo_kwh:.2f} kWh", timeout=30)
             assert d.popen.wait(30) == 0
             assert len(observer.of(m.Ticket, session_id=auth.session_id)) == 1
