@@ -73,7 +73,7 @@ def test_the_standby_takes_over_mid_supply_and_bills_once(net, observer: Observe
     assert took < 5.0, f"the standby took {took:.1f} s to become active:\n{b.output}"
     monitor.wait_line(f"registered with central at 127.0.0.1:{b_port}", timeout=10)
     ticket = observer.wait(m.Ticket, session_id=auth.session_id, timeout=30)[0]
-    final = observer.of(m.Telemetry, session_id=auth.session_id, final=True)
+    final = observer.wait(m.Telemetry, session_id=auth.session_id, final=True)
     assert len(final) == 1 and ticket.consumo_kwh == final[0].consumo_kwh > 1.0
     assert ticket.reason is m.EndReason.FINISHED
     d1.wait_line(f"TICKET at CP-01: {ticket.consumo_kwh:.2f} kWh")
@@ -117,7 +117,7 @@ def test_a_frozen_active_central_is_deposed_and_steps_down(net, observer: Observ
     a.wait_line("standby: following the active central", timeout=10)
     ticket = observer.wait(m.Ticket, session_id=auth.session_id, timeout=40)[0]
     d1.wait_line(f"TICKET at CP-01: {ticket.consumo_kwh:.2f} kWh")
-    final = observer.of(m.Telemetry, session_id=auth.session_id, final=True)
+    final = observer.wait(m.Telemetry, session_id=auth.session_id, final=True)
     assert len(final) == 1 and ticket.consumo_kwh == final[0].consumo_kwh
     wait_for(lambda: d1.popen.poll() is not None, 20, "the driver to finish")
     # never two actives: one ticket, and nothing from the deposed term after B's start
