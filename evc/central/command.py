@@ -185,9 +185,12 @@ def central(socket_port: int, kafka: Bootstrap, db_path: Path, listen_host: str,
     """EV_Central: the monitor server, the rules, and the operator console.
 
     Monitors connect to SOCKET_PORT over TCP; drivers and engines reach central
-    through the Kafka broker at KAFKA (host:port). DB_PATH is the TinyDB file
+    through the Kafka broker at KAFKA (host:port, or several: host:port,host:port).
+    DB_PATH is the TinyDB file
     [default: data/central.json]. Type `help` for the operator commands.
     With the board, the log goes to --log-file (default central.log beside the DB).
+    Another central on the same broker and --topic-prefix (its own DB) is a standby:
+    it follows this one's state and takes over within seconds if this one dies.
     """
     run_central(CentralConfig(
         socket_port=socket_port, kafka=kafka, db_path=db_path, listen_host=listen_host,
