@@ -34,7 +34,24 @@ def _name(param: click.Parameter | None) -> str:
     return "Kafka" if name == "kafka" else name
 
 
-class AddressType(click.ParamType):
+class _Parsed(click.ParamType):
+    """A parameter read by one of the shared parsers (net, protocol.ids): their
+    ``EvcError`` becomes Click's one-line error."""
+
+    def parse(self, text: str, what: str) -> Any:
+        raise NotImplementedError
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):  # already converted (a default given as a value)
+            return value
+        try:
+            return self.parse(value, _name(param))
+        except EvcError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+class AddressType(_Parsed):
     """``HOST:PORT`` (or ``PORT`` with a default host) -> ``Address``."""
 
     name = "host:port"
@@ -42,58 +59,35 @@ class AddressType(click.ParamType):
     def __init__(self, default_host: str | None = None) -> None:
         self.default_host = default_host
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> Address:
-        if isinstance(value, Address):
-            return value
-        try:
-            return parse_address(str(value), default_host=self.default_host,
-                                 what=f"{_name(param)} address")
-        except EvcError as exc:
-            raise click.ClickException(str(exc)) from exc
+    def parse(self, text: str, what: str) -> Address:
+        return parse_address(text, default_host=self.default_host, what=f"{what} address")
 
 
-class IdType(click.ParamType):
+class IdType(_Parsed):
     """A charge point or driver id, by protocol.ids' one rule."""
 
     name = "id"
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> str:
-        try:
-            return check_id(value, _name(param))
-        except EvcError as exc:
-            raise click.ClickException(str(exc)) from exc
+    def parse(self, text: str, what: str) -> str:
+        return check_id(text, what)
 
 
-class AddressesType(click.ParamType):
+class AddressesType(_Parsed):
     """``HOST:PORT[,HOST:PORT...]`` -> a list of ``Address`` (at least one)."""
 
     name = "host:port[,host:port]"
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> list[Address]:
-        if isinstance(value, list):
-            return value
-        try:
-            return parse_addresses(str(value), what=f"{_name(param)} address")
-        except EvcError as exc:
-            raise click.ClickException(str(exc)) from exc
+    def parse(self, text: str, what: str) -> list[Address]:
+        return parse_addresses(text, what=f"{what} address")
 
 
-class BootstrapType(click.ParamType):
+class BootstrapType(_Parsed):
     """Kafka: ``HOST:PORT`` or, for a cluster, ``HOST:PORT,HOST:PORT,...``."""
 
     name = "host:port[,host:port]"
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> Bootstrap:
-        if isinstance(value, Bootstrap):
-            return value
-        try:
-            return parse_bootstrap(str(value), what=f"{_name(param)} address")
-        except EvcError as exc:
-            raise click.ClickException(str(exc)) from exc
+    def parse(self, text: str, what: str) -> Bootstrap:
+        return parse_bootstrap(text, what=f"{what} address")
 
 
 ADDRESS = AddressType()
