@@ -312,6 +312,17 @@ class KafkaBus:
         self.close()
 
 
+def _poll(consumer: KafkaConsumer, timeout: float, what: str) -> dict[Any, list[Any]]:
+    """One poll of a kafka-python consumer; a failure (the broker away) is logged, waited
+    out a little, and is an empty poll: the caller's loop tries again."""
+    try:
+        return consumer.poll(timeout_ms=int(timeout * 1000))  # type: ignore[no-any-return]
+    except KafkaError as exc:
+        log.warning("%s failed, retrying: %s", what, exc)
+        time.sleep(min(timeout, 0.5))
+        return {}
+
+
 class Consumer:
     """One kafka-python consumer, owned by the thread that calls ``run``.
 
@@ -469,12 +480,7 @@ class Consumer:
             self._apply_retarget()
         except KafkaError as exc:
             log.warning("cannot reassign partitions yet: %s", exc)
-        try:
-            batches = self._consumer.poll(timeout_ms=int(timeout * 1000))
-        except KafkaError as exc:
-            log.warning("poll failed, retrying: %s", exc)
-            time.sleep(min(timeout, 0.5))
-            return []
+        batches = _poll(self._consumer, timeout, "poll")
         out: list[tuple[Message, Delivery]] = []
         for tp, records in batches.items():
             for record in records:
@@ -597,10 +603,6 @@ class Transactions:
                 self._changes.pop(key, None)  # keep the order of the latest versions
                 self._changes[key] = text
             self._wake.notify()
-
-    def idle(self) -> bool:
-        with self._lock:
-            return not self._changes and not self._messages
 
     # ------------------------------------------------------------------ its thread
     def run(self, stop: threading.Event) -> None:
@@ -749,12 +751,7 @@ class ChangelogReader:
             self._consumer.seek_to_beginning(self._tp)
 
     def poll(self, timeout: float = 0.2) -> list[tuple[str, str | None]]:
-        try:
-            batches = self._consumer.poll(timeout_ms=int(timeout * 1000))
-        except KafkaError as exc:
-            log.warning("changelog poll failed, retrying: %s", exc)
-            time.sleep(min(timeout, 0.5))
-            return []
+        batches = _poll(self._consumer, timeout, "changelog poll")
         out: list[tuple[str, str | None]] = []
         for records in batches.values():
             for record in records:

@@ -241,17 +241,21 @@ class Standby:
                 wait=3600, stop=stop)
         self.view.note("standby: following the active central; monitors are sent to it")
         next_draw = 0.0
+        changed = False  # since the model was last rebuilt (at most twice a second)
         while not stop.is_set() and not lease.held.is_set():
             changes = self.reader.poll(0.2)
             if changes:
                 self.store.apply_changes(changes)
                 self.store.commit()
-                self.model.reload(self.store)
+                changed = True
             for msg, _ in self.status.poll(0.0):
                 if isinstance(msg, CentralStatus):
                     self.model.heard_active(msg.central, msg.started_at, msg.epoch)
             self._events(stop)
             if time.monotonic() >= next_draw:
+                if changed:
+                    self.model.reload(self.store)
+                    changed = False
                 self.view.refresh(self.model)  # type: ignore[arg-type]
                 next_draw = time.monotonic() + 0.5
 
@@ -436,6 +440,7 @@ class ActiveTerm:
         term_stop = threading.Event()
         crew = Crew(term_stop)
         brain: Brain | None = None
+        committer: threading.Thread | None = None
         try:
             caught = store.apply_changes(retrying(lambda: self.reader.read_to_end(stop),
                                                   wait=3600, stop=stop))
@@ -467,7 +472,8 @@ class ActiveTerm:
             brain.acker = consumer
             # a daemon: a commit waits for the broker as long as it is away (what it
             # holds is in the store), and must not hold the process at a stop
-            crew.spawn(txn.run, term_stop, name="central-transactions", daemon=True)
+            committer = crew.spawn(txn.run, term_stop, name="central-transactions",
+                                   daemon=True)
             crew.spawn(consumer.run,
                        lambda msg, delivery: self.events.put(BusMessage(msg, delivery)),
                        term_stop, 0.2,
@@ -488,23 +494,18 @@ class ActiveTerm:
             if brain.quit_requested.is_set():
                 stop.set()
             self.stepped_down = txn.fenced.is_set() and not stop.is_set()
-            if not self.stepped_down:
-                self.finish(brain, txn)
         finally:
             term_stop.set()
             store.replica = None
             crew.join(1.5)
+            if committer is not None and not self.stepped_down:
+                # a clean stop: the committer's last transaction (what is queued) reaches
+                # the changelog, within a second
+                committer.join(1.0)
             if self.stepped_down and brain is not None:
                 for conn_id in list(brain.by_conn) + list(brain.challenges):
                     self.server.close_connection(conn_id, "this central stepped down")
         crew.check()
-
-    def finish(self, brain: Brain, txn: Transactions) -> None:
-        """A clean stop: what this term committed reaches the changelog (bounded)."""
-        brain.flush()
-        deadline = time.monotonic() + 1.0
-        while not txn.idle() and time.monotonic() < deadline and not txn.fenced.is_set():
-            time.sleep(0.02)
 
     def drain(self) -> None:
         """Kafka events of an earlier term are not this term's (the consumer starts again
