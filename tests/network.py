@@ -113,6 +113,17 @@ class Network:
         self.start_monitor(cp_id)
         self.wait_state(cp_id, "Activado")
 
+    def start_driver(self, driver_id: str, lines: list[str], *extra: str) -> Proc:
+        """A driver whose file holds ``lines`` (a file already there is kept: a driver
+        restarted with the same file goes on where it was)."""
+        path = self.tmp / f"{driver_id}.txt"
+        if not path.exists():
+            path.write_text("".join(f"{x}\n" for x in lines))
+        proc = Proc(["driver", self.kafka, driver_id, "--file", str(path),
+                     "--topic-prefix", self.prefix, *extra], name=f"driver {driver_id}")
+        self.procs.append(proc)
+        return proc
+
     def state_lines(self, cp_id: str) -> list[str]:
         assert self.central is not None
         return [ln for ln in self.central.lines if f" {cp_id} " in f" {ln} " and " -> " in ln]

@@ -15,7 +15,7 @@ from evc.bus import KafkaBus
 from evc.net import Address, port_free
 from evc.protocol import messages as m
 from evc.protocol.topics import CHANGELOG, CONTROL
-from tests.helpers import Proc, run_evc, wait_for
+from tests.helpers import run_evc, wait_for
 from tests.network import Network, Observer
 
 pytestmark = pytest.mark.broker
@@ -68,11 +68,7 @@ def test_one_broker_of_three_dies_mid_supply_and_nothing_is_lost(cluster, prefix
         finally:
             admin.close()
         net.start_cp("CP-01")
-        path = tmp_path / "D-1.txt"
-        path.write_text("CP-01\n")
-        d = Proc(["driver", kafka, "D-1", "--file", str(path), "--charge-seconds", "12",
-                  "--topic-prefix", prefix], name="driver D-1")
-        procs.append(d)
+        d = net.start_driver("D-1", ["CP-01"], "--charge-seconds", "12")
         observer = Observer(bus)
         try:
             d.wait_line("live at CP-01: 1.00 kWh", timeout=40)
@@ -90,9 +86,7 @@ def test_one_broker_of_three_dies_mid_supply_and_nothing_is_lost(cluster, prefix
             assert d.popen.wait(30) == 0
             assert len(observer.of(m.Ticket, session_id=auth.session_id)) == 1
             # a new supply while the broker is still down: served by the other two
-            d2 = Proc(["driver", kafka, "D-2", "--file", str(path), "--charge-seconds", "1",
-                       "--topic-prefix", prefix], name="driver D-2")
-            procs.append(d2)
+            d2 = net.start_driver("D-2", ["CP-01"], "--charge-seconds", "1")
             d2.wait_line("TICKET at CP-01", timeout=60)
             assert d2.popen.wait(30) == 0
         finally:

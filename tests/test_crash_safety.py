@@ -29,13 +29,7 @@ def net(kafka, prefix, tmp_path, procs):
 
 
 def driver(net: Network, driver_id: str, lines: list[str], *extra: str) -> Proc:
-    path = net.tmp / f"{driver_id}.txt"
-    if not path.exists():
-        path.write_text("".join(f"{x}\n" for x in lines))
-    proc = Proc(["driver", net.kafka, driver_id, "--file", str(path),
-                 "--topic-prefix", net.prefix, *extra], name=f"driver {driver_id}")
-    net.procs.append(proc)
-    return proc
+    return net.start_driver(driver_id, lines, *extra)
 
 
 def shown_live(proc: Proc, cp: str) -> float:

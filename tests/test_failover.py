@@ -46,12 +46,7 @@ def start_cp(net: Network, cp_id: str, *ports: int) -> Proc:
 
 
 def driver(net: Network, driver_id: str, cp_id: str, seconds: float) -> Proc:
-    path = net.tmp / f"{driver_id}.txt"
-    path.write_text(f"{cp_id}\n")
-    proc = Proc(["driver", net.kafka, driver_id, "--file", str(path), "--charge-seconds",
-                 str(seconds), "--topic-prefix", net.prefix], name=f"driver {driver_id}")
-    net.procs.append(proc)
-    return proc
+    return net.start_driver(driver_id, [cp_id], "--charge-seconds", str(seconds))
 
 
 def test_the_standby_takes_over_mid_supply_and_bills_once(net, observer: Observer):
