@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import re
 import selectors
 import signal
@@ -244,30 +245,33 @@ class MonitorsProcess:
 
 
 class Engines:
-    """Engine stand-ins: obey start/end orders for their CPs; signed telemetry each second."""
+    """Engine stand-ins: obey start/end orders for their CPs; signed telemetry each second
+    of each supply (counted from its own start, as a real engine's timer: readings are
+    spread over the second, not sent all at once). One thread owns the supplies; orders
+    reach it through a queue, so whoever reads control_topic is never held up."""
 
     def __init__(self, bus: KafkaBus, keys: dict[str, str], power: float = 0.5) -> None:
         self.bus, self.keys, self.power = bus, keys, power
-        self.supplies: dict[str, list[Any]] = {}  # cp -> [order, kwh]
-        self.lock = threading.Lock()
+        self.supplies: dict[str, list[Any]] = {}  # cp -> [order, kwh, next reading due]
+        self.orders: queue.SimpleQueue[m.Message] = queue.SimpleQueue()
         self.stop = threading.Event()
-        self.consumer = bus.consumer([CONTROL])
         self.sent = 0
-        threading.Thread(target=self.consumer.run, args=(self._order, self.stop),
-                         daemon=True).start()
-        threading.Thread(target=self._tick, daemon=True).start()
+        threading.Thread(target=self._run, daemon=True).start()
 
-    def _order(self, msg: m.Message, _d: object) -> None:
-        if getattr(msg, "cp_id", None) not in self.keys:
-            return  # a real CP's order, or not an order
-        with self.lock:
-            if isinstance(msg, m.StartSupply):
-                self.supplies[msg.cp_id] = [msg, 0.0]
-                self._telemetry(msg, 0.0, False, "")
-            elif isinstance(msg, m.EndSupply):
-                entry = self.supplies.pop(msg.cp_id, None)
-                if entry is not None:
-                    self._telemetry(entry[0], entry[1], True, str(msg.reason))
+    def order(self, msg: m.Message) -> None:
+        """A record of control_topic (the load generator reads it once, for its simulated
+        engines and drivers alike: decoding it twice would cost the machine's CPU)."""
+        if isinstance(msg, (m.StartSupply, m.EndSupply)) and msg.cp_id in self.keys:
+            self.orders.put(msg)
+
+    def _apply(self, msg: m.Message) -> None:
+        if isinstance(msg, m.StartSupply):
+            self.supplies[msg.cp_id] = [msg, 0.0, time.monotonic() + 1.0]
+            self._telemetry(msg, 0.0, False, "")
+        elif isinstance(msg, m.EndSupply):
+            entry = self.supplies.pop(msg.cp_id, None)
+            if entry is not None:
+                self._telemetry(entry[0], entry[1], True, str(msg.reason))
 
     def _telemetry(self, order: m.StartSupply, kwh: float, final: bool, reason: str) -> None:
         reading = m.Telemetry(
@@ -277,11 +281,18 @@ class Engines:
         self.bus.send(TELEMETRY, auth.sign(reading, self.keys[order.cp_id]), order.cp_id)
         self.sent += 1
 
-    def _tick(self) -> None:
-        while not self.stop.wait(1.0):
-            with self.lock:
-                for entry in self.supplies.values():
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self._apply(self.orders.get(timeout=0.01))
+                continue  # orders first: a start or an end waits for nobody
+            except queue.Empty:
+                pass
+            now = time.monotonic()
+            for entry in self.supplies.values():
+                if entry[2] <= now:
                     entry[1] += self.power
+                    entry[2] += 1.0
                     self._telemetry(entry[0], entry[1], False, "")
 
 
@@ -445,17 +456,22 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         engines = Engines(bus, monitors.keys)
         answers: dict[str, float] = {}
         tickets: dict[str, float] = {}
+        # where each authorization's time went (wall clock): decided in central (its
+        # ts), written to Kafka (the record's timestamp), read here
+        stages: dict[str, tuple[float, float, float]] = {}
         auth_of: dict[str, m.Authorization] = {}
         lock = threading.Lock()
         stop = threading.Event()
-        watcher = bus.consumer([CONTROL])
+        watcher = bus.consumer([CONTROL], gather=0.02)  # every order, answer and ticket
 
-        def on_control(msg: m.Message, _d: object) -> None:
+        def on_control(msg: m.Message, delivery: Any) -> None:
             now = time.monotonic()
+            engines.order(msg)
             with lock:
                 if isinstance(msg, m.Authorization):
                     answers[msg.request_id] = now
                     auth_of[msg.request_id] = msg
+                    stages[msg.request_id] = (msg.ts, delivery.timestamp, time.time())
                 elif isinstance(msg, m.Ticket):
                     tickets[msg.session_id] = now
 
@@ -470,10 +486,12 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         lt = time.localtime()
         since = lt.tm_hour * 3600 + lt.tm_min * 60 + lt.tm_sec  # the measured window
         sent: dict[str, float] = {}
+        sent_wall: dict[str, float] = {}
         pace = min(0.002, 1.0 / max(1, n_supplies))  # all requests within about a second
         for i, driver in enumerate(sim_drivers):
             req = auth.sign(m.ChargeRequest(driver_id=driver, cp_id=sim_cps[i]), keys[driver])
             sent[req.msg_id] = time.monotonic()
+            sent_wall[req.msg_id] = req.ts
             bus.send(REQUESTS, req, req.cp_id)
             time.sleep(pace)
         deadline = time.monotonic() + 60
@@ -481,6 +499,13 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
             time.sleep(0.05)
         figures["authorization"] = summary([answers[k] - v for k, v in sent.items()
                                             if k in answers])
+        figures["authorization_stages"] = {
+            "to_decided": summary([stages[k][0] - t for k, t in sent_wall.items()
+                                   if k in stages]),
+            "decided_to_written": summary([stages[k][1] - stages[k][0] for k in sent_wall
+                                           if k in stages]),
+            "written_to_read": summary([stages[k][2] - stages[k][1] for k in sent_wall
+                                        if k in stages])}
         figures["authorized"] = sum(1 for k in sent if k in auth_of and auth_of[k].authorized)
         rss: list[tuple[float, float]] = []
         lags: list[int] = []
@@ -552,6 +577,10 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
           f"(+{figures.get('ended_before_asked')} ended before asked); simulated monitors "
           f"dropped by central: {figures.get('monitors_dropped')}")
     show("request -> authorization (simulated)", figures.get("authorization", {}))
+    for stage, label in (("to_decided", "  request -> decided in central"),
+                         ("decided_to_written", "  decided -> written to Kafka"),
+                         ("written_to_read", "  written -> read by the driver")):
+        show(label, figures.get("authorization_stages", {}).get(stage, {}))
     show("request -> authorization (real drivers)",
          figures.get("real_driver_authorization", {}))
     show("end request -> ticket (simulated)", figures.get("ticket", {}))

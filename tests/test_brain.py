@@ -7,7 +7,7 @@ import time
 import pytest
 
 from evc.central.brain import Brain, Settings, Wait
-from evc.central.events import ConnectionLost, MonitorFrame, OperatorLine
+from evc.central.events import ConnectionLost, Heartbeats, MonitorFrame, OperatorLine
 from evc.protocol import messages as m
 from evc.store import Store, read_database
 from tests.fakes import FakeLink, FakeOutbox, RecordingView
@@ -75,6 +75,20 @@ def test_register_fault_recover_lose(parts):
     assert state(brain, "CP-01") is m.CPState.ACTIVADO
     brain.apply(ConnectionLost(1, "peer", "closed"))
     assert state(brain, "CP-01") is m.CPState.DESCONECTADO
+
+
+def test_heartbeats_reported_together_mark_each_monitor_seen(parts):
+    brain, _, _, link, _ = parts
+    register(brain, 1, "CP-01")
+    register(brain, 2, "CP-02")
+    brain.cps["CP-01"].last_seen = brain.cps["CP-02"].last_seen = 5.0
+    brain.apply(Heartbeats(((1, "CP-01"), (2, "CP-02"), (99, "CP-01")), at=1234.5))
+    assert brain.cps["CP-01"].last_seen == brain.cps["CP-02"].last_seen == 1234.5
+    assert not link.closed  # conn 99 is gone (or never was): its beat says nothing
+    # a registered connection that beats for another CP is closed, like any other frame
+    brain.apply(Heartbeats(((2, "CP-01"),), at=1240.0))
+    assert link.closed[-1][0] == 2 and link.closed[-1][2].code is m.RejectCode.PROTOCOL
+    assert brain.cps["CP-01"].last_seen == 1234.5
 
 
 def test_registration_with_engine_ko_is_averiado(parts):

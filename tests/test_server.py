@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from evc.central.events import ConnectionLost, MonitorFrame
+from evc.central.events import ConnectionLost, Heartbeats, MonitorFrame
 from evc.central.server import MonitorServer
 from evc.net import Address
 from evc.protocol import messages as m
@@ -67,6 +67,30 @@ def test_frames_become_events_and_heartbeats_are_acked(running):
         assert recv_frame(sock) is None  # then closed
     lost = running.next_event(ConnectionLost)
     assert lost.conn_id == frame.conn_id and lost.reason == "bye"
+
+
+def test_registered_monitors_heartbeats_come_together_and_before_their_loss(running):
+    with running.connect() as sock:
+        sock.sendall(encode_frame(m.Register(cp_id="CP-01").to_wire()))
+        frame = running.next_event(MonitorFrame)
+        running.server.send(frame.conn_id, m.RegisterAccepted(
+            cp_id="CP-01", location="x", price_eur_kwh=0.3))
+        assert recv_frame(sock)["type"] == "register_ok"
+        t0 = time.time()
+        for _ in range(3):
+            sock.sendall(encode_frame(m.Heartbeat(cp_id="CP-01").to_wire()))
+            assert recv_frame(sock)["type"] == "heartbeat_ack"  # each one answered at once
+        beats = running.next_event(Heartbeats)  # not an event per beat
+        assert beats.beats == ((frame.conn_id, "CP-01"),) and beats.at >= t0
+        sock.sendall(encode_frame(m.Heartbeat(cp_id="CP-01").to_wire()))
+        assert recv_frame(sock)["type"] == "heartbeat_ack"
+    # the last beat is reported (by the timer, or at the latest when the connection goes)
+    # before the loss: the brain sees what it said, then that it went
+    seen = []
+    while not seen or not isinstance(seen[-1], ConnectionLost):
+        seen.append(running.events.get(timeout=5))
+    assert len(seen) >= 2 and all(isinstance(e, Heartbeats) and e.beats == (
+        (frame.conn_id, "CP-01"),) for e in seen[:-1])
 
 
 def test_a_silent_connection_is_closed_and_reported():

@@ -50,6 +50,7 @@ from evc.protocol.topics import ALL_TOPICS, COMPACTED, ONE_PARTITION, Delivery
 log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
+GATHER_BYTES = 256 << 10  # a gathering fetch returns early once it holds this much
 TOPIC_AUTHORIZATION_FAILED = 29  # Kafka's error code
 MAX_BLOCK_MS = 1000  # send() waits at most this long for metadata or buffer space
 
@@ -272,6 +273,7 @@ class KafkaBus:
         from_beginning: bool | Iterable[str] = False,
         keys: Mapping[str, Iterable[str]] | None = None,
         start: Mapping[tuple[str, int], int] | None = None,
+        gather: float = 0.0,
     ) -> Consumer:
         """A consumer of ``topics`` (unprefixed names).
 
@@ -279,10 +281,11 @@ class KafkaBus:
         hold those keys' records. ``start`` positions partitions ((prefixed topic,
         partition) -> offset); the others begin where ``group_id`` last committed,
         else at the end, or at the beginning for ``from_beginning`` (True, or the
-        names of the topics to read from their beginning).
+        names of the topics to read from their beginning). ``gather`` (seconds): a
+        consumer of much traffic lets the broker collect records that long per fetch.
         """
         return Consumer(self, list(topics), group_id=group_id, from_beginning=from_beginning,
-                        keys=keys, start=start)
+                        keys=keys, start=start, gather=gather)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self, timeout: float = 1.0) -> None:
@@ -341,6 +344,7 @@ class Consumer:
         from_beginning: bool | Iterable[str],
         keys: Mapping[str, Iterable[str]] | None,
         start: Mapping[tuple[str, int], int] | None,
+        gather: float = 0.0,
     ) -> None:
         self._bus = bus
         self.live_from: dict[tuple[str, int], int] = {}  # end offsets when assigned
@@ -365,7 +369,12 @@ class Consumer:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest" if from_beginning is True else "latest",
                 bootstrap_timeout_ms=timeout_ms,
-                fetch_max_wait_ms=500,
+                # idle: the broker holds a fetch up to 500 ms and answers the moment a
+                # record arrives; ``gather``: it holds it that long to collect records
+                # (a busy consumer then makes a few large fetches a second, not hundreds
+                # of small ones: kafka-python's CPU goes with the number of fetches)
+                fetch_max_wait_ms=int(gather * 1000) if gather else 500,
+                fetch_min_bytes=GATHER_BYTES if gather else 1,
                 # central sends in transactions: what a deposed central left open and
                 # the new one aborted is never seen
                 isolation_level="read_committed",
@@ -458,18 +467,36 @@ class Consumer:
             if delivery.offset + 1 > self._acked.get(tp, -1):
                 self._acked[tp] = delivery.offset + 1
 
-    def _commit_acked(self) -> None:
+    def _commit_acked(self, wait: bool = False) -> None:
+        """Commit what the owner acknowledged. Between polls without waiting for the
+        broker (a synchronous commit per poll held every fetch back by a round trip);
+        ``wait`` at the end of ``run``."""
         if self.group_id is None:
             return
         with self._ack_lock:
             due = {tp: off for tp, off in self._acked.items() if self._committed.get(tp) != off}
-        if not due:
-            return
+            if not due:
+                return
+            self._committed.update(due)  # taken back below if the broker refuses
+        offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in due.items()}
         try:
-            self._consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in due.items()})
-            self._committed.update(due)
+            if wait:
+                self._consumer.commit(offsets)
+            else:
+                self._consumer.commit_async(offsets, callback=self._committed_async)
         except KafkaError as exc:  # the broker is away: the next round retries
-            log.warning("offset commit failed, will retry: %s", exc)
+            self._commit_failed(due, exc)
+
+    def _committed_async(self, offsets: Mapping[TopicPartition, Any], result: Any) -> None:
+        if isinstance(result, BaseException):
+            self._commit_failed({tp: meta.offset for tp, meta in offsets.items()}, result)
+
+    def _commit_failed(self, due: Mapping[TopicPartition, int], exc: BaseException) -> None:
+        log.warning("offset commit failed, will retry: %s", exc)
+        with self._ack_lock:
+            for tp, off in due.items():
+                if self._committed.get(tp) == off:
+                    del self._committed[tp]
 
     def poll(self, timeout: float = 0.2,
              on_skip: Callable[[Delivery, str], Any] | None = None
@@ -517,7 +544,7 @@ class Consumer:
                     handle(message, delivery)
                 if not self.caught_up.is_set():  # after handing out what was read
                     self._check_caught_up()
-            self._commit_acked()
+            self._commit_acked(wait=True)
         finally:
             self.close()
 

@@ -47,6 +47,7 @@ from evc.central.events import (
     BusSkipped,
     ConnectionLost,
     Event,
+    Heartbeats,
     MonitorFrame,
     OperatorKey,
     OperatorLine,
@@ -472,6 +473,8 @@ class Brain:
     def _apply(self, event: Event) -> None:
         if isinstance(event, MonitorFrame):
             self.on_frame(event)
+        elif isinstance(event, Heartbeats):
+            self.on_heartbeats(event)
         elif isinstance(event, ConnectionLost):
             self.on_connection_lost(event.conn_id, event.reason)
         elif isinstance(event, BusMessage):
@@ -676,11 +679,8 @@ class Brain:
                                      reason="register first", code=RejectCode.PROTOCOL))
             return
         cp = self.cps[cp_id]
-        if isinstance(msg, Register) or getattr(msg, "cp_id", cp_id) != cp_id:
-            self.link.close_connection(
-                event.conn_id, f"monitor of {cp_id} spoke for another CP",
-                RegisterRejected(cp_id=cp_id, reason="one connection serves one CP",
-                                 code=RejectCode.PROTOCOL))
+        said = "" if isinstance(msg, Register) else getattr(msg, "cp_id", cp_id)
+        if not self._speaks_for(event.conn_id, cp_id, said):  # a second register counts
             return
         cp.last_seen = time.time()
         if isinstance(msg, Heartbeat):
@@ -689,6 +689,25 @@ class Brain:
             self.on_fault(cp, msg.reason or "engine fault")
         elif isinstance(msg, RecoveryReport):
             self.on_recovered(cp)
+
+    def _speaks_for(self, conn_id: int, cp_id: str, said: str) -> bool:
+        """A registered connection serves its own CP only: one that speaks for another
+        is closed."""
+        if said == cp_id:
+            return True
+        self.link.close_connection(
+            conn_id, f"monitor of {cp_id} spoke for another CP",
+            RegisterRejected(cp_id=cp_id, reason="one connection serves one CP",
+                             code=RejectCode.PROTOCOL))
+        return False
+
+    def on_heartbeats(self, event: Heartbeats) -> None:
+        """Registered monitors that beat: they were seen then. (A connection the brain
+        no longer holds was closed or replaced meanwhile: its beats say nothing.)"""
+        for conn_id, said in event.beats:
+            cp_id = self.by_conn.get(conn_id)
+            if cp_id is not None and self._speaks_for(conn_id, cp_id, said):
+                self.cps[cp_id].last_seen = event.at
 
     def on_register(self, conn_id: int, peer: str, msg: Register) -> None:
         cp = self.cps.get(msg.cp_id)

@@ -18,6 +18,18 @@ class MonitorFrame:
 
 
 @dataclass(frozen=True)
+class Heartbeats:
+    """Heartbeats of registered connections since the last such event, as (conn_id,
+    cp_id) pairs, heard by wall-clock time ``at``. The server acknowledges each at once
+    and reports them together a few times a second: thousands of monitors beating each
+    second are not thousands of events for the brain. (A connection's own silence is the
+    server's to judge; a heartbeat of an unregistered connection is a MonitorFrame.)"""
+
+    beats: tuple[tuple[int, str], ...]
+    at: float
+
+
+@dataclass(frozen=True)
 class ConnectionLost:
     """Connection ``conn_id`` is gone (closed, broken, silent or malformed)."""
 
@@ -70,4 +82,5 @@ class OperatorKey:
     key: str
 
 
-Event = MonitorFrame | ConnectionLost | BusMessage | BusSkipped | Sent | OperatorLine | OperatorKey
+Event = (MonitorFrame | Heartbeats | ConnectionLost | BusMessage | BusSkipped | Sent | OperatorLine
+         | OperatorKey)

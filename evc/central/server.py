@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from evc.central.events import ConnectionLost, Event, MonitorFrame
+from evc.central.events import ConnectionLost, Event, Heartbeats, MonitorFrame
 from evc.errors import ConfigError, ProtocolError
 from evc.net import Address
 from evc.protocol.framing import FrameDecoder, encode_frame
@@ -40,6 +40,7 @@ from evc.protocol.messages import (
 log = logging.getLogger(__name__)
 
 MAX_OUTBUF = 1 << 20
+BEAT_REPORT = 0.2  # seconds between two Heartbeats events
 
 
 @dataclass
@@ -92,6 +93,8 @@ class MonitorServer:
         self._accept_paused_until = 0.0
         self._sel = selectors.DefaultSelector()
         self._conns: dict[int, _Conn] = {}
+        self._beats: dict[int, str] = {}  # registered conn_id -> cp_id, since the last report
+        self._next_beats = 0.0
         self._next_id = 1
         self._next_expiry_check = 0.0
         self._requests: queue.SimpleQueue[tuple[str, int, object]] = queue.SimpleQueue()
@@ -173,6 +176,8 @@ class MonitorServer:
                             self._flush(conn)
                 self._serve_requests()
                 self._expire_silent()
+                if self._beats and time.monotonic() >= self._next_beats:
+                    self._report_beats()
         finally:
             self._cleanup()
 
@@ -254,11 +259,19 @@ class MonitorServer:
                     raise ProtocolError(f"a monitor may not send {message.TYPE!r}")
                 if isinstance(message, Heartbeat):
                     self._queue_out(conn, HeartbeatAck(cp_id=message.cp_id))
+                    if conn.registered:
+                        self._beats[conn.conn_id] = message.cp_id
+                        continue
                 self.events.put(MonitorFrame(conn.conn_id, conn.peer, message))
         except ProtocolError as exc:
             log.warning("protocol error from %s: %s", conn.peer, exc)
             self._queue_out(conn, ErrorFrame(reason=str(exc)))
             self._close_after_flush(conn, f"protocol error: {exc}")
+
+    def _report_beats(self) -> None:
+        beats, self._beats = self._beats, {}
+        self.events.put(Heartbeats(tuple(beats.items()), time.time()))
+        self._next_beats = time.monotonic() + BEAT_REPORT
 
     def _registered(self, conn: _Conn) -> None:
         if not conn.registered:
@@ -370,6 +383,8 @@ class MonitorServer:
               linger: bool = False) -> None:
         if self._conns.pop(conn.conn_id, None) is None:
             return
+        if conn.conn_id in self._beats and notify:
+            self._report_beats()  # what it said before it went, first
         if not conn.registered:
             self._forget_unregistered(conn)
         try:

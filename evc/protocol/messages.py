@@ -17,6 +17,7 @@ import os
 import time
 import types
 import typing
+from collections.abc import Callable
 from enum import Enum
 from typing import Any, ClassVar, TypeVar, Union
 
@@ -133,15 +134,15 @@ class Message:
 
     def __post_init__(self) -> None:
         """Every id, token and text field follows protocol.ids, whoever built it."""
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.name in ID_FIELDS:
-                check_id(value, field.name)
-            elif field.name in TOKEN_FIELDS:
-                if value or field.default != "":
-                    check_token(value, field.name)
-            elif field.name in TEXT_FIELDS and isinstance(value, str):
-                check_text(value, field.name)
+        for name, rule, optional in _table(type(self)).rules:
+            value = getattr(self, name)
+            if rule is check_id:
+                check_id(value, name)
+            elif rule is check_token:
+                if value or not optional:
+                    check_token(value, name)
+            elif isinstance(value, str):
+                check_text(value, name)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -152,13 +153,13 @@ class Message:
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.TYPE}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.name in ("kid", "mac") and not value:
+        for name, key in _table(type(self)).keys:
+            value = getattr(self, name)
+            if not value and (name == "kid" or name == "mac"):
                 continue  # unsigned: the wire stays as it was
             if isinstance(value, Enum):
                 value = value.value
-            out[field.metadata.get("wire", field.name)] = value
+            out[key] = value
         return out
 
 
@@ -166,46 +167,81 @@ def message_types() -> dict[str, type[Message]]:
     return dict(_REGISTRY)
 
 
+Check = Callable[[Any, str], Any]
+
+
 def _check(value: Any, hint: Any, where: str) -> Any:
     """Validate ``value`` against a field's type hint; return it converted."""
+    return _checker(hint)(value, where)
+
+
+def _checker(hint: Any) -> Check:
+    """The function that validates (and converts) a value of type ``hint``: worked out
+    once per field, not once per message (every frame and record is checked)."""
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
         args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
+        optional = type(None) in args
         (inner,) = [a for a in args if a is not type(None)]
-        return _check(value, inner, where)
+        check_inner = _checker(inner)
+
+        def check_union(value: Any, where: str) -> Any:
+            if value is None and optional:
+                return None
+            return check_inner(value, where)
+
+        return check_union
     if isinstance(hint, type) and issubclass(hint, Enum):
-        try:
-            return hint(value)
-        except ValueError:
-            allowed = ", ".join(str(m.value) for m in hint)
-            raise ProtocolError(f"{where}: {value!r} is not one of {allowed}") from None
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ProtocolError(f"{where}: expected true/false, got {type(value).__name__}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ProtocolError(f"{where}: expected a number, got {type(value).__name__}")
-        try:
-            number = float(value)
-        except OverflowError:
-            raise ProtocolError(f"{where}: number too large") from None
-        if not math.isfinite(number):
-            raise ProtocolError(f"{where}: not a finite number")
-        return number
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ProtocolError(f"{where}: expected an integer, got {type(value).__name__}")
-        if abs(value) > 2**63:
-            raise ProtocolError(f"{where}: integer too large")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise ProtocolError(f"{where}: expected a string, got {type(value).__name__}")
-        return value
-    raise TypeError(f"unsupported field type {hint!r}")  # a bug in this module, not input
+        enum = hint
+
+        def check_enum(value: Any, where: str) -> Any:
+            try:
+                return enum(value)
+            except ValueError:
+                allowed = ", ".join(str(m.value) for m in enum)
+                raise ProtocolError(f"{where}: {value!r} is not one of {allowed}") from None
+
+        return check_enum
+    checker = _SIMPLE.get(hint)
+    if checker is None:
+        raise TypeError(f"unsupported field type {hint!r}")  # a bug in this module, not input
+    return checker
+
+
+def _check_bool(value: Any, where: str) -> Any:
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{where}: expected true/false, got {type(value).__name__}")
+    return value
+
+
+def _check_float(value: Any, where: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError(f"{where}: expected a number, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ProtocolError(f"{where}: number too large") from None
+    if not math.isfinite(number):
+        raise ProtocolError(f"{where}: not a finite number")
+    return number
+
+
+def _check_int(value: Any, where: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{where}: expected an integer, got {type(value).__name__}")
+    if abs(value) > 2**63:
+        raise ProtocolError(f"{where}: integer too large")
+    return value
+
+
+def _check_str(value: Any, where: str) -> Any:
+    if not isinstance(value, str):
+        raise ProtocolError(f"{where}: expected a string, got {type(value).__name__}")
+    return value
+
+
+_SIMPLE: dict[Any, Check] = {bool: _check_bool, float: _check_float, int: _check_int,
+                             str: _check_str}
 
 
 def from_wire(obj: dict[str, Any]) -> Message:
@@ -232,30 +268,50 @@ def _from_wire(obj: dict[str, Any]) -> Message:
     if cls is None:
         raise ProtocolError(f"unknown message type {kind!r}")
     values: dict[str, Any] = {}
-    for name, key, hint, has_default in _shape(cls):
+    for name, key, check, where, has_default in _table(cls).decode:
         if key not in obj:
             if has_default:
                 continue
             raise ProtocolError(f"{kind}: missing key {key!r}")
-        values[name] = _check(obj[key], hint, f"{kind}.{key}")
+        values[name] = check(obj[key], where)
     return cls(**values)
 
 
-_SHAPES: dict[type[Message], tuple[tuple[str, str, Any, bool], ...]] = {}
+@dataclasses.dataclass(frozen=True)
+class _Table:
+    """What encoding, decoding and checking a message class needs of its fields."""
+
+    keys: tuple[tuple[str, str], ...]  # (field, wire key)
+    decode: tuple[tuple[str, str, Check, str, bool], ...]  # (field, key, check, where, default)
+    rules: tuple[tuple[str, Callable[..., str], bool], ...]  # (field, protocol.ids rule, "")
 
 
-def _shape(cls: type[Message]) -> tuple[tuple[str, str, Any, bool], ...]:
-    """(field, wire key, type, has a default) of each field: worked out once per class
-    (``typing.get_type_hints`` is costly, and every frame and record goes through here)."""
-    shape = _SHAPES.get(cls)
-    if shape is None:
+_TABLES: dict[type[Message], _Table] = {}
+
+
+def _table(cls: type[Message]) -> _Table:
+    """The class' field table, worked out once (``typing.get_type_hints`` and
+    ``dataclasses.fields`` are costly, and every frame and record goes through here)."""
+    table = _TABLES.get(cls)
+    if table is None:
         hints = typing.get_type_hints(cls)
-        shape = _SHAPES[cls] = tuple(
-            (f.name, f.metadata.get("wire", f.name), hints[f.name],
+        fields = dataclasses.fields(cls)
+        keys = tuple((f.name, f.metadata.get("wire", f.name)) for f in fields)
+        decode = tuple(
+            (f.name, key, _checker(hints[f.name]), f"{cls.TYPE}.{key}",
              f.default is not dataclasses.MISSING
              or f.default_factory is not dataclasses.MISSING)
-            for f in dataclasses.fields(cls))
-    return shape
+            for f, (_, key) in zip(fields, keys, strict=True))
+        rules: list[tuple[str, Callable[..., str], bool]] = []
+        for f in fields:
+            if f.name in ID_FIELDS:
+                rules.append((f.name, check_id, False))
+            elif f.name in TOKEN_FIELDS:
+                rules.append((f.name, check_token, f.default == ""))
+            elif f.name in TEXT_FIELDS:
+                rules.append((f.name, check_text, False))
+        table = _TABLES[cls] = _Table(keys, decode, tuple(rules))
+    return table
 
 
 SEED_REQUEST_KEYS = frozenset({"driver_id", "cp_id_solicitado"})
