@@ -38,6 +38,7 @@ from typing import Any
 
 from benchmarks.procinfo import cpu_seconds, rss_mb
 from evc.bus import KafkaBus
+from evc.errors import BusError
 from evc.protocol import auth
 from evc.protocol import messages as m
 from evc.protocol.framing import FrameDecoder, encode_frame
@@ -572,6 +573,11 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
             central.wait(10)
         except subprocess.TimeoutExpired:
             central.kill()
+        try:  # the next step (or run) gets a broker without this one's partitions
+            with KafkaBus(args.kafka, prefix=prefix, client_id="evc-bench-cleanup") as admin:
+                admin.delete_topics()
+        except BusError as exc:
+            print(f"  (could not delete this step's topics: {exc})")
     print(f"  registrations {figures.get('registrations_per_s')}/s; authorized "
           f"{figures.get('authorized')} of {n_supplies}; tickets {figures.get('tickets')} "
           f"(+{figures.get('ended_before_asked')} ended before asked); simulated monitors "

@@ -33,7 +33,9 @@ def free_port() -> int:
 
 
 def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1")
+    # one credentials folder for central (which writes them) and the CP (which proves them)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1",
+               EVC_CREDENTIALS_DIR=str(log.parent / "credentials"))
     return subprocess.Popen(EVC + args, stdout=open(log, "ab"),  # noqa: SIM115
                             stderr=subprocess.STDOUT, stdin=subprocess.PIPE, env=env,
                             start_new_session=True)
@@ -55,38 +57,47 @@ def one_round(kafka: str, sig: int, tmp: Path) -> dict[str, float]:
     port, eport = free_port(), free_port()
     (tmp / "cps.csv").write_text("CP-01,Calle 1,0.3\n")
     (tmp / "r.txt").write_text("CP-01\n")
+    (tmp / "drivers.txt").write_text("D-1\n")
     logs = {name: tmp / f"{name}-{prefix}.log" for name in
             ("central", "engine", "monitor", "driver", "status")}
-    procs = {
-        "central": start(["central", str(port), kafka, str(tmp / f"{prefix}c.json"), "--cps",
-                          str(tmp / "cps.csv"), "--listen-host", "127.0.0.1", "--display",
-                          "plain", *common], logs["central"]),
-    }
-    wait_text(logs["central"], "central ready")
-    procs["engine"] = start(["cp-engine", kafka, "--listen", f"127.0.0.1:{eport}",
-                             "--state-dir", str(state), *common], logs["engine"])
-    wait_text(logs["engine"], "engine listening")
-    procs["monitor"] = start(["cp-monitor", f"127.0.0.1:{eport}", f"127.0.0.1:{port}",
-                              "CP-01"], logs["monitor"])
-    wait_text(logs["monitor"], "registered with central")
-    procs["driver"] = start(["driver", kafka, "D-1", "--file", str(tmp / "r.txt"),
-                             "--charge-seconds", "60", "--state-dir", str(state), *common],
-                            logs["driver"])
-    procs["status"] = start(["status", kafka, *common], logs["status"])
-    wait_text(logs["driver"], "live at CP-01")
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     took: dict[str, float] = {}
-    for name in ("driver", "status", "monitor", "engine", "central"):
-        proc = procs[name]
-        t0 = time.monotonic()
-        proc.send_signal(sig)
-        try:
-            code = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            code = proc.wait(5)
-        took[name] = time.monotonic() - t0
-        if code != 0 or "Traceback" in logs[name].read_text(errors="replace"):
-            print(f"  {name}: exit {code}; see {logs[name]}")
+    try:
+        procs.update({
+            "central": start(["central", str(port), kafka, str(tmp / f"{prefix}c.json"), "--cps",
+                              str(tmp / "cps.csv"), "--drivers", str(tmp / "drivers.txt"),
+                              "--listen-host", "127.0.0.1", "--display",
+                              "plain", *common], logs["central"]),
+        })
+        wait_text(logs["central"], "central ready")
+        procs["engine"] = start(["cp-engine", kafka, "--listen", f"127.0.0.1:{eport}",
+                                 "--state-dir", str(state), *common], logs["engine"])
+        wait_text(logs["engine"], "engine listening")
+        procs["monitor"] = start(["cp-monitor", f"127.0.0.1:{eport}", f"127.0.0.1:{port}",
+                                  "CP-01"], logs["monitor"])
+        wait_text(logs["monitor"], "registered with central")
+        procs["driver"] = start(["driver", kafka, "D-1", "--file", str(tmp / "r.txt"),
+                                 "--charge-seconds", "60", "--state-dir", str(state), *common],
+                                logs["driver"])
+        procs["status"] = start(["status", kafka, *common], logs["status"])
+        wait_text(logs["driver"], "live at CP-01")
+        for name in ("driver", "status", "monitor", "engine", "central"):
+            proc = procs[name]
+            t0 = time.monotonic()
+            proc.send_signal(sig)
+            try:
+                code = proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                code = proc.wait(5)
+            took[name] = time.monotonic() - t0
+            if code != 0 or "Traceback" in logs[name].read_text(errors="replace"):
+                print(f"  {name}: exit {code}; see {logs[name]}")
+    finally:  # whatever failed, nothing this round started lives on
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
     return took
 
 

@@ -1,4 +1,5 @@
-"""Central's TCP server for monitors: one selector thread, many connections.
+"""Central's TCP server for monitors: one selector loop, many connections, in a process
+of its own.
 
 The server only moves bytes: it frames, decodes and validates, answers
 heartbeats, enforces the deadlines and limits, and hands typed frames and losses
@@ -10,18 +11,38 @@ registered one must send a whole frame at least every ``silence_timeout`` (bytes
 trickled one by one do not count); one address may hold at most
 ``per_address`` connections that are not registered; when the process runs out
 of file descriptors the listener pauses instead of spinning.
+
+Why a process: thousands of monitors beat every second, and each beat is a frame to
+decode and one to answer. In central's own process that work would hold the one
+interpreter lock its rules, its Kafka clients and its board share; in a child of its
+own it runs on the other core. ``MonitorServer`` is what central sees (``send``,
+``close_connection``, ``stop`` from any thread; ``run`` in one thread, which starts
+the child and turns what it reports into events); ``_Loop`` is the child's selector
+loop. They talk over a socket pair in length-prefixed pickles (each other's, nobody
+else's). The child dies with its parent (a parent-death signal, and the end of the
+pair), ignores Ctrl+C (the parent stops it), and a child that dies alone ends
+central loudly.
 """
 
 from __future__ import annotations
 
+import ctypes
+import json
 import logging
+import os
+import pickle
 import queue
 import resource
 import selectors
+import signal
 import socket
+import struct
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from evc.central.events import ConnectionLost, Event, Heartbeats, MonitorFrame
 from evc.errors import ConfigError, ProtocolError
@@ -37,10 +58,17 @@ from evc.protocol.messages import (
     from_wire,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("evc.central.server")  # also in the child, where this is __main__
 
 MAX_OUTBUF = 1 << 20
 BEAT_REPORT = 0.2  # seconds between two Heartbeats events
+_LEN = struct.Struct(">I")
+_MAX_PARENT_BACKLOG = 64 << 20  # events the parent has not read: past this it is gone
+# Central tells its child it is alive this often; a child that has not heard from it for
+# PARENT_SILENCE stops answering heartbeats, so that a frozen central (stopped, swapped
+# out) looks to its monitors as silent as it is, and they move to another central.
+ALIVE_EVERY = 0.25
+PARENT_SILENCE = 1.0
 
 
 @dataclass
@@ -73,6 +101,32 @@ def connection_budget(reserve: int = 256) -> int:
     return max(16, limit - reserve)
 
 
+def _pack(obj: Any) -> bytes:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LEN.pack(len(data)) + data
+
+
+class _Unpacker:
+    """Length-prefixed pickles out of a byte stream, as they complete."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        self._buf += data
+        out = []
+        while len(self._buf) >= _LEN.size:
+            (length,) = _LEN.unpack_from(self._buf)
+            if len(self._buf) < _LEN.size + length:
+                break
+            out.append(pickle.loads(self._buf[_LEN.size:_LEN.size + length]))
+            del self._buf[:_LEN.size + length]
+        return out
+
+
+# ---------------------------------------------------------------------- central's side
+
+
 class MonitorServer:
     def __init__(
         self,
@@ -85,6 +139,130 @@ class MonitorServer:
         per_address: int = 64,
     ) -> None:
         self.events = events
+        self._config = {"silence_timeout": silence_timeout, "register_timeout": register_timeout,
+                        "per_address": per_address, "max_connections": max_connections,
+                        "log_level": log.getEffectiveLevel()}
+        self._stop = threading.Event()
+        self._life = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._running = False
+        self._cleaned = False
+        self._child: subprocess.Popen[bytes] | None = None
+        try:
+            family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+            self._listener = socket.socket(family, socket.SOCK_STREAM)
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._listener.bind(listen.pair)
+            self._listener.listen(1024)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+        self.address = Address(listen.host, self._listener.getsockname()[1])
+        self._pair, self._child_end = socket.socketpair()
+
+    # ------------------------------------------------------------------ API (any thread)
+    def send(self, conn_id: int, message: Message) -> None:
+        self._request(("send", conn_id, message))
+
+    def close_connection(self, conn_id: int, reason: str, final: Message | None = None) -> None:
+        """Send ``final`` (if any), then close; the brain gets ConnectionLost(reason)."""
+        self._request(("close", conn_id, (reason, final)))
+
+    def stop(self) -> None:
+        """End ``run`` (whose child closes every connection), or close now if it never
+        ran; idempotent."""
+        with self._life:
+            self._stop.set()
+            running = self._running
+        if running:
+            self._request(("stop",))
+        else:
+            self._cleanup()
+
+    def _request(self, request: tuple[Any, ...]) -> None:
+        data = _pack(request)
+        with self._send_lock:
+            try:
+                self._pair.sendall(data)
+            except OSError:
+                pass  # the child is gone: run() says so
+
+    # ------------------------------------------------------------------ run (own thread)
+    def run(self) -> None:
+        """Start the child, then hand what it reports to the brain until ``stop``."""
+        with self._life:
+            if self._stop.is_set():
+                return
+            self._running = True
+        try:
+            self._child = subprocess.Popen(
+                [sys.executable, "-m", "evc.central.server", str(self._listener.fileno()),
+                 str(self._child_end.fileno()), str(os.getpid()), json.dumps(self._config)],
+                pass_fds=(self._listener.fileno(), self._child_end.fileno()),
+                stdin=subprocess.DEVNULL)
+            self._listener.close()  # the child's now: the port goes with it
+            self._child_end.close()
+            self._pump()
+        finally:
+            self._cleanup()
+
+    def _pump(self) -> None:
+        unpacker = _Unpacker()
+        self._pair.settimeout(ALIVE_EVERY)
+        next_alive = 0.0
+        while True:
+            if time.monotonic() >= next_alive:
+                self._request(("alive",))
+                next_alive = time.monotonic() + ALIVE_EVERY
+            try:
+                data = self._pair.recv(1 << 16)
+            except TimeoutError:
+                if self._child is not None and self._child.poll() is not None:
+                    data = b""
+                else:
+                    continue
+            except OSError:
+                data = b""
+            if not data:
+                if self._stop.is_set():
+                    return
+                code = self._child.wait(1.0) if self._child is not None else None
+                raise RuntimeError(f"central's TCP server process ended (exit code {code})")
+            for item in unpacker.feed(data):
+                if item[0] == "log":
+                    _, name, level, text = item
+                    logging.getLogger(name).log(level, "%s", text)
+                else:
+                    self.events.put(item[1])
+
+    def _cleanup(self) -> None:
+        with self._life:
+            if self._cleaned:
+                return
+            self._cleaned = True
+        child = self._child
+        if child is not None:
+            try:
+                child.wait(1.0)
+            except subprocess.TimeoutExpired:
+                log.warning("TCP server process did not stop in time: killed")
+                child.kill()
+                child.wait(1.0)
+        for sock in (self._listener, self._child_end, self._pair):
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------------- the child's loop
+
+
+class _Loop:
+    """The selector loop (the child process' only thread)."""
+
+    def __init__(self, listener: socket.socket, parent: socket.socket, *,
+                 silence_timeout: float, register_timeout: float, per_address: int,
+                 max_connections: int | None) -> None:
         self.silence_timeout = silence_timeout
         self.max_connections = max_connections or connection_budget()
         self.register_timeout = register_timeout
@@ -97,73 +275,53 @@ class MonitorServer:
         self._next_beats = 0.0
         self._next_id = 1
         self._next_expiry_check = 0.0
-        self._requests: queue.SimpleQueue[tuple[str, int, object]] = queue.SimpleQueue()
-        self._stop = threading.Event()
-        self._life = threading.Lock()
-        self._running = False
-        self._cleaned = False
+        self._stopping = False
         # Closed connections still draining: central said its last word and sent FIN; it
         # reads and drops what the peer still sends for a moment, so the peer gets that
         # last word (an error frame) instead of a reset.
         self._lingering: dict[socket.socket, float] = {}
-        try:
-            family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-            self._listener = socket.socket(family, socket.SOCK_STREAM)
-            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._listener.bind(listen.pair)
-            self._listener.listen(1024)
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+        self._listener = listener
         self._listener.setblocking(False)
-        self.address = Address(listen.host, self._listener.getsockname()[1])
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._parent = parent
+        self._parent.setblocking(False)
+        self._to_parent = bytearray()
+        self._from_parent = _Unpacker()
+        self._parent_heard = time.monotonic()
         self._sel.register(self._listener, selectors.EVENT_READ, "listen")
-        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._sel.register(self._parent, selectors.EVENT_READ, "parent")
 
-    # ------------------------------------------------------------------ API (any thread)
-    def send(self, conn_id: int, message: Message) -> None:
-        self._request("send", conn_id, message)
+    def emit(self, item: tuple[Any, ...]) -> None:
+        """Queue an event (or a log record) for central; written as the socket takes it."""
+        self._to_parent += _pack(item)
+        if len(self._to_parent) > _MAX_PARENT_BACKLOG:
+            raise SystemExit("central does not read its TCP server's events: stopping")
+        self._flush_parent()
 
-    def close_connection(self, conn_id: int, reason: str, final: Message | None = None) -> None:
-        """Send ``final`` (if any), then close; the brain gets ConnectionLost(reason)."""
-        self._request("close", conn_id, (reason, final))
-
-    def stop(self) -> None:
-        """End ``run`` (which closes everything), or close now if it never ran; idempotent."""
-        with self._life:
-            self._stop.set()
-            running = self._running
-        if running:
-            self._wake()
-        else:
-            self._cleanup()
-
-    def _request(self, kind: str, conn_id: int, payload: object) -> None:
-        self._requests.put((kind, conn_id, payload))
-        self._wake()
-
-    def _wake(self) -> None:
+    def _flush_parent(self) -> None:
         try:
-            self._wake_w.send(b"x")
-        except (BlockingIOError, OSError):
-            pass  # already awake (buffer full) or shutting down
+            while self._to_parent:
+                sent = self._parent.send(self._to_parent)
+                del self._to_parent[:sent]
+        except (BlockingIOError, InterruptedError):
+            pass
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._to_parent else 0)
+        if self._sel.get_key(self._parent).events != events:
+            self._sel.modify(self._parent, events, "parent")
 
-    # ------------------------------------------------------------------ loop (own thread)
+    def _event(self, event: Event) -> None:
+        self.emit(("event", event))
+
     def run(self) -> None:
-        """The selector loop, until ``stop``; run it in its own thread."""
-        with self._life:
-            if self._stop.is_set():
-                return
-            self._running = True
         try:
-            while not self._stop.is_set():
+            while not self._stopping:
                 for key, mask in self._sel.select(timeout=0.2):
                     if key.data == "listen":
                         self._accept()
-                    elif key.data == "wake":
-                        self._drain_wake()
+                    elif key.data == "parent":
+                        if mask & selectors.EVENT_WRITE:
+                            self._flush_parent()
+                        if mask & selectors.EVENT_READ:
+                            self._from_central()
                     elif key.data == "linger":
                         self._linger_read(key.fileobj)  # type: ignore[arg-type]
                     else:
@@ -174,33 +332,59 @@ class MonitorServer:
                             self._read(conn)
                         if mask & selectors.EVENT_WRITE and conn.conn_id in self._conns:
                             self._flush(conn)
-                self._serve_requests()
                 self._expire_silent()
                 if self._beats and time.monotonic() >= self._next_beats:
                     self._report_beats()
+        except BaseException as exc:  # noqa: BLE001 - a bug: said in central's log, then out
+            log.critical("TCP server process died: %s", exc, exc_info=True)
+            raise
         finally:
             self._cleanup()
 
-    def _cleanup(self) -> None:
-        with self._life:
-            if self._cleaned:
+    def _from_central(self) -> None:
+        try:
+            data = self._parent.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # central is gone
+            self._stopping = True
+            return
+        self._parent_heard = time.monotonic()
+        for request in self._from_parent.feed(data):
+            kind = request[0]
+            if kind == "alive":
+                continue
+            if kind == "stop":
+                self._stopping = True
                 return
-            self._cleaned = True
+            conn = self._conns.get(request[1])
+            if conn is None:
+                continue
+            if kind == "send":
+                self._queue_out(conn, request[2])
+            elif kind == "close":
+                reason, final = request[2]
+                if final is not None:
+                    self._queue_out(conn, final)
+                if conn.conn_id in self._conns:
+                    self._close_after_flush(conn, reason)
+
+    def _cleanup(self) -> None:
         for conn in list(self._conns.values()):
             self._drop(conn, "central shutting down", notify=False)
         for sock in list(self._lingering):
             self._end_linger(sock)
         self._sel.close()
         self._listener.close()
-        self._wake_r.close()
-        self._wake_w.close()
-
-    def _drain_wake(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except (BlockingIOError, OSError):
+        try:  # what central has not read yet, if it is still there to read it
+            self._parent.setblocking(True)
+            self._parent.settimeout(0.5)
+            self._parent.sendall(self._to_parent)
+        except OSError:
             pass
+        self._parent.close()
 
     def _accept(self) -> None:
         for _ in range(64):
@@ -258,11 +442,12 @@ class MonitorServer:
                 if not isinstance(message, TCP_CENTRAL_TYPES):
                     raise ProtocolError(f"a monitor may not send {message.TYPE!r}")
                 if isinstance(message, Heartbeat):
-                    self._queue_out(conn, HeartbeatAck(cp_id=message.cp_id))
+                    if time.monotonic() - self._parent_heard < PARENT_SILENCE:
+                        self._queue_out(conn, HeartbeatAck(cp_id=message.cp_id))
                     if conn.registered:
                         self._beats[conn.conn_id] = message.cp_id
                         continue
-                self.events.put(MonitorFrame(conn.conn_id, conn.peer, message))
+                self._event(MonitorFrame(conn.conn_id, conn.peer, message))
         except ProtocolError as exc:
             log.warning("protocol error from %s: %s", conn.peer, exc)
             self._queue_out(conn, ErrorFrame(reason=str(exc)))
@@ -270,7 +455,7 @@ class MonitorServer:
 
     def _report_beats(self) -> None:
         beats, self._beats = self._beats, {}
-        self.events.put(Heartbeats(tuple(beats.items()), time.time()))
+        self._event(Heartbeats(tuple(beats.items()), time.time()))
         self._next_beats = time.monotonic() + BEAT_REPORT
 
     def _registered(self, conn: _Conn) -> None:
@@ -322,25 +507,6 @@ class MonitorServer:
     def _close_after_flush(self, conn: _Conn, reason: str) -> None:
         conn.closing = reason
         self._flush(conn)
-
-    def _serve_requests(self) -> None:
-        while True:
-            try:
-                kind, conn_id, payload = self._requests.get_nowait()
-            except queue.Empty:
-                return
-            conn = self._conns.get(conn_id)
-            if conn is None:
-                continue
-            if kind == "send":
-                assert isinstance(payload, Message)
-                self._queue_out(conn, payload)
-            elif kind == "close":
-                reason, final = payload  # type: ignore[misc]
-                if final is not None:
-                    self._queue_out(conn, final)
-                if conn.conn_id in self._conns:
-                    self._close_after_flush(conn, reason)
 
     def _linger_read(self, sock: socket.socket) -> None:
         try:
@@ -404,4 +570,54 @@ class MonitorServer:
             except OSError:
                 pass
         if notify:
-            self.events.put(ConnectionLost(conn.conn_id, conn.peer, reason))
+            self._event(ConnectionLost(conn.conn_id, conn.peer, reason))
+
+
+class _ToParent(logging.Handler):
+    """The child's log records go to central's log, through central."""
+
+    def __init__(self, loop: _Loop | None = None) -> None:
+        super().__init__()
+        self.loop = loop
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.loop is not None:
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            self.loop.emit(("log", record.name, record.levelno, text))
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGKILL this process when central dies, however it dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # elsewhere: the end of the socket pair still stops it
+    if os.getppid() != parent:  # central died before the line above
+        os._exit(0)
+
+
+def _child_main(argv: list[str]) -> None:
+    listener_fd, parent_fd, parent_pid, config_text = argv
+    _die_with_parent(int(parent_pid))
+    # Ctrl+C and SIGTERM reach the whole process group: central stops this process
+    # itself, after its own last words to the monitors
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    config = json.loads(config_text)
+    handler = _ToParent()
+    logging.basicConfig(level=config.pop("log_level"), handlers=[handler])
+    listener = socket.socket(fileno=int(listener_fd))
+    parent = socket.socket(fileno=int(parent_fd))
+    loop = _Loop(listener, parent, **config)
+    handler.loop = loop
+    try:
+        loop.run()
+    except BaseException:  # noqa: BLE001 - logged by the loop; central sees this end
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1:])
