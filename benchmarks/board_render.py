@@ -11,6 +11,7 @@ tall enough to show every row.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import statistics
@@ -28,6 +29,9 @@ from evc.store import Store
 class _Null:
     def send(self, *args: object, **kwargs: object) -> None:
         pass
+
+    def batch(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
 
     def close_connection(self, *args: object, **kwargs: object) -> None:
         pass

@@ -36,7 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.procinfo import cpu_seconds, rss_mb
+from benchmarks.procinfo import children, cpu_seconds, rss_mb
 from evc.bus import KafkaBus
 from evc.errors import BusError
 from evc.protocol import auth
@@ -482,7 +482,9 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         engine_probe = Probe(bus, {CONTROL: [sim_cps[0]], NETWORK: [CENTRAL_KEY]})
         driver_probe = Probe(bus, {TELEMETRY: [sim_cps[0]]})
         keys = {d: auth.driver_key(secret(creds, d)) for d in sim_drivers}
+        tcp = [pid for pid, cmd in children(central.pid) if "evc.central.server" in cmd]
         cpu0, wall0 = cpu_seconds(central.pid), time.monotonic()
+        tcp0 = sum(cpu_seconds(pid) for pid in tcp)
         own0 = sum(os.times()[:2])
         lt = time.localtime()
         since = lt.tm_hour * 3600 + lt.tm_min * 60 + lt.tm_sec  # the measured window
@@ -518,6 +520,7 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
             rss.append((time.monotonic() - t_run, rss_mb(central.pid)))
             time.sleep(1.0)
         cpu1, wall1 = cpu_seconds(central.pid), time.monotonic()
+        tcp1 = sum(cpu_seconds(pid) for pid in tcp)
         figures["telemetry_per_s"] = round((engines.sent - telemetry0) / (wall1 - t_run), 1)
         figures["engine_reads_per_s"] = round((engine_probe.count - probes0[0])
                                               / (wall1 - t_run), 1)
@@ -530,6 +533,7 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         figures["load_generator_cpu_pct"] = round(100 * (sum(os.times()[:2]) - own0)
                                                   / (wall1 - wall0))
         figures["central_cpu_pct"] = round(100 * (cpu1 - cpu0) / (wall1 - wall0))
+        figures["central_tcp_cpu_pct"] = round(100 * (tcp1 - tcp0) / (wall1 - wall0))
         figures["central_rss_mb"] = round(rss[-1][1] if rss else rss_mb(central.pid), 1)
         at_minute = [r for t, r in rss if t >= 60]
         if at_minute:
@@ -593,7 +597,8 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
     show("end request -> ticket (real drivers)", figures.get("real_driver_ticket", {}))
     print(f"  telemetry {figures.get('telemetry_per_s')} msg/s; central lag max "
           f"{figures.get('lag_records_max')} records (~{figures.get('lag_s_max')} s); CPU "
-          f"{figures.get('central_cpu_pct')}% of one core (load generator "
+          f"{figures.get('central_cpu_pct')}% of one core + its TCP server "
+          f"{figures.get('central_tcp_cpu_pct')}% (load generator "
           f"{figures.get('load_generator_cpu_pct')}%); RSS {figures.get('central_rss_mb')} MB"
           + (f" (minute 1: {figures['rss_at_minute_1_mb']} MB, "
              f"{figures['rss_growth_pct']:+} %)" if "rss_growth_pct" in figures else "")

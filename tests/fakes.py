@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from evc.protocol.messages import Message
 
 
@@ -22,6 +24,9 @@ class FakeOutbox:
         self.sent.append((topic, message, key))
         if on_done is not None:
             self.callbacks.append((message, on_done))
+
+    def batch(self):
+        return contextlib.nullcontext()
 
     def confirm_all(self, ok: bool = True) -> None:
         callbacks, self.callbacks = self.callbacks, []

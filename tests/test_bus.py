@@ -119,3 +119,30 @@ def test_send_after_close(bus):
     with pytest.raises(BusError, match="bus closed"):
         bus.send(REQUESTS, m.Heartbeat(cp_id="a"), "a")
     bus.close()  # idempotent
+
+
+def test_a_batch_is_one_transaction_with_its_messages(bus):
+    """What the brain queues in one batch (its stored changes, the messages they decided)
+    is committed whole: a changelog reader never sees the state without its messages."""
+    from evc.bus import ChangelogReader, Transactions
+    from evc.protocol.topics import CHANGELOG
+
+    txn = Transactions(bus, f"{bus.prefix}txn-test", CHANGELOG)
+    stop = threading.Event()
+    thread = threading.Thread(target=txn.run, args=(stop,))
+    thread.start()
+    done = threading.Event()
+    try:
+        with txn.batch():
+            txn.replicate([("cps/CP-01", '{"cp_id":"CP-01"}')])
+            time.sleep(0.5)  # a slow batch: the committer is free to look meanwhile
+            txn.send(CONTROL, m.StopCP(cp_id="CP-01"), "CP-01",
+                     lambda ok, _error: ok and done.set())
+        wait_for(done.is_set, 15, "the batch committed")
+        assert txn.committed == 1  # one transaction, not the changes first
+        reader = ChangelogReader(bus, CHANGELOG)
+        assert reader.read_to_end() == [("cps/CP-01", '{"cp_id":"CP-01"}')]
+        reader.close()
+    finally:
+        stop.set()
+        thread.join(5)

@@ -17,7 +17,7 @@ from evc.central.standby import StandbyModel
 from evc.errors import ConfigError, EvcError
 from evc.net import Address, parse_bootstrap
 from evc.protocol import messages as m
-from evc.store import CPS, META, SESSIONS, Store
+from evc.store import CPS, META, OUTBOX, SESSIONS, Store
 from tests.fakes import FakeLink, FakeOutbox, RecordingView
 
 
@@ -35,6 +35,15 @@ def test_a_commit_hands_its_changes_to_the_replica(tmp_path):
     assert seen[-1] == [("cps/CP-01", None)]
     store.commit()  # nothing changed: nothing handed over
     assert len(seen) == 2
+    # the outbox stays local: its messages go in the same transaction as the changes
+    store.put(OUTBOX, {"msg_id": "m1", "topic": "control_topic", "key": "CP-01", "wire": {}})
+    store.put_cp({"cp_id": "CP-02"})
+    store.commit()
+    assert seen[-1] == [("cps/CP-02", '{"cp_id":"CP-02"}')]
+    store.remove(OUTBOX, "m1")
+    store.commit()
+    assert len(seen) == 3  # the removal is local too: nothing to hand over
+    assert store.get(OUTBOX, "m1") is None and "outbox/m1" not in dict(store.changes())
     store.close()
 
 

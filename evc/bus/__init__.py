@@ -580,8 +580,11 @@ class Transactions:
     deposed central's next transaction fails: ``fenced`` is set and it must step down.
 
     ``send`` and ``replicate`` only queue (any thread); ``run`` (one thread) commits
-    what is queued, one transaction at a time. A failed transaction reports its messages
-    as not sent (their owner sends them again) and keeps its changes for the next one.
+    what is queued, one transaction at a time. What is queued inside ``batch()`` goes
+    into one transaction: the brain's batch, the state it stored and the messages that
+    state decided, is seen whole or not at all. A failed transaction is tried again
+    whole (with what was queued since); its messages are reported as not sent only when
+    this central can send nothing more (fenced, or stopped).
     """
 
     def __init__(self, bus: KafkaBus, transactional_id: str, changelog: str,
@@ -598,6 +601,7 @@ class Transactions:
         self.committed = 0  # transactions committed
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
+        self._batch = threading.RLock()  # held by whoever queues one batch (``batch``)
         self._changes: dict[str, str | None] = {}  # in order; the latest version of a key
         self._messages: list[tuple[str, Message | None, str, Done | None]] = []
         self._closed = False
@@ -624,6 +628,12 @@ class Transactions:
         return producer
 
     # ------------------------------------------------------------------ any thread
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """What is sent and replicated inside is committed in one transaction."""
+        with self._batch:
+            yield
+
     def send(self, topic: str, message: Message | None, key: str,
              on_done: Done | None = None) -> None:
         """Like ``KafkaBus.send``: queued for the next transaction."""
@@ -652,13 +662,15 @@ class Transactions:
                             break
                         self._wake.wait(0.2)
                         continue
+                with self._batch, self._lock:  # never half a batch
                     changes, self._changes = self._changes, {}
                     messages, self._messages = self._messages, []
                 if not self._commit(changes, messages):
-                    with self._lock:  # newer versions queued meanwhile win
+                    with self._lock:  # again, before what came since; newer versions win
                         for key, text in changes.items():
                             self._changes.setdefault(key, text)
-                    if stop.is_set():
+                        self._messages[:0] = messages
+                    if stop.is_set() or self.fenced.is_set():
                         break
                     stop.wait(0.5)
         finally:
@@ -687,7 +699,6 @@ class Transactions:
         except KafkaError as exc:
             fenced = isinstance(exc, (ProducerFencedError, InvalidProducerEpochError)) or \
                 "fenced" in type(exc).__name__.lower()
-            self._failed(messages, str(exc) or type(exc).__name__)
             if fenced and not self._still_leader():
                 log.critical("another central took over (this producer was fenced)")
                 self.fenced.set()
@@ -713,13 +724,6 @@ class Transactions:
         log.warning("Kafka aborted a transaction of this central (it outlived its timeout); "
                     "starting again")
         return True
-
-    @staticmethod
-    def _failed(messages: list[tuple[str, Message | None, str, Done | None]],
-                error: str) -> None:
-        for _, _, _, on_done in messages:
-            if on_done is not None:
-                on_done(False, error)
 
     def _end(self, producer: KafkaProducer, *, commit: bool) -> None:
         """Commit or abort, waiting at most ``timeout`` (kafka-python's own calls wait

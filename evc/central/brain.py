@@ -37,6 +37,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -112,6 +113,10 @@ class Outbox(Protocol):
 
     def send(self, topic: str, message: Message | None, key: str,
              on_done: Done | None = None) -> None: ...
+
+    def batch(self) -> AbstractContextManager[None]:
+        """What is sent (and stored) inside becomes visible together (bus.Transactions)."""
+        ...
 
 
 class Acker(Protocol):
@@ -453,10 +458,11 @@ class Brain:
                 pass
             for event in batch:
                 self.apply(event)
-            if time.monotonic() >= next_tick:
-                self.tick()
-                next_tick = time.monotonic() + self.settings.tick
-            self.flush()
+            with self.outbox.batch():  # the batch's state and messages, seen together
+                if time.monotonic() >= next_tick:
+                    self.tick()
+                    next_tick = time.monotonic() + self.settings.tick
+                self.flush()
             if self.quit_requested.is_set():
                 stop.set()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import logging
 import math
@@ -49,7 +50,7 @@ from evc.options import KAFKA, Common, common_options
 from evc.protocol.ids import check_id, check_text
 from evc.protocol.messages import CentralStatus, RegisterRejected, RejectCode
 from evc.protocol.topics import CENTRAL_KEY, CHANGELOG, LEASE, NETWORK, REQUESTS, TELEMETRY
-from evc.store import DRIVERS, META, AuditLog, Store
+from evc.store import DRIVERS, META, OUTBOX, AuditLog, Store
 from evc.store.credentials import CredentialFiles, default_dir
 
 log = logging.getLogger("evc.central")
@@ -371,6 +372,14 @@ def run_central(cfg: CentralConfig) -> None:
             if term.stepped_down and not stop.is_set():
                 view.note("stepped down: another central took over; this one is the standby "
                           "now", "error")
+                # What this term stored after it was fenced was never committed: the
+                # network's state is the changelog's, read again from its beginning.
+                reader.close()
+                reader = standby.reader = retrying(
+                    lambda: ChangelogReader(bus, CHANGELOG), wait=3600, stop=stop)
+                store.apply_changes(retrying(functools.partial(reader.read_to_end, stop),
+                                             wait=3600, stop=stop), replace=True)
+                store.commit()
     finally:
         stop.set()
         if isinstance(view, BoardView):
@@ -450,6 +459,13 @@ class ActiveTerm:
             store.replica = txn.replicate
             if publish_all and not caught:
                 txn.replicate(store.changes())  # an empty changelog gets this database
+            else:
+                # The changelog holds the network's state, written in the transactions of
+                # the messages it decided: whatever this store still has in its outbox
+                # (a term that was deposed) was never seen by anyone, and neither was its
+                # state. Nothing to send again.
+                for rec in store.outbox():
+                    store.remove(OUTBOX, str(rec["msg_id"]))
             meta = store.get(META, "epoch") or {}
             epoch = int(meta.get("value", 0)) + 1
             store.put(META, {"name": "epoch", "value": epoch, "central": self.identity,

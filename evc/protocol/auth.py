@@ -15,6 +15,7 @@ cipher: a proof is ``HMAC-SHA256(secret, label | fields…)``, compared in const
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import hmac
 import json
@@ -77,6 +78,7 @@ def check_proof(secret: str, cp_id: str, nonce: str, ts: float) -> str:
     return _hmac(secret, "evc health check v1", cp_id, nonce, repr(ts))
 
 
+@functools.lru_cache(maxsize=65536)
 def key_id(key: str) -> str:
     """A short public name for a key (which key signed a message), not the key."""
     return _hmac(key, "evc key id v1")[:16]
@@ -89,11 +91,14 @@ def _signed_bytes(wire: dict[str, Any]) -> bytes:
 
 
 def sign(message: M, key: str) -> M:
-    """``message`` with ``kid`` and ``mac`` set: HMAC-SHA256 over its canonical JSON."""
-    stamped = dataclasses.replace(message, kid=key_id(key), mac="")  # type: ignore[type-var]
-    wire = stamped.to_wire()  # type: ignore[attr-defined]
+    """``message`` with ``kid`` and ``mac`` set: HMAC-SHA256 over its canonical JSON
+    (the JSON of the message with that ``kid`` and no ``mac``, as ``verify`` sees it)."""
+    kid = key_id(key)
+    wire = message.to_wire()  # type: ignore[attr-defined]
+    wire.pop("mac", None)
+    wire["kid"] = kid
     mac = hmac.new(bytes.fromhex(key), _signed_bytes(wire), hashlib.sha256).hexdigest()
-    return dataclasses.replace(stamped, mac=mac)  # type: ignore[type-var]
+    return dataclasses.replace(message, kid=kid, mac=mac)  # type: ignore[type-var]
 
 
 def verify(message: Any, key: str) -> bool:

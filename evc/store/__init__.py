@@ -38,6 +38,7 @@ OUTBOX = "outbox"
 OFFSETS = "offsets"
 META = "meta"
 DRIVERS = "drivers"
+LOCAL_TABLES = frozenset({OUTBOX})  # journaled here, never replicated (see ``replica``)
 TABLES = {CPS: "cp_id", SESSIONS: "session_id", OUTBOX: "msg_id", OFFSETS: "tp", META: "name",
           DRIVERS: "driver_id"}
 """Every table and the field that keys its records."""
@@ -231,6 +232,9 @@ class Store:
         self._compact_error: StoreError | None = None
         # Called by commit() with the batch's changes, as ("<table>/<key>", record JSON or
         # None for a removal): the active central's changelog (docs/ARCHITECTURE.md).
+        # The outbox stays out of it: the changelog is written in the same transactions as
+        # the messages the batch decided, so a reader of the changelog never has to send
+        # them again (whatever it sees was sent with it).
         self.replica: Callable[[list[tuple[str, str | None]]], None] | None = None
         if journals or not self.path.exists():  # start from a whole, current TinyDB file
             self._compact(wait=True)
@@ -322,7 +326,7 @@ class Store:
         """Every record as a change ("<table>/<key>", JSON): the whole database, for a
         changelog that is still empty."""
         return [(f"{name}/{key}", text) for name, texts in self._json.items()
-                for key, text in texts.items()]
+                if name not in LOCAL_TABLES for key, text in texts.items()]
 
     def apply_changes(self, changes: Iterable[tuple[str, str | None]], *,
                       replace: bool = False) -> int:
@@ -402,21 +406,24 @@ class Store:
                 continue
             texts = self._json[name]
             parts = []
+            replicated = name not in LOCAL_TABLES
             for key in changed:
                 texts[key] = text = _dumps(records[key])
                 parts.append(f"{json.dumps(key, ensure_ascii=False)}:{text}")
-                changes.append((f"{name}/{key}", text))
+                if replicated:
+                    changes.append((f"{name}/{key}", text))
             changed.clear()
             puts.append(f"{json.dumps(name)}:{{{','.join(parts)}}}")
         removed = {name: sorted(keys) for name, keys in self._removed.items() if keys}
         for name, gone in removed.items():
-            changes += [(f"{name}/{key}", None) for key in gone]
+            if name not in LOCAL_TABLES:
+                changes += [(f"{name}/{key}", None) for key in gone]
         for keys in self._removed.values():
             keys.clear()
         line = f'{{"put":{{{",".join(puts)}}},"remove":{_dumps(removed)}}}\n'
         self._append(line.encode("utf-8"))
         self._dirty = False
-        if self.replica is not None:
+        if self.replica is not None and changes:
             self.replica(changes)
         if self._journal_bytes >= self.compact_bytes:
             self._compact(wait=False)
