@@ -7,7 +7,13 @@ import time
 import pytest
 
 from evc.central.brain import Brain, Settings, Wait
-from evc.central.events import ConnectionLost, Heartbeats, MonitorFrame, OperatorLine
+from evc.central.events import (
+    BusMessage,
+    ConnectionLost,
+    Heartbeats,
+    MonitorFrame,
+    OperatorLine,
+)
 from evc.protocol import messages as m
 from evc.store import Store, read_database
 from tests.fakes import FakeLink, FakeOutbox, RecordingView
@@ -144,6 +150,37 @@ def test_supply_lifecycle_and_exactly_one_ticket(parts):
     assert state(brain, "CP-01") is m.CPState.ACTIVADO
     store.commit()
     assert store.get_session(auth.session_id)["status"] == "closed"
+
+
+def test_readings_reach_the_changelog_late_and_anything_else_brings_them(parts):
+    """A running supply's readings (and how far they were read) may reach the replica
+    late; a final reading, a request or a bare reading is never read twice after a
+    takeover, so it brings them along, offsets and figures together."""
+    from evc.protocol.topics import Delivery
+
+    brain, store, outbox, _, _ = parts
+    store.late_every = 3600
+    seen: dict[str, str | None] = {}
+    store.replica = lambda changes: seen.update(changes)
+    register(brain, 1, "CP-01")
+    auth = authorize(brain, outbox)
+
+    def reading(offset, kwh, final=False):
+        brain.apply(BusMessage(m.Telemetry(
+            cp_id="CP-01", driver_id="D-1", consumo_kwh=kwh, importe_eur=round(kwh * 0.3, 2),
+            session_id=auth.session_id, final=final, reason="finished" if final else ""),
+            Delivery("t", 0, offset)))
+
+    key = f"sessions/{auth.session_id}"
+    reading(0, 0.5)
+    reading(1, 1.0)
+    assert '"consumo_kwh":0.0' in seen[key] and "offsets/t:0" not in seen  # late
+    brain.apply(BusMessage(m.ChargeRequest(driver_id="D-2", cp_id="CP-02"),
+                           Delivery("r", 0, 0)))
+    assert '"consumo_kwh":1.0' in seen[key] and '"next":2' in seen["offsets/t:0"]
+    reading(2, 1.5)
+    reading(3, 2.0, final=True)  # the ticket's batch carries the offset past the final
+    assert '"status":"closed"' in seen[key] and '"next":4' in seen["offsets/t:0"]
 
 
 @pytest.mark.parametrize("event, reason, after", [

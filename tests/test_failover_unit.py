@@ -17,7 +17,7 @@ from evc.central.standby import StandbyModel
 from evc.errors import ConfigError, EvcError
 from evc.net import Address, parse_bootstrap
 from evc.protocol import messages as m
-from evc.store import CPS, META, OUTBOX, SESSIONS, Store
+from evc.store import CPS, META, OUTBOX, SESSIONS, Store, read_database
 from tests.fakes import FakeLink, FakeOutbox, RecordingView
 
 
@@ -45,6 +45,47 @@ def test_a_commit_hands_its_changes_to_the_replica(tmp_path):
     assert len(seen) == 3  # the removal is local too: nothing to hand over
     assert store.get(OUTBOX, "m1") is None and "outbox/m1" not in dict(store.changes())
     store.close()
+
+
+def test_late_changes_reach_the_replica_later_newest_only_and_never_after_newer(tmp_path):
+    store = Store(tmp_path / "c.json")
+    store.late_every = 3600  # only flush_late() hands them over
+    seen: list[list[tuple[str, str | None]]] = []
+    store.replica = seen.append
+    store.put(SESSIONS, {"session_id": "S1", "consumo_kwh": 1.0}, late=True)
+    store.set_offset("t", 0, 10, late=True)
+    store.commit()
+    assert seen == []  # journaled, not handed over yet
+    store.put(SESSIONS, {"session_id": "S1", "consumo_kwh": 1.5}, late=True)
+    store.set_offset("t", 0, 11, late=True)
+    store.commit()
+    assert seen == []
+    store.flush_late()
+    store.commit()  # nothing new, but the late ones are due: their newest versions, once
+    assert dict(seen[-1]) == {"sessions/S1": '{"session_id":"S1","consumo_kwh":1.5}',
+                              "offsets/t:0": '{"tp":"t:0","next":11}'}
+    # a change that is not late takes the record along at once, and a late version
+    # pending from before is dropped (the new one is newer)
+    store.put(SESSIONS, {"session_id": "S1", "consumo_kwh": 2.0}, late=True)
+    store.commit()
+    store.put(SESSIONS, {"session_id": "S1", "end_reason": "finished"})
+    store.put(SESSIONS, {"session_id": "S1", "consumo_kwh": 2.5}, late=True)  # same batch
+    store.commit()
+    assert dict(seen[-1]) == {"sessions/S1": '{"session_id":"S1","consumo_kwh":2.5,'
+                                             '"end_reason":"finished"}'}
+    store.flush_late()
+    store.commit()
+    assert len(seen) == 2  # nothing late was left behind
+    # a removal drops a late version still pending
+    store.put(SESSIONS, {"session_id": "S2", "consumo_kwh": 1.0}, late=True)
+    store.commit()
+    store.remove(SESSIONS, "S2")
+    store.commit()
+    store.flush_late()
+    store.commit()
+    assert seen[-1] == [("sessions/S2", None)] and len(seen) == 3
+    store.close()
+    assert read_database(tmp_path / "c.json")["sessions"]["S1"]["consumo_kwh"] == 2.5
 
 
 def test_a_standby_store_takes_the_changelog_and_garbage_wipes_nothing(tmp_path):

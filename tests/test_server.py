@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from evc.central.events import ConnectionLost, Heartbeats, MonitorFrame
-from evc.central.server import MonitorServer
+from evc.central.server import MonitorServer, heartbeat_ack
 from evc.net import Address
 from evc.protocol import messages as m
-from evc.protocol.framing import encode_frame, recv_frame
+from evc.protocol.framing import FrameDecoder, encode_frame, recv_frame
 
 
 class Running:
@@ -150,3 +150,13 @@ def test_any_bytes_harm_only_their_own_connection(shared, blob):
     assert shared.thread.is_alive()
     while not shared.events.empty():
         shared.events.get_nowait()
+
+
+def test_the_fast_heartbeat_ack_is_the_message_itself():
+    frame = heartbeat_ack("CP-01.a_b")
+    obj = FrameDecoder().feed(frame)[0]
+    ack = m.from_wire(obj)
+    assert isinstance(ack, m.HeartbeatAck) and ack.cp_id == "CP-01.a_b"
+    assert abs(ack.ts - time.time()) < 5 and ack.msg_id != m.from_wire(
+        FrameDecoder().feed(heartbeat_ack("CP-01.a_b"))[0]).msg_id
+    assert set(obj) == set(m.HeartbeatAck(cp_id="x").to_wire())  # the same keys, no more

@@ -17,6 +17,7 @@ their offsets in order.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -112,8 +113,10 @@ def decode(raw: bytes | None, delivery: Delivery | None = None) -> Message:
     return from_record(obj, delivery)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def partition_for(key: str, partitions: int) -> int:
-    """The partition the producer's default partitioner gives ``key`` (murmur2, as Java)."""
+    """The partition the producer's default partitioner gives ``key`` (murmur2, as Java;
+    kafka-python's is pure Python, so each key's is worked out once)."""
     return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 
@@ -688,15 +691,18 @@ class Transactions:
         producer = self._producer
         try:
             producer.begin_transaction()
+            # partitions given, not left to kafka-python's partitioner (the same murmur2,
+            # computed in pure Python for every record)
             for key, text in changes.items():
-                producer.send(self.changelog, key=key.encode("utf-8"),
+                producer.send(self.changelog, key=key.encode("utf-8"), partition=0,
                               value=text.encode("utf-8") if text is not None else None)
             for topic, message, key, _ in messages:
                 producer.send(self._bus.topic(topic),
                               value=encode(message) if message is not None else None,
-                              key=key.encode("utf-8"))
+                              key=key.encode("utf-8"),
+                              partition=self._bus.partition_of(topic, key))
             self._end(producer, commit=True)
-        except KafkaError as exc:
+        except (KafkaError, BusError) as exc:
             fenced = isinstance(exc, (ProducerFencedError, InvalidProducerEpochError)) or \
                 "fenced" in type(exc).__name__.lower()
             if fenced and not self._still_leader():

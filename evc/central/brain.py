@@ -86,7 +86,7 @@ from evc.protocol.messages import (
     new_id,
 )
 from evc.protocol.topics import CENTRAL_KEY, CONTROL, NETWORK, Delivery
-from evc.store import DRIVERS, META, OUTBOX, Store
+from evc.store import DRIVERS, META, OUTBOX, SESSIONS, Store
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,8 @@ class Brain:
         self.acker: Acker | None = None
         self.cps: dict[str, ChargePoint] = {}
         self.by_conn: dict[int, str] = {}
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[str, Session] = {}  # open ones (an end may be decided)
+        self._by_driver: dict[str, set[str]] = {}  # driver id -> its sessions in ``sessions``
         self.answered: OrderedDict[str, None] = OrderedDict()
         self.counters = Counters()
         self.quit_requested = threading.Event()
@@ -377,7 +378,7 @@ class Brain:
                 eur=rec.get("importe_eur", 0.0), supplying=bool(rec.get("supplying", True)),
                 end_reason=_reason(reason) if reason else None,
             )
-            self.sessions[session.session_id] = session
+            self._add_session(session)
             owner = self.cps.get(session.cp_id)
             if owner is None:  # removed from the registry meanwhile: end it now
                 self._end_session(session, EndReason.CENTRAL_RESTART)
@@ -405,6 +406,10 @@ class Brain:
         if self._new:
             log.info("re-sending %d messages that Kafka had not confirmed", len(self._new))
         self.flush()
+
+    def _add_session(self, session: Session) -> None:
+        self.sessions[session.session_id] = session
+        self._by_driver.setdefault(session.driver_id, set()).add(session.session_id)
 
     def upsert_cp(self, cp_id: str, location: str, price: float) -> None:
         """Registry entry from --cps or the console: add or update, keep the rest.
@@ -465,6 +470,9 @@ class Brain:
                 self.flush()
             if self.quit_requested.is_set():
                 stop.set()
+        with self.outbox.batch():  # a clean stop: the late changes go with the last batch
+            self.store.flush_late()
+            self.flush()
 
     def apply(self, event: Event) -> None:
         """One event. A bug in a rule harms only that event: it is logged and skipped."""
@@ -484,7 +492,10 @@ class Brain:
         elif isinstance(event, ConnectionLost):
             self.on_connection_lost(event.conn_id, event.reason)
         elif isinstance(event, BusMessage):
-            if self._first_time(event.delivery):
+            late = _late(event.message)
+            if not late:  # it brings the late changes along
+                self.store.flush_late()
+            if self._first_time(event.delivery, late=late):
                 self.on_bus(event.message)
         elif isinstance(event, BusSkipped):
             self._first_time(event.delivery)
@@ -497,13 +508,13 @@ class Brain:
             if line is not None:
                 self.on_operator(line)
 
-    def _first_time(self, d: Delivery) -> bool:
+    def _first_time(self, d: Delivery, late: bool = False) -> bool:
         """Count the record as read; False when it was applied before (a redelivery)."""
         tp = (d.topic, d.partition)
         if d.offset < self.applied.get(tp, 0):
             return False
         self.applied[tp] = d.offset + 1
-        self.store.set_offset(d.topic, d.partition, d.offset + 1)
+        self.store.set_offset(d.topic, d.partition, d.offset + 1, late=late)
         self._acks.append(d)
         return True
 
@@ -862,7 +873,7 @@ class Brain:
             session_id=new_id(), cp_id=cp.cp_id, driver_id=req.driver_id,
             request_id=req.msg_id, price=cp.price, started_at=time.time())
         session.wait(Wait.START, self.settings.start_timeout)
-        self.sessions[session.session_id] = session
+        self._add_session(session)
         cp.session = session
         self.store.put_session(session.record(status="open"))
         self._order(cp, StartSupply(
@@ -895,8 +906,9 @@ class Brain:
         cp = self.cps.get(req.cp_id)
         if cp is None:
             return DenyCode.UNKNOWN_CP, f"unknown charge point {req.cp_id}"
-        for session in self.sessions.values():
-            if session.driver_id == req.driver_id and session.end_reason is None:
+        for session_id in self._by_driver.get(req.driver_id, ()):
+            session = self.sessions[session_id]
+            if session.end_reason is None:
                 return (DenyCode.DRIVER_BUSY, f"driver {req.driver_id} already has a supply "
                         f"running at {session.cp_id}")
         state = cp.state
@@ -951,8 +963,9 @@ class Brain:
             session.supplying = True
         if session.waiting is Wait.START:
             session.wait(None)
-        self.store.put_session({"session_id": session.session_id, "consumo_kwh": session.kwh,
-                                "importe_eur": session.eur, "supplying": True})
+        self.store.put(SESSIONS, {"session_id": session.session_id, "consumo_kwh": session.kwh,
+                                  "importe_eur": session.eur, "supplying": True},
+                       late=_late(t))
         if t.final:
             reason = session.end_reason or _reason(t.reason)
             self._close_session(session, reason)
@@ -997,6 +1010,11 @@ class Brain:
         """The supply is over: one ticket, the session stored as closed, the CP freed."""
         if self.sessions.pop(session.session_id, None) is None:
             return
+        mine = self._by_driver.get(session.driver_id)
+        if mine is not None:
+            mine.discard(session.session_id)
+            if not mine:
+                del self._by_driver[session.driver_id]
         ended = time.time()
         ticket = Ticket(
             driver_id=session.driver_id, cp_id=session.cp_id, session_id=session.session_id,
@@ -1159,6 +1177,15 @@ def _status_confirmer(events: queue.Queue[Event], cp_id: str) -> Done:
     def done(ok: bool, error: str) -> None:
         events.put(Sent(None, ok, error, status_of=cp_id))
     return done
+
+
+def _late(msg: Message) -> bool:
+    """A running supply's own reading: it may reach the changelog late (Store.late_every),
+    with how far its partition was read, for a central taking over reads it again (a
+    reading only raises its session's figures). Any other record, a final reading or one
+    in the seed's bare shape (whose session is its CP's open one, whichever that is when
+    it is read), is never read twice: it brings the late changes along."""
+    return isinstance(msg, Telemetry) and bool(msg.session_id) and not msg.final
 
 
 def _reason(text: str) -> EndReason:

@@ -47,7 +47,7 @@ from typing import Any
 from evc.central.events import ConnectionLost, Event, Heartbeats, MonitorFrame
 from evc.errors import ConfigError, ProtocolError
 from evc.net import Address
-from evc.protocol.framing import FrameDecoder, encode_frame
+from evc.protocol.framing import HEADER, FrameDecoder, encode_frame
 from evc.protocol.messages import (
     TCP_CENTRAL_TYPES,
     ErrorFrame,
@@ -56,6 +56,7 @@ from evc.protocol.messages import (
     Message,
     RegisterAccepted,
     from_wire,
+    new_id,
 )
 
 log = logging.getLogger("evc.central.server")  # also in the child, where this is __main__
@@ -99,6 +100,15 @@ def connection_budget(reserve: int = 256) -> int:
             pass
     limit = 65536 if soft == resource.RLIM_INFINITY else soft
     return max(16, limit - reserve)
+
+
+def heartbeat_ack(cp_id: str) -> bytes:
+    """The frame of ``HeartbeatAck(cp_id=cp_id)``, built as bytes: the same JSON for a
+    fraction of the cost (the child answers thousands a second). ``cp_id`` came in a
+    valid frame, so it follows protocol.ids and needs no escaping."""
+    payload = (f'{{"type":"{HeartbeatAck.TYPE}","msg_id":"{new_id()}","ts":{time.time()!r},'
+               f'"cp_id":"{cp_id}"}}').encode("ascii")
+    return HEADER.pack(len(payload)) + payload
 
 
 def _pack(obj: Any) -> bytes:
@@ -443,7 +453,7 @@ class _Loop:
                     raise ProtocolError(f"a monitor may not send {message.TYPE!r}")
                 if isinstance(message, Heartbeat):
                     if time.monotonic() - self._parent_heard < PARENT_SILENCE:
-                        self._queue_out(conn, HeartbeatAck(cp_id=message.cp_id))
+                        self._queue_bytes(conn, heartbeat_ack(message.cp_id))
                     if conn.registered:
                         self._beats[conn.conn_id] = message.cp_id
                         continue
@@ -474,10 +484,14 @@ class _Loop:
         if isinstance(message, RegisterAccepted):
             self._registered(conn)
         try:
-            conn.outbuf += encode_frame(message.to_wire())
+            frame = encode_frame(message.to_wire())
         except ProtocolError as exc:
             log.error("cannot encode %s: %s", message.TYPE, exc)
             return
+        self._queue_bytes(conn, frame)
+
+    def _queue_bytes(self, conn: _Conn, frame: bytes) -> None:
+        conn.outbuf += frame
         if len(conn.outbuf) > MAX_OUTBUF:
             self._drop(conn, "monitor does not read its messages")
             return

@@ -222,6 +222,10 @@ class Store:
             for name, rows in self._tables.items()}
         self._changed: dict[str, set[str]] = {name: set() for name in TABLES}
         self._removed: dict[str, set[str]] = {name: set() for name in TABLES}
+        # the closed sessions held (kept up to date by commit from what it changed, not
+        # by looking at every session each time: thousands are open on a large network)
+        self._closed = {key for key, rec in self._tables[SESSIONS].items()
+                        if rec.get("status") == "closed"}
         self._dirty = False
         self.compact_bytes = compact_bytes
         self._journal_fd: int | None = None
@@ -236,15 +240,32 @@ class Store:
         # the messages the batch decided, so a reader of the changelog never has to send
         # them again (whatever it sees was sent with it).
         self.replica: Callable[[list[tuple[str, str | None]]], None] | None = None
+        # Changes the replica may get late (``put(..., late=True)``): a running supply's
+        # readings and how far the readings were read. They reach it at most this many
+        # seconds after the commit that journaled them, each key's latest version once;
+        # a reader that takes over reads the readings again from the offset it has (a
+        # reading only ever raises a supply's figures, so reading one twice changes
+        # nothing), and any other change of the same record takes it along at once.
+        self.late_every = 2.0
+        self._late: dict[str, str] = {}  # "<table>/<key>" -> its latest JSON, not handed yet
+        self._late_keys: dict[str, set[str]] = {name: set() for name in TABLES}
+        self._late_due = 0.0  # monotonic: when the late ones go (0: with the next commit)
         if journals or not self.path.exists():  # start from a whole, current TinyDB file
             self._compact(wait=True)
 
     # ------------------------------------------------------------------ any table
-    def put(self, table: str, record: dict[str, Any]) -> None:
-        """Insert or update (merge) the record with ``record[<key field>]``."""
+    def put(self, table: str, record: dict[str, Any], *, late: bool = False) -> None:
+        """Insert or update (merge) the record with ``record[<key field>]``. ``late``: the
+        replica may get this change late (see ``late_every``); journaled all the same."""
         key = str(record[TABLES[table]])
         self._tables[table].setdefault(key, {}).update(record)
-        self._changed[table].add(key)
+        changed = self._changed[table]
+        if late:
+            if key not in changed:  # an earlier change in this batch goes now
+                self._late_keys[table].add(key)
+        else:
+            self._late_keys[table].discard(key)
+        changed.add(key)
         self._removed[table].discard(key)
         self._dirty = True
 
@@ -256,6 +277,7 @@ class Store:
         removed = self._tables[table].pop(key, None) is not None
         self._json[table].pop(key, None)
         self._changed[table].discard(key)
+        self._late_keys[table].discard(key)
         if removed:
             self._removed[table].add(key)
             self._dirty = True
@@ -318,8 +340,9 @@ class Store:
             out[(topic, int(partition))] = int(rec["next"])
         return out
 
-    def set_offset(self, topic: str, partition: int, next_offset: int) -> None:
-        self.put(OFFSETS, {"tp": f"{topic}:{partition}", "next": next_offset})
+    def set_offset(self, topic: str, partition: int, next_offset: int, *,
+                   late: bool = False) -> None:
+        self.put(OFFSETS, {"tp": f"{topic}:{partition}", "next": next_offset}, late=late)
 
     # ------------------------------------------------------------------ replication
     def changes(self) -> list[tuple[str, str]]:
@@ -369,10 +392,16 @@ class Store:
 
     def _archive_old_sessions(self) -> None:
         sessions = self._tables[SESSIONS]
-        closed = [r for r in sessions.values() if r.get("status") == "closed"]
-        excess = len(closed) - self.keep_closed
+        for key in self._changed[SESSIONS]:
+            if sessions[key].get("status") == "closed":
+                self._closed.add(key)
+            else:
+                self._closed.discard(key)
+        self._closed -= self._removed[SESSIONS]
+        excess = len(self._closed) - self.keep_closed
         if excess <= 0:
             return
+        closed = [sessions[key] for key in self._closed]
         closed.sort(key=lambda r: r.get("ended_at") or 0.0)
         old = closed[:excess]
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in old)
@@ -385,9 +414,15 @@ class Store:
             raise StoreError(f"cannot write {self.archive_path}: {exc.strerror}") from None
         for rec in old:
             self.remove(SESSIONS, str(rec["session_id"]))
+            self._closed.discard(str(rec["session_id"]))
+
+    def flush_late(self) -> None:
+        """The next commit hands the replica every late change too."""
+        self._late_due = 0.0
 
     def commit(self) -> None:
         """Make every change since the last commit durable: one journal line, fsynced.
+        Then hand the replica this batch's changes, and the late ones that are due.
 
         Raises StoreError when the disk refuses (then nothing of the batch may be
         announced); a background compaction that failed is reported here too.
@@ -395,11 +430,27 @@ class Store:
         if self._compact_error is not None:
             error, self._compact_error = self._compact_error, None
             raise error
-        if not self._dirty:
+        if self._dirty:
+            changes = self._write_batch()
+        else:
+            changes = []
+        if self.replica is None:
+            self._late.clear()
             return
+        now = time.monotonic()
+        if self._late and now >= self._late_due:
+            changes += self._late.items()
+            self._late = {}
+        if changes:
+            self.replica(changes)
+
+    def _write_batch(self) -> list[tuple[str, str | None]]:
+        """Journal what changed; return the changes for the replica now (the late ones
+        wait in ``_late``)."""
         self._archive_old_sessions()
         puts = []
         changes: list[tuple[str, str | None]] = []
+        late = self._late
         for name, records in self._tables.items():
             changed = self._changed[name]
             if not changed:
@@ -407,26 +458,36 @@ class Store:
             texts = self._json[name]
             parts = []
             replicated = name not in LOCAL_TABLES
+            late_keys = self._late_keys[name]
             for key in changed:
                 texts[key] = text = _dumps(records[key])
                 parts.append(f"{json.dumps(key, ensure_ascii=False)}:{text}")
                 if replicated:
-                    changes.append((f"{name}/{key}", text))
+                    ident = f"{name}/{key}"
+                    if key in late_keys:
+                        if not late:  # the first of a round: due in late_every
+                            self._late_due = time.monotonic() + self.late_every
+                        late[ident] = text
+                    else:
+                        late.pop(ident, None)  # this version is newer
+                        changes.append((ident, text))
             changed.clear()
+            late_keys.clear()
             puts.append(f"{json.dumps(name)}:{{{','.join(parts)}}}")
         removed = {name: sorted(keys) for name, keys in self._removed.items() if keys}
         for name, gone in removed.items():
             if name not in LOCAL_TABLES:
-                changes += [(f"{name}/{key}", None) for key in gone]
+                for key in gone:
+                    late.pop(f"{name}/{key}", None)
+                    changes.append((f"{name}/{key}", None))
         for keys in self._removed.values():
             keys.clear()
         line = f'{{"put":{{{",".join(puts)}}},"remove":{_dumps(removed)}}}\n'
         self._append(line.encode("utf-8"))
         self._dirty = False
-        if self.replica is not None and changes:
-            self.replica(changes)
         if self._journal_bytes >= self.compact_bytes:
             self._compact(wait=False)
+        return changes
 
     def _append(self, payload: bytes) -> None:
         try:
