@@ -222,11 +222,12 @@ class MonitorsProcess:
     (signing and sending readings, reading every answer) must not hold their heartbeats
     back behind the GIL, or central rightly drops them as silent."""
 
-    def __init__(self, port: int, cp_ids: list[str], creds: Path) -> None:
+    def __init__(self, port: int, cp_ids: list[str], creds: Path, forward: Any = None) -> None:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
         self.queue = ctx.Queue()
+        self.forward = forward  # (cp, key or None) also go there: the engines' process
         self.stop_event = ctx.Event()
         self.keys: dict[str, str] = {}
         self.registered: set[str] = set()
@@ -242,6 +243,8 @@ class MonitorsProcess:
                 cp, key = self.queue.get()
             except (EOFError, OSError):
                 return
+            if self.forward is not None:
+                self.forward.put((cp, key))
             if key is None:
                 self.registered.discard(cp)
                 self.lost += 1
@@ -271,9 +274,8 @@ class Engines:
         self.sent = 0
         threading.Thread(target=self._run, daemon=True).start()
 
-    def order(self, msg: m.Message) -> None:
-        """A record of control_topic (the load generator reads it once, for its simulated
-        engines and drivers alike: decoding it twice would cost the machine's CPU)."""
+    def order(self, msg: m.Message, _delivery: object = None) -> None:
+        """A record of control_topic: the orders to these CPs are queued for the owner."""
         if isinstance(msg, (m.StartSupply, m.EndSupply)) and msg.cp_id in self.keys:
             self.orders.put(msg)
 
@@ -293,7 +295,10 @@ class Engines:
             cp_id=order.cp_id, driver_id=order.driver_id, consumo_kwh=round(kwh, 4),
             importe_eur=round(kwh * order.price_eur_kwh, 2), session_id=order.session_id,
             final=final, reason=reason)
-        self.bus.send(TELEMETRY, auth.sign(reading, self.keys[order.cp_id]), order.cp_id)
+        key = self.keys.get(order.cp_id)
+        if key is None:  # central dropped its monitor meanwhile
+            return
+        self.bus.send(TELEMETRY, auth.sign(reading, key), order.cp_id)
         self.sent += 1
 
     def _run(self) -> None:
@@ -313,6 +318,64 @@ class Engines:
                 entry[2] = due + 1.0
                 heapq.heappush(self.due, (entry[2], cp))
                 self._telemetry(entry[0], entry[1], False, "")
+
+
+def _engines_child(kafka: str, prefix: str, keys_in: Any, sent: Any, ready: Any,
+                   stop: Any) -> None:
+    """The stand-in engines' own process: they read control_topic for their orders and
+    send 2,500 signed readings a second at 5,000 CPs; in the process that plays the
+    drivers (and measures what they see) that work would delay every answer read."""
+    bus = KafkaBus(kafka, prefix=prefix, client_id="evc-bench-engines")
+    engines = Engines(bus, {})
+    consumer = bus.consumer([CONTROL], gather=0.02)
+    done = threading.Event()
+    threading.Thread(target=consumer.run, args=(engines.order, done), daemon=True).start()
+
+    def take_keys() -> None:
+        while not done.is_set():
+            try:
+                cp, key = keys_in.get(timeout=0.2)
+            except (queue.Empty, EOFError, OSError):
+                continue
+            if key is None:
+                engines.keys.pop(cp, None)
+            else:
+                engines.keys[cp] = key
+
+    threading.Thread(target=take_keys, daemon=True).start()
+    ready.set()
+    while not stop.wait(0.2):
+        sent.value = engines.sent
+    done.set()
+    engines.stop.set()
+    bus.close()
+
+
+class EnginesProcess:
+    """The stand-in engines in a process of their own (``_engines_child``)."""
+
+    def __init__(self, kafka: str, prefix: str) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.keys = ctx.Queue()
+        self._sent = ctx.Value("q", 0)
+        self.stop_event = ctx.Event()
+        self.ready = ctx.Event()  # reading control_topic (no order can be missed)
+        self.proc = ctx.Process(target=_engines_child, daemon=True,
+                                args=(kafka, prefix, self.keys, self._sent, self.ready,
+                                      self.stop_event))
+        self.proc.start()
+
+    @property
+    def sent(self) -> int:
+        return int(self._sent.value)
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
 
 
 class Probe:
@@ -464,15 +527,17 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         figures["real_cps_up_s"] = round(time.monotonic() - t_real, 1)
         print(f"{len(real_cps)} real CPs registered and {len(real_drivers)} real drivers "
               f"charging after {figures['real_cps_up_s']} s", flush=True)
+        engines = EnginesProcess(args.kafka, prefix)
+        if not engines.ready.wait(60):
+            raise SystemExit("the stand-in engines did not start")
         t0 = time.monotonic()
-        monitors = MonitorsProcess(port, sim_cps, creds)
+        monitors = MonitorsProcess(port, sim_cps, creds, forward=engines.keys)
         while len(monitors.registered) < len(sim_cps) and time.monotonic() - t0 < 300:
             time.sleep(0.05)
         took = time.monotonic() - t0
         figures["registrations_per_s"] = round(len(monitors.registered) / took, 1)
         print(f"{n_cps} CPs: {len(monitors.registered)} simulated monitors registered in "
               f"{took:.1f} s ({figures['registrations_per_s']}/s)", flush=True)
-        engines = Engines(bus, monitors.keys)
         answers: dict[str, float] = {}
         tickets: dict[str, float] = {}
         # where each authorization's time went (wall clock): decided in central (its
@@ -485,7 +550,6 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
 
         def on_control(msg: m.Message, delivery: Any) -> None:
             now = time.monotonic()
-            engines.order(msg)
             with lock:
                 if isinstance(msg, m.Authorization):
                     answers[msg.request_id] = now
@@ -584,7 +648,7 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         stop.set()
         engine_probe.stop.set()
         driver_probe.stop.set()
-        engines.stop.set()
+        engines.close()
         monitors.close()
         bus.close()
     finally:

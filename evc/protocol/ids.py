@@ -44,6 +44,8 @@ def check_text(value: str, what: str = "text", limit: int = MAX_TEXT) -> str:
     """Free text for people (a location, a reason): printable, at most ``limit`` chars."""
     if len(value) > limit:
         raise ProtocolError(f"{what} is longer than {limit} characters")
+    if value.isascii() and value.isprintable():
+        return value  # the common case, in one call: ASCII's printable are never category C
     if not all(_printable_char(c) for c in value):
         raise ProtocolError(f"{what} {printable(value, 40)!r} has control characters")
     return value
