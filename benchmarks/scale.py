@@ -467,6 +467,20 @@ class Real:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+def machine_ms() -> float:
+    """How fast this machine is right now: the best of three runs of a fixed piece of
+    pure-Python work (~0.7 s on the machine the README's figures come from). A shared
+    machine's speed varies by half or more over an hour; figures from a slow moment
+    show it here."""
+    def once() -> float:
+        t0 = time.perf_counter()
+        texts = {}
+        for i in range(200_000):
+            texts[i % 1000] = json.dumps({"a": i, "b": "x" * 10})
+        return (time.perf_counter() - t0) * 1000
+    return round(min(once() for _ in range(3)))
+
+
 def board_render_ms(n: int) -> float:
     """The median time to render central's board of ``n`` CPs (a 160x60 screen)."""
     from benchmarks.board_render import build, measure
@@ -500,7 +514,7 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
                "--log-file", str(tmp / "central.log"), "--partitions", str(args.partitions)],
         stdout=open(tmp / "central.out", "wb"),  # noqa: SIM115
         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    figures: dict[str, Any] = {"cps": n_cps, "supplies": n_supplies,
+    figures: dict[str, Any] = {"machine_ms": machine_ms(), "cps": n_cps, "supplies": n_supplies,
                                "partitions": args.partitions,
                                "real_cps": len(real_cps), "real_drivers": len(real_drivers)}
     real = None
@@ -685,6 +699,8 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
           + (f" (minute 1: {figures['rss_at_minute_1_mb']} MB, "
              f"{figures['rss_growth_pct']:+} %)" if "rss_growth_pct" in figures else "")
           + f"; board render {figures.get('board_render_ms')} ms", flush=True)
+    print(f"  machine speed: {figures.get('machine_ms')} ms for the fixed work (lower is "
+          "faster; ~700 for the README's figures)")
     print(f"  one engine reads {figures.get('engine_reads_per_s')} records/s; one charging "
           f"driver reads {figures.get('driver_telemetry_reads_per_s')} telemetry records/s "
           f"(all CPs together: {figures.get('telemetry_per_s')}/s)", flush=True)

@@ -36,6 +36,8 @@ from evc.protocol.topics import CONTROL, NETWORK, TELEMETRY, Delivery
 from evc.store import JsonFile
 from evc.store.credentials import Credential
 
+READINGS_GATHER = 0.2  # seconds the broker may gather live readings for one fetch
+
 
 @click.command()
 @click.argument("kafka", type=KAFKA)
@@ -86,13 +88,18 @@ def driver(kafka: Bootstrap, driver_id: str, file_: Path | None, charge_seconds:
                   wait=common.kafka_wait, stop=stop, note=say, sasl=common.sasl) as bus:
         inbox: queue.Queue[Got | SendResult] = queue.Queue()
         control = bus.topic(CONTROL)
-        # Answers and tickets: only this driver's partition, from where it stopped reading.
         # Answers and tickets: only this driver's partition of control_topic, from where it
-        # stopped reading; live readings: only the partition of the CP it charges at.
+        # stopped reading (and the network's state, for the list and central's heartbeat).
         consumer = retrying(lambda: bus.consumer(
-            [CONTROL, TELEMETRY, NETWORK], keys={CONTROL: [driver_id], TELEMETRY: []},
-            from_beginning=[NETWORK], start=Driver.start_offsets(state, control)),
-            wait=common.kafka_wait, stop=stop)
+            [CONTROL, NETWORK], keys={CONTROL: [driver_id]}, from_beginning=[NETWORK],
+            start=Driver.start_offsets(state, control)), wait=common.kafka_wait, stop=stop)
+        # Live readings: only the partition of the CP it charges at, which carries every
+        # reading of a share of the network. A reader of its own, gathering them for
+        # 0.2 s per fetch (they are shown, nothing waits on them), so that hundreds a
+        # second cost few fetches and the answers' reader stays quick.
+        readings = retrying(lambda: bus.consumer([TELEMETRY], keys={TELEMETRY: []},
+                                                 gather=READINGS_GATHER),
+                            wait=common.kafka_wait, stop=stop)
 
         def mine(msg: Message, delivery: Delivery) -> None:
             if isinstance(msg, (CentralStatus, CPStatus, Removed)):
@@ -102,10 +109,11 @@ def driver(kafka: Bootstrap, driver_id: str, file_: Path | None, charge_seconds:
                 inbox.put(Got(msg, delivery.topic, delivery.partition, delivery.offset))
 
         crew.spawn(consumer.run, mine, stop, name="driver-kafka")
+        crew.spawn(readings.run, mine, stop, name="driver-readings")
         d = Driver(bus, driver_id, inbox, stop, journal=journal, timeout=timeout,
                    charge_seconds=charge_seconds, pause=pause, live=live,
                    caught_up=consumer.caught_up, credential=credential,
-                   watch_cp=lambda cp: consumer.retarget(TELEMETRY, [cp]))
+                   watch_cp=lambda cp: readings.retarget(TELEMETRY, [cp]))
         try:
             if file_ is not None:
                 d.run_file(file_)
