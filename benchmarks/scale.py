@@ -327,7 +327,7 @@ def _engines_child(kafka: str, prefix: str, keys_in: Any, sent: Any, ready: Any,
     drivers (and measures what they see) that work would delay every answer read."""
     bus = KafkaBus(kafka, prefix=prefix, client_id="evc-bench-engines")
     engines = Engines(bus, {})
-    consumer = bus.consumer([CONTROL], gather=0.02)
+    consumer = bus.consumer([CONTROL])  # as engines read: at once
     done = threading.Event()
     threading.Thread(target=consumer.run, args=(engines.order, done), daemon=True).start()
 
@@ -376,6 +376,87 @@ class EnginesProcess:
         self.proc.join(10)
         if self.proc.is_alive():
             self.proc.kill()
+
+
+CHURN_HOLD = 3  # seconds a steady-state supply lasts
+
+
+class Churn(threading.Thread):
+    """The steady part of a step: while every other supply runs, ``rate`` new supplies a
+    second start at CPs left idle, each ended CHURN_HOLD s after its authorization. What
+    these drivers see is the latency of a busy network; the first burst (every request
+    within one second) is the worst case on top. Shares the control reader's records."""
+
+    def __init__(self, bus: KafkaBus, cps: list[str], drivers: list[str],
+                 keys: dict[str, str], rate: int, lock: threading.Lock,
+                 answers: dict[str, float], auth_of: dict[str, m.Authorization],
+                 tickets: dict[str, float]) -> None:
+        super().__init__(daemon=True)
+        self.bus, self.keys, self.rate, self.lock = bus, keys, rate, lock
+        self.answers, self.auth_of, self.tickets = answers, auth_of, tickets
+        self.free_cps, self.free_drivers = list(cps), list(drivers)
+        self.asked: dict[str, tuple[float, str, str]] = {}  # request id -> (t, cp, driver)
+        self.running: dict[str, tuple[float, str, str]] = {}  # session -> (end at, cp, drv)
+        self.ended: dict[str, tuple[float, str, str]] = {}  # session -> (t, cp, driver)
+        self.answered: list[float] = []
+        self.ticketed: list[float] = []
+        self.stop = threading.Event()
+        self.stopped = threading.Event()
+        self.deadline = float("inf")  # set by finish()
+
+    def run(self) -> None:
+        next_start = time.monotonic()
+        while not self.stop.is_set() or self.asked or self.running or self.ended:
+            now = time.monotonic()
+            if self.stop.is_set() and now > self.deadline:
+                break
+            if not self.stop.is_set() and now >= next_start:
+                next_start += 1.0 / self.rate
+                if self.free_cps and self.free_drivers:
+                    cp, driver = self.free_cps.pop(0), self.free_drivers.pop(0)
+                    req = auth.sign(m.ChargeRequest(driver_id=driver, cp_id=cp),
+                                    self.keys[driver])
+                    self.asked[req.msg_id] = (time.monotonic(), cp, driver)
+                    self.bus.send(REQUESTS, req, cp)
+            with self.lock:
+                for request_id, (t, cp, driver) in list(self.asked.items()):
+                    if request_id in self.answers:
+                        del self.asked[request_id]
+                        self.answered.append(self.answers[request_id] - t)
+                        answer = self.auth_of[request_id]
+                        if answer.authorized:
+                            self.running[answer.session_id] = (
+                                self.answers[request_id] + CHURN_HOLD, cp, driver)
+                        else:
+                            self.free_cps.append(cp)
+                            self.free_drivers.append(driver)
+                for session, (t, cp, driver) in list(self.ended.items()):
+                    if session in self.tickets:
+                        del self.ended[session]
+                        self.ticketed.append(self.tickets[session] - t)
+                        self.free_cps.append(cp)
+                        self.free_drivers.append(driver)
+            for session, (end_at, cp, driver) in list(self.running.items()):
+                if now >= end_at:
+                    del self.running[session]
+                    end = auth.sign(m.EndRequest(driver_id=driver, cp_id=cp,
+                                                 session_id=session), self.keys[driver])
+                    self.ended[session] = (time.monotonic(), cp, driver)
+                    self.bus.send(REQUESTS, end, cp)
+            time.sleep(0.002)
+        self.stopped.set()
+
+    def finish(self, timeout: float = 30) -> None:
+        """No new supplies; the running ones end and their tickets are waited for."""
+        self.deadline = time.monotonic() + timeout
+        self.stop.set()
+        self.stopped.wait(timeout + 5)
+
+    def answer_times(self) -> list[float]:
+        return list(self.answered)
+
+    def ticket_times(self) -> list[float]:
+        return list(self.ticketed)
 
 
 class Probe:
@@ -502,9 +583,14 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
     real_cps = cps[:args.real_cps]
     sim_cps = cps[args.real_cps:]
     sim_drivers = [f"D-{i:05d}" for i in range(n_supplies)]
+    # the steady part: supplies starting at the CPs left idle, a steady number a second
+    churn_rate = max(5, n_cps // 100)
+    churn_drivers = [f"C-{i:05d}" for i in range(churn_rate * (CHURN_HOLD + 5))]
+    idle_cps = sim_cps[n_supplies:]
     real_drivers = [f"R-{i:03d}" for i in range(args.real_drivers)]
     (tmp / "cps.csv").write_text("".join(f"{cp},bench,0.30\n" for cp in cps))
-    (tmp / "drivers.txt").write_text("".join(f"{d}\n" for d in sim_drivers + real_drivers))
+    (tmp / "drivers.txt").write_text("".join(f"{d}\n" for d in sim_drivers + real_drivers
+                                             + churn_drivers))
     port = free_port()
     speed = machine_ms()  # before anything of this step runs
     env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1", EVC_CREDENTIALS_DIR=str(creds))
@@ -559,9 +645,13 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         # ts), written to Kafka (the record's timestamp), read here
         stages: dict[str, tuple[float, float, float]] = {}
         auth_of: dict[str, m.Authorization] = {}
+        # and each ticket's: the end order written, the ticket decided (the engine's final
+        # reading read), the ticket read here (wall clock)
+        end_orders: dict[str, float] = {}
+        ticket_stages: dict[str, tuple[float, float]] = {}
         lock = threading.Lock()
         stop = threading.Event()
-        watcher = bus.consumer([CONTROL], gather=0.02)  # every order, answer and ticket
+        watcher = bus.consumer([CONTROL])  # every answer and ticket, read as drivers read
 
         def on_control(msg: m.Message, delivery: Any) -> None:
             now = time.monotonic()
@@ -572,13 +662,16 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
                     stages[msg.request_id] = (msg.ts, delivery.timestamp, time.time())
                 elif isinstance(msg, m.Ticket):
                     tickets[msg.session_id] = now
+                    ticket_stages[msg.session_id] = (msg.ts, time.time())
+                elif isinstance(msg, m.EndSupply):
+                    end_orders[msg.session_id] = delivery.timestamp
 
         threading.Thread(target=watcher.run, args=(on_control, stop), daemon=True).start()
         # what one engine reads (its CP's control partition, central's heartbeat) and what
         # one charging driver reads of telemetry (its CP's partition)
         engine_probe = Probe(bus, {CONTROL: [sim_cps[0]], NETWORK: [CENTRAL_KEY]})
         driver_probe = Probe(bus, {TELEMETRY: [sim_cps[0]]})
-        keys = {d: auth.driver_key(secret(creds, d)) for d in sim_drivers}
+        keys = {d: auth.driver_key(secret(creds, d)) for d in sim_drivers + churn_drivers}
         tcp = [pid for pid, cmd in children(central.pid) if "evc.central.server" in cmd]
         cpu0, wall0 = cpu_seconds(central.pid), time.monotonic()
         tcp0 = sum(cpu_seconds(pid) for pid in tcp)
@@ -609,6 +702,9 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
         figures["authorized"] = sum(1 for k in sent if k in auth_of and auth_of[k].authorized)
         rss: list[tuple[float, float]] = []
         lags: list[int] = []
+        churn = Churn(bus, idle_cps, churn_drivers, keys, churn_rate, lock, answers, auth_of,
+                      tickets)
+        churn.start()
         t_run = time.monotonic()
         telemetry0 = engines.sent
         probes0 = (engine_probe.count, driver_probe.count)
@@ -618,6 +714,10 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
             time.sleep(1.0)
         cpu1, wall1 = cpu_seconds(central.pid), time.monotonic()
         tcp1 = sum(cpu_seconds(pid) for pid in tcp)
+        churn.finish()
+        figures["steady_rate_per_s"] = churn_rate
+        figures["steady_authorization"] = summary(churn.answer_times())
+        figures["steady_ticket"] = summary(churn.ticket_times())
         figures["telemetry_per_s"] = round((engines.sent - telemetry0) / (wall1 - t_run), 1)
         figures["engine_reads_per_s"] = round((engine_probe.count - probes0[0])
                                               / (wall1 - t_run), 1)
@@ -637,6 +737,7 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
             figures["rss_at_minute_1_mb"] = round(at_minute[0], 1)
             figures["rss_growth_pct"] = round(100 * (rss[-1][1] / at_minute[0] - 1), 1)
         ends: dict[str, float] = {}
+        ends_wall: dict[str, float] = {}
         ended_early = 0
         for auth_msg in list(auth_of.values()):
             if auth_msg.authorized and auth_msg.request_id in sent:
@@ -648,12 +749,20 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
                                              session_id=auth_msg.session_id),
                                 keys[auth_msg.driver_id])
                 ends[auth_msg.session_id] = time.monotonic()
+                ends_wall[auth_msg.session_id] = end.ts
                 bus.send(REQUESTS, end, auth_msg.cp_id)
                 time.sleep(pace)
         deadline = time.monotonic() + 60
         while len(ends.keys() & tickets.keys()) < len(ends) and time.monotonic() < deadline:
             time.sleep(0.05)
         figures["ticket"] = summary([tickets[s] - t for s, t in ends.items() if s in tickets])
+        done = [s for s in ends_wall if s in ticket_stages and s in end_orders]
+        figures["ticket_stages"] = {
+            "to_end_order": summary([end_orders[s] - ends_wall[s] for s in done]),
+            "end_order_to_ticket": summary([ticket_stages[s][0] - end_orders[s]
+                                            for s in done]),
+            "ticket_to_read": summary([ticket_stages[s][1] - ticket_stages[s][0]
+                                       for s in done])}
         figures["ended_before_asked"] = ended_early
         figures["tickets"] = len(ends.keys() & tickets.keys())
         answer, ticket = real.latencies(since)
@@ -688,9 +797,17 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
                          ("decided_to_written", "  decided -> written to Kafka"),
                          ("written_to_read", "  written -> read by the driver")):
         show(label, figures.get("authorization_stages", {}).get(stage, {}))
+    print(f"  steady: {figures.get('steady_rate_per_s')} new supplies a second at idle CPs "
+          f"while the others run, each ended after {CHURN_HOLD} s:")
+    show("  request -> authorization", figures.get("steady_authorization", {}))
+    show("  end request -> ticket", figures.get("steady_ticket", {}))
     show("request -> authorization (real drivers)",
          figures.get("real_driver_authorization", {}))
     show("end request -> ticket (simulated)", figures.get("ticket", {}))
+    for stage, label in (("to_end_order", "  end request -> end order written"),
+                         ("end_order_to_ticket", "  end order -> ticket decided"),
+                         ("ticket_to_read", "  ticket decided -> read by the driver")):
+        show(label, figures.get("ticket_stages", {}).get(stage, {}))
     show("end request -> ticket (real drivers)", figures.get("real_driver_ticket", {}))
     print(f"  telemetry {figures.get('telemetry_per_s')} msg/s; central lag max "
           f"{figures.get('lag_records_max')} records (~{figures.get('lag_s_max')} s); CPU "
