@@ -71,8 +71,20 @@ class Sasl:
                 "sasl_plain_username": self.user, "sasl_plain_password": self.password}
 
 
+# kafka-python waits up to 30 s between two tries to reach a broker that went away (the
+# wait doubles each time): a broker that was stopped for 30 s would then be reached again
+# by its clients up to 30 s after it returned (an engine's readings, a final reading,
+# waiting that long). Trying again at least every second costs a refused connection.
+RECONNECT_BACKOFF_MAX_MS = 1000
+
+
 def _auth(sasl: Sasl | None) -> dict[str, Any]:
-    return sasl.client_config() if sasl is not None else {}
+    """What every client of this module is given: the login (if any) and the reconnect
+    policy."""
+    config: dict[str, Any] = {"reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS}
+    if sasl is not None:
+        config.update(sasl.client_config())
+    return config
 
 
 @contextlib.contextmanager
