@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 GATHER_BYTES = 256 << 10  # a gathering fetch returns early once it holds this much
+GATHER_FROM, GATHER_UNTIL = 50, 20  # records a second: a gathering consumer is busy
 TOPIC_AUTHORIZATION_FAILED = 29  # Kafka's error code
 MAX_BLOCK_MS = 1000  # send() waits at most this long for metadata or buffer space
 
@@ -384,6 +385,9 @@ class Consumer:
         self._retarget: dict[str, tuple[list[str], float]] = {}  # applied by the owner thread
         self._retarget_lock = threading.Lock()
         self.caught_up = threading.Event()  # set once every partition reached live_from
+        self._gather = gather
+        self._gathering = False
+        self._window = (time.monotonic(), 0)  # since when, records read since
         timeout_ms = int(bus.connect_timeout * 1000)
         with kafka_errors(f"cannot consume {', '.join(self.topics)}", bus.bootstrap,
                           bus.connect_timeout):
@@ -394,12 +398,10 @@ class Consumer:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest" if from_beginning is True else "latest",
                 bootstrap_timeout_ms=timeout_ms,
-                # idle: the broker holds a fetch up to 500 ms and answers the moment a
-                # record arrives; ``gather``: it holds it that long to collect records
-                # (a busy consumer then makes a few large fetches a second, not hundreds
-                # of small ones: kafka-python's CPU goes with the number of fetches)
-                fetch_max_wait_ms=int(gather * 1000) if gather else 500,
-                fetch_min_bytes=GATHER_BYTES if gather else 1,
+                # the broker holds a fetch up to 500 ms and answers the moment a record
+                # arrives; a ``gather`` consumer, while busy, lets it collect records for
+                # that long instead (see _adapt)
+                fetch_max_wait_ms=500, fetch_min_bytes=1,
                 # central sends in transactions: what a deposed central left open and
                 # the new one aborted is never seen
                 isolation_level="read_committed",
@@ -553,7 +555,32 @@ class Consumer:
                         on_skip(delivery, str(exc))
                     continue
                 out.append((message, delivery))
+        if self._gather:
+            self._adapt(sum(len(records) for records in batches.values()))
         return out
+
+    def _adapt(self, read: int) -> None:
+        """A gathering consumer, busy (GATHER_FROM records a second or more), lets the
+        broker collect records for ``gather`` seconds per fetch: kafka-python's cost goes
+        with the number of fetches, and a busy one would make hundreds of small ones a
+        second. Idle (under GATHER_UNTIL a second), it fetches as others do: the broker
+        answers the moment a record arrives, and an idle fetch waits 500 ms."""
+        since, count = self._window
+        count += read
+        now = time.monotonic()
+        if now - since < 1.0:
+            self._window = (since, count)
+            return
+        self._window = (now, 0)
+        rate = count / (now - since)
+        busy = rate >= GATHER_FROM or (self._gathering and rate >= GATHER_UNTIL)
+        if busy == self._gathering:
+            return
+        config = getattr(getattr(self._consumer, "_fetcher", None), "config", None)
+        if isinstance(config, dict):  # kafka-python's fetcher reads it for each fetch
+            config["fetch_max_wait_ms"] = int(self._gather * 1000) if busy else 500
+            config["fetch_min_bytes"] = GATHER_BYTES if busy else 1
+            self._gathering = busy
 
     def run(
         self,
