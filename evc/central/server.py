@@ -111,6 +111,15 @@ def heartbeat_ack(cp_id: str) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
+def _send_some(sock: socket.socket, buf: bytearray) -> None:
+    """Send what a non-blocking socket takes now of ``buf``; the rest stays in it."""
+    try:
+        while buf:
+            del buf[:sock.send(buf)]
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
 def _pack(obj: Any) -> bytes:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return _LEN.pack(len(data)) + data
@@ -308,12 +317,7 @@ class _Loop:
         self._flush_parent()
 
     def _flush_parent(self) -> None:
-        try:
-            while self._to_parent:
-                sent = self._parent.send(self._to_parent)
-                del self._to_parent[:sent]
-        except (BlockingIOError, InterruptedError):
-            pass
+        _send_some(self._parent, self._to_parent)
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._to_parent else 0)
         if self._sel.get_key(self._parent).events != events:
             self._sel.modify(self._parent, events, "parent")
@@ -499,11 +503,7 @@ class _Loop:
 
     def _flush(self, conn: _Conn) -> None:
         try:
-            while conn.outbuf:
-                sent = conn.sock.send(conn.outbuf)
-                del conn.outbuf[:sent]
-        except (BlockingIOError, InterruptedError):
-            pass
+            _send_some(conn.sock, conn.outbuf)
         except OSError as exc:
             self._drop(conn, f"connection broken ({exc.strerror or exc})")
             return
