@@ -211,5 +211,6 @@ def test_central_killed_status_and_drivers_say_unavailable_and_recover(net, kafk
     status.wait_line("central available", count=2, timeout=20)
     d.wait_line("central is back", timeout=20)
     net.engines["CP-01"].wait_line("central is back", timeout=20)
+    net.wait_state("CP-01", "Activado", timeout=20)  # its monitor registered again
     d.send("CP-01")
     d.wait_line("AUTHORIZED at CP-01", timeout=20)

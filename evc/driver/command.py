@@ -36,7 +36,7 @@ from evc.protocol.topics import CONTROL, NETWORK, TELEMETRY, Delivery
 from evc.store import JsonFile
 from evc.store.credentials import Credential
 
-READINGS_GATHER = 0.2  # seconds the broker may gather live readings for one fetch
+SHOWN_GATHER = 0.2  # seconds the broker may gather what is only shown, while busy
 
 
 @click.command()
@@ -88,31 +88,37 @@ def driver(kafka: Bootstrap, driver_id: str, file_: Path | None, charge_seconds:
                   wait=common.kafka_wait, stop=stop, note=say, sasl=common.sasl) as bus:
         inbox: queue.Queue[Got | SendResult] = queue.Queue()
         control = bus.topic(CONTROL)
-        # Answers and tickets: only this driver's partition of control_topic, from where it
-        # stopped reading (and the network's state, for the list and central's heartbeat).
+        # Three readers, so that what the driver waits for is never behind what it only
+        # shows: answers and tickets (only this driver's partition of control_topic, from
+        # where it stopped reading); the network (network_topic whole: every CP's state
+        # and central's heartbeat); live readings (only the partition of the CP it
+        # charges at, which carries a share of the whole network's readings). The last
+        # two let the broker gather records while they are busy (see bus.Consumer).
         consumer = retrying(lambda: bus.consumer(
-            [CONTROL, NETWORK], keys={CONTROL: [driver_id]}, from_beginning=[NETWORK],
+            [CONTROL], keys={CONTROL: [driver_id]},
             start=Driver.start_offsets(state, control)), wait=common.kafka_wait, stop=stop)
-        # Live readings: only the partition of the CP it charges at, which carries every
-        # reading of a share of the network. A reader of its own, gathering them for
-        # 0.2 s per fetch (they are shown, nothing waits on them), so that hundreds a
-        # second cost few fetches and the answers' reader stays quick.
+        network = retrying(lambda: bus.consumer([NETWORK], from_beginning=True,
+                                                gather=SHOWN_GATHER),
+                           wait=common.kafka_wait, stop=stop)
         readings = retrying(lambda: bus.consumer([TELEMETRY], keys={TELEMETRY: []},
-                                                 gather=READINGS_GATHER),
+                                                 gather=SHOWN_GATHER),
                             wait=common.kafka_wait, stop=stop)
 
         def mine(msg: Message, delivery: Delivery) -> None:
-            if isinstance(msg, (CentralStatus, CPStatus, Removed)):
-                inbox.put(Got(msg, live=consumer.is_live(delivery)))
-            elif isinstance(msg, (Authorization, Ticket, Telemetry)) and \
+            if isinstance(msg, (Authorization, Ticket, Telemetry)) and \
                     msg.driver_id == driver_id:
                 inbox.put(Got(msg, delivery.topic, delivery.partition, delivery.offset))
 
+        def about_the_network(msg: Message, delivery: Delivery) -> None:
+            if isinstance(msg, (CentralStatus, CPStatus, Removed)):
+                inbox.put(Got(msg, live=network.is_live(delivery)))
+
         crew.spawn(consumer.run, mine, stop, name="driver-kafka")
+        crew.spawn(network.run, about_the_network, stop, name="driver-network")
         crew.spawn(readings.run, mine, stop, name="driver-readings")
         d = Driver(bus, driver_id, inbox, stop, journal=journal, timeout=timeout,
                    charge_seconds=charge_seconds, pause=pause, live=live,
-                   caught_up=consumer.caught_up, credential=credential,
+                   caught_up=network.caught_up, credential=credential,
                    watch_cp=lambda cp: readings.retarget(TELEMETRY, [cp]))
         try:
             if file_ is not None:

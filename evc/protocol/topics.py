@@ -16,11 +16,7 @@ NETWORK = "network_topic"  # central -> anyone: its liveness and each CP's publi
 LEASE = "central_lease"  # one partition: the central that holds it is the active one
 CHANGELOG = "central_changelog"  # active central -> standby: every stored record (one partition)
 ALL_TOPICS = (REQUESTS, TELEMETRY, CONTROL, NETWORK, LEASE, CHANGELOG)
-# One partition each: the lease and the changelog by their nature; network_topic because
-# whoever reads it reads it whole (drivers, `evc status`: every CP's state), and kafka-
-# python's cost per fetch grows with the partitions fetched (a driver reading 24 of them
-# to follow a few state changes a second spent most of its CPU there).
-ONE_PARTITION = frozenset({LEASE, CHANGELOG, NETWORK})
+ONE_PARTITION = frozenset({LEASE, CHANGELOG})
 COMPACTED = {NETWORK: {"cleanup.policy": "compact", "segment.ms": "60000",
                        "min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": "60000"},
              CHANGELOG: {"cleanup.policy": "compact", "segment.ms": "60000",
