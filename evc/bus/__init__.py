@@ -742,9 +742,7 @@ class Transactions:
                               partition=self._bus.partition_of(topic, key))
             self._end(producer, commit=True)
         except (KafkaError, BusError) as exc:
-            fenced = isinstance(exc, (ProducerFencedError, InvalidProducerEpochError)) or \
-                "fenced" in type(exc).__name__.lower()
-            if fenced and not self._still_leader():
+            if _fenced(exc, producer) and not self._still_leader():
                 log.critical("another central took over (this producer was fenced)")
                 self.fenced.set()
                 return False
@@ -791,6 +789,12 @@ class Transactions:
             self._end(self._producer, commit=False)
             return
         except Exception as exc:  # noqa: BLE001 - any failure: a new producer
+            # A new producer would fence whoever fenced this one: never while another
+            # central holds the lease.
+            if _fenced(exc, self._producer) and not self._still_leader():
+                log.critical("another central took over (this producer was fenced)")
+                self.fenced.set()
+                return
             log.warning("abort failed (%s): a new transactional producer", exc)
         _discard(self._producer, 0)
         while not self.fenced.is_set():
@@ -798,12 +802,32 @@ class Transactions:
                 self._producer = self._new_producer()
                 return
             except BusError as exc:
-                if isinstance(exc.__cause__, (ProducerFencedError, InvalidProducerEpochError)) \
-                        and not self._still_leader():
+                if _fenced(exc) and not self._still_leader():
                     self.fenced.set()
                     return
                 log.warning("cannot restart Kafka transactions yet: %s", exc)
                 time.sleep(1.0)
+
+
+_FENCED = (ProducerFencedError, InvalidProducerEpochError)
+
+
+def _fenced(exc: BaseException | None, producer: KafkaProducer | None = None) -> bool:
+    """Whether a failure means this producer was fenced (another holder of its
+    ``transactional.id`` took over). kafka-python says so in several ways: the error
+    itself, one it causes, one carried in its arguments ("Cannot perform send because
+    at least one previous ... request has failed", ProducerFencedError()), or only in
+    the producer's state ("in an error state: ... ProducerFencedError")."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, _FENCED) or "fenced" in type(exc).__name__.lower():
+            return True
+        if any(isinstance(arg, _FENCED) for arg in exc.args):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    manager = getattr(producer, "_transaction_manager", None)
+    return isinstance(getattr(manager, "last_error", None), _FENCED)
 
 
 def _discard(producer: KafkaProducer, timeout: float) -> None:
