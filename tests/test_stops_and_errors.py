@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -25,10 +26,13 @@ def one_clear_line(result, *needles: str) -> None:
 def test_unreachable_broker(tmp_path):
     port = free_port()
     env = {"EVC_CENTRAL_LISTEN_HOST": "127.0.0.1"}
-    for args in (["central", str(free_port()), f"127.0.0.1:{port}", str(tmp_path / "c.json")],
-                 ["cp-engine", f"127.0.0.1:{port}", "--listen", str(free_port())],
-                 ["driver", f"127.0.0.1:{port}", "D-1", "--file", "data/requests.txt"]):
-        result = run_evc(args, env=env, timeout=60)
+    runs = (["central", str(free_port()), f"127.0.0.1:{port}", str(tmp_path / "c.json")],
+            ["cp-engine", f"127.0.0.1:{port}", "--listen", str(free_port())],
+            ["driver", f"127.0.0.1:{port}", "D-1", "--file", "data/requests.txt"])
+    # together: each tries the broker for its whole connect timeout before it gives up
+    with ThreadPoolExecutor(len(runs)) as pool:
+        results = list(pool.map(lambda args: run_evc(args, env=env, timeout=60), runs))
+    for result in results:
         one_clear_line(result, f"cannot reach Kafka broker at 127.0.0.1:{port}")
 
 

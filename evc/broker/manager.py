@@ -578,6 +578,24 @@ def _terminate(pid: int, grace: float) -> bool:
     return False
 
 
+def stop_all(data_dirs: list[Path], grace: float = 30.0) -> list[Running | None]:
+    """Stop several brokers together (SIGTERM to all, then wait for all, one deadline):
+    what each was, or None for one that was not running."""
+    found = [running(folder) for folder in data_dirs]
+    for current in found:
+        if current is not None:
+            try:
+                os.kill(current.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    for folder, current in zip(data_dirs, found, strict=True):
+        if current is not None:
+            _terminate(current.pid, max(0.0, deadline - time.monotonic()))
+        (folder / "broker.pid").unlink(missing_ok=True)
+    return found
+
+
 def stop(data_dir: Path, grace: float = 30.0) -> Running | None:
     current = running(data_dir)
     if current is None:
@@ -589,6 +607,7 @@ def stop(data_dir: Path, grace: float = 30.0) -> Running | None:
 
 
 __all__ = [
-    "BrokerConfig", "BrokerError", "Running", "make_config", "start", "stop", "running",
+    "BrokerConfig", "BrokerError", "Running", "make_config", "start", "stop", "stop_all",
+    "running",
     "run_foreground", "default_data_dir", "cluster_configs", "cluster_nodes", "start_cluster",
 ]
