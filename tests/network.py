@@ -84,7 +84,12 @@ class Network:
                              "--topic-prefix", self.prefix, "--log-level", "INFO",
                              "--log-file", str(self.central_log), *extra], name="central")
         self.procs.append(self.central)
-        self.central.wait_line("central ready", timeout=40)
+        try:
+            self.central.wait_line("central ready", timeout=40)
+        except AssertionError as exc:  # its log says more than its screen
+            log = self.central_log.read_text(errors="replace") \
+                if self.central_log.exists() else "(no log)"
+            raise AssertionError(f"{exc}\n--- {self.central_log}:\n{log[-6000:]}") from None
         return self.central
 
     def start_engine(self, cp_id: str, *extra: str) -> Proc:

@@ -146,3 +146,23 @@ def test_a_batch_is_one_transaction_with_its_messages(bus):
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_a_lease_on_a_topic_just_created_is_held_by_its_only_member(bus):
+    """The lease's topic created by the very first look at it (its first metadata has no
+    partition yet): the group's first assignment is then empty, and the only member must
+    still get the lease at once, not be taken for a standby."""
+    from evc.bus import Lease
+
+    stop = threading.Event()
+    lease = Lease(bus, f"lease-new-{free_port()}", f"{bus.prefix}lease-group", "only-one",
+                  session_timeout=3.0)
+    thread = threading.Thread(target=lease.run, args=(stop,))
+    thread.start()
+    try:
+        wait_for(lambda: lease.held.is_set() or lease.decided.is_set(), 20,
+                 "the coordinator's answer")
+        assert lease.held.wait(3.0), "the only member was told another one holds the lease"
+    finally:
+        stop.set()
+        thread.join(5)

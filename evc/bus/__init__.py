@@ -916,6 +916,8 @@ class Lease(ConsumerRebalanceListener):
     ``decided`` once the coordinator has answered (held or not).
     """
 
+    SETTLE = 1.5  # s: longer than the metadata's refresh (metadata_max_age_ms)
+
     def __init__(self, bus: KafkaBus, topic: str, group: str, instance: str,
                  session_timeout: float = 6.0) -> None:
         self.held = threading.Event()
@@ -931,8 +933,13 @@ class Lease(ConsumerRebalanceListener):
                 partition_assignment_strategy=[CooperativeStickyAssignor],
                 session_timeout_ms=int(session_timeout * 1000), heartbeat_interval_ms=1000,
                 max_poll_interval_ms=max(10000, int(session_timeout * 2000)),
+                # a lease topic created a moment ago may be missing from the first
+                # metadata: the group is then assigned nothing, and only a metadata
+                # refresh (5 min by default) brings the rebalance that assigns it
+                metadata_max_age_ms=1000,
                 bootstrap_timeout_ms=int(bus.connect_timeout * 1000))
-            self._consumer.subscribe([bus.topic(topic)], listener=self)
+            self._topic = bus.topic(topic)
+            self._consumer.subscribe([self._topic], listener=self)
 
     # ConsumerRebalanceListener (called on the consumer's own loop: quick). Cooperative
     # rebalancing: ``assigned`` and ``revoked`` list only what changed for this member.
@@ -941,15 +948,17 @@ class Lease(ConsumerRebalanceListener):
             self.held.clear()
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("lease: assigned %s", sorted(tp.partition for tp in assigned) or "nothing")
         if assigned:
             self.held.set()
-        self.decided.set()
+            self.decided.set()
 
     def on_partitions_lost(self, lost: Any) -> None:
         self.on_partitions_revoked(lost)
 
     def run(self, stop: threading.Event) -> None:
         """Keep the membership alive (poll) until ``stop``; then leave the group."""
+        stable_since = 0.0
         try:
             while not stop.is_set():
                 try:
@@ -958,8 +967,20 @@ class Lease(ConsumerRebalanceListener):
                     log.warning("lease poll failed, retrying: %s", exc)
                     stop.wait(0.5)
                     continue
-                if self._consumer.group_metadata().state == MemberState.STABLE:
-                    self.decided.set()  # joined: held or not, the coordinator has spoken
+                if self.decided.is_set():
+                    continue
+                # Joined and assigned nothing: another member holds the lease, unless the
+                # assignment was made before the lease's partition was known. So: stable,
+                # the partition known, and still so after a metadata refresh (which would
+                # have started a rebalance): the coordinator has spoken.
+                if self._consumer.group_metadata().state == MemberState.STABLE and \
+                        self._consumer.partitions_for_topic(self._topic):
+                    stable_since = stable_since or time.monotonic()
+                    if time.monotonic() - stable_since >= self.SETTLE:
+                        log.info("lease: held by another member")
+                        self.decided.set()
+                else:
+                    stable_since = 0.0
         finally:
             self._closed = True
             try:

@@ -422,6 +422,9 @@ def wait_for_lease(lease: Lease, stop: threading.Event) -> bool:
             return True
         if lease.decided.is_set():
             return lease.held.wait(1.0)  # a holder that just died may still be leaving
+    if not lease.held.is_set() and not stop.is_set():
+        log.warning("no answer from Kafka's group coordinator about the lease in 20 s: "
+                    "following as a standby until it gives this central the lease")
     return lease.held.is_set()
 
 
