@@ -231,3 +231,27 @@ def test_with_a_credential_unsigned_answers_are_forgeries(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "ignored a forged authorization" in out and "did not answer" in out
     assert central.sent[0].mac  # its own request went signed
+
+
+def test_the_pause_reads_central_s_heartbeats(tmp_path, capsys):
+    """Central beats all through the pause between two requests: the driver, reading
+    meanwhile, never says central is unavailable (a sleeping one did, for an instant)."""
+    d, central = make(pause=0.9, central_timeout=0.3)
+    beating = threading.Event()
+
+    def beat() -> None:  # the network's word, then central's heartbeat, over and over
+        while not beating.wait(0.1):
+            central.inbox.put(Got(m.CPStatus(cp_id="CP-09", location="Elda",
+                                             price_eur_kwh=0.3, state=m.CPState.ACTIVADO)))
+            central.beat()
+
+    pulse = threading.Thread(target=beat)
+    pulse.start()
+    try:
+        d.run_file(requests_file(tmp_path, "CP-01", "CP-02"))
+    finally:
+        beating.set()
+        pulse.join()
+    out = capsys.readouterr().out
+    assert out.count("TICKET at") == 2
+    assert "central unavailable" not in out, out

@@ -300,7 +300,15 @@ class Driver:
         """The pause between requests; a restart waits only what is left of it."""
         until = float(self.state.get("pause_until", 0.0))
         remaining = min(self.pause, until - time.time()) if until else self.pause
-        return not self.stop.wait(max(0.0, remaining))
+        # reading meanwhile: central's heartbeats keep its pulse fresh (a driver that
+        # only slept took the 4 s pause for central's silence), and its loss is said now
+        deadline = time.monotonic() + max(0.0, remaining)
+        while not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            self._next(left)
+        return False
 
     def resume(self) -> None:
         """After a restart: see the request that was in flight through to its end."""
@@ -410,7 +418,8 @@ class Driver:
 
     def _watch_central(self) -> None:
         silent = self.network.central_silent()
-        if silent and self._unavailable_since is None:
+        # not while records wait in the inbox: a heartbeat may be among them
+        if silent and self._unavailable_since is None and self.inbox.empty():
             self._unavailable_since = time.time()
             say(f"{self.driver_id}: central unavailable since "
                 f"{stamp(self._unavailable_since)}; waiting for it")
