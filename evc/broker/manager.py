@@ -561,6 +561,12 @@ def _terminate(pid: int, grace: float) -> bool:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return True
+    return _await_end(pid, grace)
+
+
+def _await_end(pid: int, grace: float) -> bool:
+    """Wait up to ``grace`` s for a process told to end, then SIGKILL. True if it ended
+    by itself."""
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         try:
@@ -582,28 +588,25 @@ def stop_all(data_dirs: list[Path], grace: float = 30.0) -> list[Running | None]
     """Stop several brokers together (SIGTERM to all, then wait for all, one deadline):
     what each was, or None for one that was not running."""
     found = [running(folder) for folder in data_dirs]
+    told = []
     for current in found:
         if current is not None:
             try:
                 os.kill(current.pid, signal.SIGTERM)
+                told.append(current.pid)
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + grace
-    for folder, current in zip(data_dirs, found, strict=True):
-        if current is not None:
-            _terminate(current.pid, max(0.0, deadline - time.monotonic()))
+    for pid in told:
+        _await_end(pid, max(0.0, deadline - time.monotonic()))
+    for folder in data_dirs:
         (folder / "broker.pid").unlink(missing_ok=True)
     return found
 
 
 def stop(data_dir: Path, grace: float = 30.0) -> Running | None:
-    current = running(data_dir)
-    if current is None:
-        (data_dir / "broker.pid").unlink(missing_ok=True)
-        return None
-    _terminate(current.pid, grace)
-    (data_dir / "broker.pid").unlink(missing_ok=True)
-    return current
+    """Stop one broker: what it was, or None if it was not running."""
+    return stop_all([data_dir], grace)[0]
 
 
 __all__ = [

@@ -742,9 +742,7 @@ class Transactions:
                               partition=self._bus.partition_of(topic, key))
             self._end(producer, commit=True)
         except (KafkaError, BusError) as exc:
-            if _fenced(exc, producer) and not self._still_leader():
-                log.critical("another central took over (this producer was fenced)")
-                self.fenced.set()
+            if self._deposed(exc, producer):
                 return False
             log.warning("Kafka transaction failed (%s); trying again", exc)
             self._restart()
@@ -753,6 +751,15 @@ class Transactions:
         for _, _, _, on_done in messages:
             if on_done is not None:
                 on_done(True, "")
+        return True
+
+    def _deposed(self, exc: BaseException, producer: KafkaProducer | None = None) -> bool:
+        """Whether ``exc`` says another central took over (fenced, and the lease is
+        not this central's): then ``fenced`` is set and this central sends nothing more."""
+        if not _fenced(exc, producer) or self._still_leader():
+            return False
+        log.critical("another central took over (this producer was fenced)")
+        self.fenced.set()
         return True
 
     def _still_leader(self) -> bool:
@@ -791,9 +798,7 @@ class Transactions:
         except Exception as exc:  # noqa: BLE001 - any failure: a new producer
             # A new producer would fence whoever fenced this one: never while another
             # central holds the lease.
-            if _fenced(exc, self._producer) and not self._still_leader():
-                log.critical("another central took over (this producer was fenced)")
-                self.fenced.set()
+            if self._deposed(exc, self._producer):
                 return
             log.warning("abort failed (%s): a new transactional producer", exc)
         _discard(self._producer, 0)
@@ -802,8 +807,7 @@ class Transactions:
                 self._producer = self._new_producer()
                 return
             except BusError as exc:
-                if _fenced(exc) and not self._still_leader():
-                    self.fenced.set()
+                if self._deposed(exc):
                     return
                 log.warning("cannot restart Kafka transactions yet: %s", exc)
                 time.sleep(1.0)
