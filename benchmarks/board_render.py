@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 from evc.central.board import Board
-from evc.central.brain import Brain, Settings
+from evc.central.brain import Brain
 from evc.central.events import MonitorFrame
+from evc.central.model import Settings
 from evc.protocol import messages as m
 from evc.store import Store
 

@@ -28,10 +28,12 @@ class FakeOutbox:
     def batch(self):
         return contextlib.nullcontext()
 
-    def confirm_all(self, ok: bool = True) -> None:
+    def confirm_all(self, ok: bool = True, *, retriable: bool = True) -> None:
+        from evc.errors import BusError
+
         callbacks, self.callbacks = self.callbacks, []
         for _, on_done in callbacks:
-            on_done(ok, "" if ok else "timed out")
+            on_done(None if ok else BusError("timed out", retriable=retriable))
 
     def of(self, kind: type) -> list:
         return [m for _, m, _ in self.sent if isinstance(m, kind)]

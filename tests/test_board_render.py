@@ -7,8 +7,9 @@ import re
 import pytest
 
 from evc.central.board import Board
-from evc.central.brain import Brain, Settings
+from evc.central.brain import Brain
 from evc.central.events import MonitorFrame
+from evc.central.model import Settings
 from evc.display import supports_256
 from evc.protocol import messages as m
 from evc.store import Store

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from evc.central.brain import Brain, Settings, Wait
+from evc.central.brain import Brain
 from evc.central.events import (
     BusMessage,
     ConnectionLost,
@@ -14,6 +14,7 @@ from evc.central.events import (
     MonitorFrame,
     OperatorLine,
 )
+from evc.central.model import Settings, Wait
 from evc.protocol import messages as m
 from evc.store import Store, read_database
 from tests.fakes import FakeLink, FakeOutbox, RecordingView
@@ -297,24 +298,45 @@ def test_unconfirmed_messages_are_sent_again_after_a_crash(parts, tmp_path):
     assert [a.msg_id for a in resent] == [auth.msg_id]
     assert out2.of(m.StartSupply)[0].session_id == auth.session_id
     settle(again, out2)
-    assert not again.pending and not again.store.outbox()
+    assert not again.unsent.pending and not again.store.outbox()
 
+
+def test_a_permanent_failure_is_not_retried_and_is_said_once(parts, tmp_path):
+    brain, store, outbox, _, view = parts
+    register(brain, 1, "CP-01")
+    outbox.confirm_all(False, retriable=False)  # e.g. the broker refuses the topic (ACL)
+    while not brain.events.empty():
+        brain.apply(brain.events.get_nowait())
+    assert not brain.unsent.pending  # nothing left to retry in this run
+    sent = len(outbox.sent)
+    for _ in range(3):
+        brain.tick()
+    assert not [msg for _, msg, _ in outbox.sent[sent:] if isinstance(msg, m.ResumeCP)]
+    refused = [(level, text) for level, text in view.notes if "for good" in text]
+    assert len(refused) == 1 and refused[0][0] == "error" and "timed out" in refused[0][1]
+    # kept in the stored outbox: a restart (the cause mended) sends it again
+    brain.flush()
+    store.close()
+    again, _, out2 = restarted(tmp_path)
+    assert out2.of(m.ResumeCP)
 
 def test_a_failed_send_is_sent_again(parts):
     brain, _, outbox, _, _ = parts
     register(brain, 1, "CP-01")
     settle(brain, outbox, ok=False)
-    (pending,) = brain.pending.values()
+    (pending,) = brain.unsent.pending.values()
     assert pending.retry_at > 0
     pending.retry_at = time.monotonic() - 1
     outbox.fail_next = 1  # the broker is still away: not even queued
     brain.tick()
+    while not brain.events.empty():  # its verdict comes back as an event, as Kafka's do
+        brain.apply(brain.events.get_nowait())
     assert pending.retry_at > 0 and pending.failures == 2
     pending.retry_at = time.monotonic() - 1
     brain.tick()
     settle(brain, outbox)
     resumes = [msg for _, msg, _ in outbox.sent if isinstance(msg, m.ResumeCP)]
-    assert not brain.pending and len(resumes) == 2 and resumes[0] == resumes[1]
+    assert not brain.unsent.pending and len(resumes) == 2 and resumes[0] == resumes[1]
 
 
 def test_a_record_is_applied_once_even_when_delivered_again(parts):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from evc.central.brain import Settings
 from evc.central.events import ConnectionLost, MonitorFrame, OperatorLine
+from evc.central.model import Settings
 from evc.protocol import auth
 from evc.protocol import messages as m
 from evc.store import Store

@@ -137,7 +137,7 @@ def test_a_batch_is_one_transaction_with_its_messages(bus):
             txn.replicate([("cps/CP-01", '{"cp_id":"CP-01"}')])
             time.sleep(0.5)  # a slow batch: the committer is free to look meanwhile
             txn.send(CONTROL, m.StopCP(cp_id="CP-01"), "CP-01",
-                     lambda ok, _error: ok and done.set())
+                     lambda error: error is None and done.set())
         wait_for(done.is_set, 15, "the batch committed")
         assert txn.committed == 1  # one transaction, not the changes first
         reader = ChangelogReader(bus, CHANGELOG)

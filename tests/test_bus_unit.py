@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from kafka.errors import KafkaError, KafkaTimeoutError, ProducerFencedError
 
-from evc.bus import GATHER_BYTES, Consumer, _fenced
+from evc.bus import GATHER_BYTES, Consumer, fenced
 
 
 def gathering(gather: float = 0.02) -> Consumer:
@@ -39,15 +39,15 @@ def test_a_busy_consumer_gathers_and_an_idle_one_answers_at_once():
 
 
 def test_a_fenced_producer_is_recognised_however_kafka_python_says_it():
-    assert _fenced(ProducerFencedError())
+    assert fenced(ProducerFencedError())
     # a send after the fencing: a plain KafkaError carrying the cause in its arguments
-    assert _fenced(KafkaError("Cannot perform send because at least one previous "
+    assert fenced(KafkaError("Cannot perform send because at least one previous "
                               "transactional or idempotent request has failed with errors.",
                               ProducerFencedError()))
     # an abort after it: only the producer's state says why
     producer = SimpleNamespace(_transaction_manager=SimpleNamespace(
         last_error=ProducerFencedError()))
-    assert _fenced(KafkaError("Cannot execute transactional method because we are in an "
+    assert fenced(KafkaError("Cannot execute transactional method because we are in an "
                               "error state"), producer)
     try:
         try:
@@ -55,8 +55,8 @@ def test_a_fenced_producer_is_recognised_however_kafka_python_says_it():
         except ProducerFencedError as cause:
             raise RuntimeError("cannot start Kafka transactions") from cause
     except RuntimeError as wrapped:
-        assert _fenced(wrapped)
+        assert fenced(wrapped)
     # a broker outage is not a fencing: the transaction is tried again
-    assert not _fenced(KafkaTimeoutError("the transaction did not commit within 10 s"))
-    assert not _fenced(KafkaError("timed out"), SimpleNamespace(
+    assert not fenced(KafkaTimeoutError("the transaction did not commit within 10 s"))
+    assert not fenced(KafkaError("timed out"), SimpleNamespace(
         _transaction_manager=SimpleNamespace(last_error=None)))

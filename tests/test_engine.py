@@ -41,10 +41,10 @@ class Wire:
         if on_done is not None:
             self.pending.append(on_done)
 
-    def confirm(self, ok: bool = True) -> None:
+    def confirm(self, ok: bool = True, *, retriable: bool = True) -> None:
         pending, self.pending = self.pending, []
         for on_done in pending:
-            on_done(ok, "" if ok else "timed out")
+            on_done(None if ok else BusError("timed out", retriable=retriable))
 
     def telemetry(self, **match) -> list[m.Telemetry]:
         return [msg for topic, msg, _ in self.sent if topic == TELEMETRY
@@ -206,22 +206,39 @@ def test_a_killed_engine_reports_its_unfinished_supply_when_it_starts_again():
     assert again.supply is None
 
 
+def test_a_final_refused_for_good_is_not_retried_but_kept_for_the_next_start(parts):
+    engine, wire, journal, shown = parts
+    engine.cp_id = "CP-01"
+    start(engine)
+    engine.on_key("u")
+    wire.confirm(ok=False, retriable=False)  # e.g. a record the broker will never take
+    assert not engine.finals and [line for line in shown if "for good" in line] != []
+    sent = len(wire.sent)
+    for _ in range(3):
+        engine.tick()
+    assert len(wire.sent) == sent  # not sent again in this run
+    assert journal.data["finals"]  # but a restart (the cause mended) sends it
+    again_wire = Wire()
+    Engine(again_wire, lambda _: None, journal=journal).recover()
+    assert [t.final for _, t, _ in again_wire.sent] == [True]
+
 def test_unconfirmed_finals_are_sent_again_until_kafka_takes_them(parts):
     engine, wire, journal, _ = parts
     engine.cp_id = "CP-01"
     start(engine)
     engine.on_key("u")
     wire.confirm(ok=False)  # Kafka gave up on it
-    assert engine.retry_at
-    engine.retry_at["s1"] = time.monotonic() - 1
+    pending = engine.finals.pending["s1"]
+    assert pending.retry_at
+    pending.retry_at = time.monotonic() - 1
     wire.fail = True  # the broker is still away: not even queued
     engine.tick()
-    assert engine.retry_at["s1"] > time.monotonic()
+    assert pending.retry_at > time.monotonic()
     wire.fail = False
-    engine.retry_at["s1"] = time.monotonic() - 1
+    pending.retry_at = time.monotonic() - 1
     engine.tick()
     wire.confirm()
-    assert not engine.finals and not engine.retry_at
+    assert not engine.finals
     assert len(wire.telemetry(final=True)) == 2  # the same final, twice: once taken
     # and a restart finds nothing to send
     again_wire = Wire()

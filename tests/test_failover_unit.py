@@ -11,8 +11,9 @@ import pytest
 
 from evc.broker import manager
 from evc.central.board import Board
-from evc.central.brain import Brain, Settings
+from evc.central.brain import Brain
 from evc.central.events import MonitorFrame
+from evc.central.model import Settings
 from evc.central.standby import StandbyModel
 from evc.errors import ConfigError, EvcError
 from evc.net import Address, parse_bootstrap

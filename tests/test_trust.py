@@ -245,9 +245,10 @@ def test_a_secure_broker_lets_each_role_do_only_its_part(tmp_path, procs):
         verdicts: list = []
         with KafkaBus(kafka, sasl=Sasl("driver", users["driver"])) as bus:
             bus.send(CONTROL, m.StopCP(cp_id="CP-01"), "CP-01",
-                     lambda ok, error: verdicts.append((ok, error)))
+                     lambda error: verdicts.append((error is None, error)))
             wait_for(lambda: verdicts, 20, "the broker's verdict")
-        assert verdicts[0][0] is False and "TopicAuthorization" in verdicts[0][1]
+        assert verdicts[0][0] is False and "TopicAuthorization" in str(verdicts[0][1])
+        assert not verdicts[0][1].retriable  # refused for good: not sent again
         with pytest.raises(BusError, match="refused the login of Kafka user 'driver'"):
             KafkaBus(kafka, sasl=Sasl("driver", "wrong"), connect_timeout=3)
         anonymous = run_evc(["driver", kafka, "D-1", "--list", "--kafka-wait", "2"])

@@ -34,7 +34,8 @@ from evc.display import (
 from evc.protocol.messages import CPState
 
 if TYPE_CHECKING:
-    from evc.central.brain import Brain, ChargePoint
+    from evc.central.brain import Brain
+    from evc.central.model import ChargePoint
 
 def detail(cp: ChargePoint, now: float) -> str:
     """The board's last column: the driver and live figures, or why the CP is out."""

@@ -36,16 +36,12 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Protocol
 
-from evc.central import admin
+from evc.central import operator
 from evc.central.events import (
     BusMessage,
     BusSkipped,
+    CentralRecord,
     ConnectionLost,
     Event,
     Heartbeats,
@@ -54,7 +50,19 @@ from evc.central.events import (
     OperatorLine,
     Sent,
 )
+from evc.central.model import (
+    DEFAULT_PRICE,
+    ChargePoint,
+    Counters,
+    PendingRegistration,
+    Session,
+    Settings,
+    Wait,
+    reason_of,
+)
+from evc.central.ports import Acker, Audit, Credentials, Link, Nowhere, Outbox, View
 from evc.errors import BusError, ProtocolError
+from evc.ports import Done, Unconfirmed, Verdict, assert_never
 from evc.protocol import auth
 from evc.protocol.messages import (
     Authorization,
@@ -90,191 +98,6 @@ from evc.store import DRIVERS, META, OUTBOX, SESSIONS, Store
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PRICE = 0.35
-Done = Callable[[bool, str], None]
-
-
-# ---------------------------------------------------------------------- ports
-
-
-class Link(Protocol):
-    """The TCP side, as the brain sees it (central/server.py implements it)."""
-
-    def send(self, conn_id: int, message: Message) -> None: ...
-
-    def close_connection(self, conn_id: int, reason: str, final: Message | None = None) -> None: ...
-
-
-class Outbox(Protocol):
-    """The Kafka side (bus.KafkaBus implements it): queue a message, hear back later.
-
-    ``message`` None is a tombstone: ``key`` removed from a compacted topic.
-    """
-
-    def send(self, topic: str, message: Message | None, key: str,
-             on_done: Done | None = None) -> None: ...
-
-    def batch(self) -> AbstractContextManager[None]:
-        """What is sent (and stored) inside becomes visible together (bus.Transactions)."""
-        ...
-
-
-class Acker(Protocol):
-    def ack(self, delivery: Delivery) -> None: ...
-
-
-class Credentials(Protocol):
-    """Where central hands out the secrets it makes (store.credentials.CredentialFiles)."""
-
-    def write(self, ident: str, secret: str) -> Any: ...
-
-    def remove(self, ident: str) -> None: ...
-
-
-class Audit(Protocol):
-    """The append-only record of who did what, from where (store.AuditLog)."""
-
-    def write(self, event: str, **fields: Any) -> None: ...
-
-
-class _Nowhere:
-    """Credentials and audit when none is given (unit tests of other rules)."""
-
-    def write(self, *_args: Any, **_fields: Any) -> None:
-        return None
-
-    def remove(self, ident: str) -> None:
-        return None
-
-
-class View(Protocol):
-    """Where central shows what happens (plain lines or the live board)."""
-
-    def changed(self, cp: ChargePoint, old: CPState | None, new: CPState, why: str) -> None: ...
-
-    def note(self, text: str, level: str = "info") -> None: ...
-
-    def refresh(self, brain: Brain) -> None: ...
-
-    def key(self, ch: str) -> str | None:
-        """A key typed at the console; returns a finished line, if any."""
-        ...
-
-
-# ---------------------------------------------------------------------- state
-
-
-class Wait(Enum):
-    """What a session's deadline waits for."""
-
-    START = "start"  # the engine's first telemetry after the start order
-    FINAL = "final"  # the engine's final telemetry after the end was decided
-    MONITOR = "monitor"  # after a central restart: the CP's monitor registering again
-
-
-@dataclass
-class Session:
-    session_id: str
-    cp_id: str
-    driver_id: str
-    request_id: str
-    price: float
-    started_at: float  # wall clock
-    kwh: float = 0.0
-    eur: float = 0.0
-    supplying: bool = False  # the engine has sent telemetry
-    end_reason: EndReason | None = None  # set when the end is decided
-    waiting: Wait | None = None
-    deadline: float = 0.0  # monotonic: what ``waiting`` names must happen by then
-
-    def wait(self, what: Wait | None, seconds: float = 0.0) -> None:
-        self.waiting = what
-        self.deadline = time.monotonic() + seconds if what is not None else 0.0
-
-    def record(self, **extra: Any) -> dict[str, Any]:
-        return {
-            "session_id": self.session_id, "cp_id": self.cp_id, "driver_id": self.driver_id,
-            "request_id": self.request_id, "price_eur_kwh": self.price,
-            "started_at": self.started_at, "consumo_kwh": self.kwh, "importe_eur": self.eur,
-            "supplying": self.supplying,
-            "end_reason": str(self.end_reason) if self.end_reason else None,
-            **extra,
-        }
-
-
-@dataclass
-class ChargePoint:
-    cp_id: str
-    location: str
-    price: float
-    stopped: bool = False
-    conn_id: int | None = None
-    peer: str = ""
-    faulted: bool = False
-    fault_reason: str = ""
-    last_seen: float | None = None  # wall clock
-    session: Session | None = None
-    state: CPState = CPState.DESCONECTADO  # cached derive(); updated by Brain._refresh_cp
-    presumed_until: float = 0.0  # monotonic: the last known state is shown until then
-    secret: str = ""  # its credential ("" = revoked: it cannot register at the auth level)
-    keys: dict[str, str] = field(default_factory=dict)  # kid -> Kafka key (newest last)
-
-    def derive(self) -> CPState:
-        if self.conn_id is None:
-            return CPState.DESCONECTADO
-        if self.faulted:
-            return CPState.AVERIADO
-        if self.stopped:
-            return CPState.PARADO
-        if self.session is not None:
-            return CPState.SUMINISTRANDO
-        return CPState.ACTIVADO
-
-
-@dataclass(frozen=True)
-class Settings:
-    request_ttl: float = 30.0  # older requests are answered "expired"
-    start_timeout: float = 5.0  # engine must send telemetry this soon after the start order
-    final_timeout: float = 20.0  # and its final telemetry this soon after an end order
-    resume_grace: float = 15.0  # after a restart, monitors of open sessions must be back
-    max_supply: float = 3600.0  # a supply nobody ends is ended after this long (0: never)
-    bus_timeout: float = 3.0  # no confirmation from Kafka this long: Kafka is unavailable
-    secure: bool = True  # the authenticated level; False: the open level (docs/SECURITY.md)
-    max_rate: float = 1.0  # kWh a CP can add per second: a faster reading is implausible
-    heartbeat: float = 1.0  # central's liveness record on network_topic
-    batch: int = 500
-    tick: float = 0.2
-
-
-@dataclass
-class PendingRegistration:
-    """A monitor that said who it is and was challenged to prove it."""
-
-    cp_id: str
-    peer: str
-    register: Register
-    nonce: str  # central's
-
-
-@dataclass
-class Counters:
-    requests: int = 0
-    authorized: int = 0
-    denied: int = 0
-    tickets: int = 0
-    internal_errors: int = 0
-
-
-@dataclass
-class Pending:
-    """A decided message on its way to Kafka (stored in the outbox until confirmed)."""
-
-    topic: str
-    message: Message
-    key: str
-    retry_at: float = 0.0  # monotonic; 0 = in flight
-    failures: int = 0
-
 
 # ---------------------------------------------------------------------- the brain
 
@@ -305,8 +128,8 @@ class Brain:
         self.settings = settings or Settings()
         self.events: queue.Queue[Event] = events if events is not None else queue.Queue()
         self.identity = identity or f"{socket.gethostname()} pid {os.getpid()}"
-        self.credentials: Credentials = credentials or _Nowhere()
-        self.audit: Audit = audit or _Nowhere()
+        self.credentials: Credentials = credentials or Nowhere()
+        self.audit: Audit = audit or Nowhere()
         self.drivers: dict[str, str] = {}  # driver id -> its secret (the driver registry)
         self.challenges: dict[int, PendingRegistration] = {}
         self.acker: Acker | None = None
@@ -320,7 +143,9 @@ class Brain:
         self.started_at = time.time()
         self.outages: list[tuple[float, float]] = []  # (from, to), wall clock: central deaf
         self.applied: dict[tuple[str, int], int] = {}  # next offset to apply per partition
-        self.pending: dict[str, Pending] = {}
+        # decided messages on their way to Kafka (each also in the stored outbox)
+        self.unsent = Unconfirmed(self.outbox.send, self._report_sent,
+                                  say=lambda text: self.view.note(text, "error"))
         self._new: list[str] = []  # decided in this batch: sent after the commit
         self._seq = 0
         self._acks: list[Delivery] = []
@@ -376,7 +201,7 @@ class Brain:
                 request_id=rec.get("request_id", ""), price=rec["price_eur_kwh"],
                 started_at=rec["started_at"], kwh=rec.get("consumo_kwh", 0.0),
                 eur=rec.get("importe_eur", 0.0), supplying=bool(rec.get("supplying", True)),
-                end_reason=_reason(reason) if reason else None,
+                end_reason=reason_of(reason) if reason else None,
             )
             self._add_session(session)
             owner = self.cps.get(session.cp_id)
@@ -401,7 +226,7 @@ class Brain:
                 self.store.remove(OUTBOX, str(rec.get("msg_id")))
                 continue
             self._seq = max(self._seq, int(rec.get("seq", 0)))
-            self.pending[message.msg_id] = Pending(rec["topic"], message, rec["key"])
+            self.unsent.add(message.msg_id, rec["topic"], message, rec["key"])
             self._new.append(message.msg_id)
         if self._new:
             log.info("re-sending %d messages that Kafka had not confirmed", len(self._new))
@@ -419,26 +244,26 @@ class Brain:
         cp = self.cps.get(cp_id)
         if cp is None:
             cp = self.cps[cp_id] = ChargePoint(cp_id, location, price)
-            self._new_secret(cp_id)
+            self.new_secret(cp_id)
         else:
             cp.location, cp.price = location, price
-        self._save_cp(cp)
+        self.save_cp(cp)
 
     def upsert_driver(self, driver_id: str) -> bool:
         """Register a driver (from --drivers or the console); True when it is new."""
         if driver_id in self.drivers:
             return False
         self.drivers[driver_id] = ""
-        self._new_secret(driver_id)
+        self.new_secret(driver_id)
         return True
 
-    def _new_secret(self, ident: str) -> None:
+    def new_secret(self, ident: str) -> None:
         """A fresh credential for a CP or a driver: stored, written out, audited."""
         secret = auth.new_secret()
         if ident in self.cps:
             cp = self.cps[ident]
             cp.secret, cp.keys = secret, {}
-            self._save_cp(cp)
+            self.save_cp(cp)
         else:
             self.drivers[ident] = secret
             self.store.put(DRIVERS, {"driver_id": ident, "secret": secret})
@@ -485,28 +310,31 @@ class Brain:
                            "see the log", "error")
 
     def _apply(self, event: Event) -> None:
-        if isinstance(event, MonitorFrame):
-            self.on_frame(event)
-        elif isinstance(event, Heartbeats):
-            self.on_heartbeats(event)
-        elif isinstance(event, ConnectionLost):
-            self.on_connection_lost(event.conn_id, event.reason)
-        elif isinstance(event, BusMessage):
-            late = _late(event.message)
-            if not late:  # it brings the late changes along
-                self.store.flush_late()
-            if self._first_time(event.delivery, late=late):
-                self.on_bus(event.message)
-        elif isinstance(event, BusSkipped):
-            self._first_time(event.delivery)
-        elif isinstance(event, Sent):
-            self.on_sent(event)
-        elif isinstance(event, OperatorLine):
-            self.on_operator(event.text)
-        elif isinstance(event, OperatorKey):
-            line = self.view.key(event.key)
-            if line is not None:
-                self.on_operator(line)
+        match event:
+            case MonitorFrame():
+                self.on_frame(event)
+            case Heartbeats():
+                self.on_heartbeats(event)
+            case ConnectionLost():
+                self.on_connection_lost(event.conn_id, event.reason)
+            case BusMessage():
+                late = _late(event.message)
+                if not late:  # it brings the late changes along
+                    self.store.flush_late()
+                if self._first_time(event.delivery, late=late):
+                    self.on_bus(event.message)
+            case BusSkipped():
+                self._first_time(event.delivery)
+            case Sent():
+                self.on_sent(event)
+            case OperatorLine():
+                self.on_operator(event.text)
+            case OperatorKey():
+                line = self.view.key(event.key)
+                if line is not None:
+                    self.on_operator(line)
+            case _:
+                assert_never(event)
 
     def _first_time(self, d: Delivery, late: bool = False) -> bool:
         """Count the record as read; False when it was applied before (a redelivery)."""
@@ -523,7 +351,7 @@ class Brain:
         self.store.commit()
         new, self._new = self._new, []
         for msg_id in new:
-            self._send(msg_id)
+            self.unsent.send_now(msg_id)
         acks, self._acks = self._acks, []
         if self.acker is not None:
             for delivery in acks:
@@ -547,29 +375,17 @@ class Brain:
         self._seq += 1
         self.store.put(OUTBOX, {"msg_id": message.msg_id, "seq": self._seq, "topic": topic,
                                 "key": key, "wire": message.to_wire()})
-        self.pending[message.msg_id] = Pending(topic, message, key)
+        self.unsent.add(message.msg_id, topic, message, key)
         self._new.append(message.msg_id)
 
-    def _send(self, msg_id: str) -> None:
-        p = self.pending.get(msg_id)
-        if p is None:
-            return
-        p.retry_at = 0.0
-        try:
-            self.outbox.send(p.topic, p.message, p.key, on_done=self._confirmer(msg_id))
-        except BusError as exc:
-            self._failed(p, str(exc))
+    def _report_sent(self, msg_id: str, error: BusError | None) -> None:
+        """Kafka's verdict on an outbox message, from the producer's thread: an event."""
+        self.events.put(Sent(msg_id, error))
 
-    def _confirmer(self, msg_id: str | None) -> Done:
+    def _confirmer(self, status_of: str | None = None) -> Done:
+        """The verdict on a heartbeat or a CP's public state, as an event."""
         events = self.events
-        return lambda ok, error: events.put(Sent(msg_id, ok, error))
-
-    def _failed(self, p: Pending, error: str) -> None:
-        p.failures += 1
-        p.retry_at = time.monotonic() + min(5.0, 0.5 * 2 ** min(p.failures, 4))
-        if p.failures == 1:
-            log.warning("Kafka did not take %s (%s); it will be sent again", p.message.TYPE,
-                        error)
+        return lambda error: events.put(Sent(None, error, status_of=status_of))
 
     def on_sent(self, event: Sent) -> None:
         if event.ok:
@@ -578,14 +394,10 @@ class Brain:
             self._status_due.add(event.status_of)  # published again at the next tick
         if event.msg_id is None:
             return
-        p = self.pending.get(event.msg_id)
-        if p is None:
-            return
-        if event.ok:
-            del self.pending[event.msg_id]
+        # Confirmed: out of the stored outbox. Refused for good: kept there, so that a
+        # restart (the cause mended) sends it again; not sent again in this run.
+        if self.unsent.settle(event.msg_id, event.error) is Verdict.CONFIRMED:
             self.store.remove(OUTBOX, event.msg_id)
-        else:
-            self._failed(p, event.error)
 
     def tick(self) -> None:
         """Deadlines, re-sends, Kafka's health and central's heartbeat; then the view."""
@@ -602,9 +414,7 @@ class Brain:
                         self.view.note(f"{session.cp_id}: supply of {session.driver_id} ended "
                                        f"after the maximum of {self.settings.max_supply:g} s")
                         self._end_session(session, EndReason.TIME_LIMIT)
-        for msg_id, p in list(self.pending.items()):
-            if p.retry_at and now >= p.retry_at:
-                self._send(msg_id)
+        self.unsent.resend_due(now)
         if self._presumed and now > min(self.cps[c].presumed_until if c in self.cps else 0.0
                                         for c in self._presumed):
             for cp_id in sorted(self._presumed):
@@ -624,7 +434,7 @@ class Brain:
                 self.outbox.send(NETWORK, CentralStatus(
                     central=self.identity, started_at=self.started_at,
                     kafka_ok=self.bus_down_since is None, epoch=self.epoch), CENTRAL_KEY,
-                    on_done=self._confirmer(None))
+                    on_done=self._confirmer())
             except BusError as exc:
                 log.debug("heartbeat not sent: %s", exc)
         self.view.refresh(self)
@@ -632,7 +442,6 @@ class Brain:
     def _publish_status(self) -> None:
         """Each changed CP's public state to network_topic (a tombstone once removed)."""
         due, self._status_due = self._status_due, set()
-        events = self.events
         for cp_id in sorted(due):
             cp = self.cps.get(cp_id)
             status = None if cp is None else CPStatus(
@@ -641,7 +450,7 @@ class Brain:
                 "stopped by the operator" if cp.state is CPState.PARADO else "",
                 last_seen=cp.last_seen or 0.0)
             try:
-                self.outbox.send(NETWORK, status, cp_id, on_done=_status_confirmer(events, cp_id))
+                self.outbox.send(NETWORK, status, cp_id, on_done=self._confirmer(cp_id))
             except BusError:
                 self._status_due.add(cp_id)
 
@@ -683,29 +492,35 @@ class Brain:
     def on_frame(self, event: MonitorFrame) -> None:
         msg = event.message
         cp_id = self.by_conn.get(event.conn_id)
-        if cp_id is None:
+        if cp_id is None:  # not registered: a register, then the proof, and nothing else
             pending = self.challenges.pop(event.conn_id, None)
-            if pending is not None and isinstance(msg, Prove) and msg.cp_id == pending.cp_id:
-                self.on_proof(event.conn_id, pending, msg)
-            elif pending is None and isinstance(msg, Register):
-                self.on_register(event.conn_id, event.peer, msg)
-            else:
-                self.link.close_connection(
-                    event.conn_id, "spoke before registering",
-                    RegisterRejected(cp_id=getattr(msg, "cp_id", "unknown"),
-                                     reason="register first", code=RejectCode.PROTOCOL))
+            match msg:
+                case Prove() if pending is not None and msg.cp_id == pending.cp_id:
+                    self.on_proof(event.conn_id, pending, msg)
+                case Register() if pending is None:
+                    self.on_register(event.conn_id, event.peer, msg)
+                case _:
+                    self.link.close_connection(
+                        event.conn_id, "spoke before registering",
+                        RegisterRejected(cp_id=msg.cp_id, reason="register first",
+                                         code=RejectCode.PROTOCOL))
             return
         cp = self.cps[cp_id]
-        said = "" if isinstance(msg, Register) else getattr(msg, "cp_id", cp_id)
-        if not self._speaks_for(event.conn_id, cp_id, said):  # a second register counts
+        said = "" if isinstance(msg, Register) else msg.cp_id  # a second register counts
+        if not self._speaks_for(event.conn_id, cp_id, said):
             return
         cp.last_seen = time.time()
-        if isinstance(msg, Heartbeat):
-            return
-        if isinstance(msg, FaultReport):
-            self.on_fault(cp, msg.reason or "engine fault")
-        elif isinstance(msg, RecoveryReport):
-            self.on_recovered(cp)
+        match msg:
+            case FaultReport():
+                self.on_fault(cp, msg.reason or "engine fault")
+            case RecoveryReport():
+                self.on_recovered(cp)
+            case Heartbeat() | Prove():  # seen, nothing more (a late proof says nothing)
+                pass
+            case Register():  # closed above
+                pass
+            case _:
+                assert_never(msg)
 
     def _speaks_for(self, conn_id: int, cp_id: str, said: str) -> bool:
         """A registered connection serves its own CP only: one that speaks for another
@@ -837,15 +652,16 @@ class Brain:
         self._refresh_cp(cp, "engine OK again", before)
 
     # ------------------------------------------------------------------ Kafka
-    def on_bus(self, msg: Message) -> None:
-        if isinstance(msg, ChargeRequest):
-            self.on_charge_request(msg)
-        elif isinstance(msg, EndRequest):
-            self.on_end_request(msg)
-        elif isinstance(msg, Telemetry):
-            self.on_telemetry(msg)
-        else:
-            log.warning("ignoring %s on central's topics", msg.TYPE)
+    def on_bus(self, msg: CentralRecord) -> None:
+        match msg:
+            case ChargeRequest():
+                self.on_charge_request(msg)
+            case EndRequest():
+                self.on_end_request(msg)
+            case Telemetry():
+                self.on_telemetry(msg)
+            case _:
+                assert_never(msg)
 
     def on_charge_request(self, req: ChargeRequest) -> None:
         if req.msg_id in self.answered:
@@ -967,7 +783,7 @@ class Brain:
                                   "importe_eur": session.eur, "supplying": True},
                        late=_late(t))
         if t.final:
-            reason = session.end_reason or _reason(t.reason)
+            reason = session.end_reason or reason_of(t.reason)
             self._close_session(session, reason)
 
     def _implausible(self, t: Telemetry, session: Session) -> str | None:
@@ -1034,125 +850,32 @@ class Brain:
 
     # ------------------------------------------------------------------ operator
     def on_operator(self, line: str) -> None:
-        try:
-            command = admin.parse_command(line)
-        except admin.CommandError as exc:
-            self.view.note(str(exc), "error")
-            return
-        if command is None:
-            return
-        self.audit.write("operator", line=line)
-        if isinstance(command, admin.Help):
-            self.view.note(admin.HELP)
-        elif isinstance(command, admin.Quit):
-            self.quit_requested.set()
-        elif isinstance(command, admin.Add):
-            existed = command.cp_id in self.cps
-            self.upsert_cp(command.cp_id, command.location, command.price)
-            self.view.note(f"{'updated' if existed else 'registered'} {command.cp_id} at "
-                           f"{command.location}, {command.price:.2f} €/kWh")
-        elif isinstance(command, admin.AddDriver):
-            if self.upsert_driver(command.driver_id):
-                self.view.note(f"registered driver {command.driver_id}; its credential is "
-                               f"in {command.driver_id}.key")
-            else:
-                self.view.note(f"driver {command.driver_id} is registered already")
-        elif isinstance(command, admin.RemoveDriver):
-            if self.drivers.pop(command.driver_id, None) is None:
-                self.view.note(f"unknown driver {command.driver_id!r}; nothing changed", "error")
-            else:
-                self.store.remove(DRIVERS, command.driver_id)
-                self.credentials.remove(command.driver_id)
-                self.audit.write("credential", id=command.driver_id, action="removed")
-                self.view.note(f"removed driver {command.driver_id}")
-        elif isinstance(command, (admin.Rotate, admin.Revoke)):
-            self.change_credential(command.ident, rotate=isinstance(command, admin.Rotate))
-        elif isinstance(command, (admin.Stop, admin.Resume, admin.Remove, admin.SetPrice)):
-            targets = self._targets(command.cp_id)
-            if targets is None:
-                return
-            for cp in targets:
-                if isinstance(command, admin.Stop):
-                    self.stop_cp(cp)
-                elif isinstance(command, admin.Resume):
-                    self.resume_cp(cp)
-                elif isinstance(command, admin.Remove):
-                    self.remove_cp(cp)
-                else:
-                    cp.price = command.price
-                    self._save_cp(cp)
-                    self.view.note(f"{cp.cp_id} now costs {cp.price:.2f} €/kWh "
-                                   "(from the next supply)")
-
-    def change_credential(self, ident: str, *, rotate: bool) -> None:
-        """A new secret (rotate) or none (revoke) for a CP or a driver.
-
-        The old one stops working at once: a CP's monitor connected with it is
-        disconnected (its supply ends and is billed), and must register again with
-        the new file; a revoked one cannot register until rotated.
-        """
-        cp = self.cps.get(ident)
-        if cp is None and ident not in self.drivers:
-            self.view.note(f"unknown CP or driver {ident!r}; nothing changed", "error")
-            return
-        if rotate:
-            self._new_secret(ident)
-        else:
-            if cp is not None:
-                cp.secret, cp.keys = "", {}
-                self._save_cp(cp)
-            else:
-                self.drivers[ident] = ""
-                self.store.put(DRIVERS, {"driver_id": ident, "secret": ""})
-            self.credentials.remove(ident)
-            self.audit.write("credential", id=ident, action="revoked")
-        if cp is not None and cp.conn_id is not None:
-            self.link.close_connection(cp.conn_id, "credential changed", RegisterRejected(
-                cp_id=cp.cp_id, code=RejectCode.AUTH,
-                reason=f"{cp.cp_id}'s credential was {'rotated' if rotate else 'revoked'}"))
-        self.view.note(f"{ident}: credential {'rotated' if rotate else 'revoked'}"
-                       + (f"; the new one is in {ident}.key" if rotate else ""))
-
-    def _targets(self, cp_id: str | None) -> list[ChargePoint] | None:
-        if cp_id is None:
-            return list(self.cps.values())
-        cp = self.cps.get(cp_id)
-        if cp is None:
-            self.view.note(f"unknown charge point {cp_id!r}; nothing changed", "error")
-            return None
-        return [cp]
+        """A console line (operator.py says what each command does)."""
+        operator.apply(self, line)
 
     def stop_cp(self, cp: ChargePoint) -> None:
+        """Out of order: the engine is told, a running supply ends (and is billed)."""
         before = cp.state
         cp.stopped = True
         self._order(cp, StopCP(cp_id=cp.cp_id))
         if cp.session is not None:
             self._end_session(cp.session, EndReason.STOPPED)
         self._refresh_cp(cp, "stopped by the operator", before)
-        if cp.state is before:
-            self.view.note(f"{cp.cp_id} stopped; it shows {before} until that clears, "
-                           "then Parado")
 
     def resume_cp(self, cp: ChargePoint) -> None:
         before = cp.state
         cp.stopped = False
         self._order(cp, ResumeCP(cp_id=cp.cp_id))
         self._refresh_cp(cp, "resumed by the operator", before)
-        if cp.state is before:
-            self.view.note(f"{cp.cp_id} resumed; it shows {before}")
 
     def remove_cp(self, cp: ChargePoint) -> None:
-        if cp.conn_id is not None or cp.session is not None:
-            self.view.note(f"{cp.cp_id} is connected; stop its monitor before removing it",
-                           "error")
-            return
+        """Out of the registry (operator.py checks it is neither connected nor supplying)."""
         del self.cps[cp.cp_id]
         self.store.remove_cp(cp.cp_id)
         self._status_due.add(cp.cp_id)
-        self.view.note(f"removed {cp.cp_id} from the registry")
 
     # ------------------------------------------------------------------ helpers
-    def _save_cp(self, cp: ChargePoint) -> None:
+    def save_cp(self, cp: ChargePoint) -> None:
         self._status_due.add(cp.cp_id)
         self.store.put_cp({
             "cp_id": cp.cp_id, "location": cp.location, "price_eur_kwh": cp.price,
@@ -1162,7 +885,7 @@ class Brain:
 
     def _refresh_cp(self, cp: ChargePoint, why: str, before: CPState) -> None:
         cp.state = cp.derive()
-        self._save_cp(cp)
+        self.save_cp(cp)
         if cp.state is not before:
             self.view.changed(cp, before, cp.state, why)
 
@@ -1173,12 +896,6 @@ class Brain:
         return out
 
 
-def _status_confirmer(events: queue.Queue[Event], cp_id: str) -> Done:
-    def done(ok: bool, error: str) -> None:
-        events.put(Sent(None, ok, error, status_of=cp_id))
-    return done
-
-
 def _late(msg: Message) -> bool:
     """A running supply's own reading: it may reach the changelog late (Store.late_every),
     with how far its partition was read, for a central taking over reads it again (a
@@ -1187,9 +904,3 @@ def _late(msg: Message) -> bool:
     it is read), is never read twice: it brings the late changes along."""
     return isinstance(msg, Telemetry) and bool(msg.session_id) and not msg.final
 
-
-def _reason(text: str) -> EndReason:
-    try:
-        return EndReason(text)
-    except ValueError:
-        return EndReason.UNPLUGGED

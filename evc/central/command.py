@@ -28,7 +28,7 @@ from evc.bus import (
     retrying,
 )
 from evc.central.board import BoardView
-from evc.central.brain import Brain, Settings
+from evc.central.brain import Brain
 from evc.central.events import (
     BusMessage,
     BusSkipped,
@@ -38,6 +38,7 @@ from evc.central.events import (
     OperatorLine,
     Sent,
 )
+from evc.central.model import Settings
 from evc.central.server import MonitorServer
 from evc.central.standby import StandbyModel
 from evc.central.view import PlainView

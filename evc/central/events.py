@@ -4,8 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from evc.protocol.messages import Message
+from evc.errors import BusError
+from evc.protocol.messages import (
+    ChargeRequest,
+    EndRequest,
+    FaultReport,
+    Heartbeat,
+    Prove,
+    RecoveryReport,
+    Register,
+    Telemetry,
+)
 from evc.protocol.topics import Delivery
+
+MonitorMessage = Register | Prove | Heartbeat | FaultReport | RecoveryReport
+"""What a monitor may say to central (the server refuses any other type:
+messages.TCP_CENTRAL_TYPES)."""
+
+CentralRecord = ChargeRequest | EndRequest | Telemetry
+"""What central applies from requests_topic and telemetry_topic (any other type is
+skipped as a BusSkipped)."""
+CENTRAL_RECORD_TYPES = (ChargeRequest, EndRequest, Telemetry)
 
 
 @dataclass(frozen=True)
@@ -14,7 +33,7 @@ class MonitorFrame:
 
     conn_id: int
     peer: str
-    message: Message
+    message: MonitorMessage
 
 
 @dataclass(frozen=True)
@@ -42,7 +61,7 @@ class ConnectionLost:
 class BusMessage:
     """A record from requests_topic or telemetry_topic."""
 
-    message: Message
+    message: CentralRecord
     delivery: Delivery
 
 
@@ -56,16 +75,19 @@ class BusSkipped:
 
 @dataclass(frozen=True)
 class Sent:
-    """Kafka's verdict on a message central sent.
+    """Kafka's verdict on a message central sent (``error`` None: Kafka took it).
 
     ``msg_id`` names an outbox message; ``status_of`` a CP's public state; neither: a
     heartbeat.
     """
 
     msg_id: str | None
-    ok: bool
-    error: str = ""
+    error: BusError | None = None
     status_of: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from evc.central.brain import ChargePoint, Counters, Session
+from evc.central.model import ChargePoint, Counters, Session
 from evc.protocol.messages import CPState
 from evc.store import Store
 

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, TextIO
 from evc.protocol.messages import CPState
 
 if TYPE_CHECKING:
-    from evc.central.brain import Brain, ChargePoint
+    from evc.central.brain import Brain
+    from evc.central.model import ChargePoint
 
 
 def stamp() -> str:

@@ -16,12 +16,13 @@ import click
 from evc.bus import open_bus, retrying
 from evc.console import KeyReader, pump_keys, say, stamp
 from evc.cp_engine.engine import Engine
-from evc.errors import ConfigError, EvcError, ProtocolError
+from evc.errors import BusError, ConfigError, EvcError, ProtocolError
 from evc.lifecycle import Crew, install_stop_signals, join_all
 from evc.logs import setup_logging
 from evc.net import Address, Bootstrap
 from evc.netview import NetworkView
 from evc.options import ID, KAFKA, AddressType, Common, common_options
+from evc.ports import assert_never
 from evc.protocol.framing import read_frames, send_frame
 from evc.protocol.messages import CentralStatus, EngineKey, HealthCheck, Message, from_wire
 from evc.protocol.topics import CENTRAL_KEY, CONTROL, NETWORK
@@ -54,8 +55,11 @@ class FinalDone:
     """Kafka's verdict on a final telemetry message."""
 
     session_id: str
-    ok: bool
-    error: str
+    error: BusError | None  # None: Kafka took it
+
+
+EngineEvent = Check | Order | Key | FinalDone
+"""What the engine's I/O threads hand to its main thread."""
 
 
 class Screen:
@@ -95,7 +99,7 @@ class Screen:
             sys.stdout.flush()
 
 
-def serve_health(listener: socket.socket, events: queue.Queue[object],
+def serve_health(listener: socket.socket, events: queue.Queue[EngineEvent],
                  stop: threading.Event, workers: list[threading.Thread]) -> None:
     """Accept monitors; each connection gets a reader that turns frames into events."""
     listener.settimeout(0.2)
@@ -121,7 +125,8 @@ def serve_health(listener: socket.socket, events: queue.Queue[object],
 IDLE = 10.0  # a monitor checks every second: a connection silent this long is let go
 
 
-def read_checks(sock: socket.socket, events: queue.Queue[object], stop: threading.Event) -> None:
+def read_checks(sock: socket.socket, events: queue.Queue[EngineEvent],
+                stop: threading.Event) -> None:
     try:
         for obj in read_frames(sock, stop, idle=IDLE):
             message = from_wire(obj)
@@ -232,7 +237,7 @@ def run_engine(cfg: EngineConfig) -> None:
         listener.close()
         raise
     screen = Screen()
-    events: queue.Queue[object] = queue.Queue()
+    events: queue.Queue[EngineEvent] = queue.Queue()
     credentials: dict[str, Credential] = {}
 
     def secret_for(cp: str) -> str | None:
@@ -245,7 +250,7 @@ def run_engine(cfg: EngineConfig) -> None:
             return None
 
     engine = Engine(bus.send, screen.line, journal=journal,
-                    notify=lambda sid, ok, error: events.put(FinalDone(sid, ok, error)),
+                    notify=lambda sid, error: events.put(FinalDone(sid, error)),
                     cp_id=cfg.cp_id, power=cfg.power, max_seconds=cfg.max_supply_seconds,
                     secret_for=secret_for)
     keys = KeyReader()
@@ -287,17 +292,22 @@ def run_engine(cfg: EngineConfig) -> None:
                 event = events.get(timeout=min(wait, 0.2))
             except queue.Empty:
                 event = None
-            if isinstance(event, Check):
-                answer_check(engine, event)
-            elif isinstance(event, Order):
-                if isinstance(event.message, CentralStatus):
-                    network.apply(event.message)
-                elif event.topic == control_topic:  # not the CPs' states on network_topic
-                    engine.on_order(event.message)
-            elif isinstance(event, Key):
-                engine.on_key(event.text)
-            elif isinstance(event, FinalDone):
-                engine.final_done(event.session_id, event.ok, event.error)
+            match event:
+                case None:
+                    pass
+                case Check():
+                    answer_check(engine, event)
+                case Order():
+                    if isinstance(event.message, CentralStatus):
+                        network.apply(event.message)
+                    elif event.topic == control_topic:  # not the CPs' states (network_topic)
+                        engine.on_order(event.message)
+                case Key():
+                    engine.on_key(event.text)
+                case FinalDone():
+                    engine.final_done(event.session_id, event.error)
+                case _:
+                    assert_never(event)
             if engine.cp_id != reading_orders_of and engine.cp_id is not None:
                 reading_orders_of = engine.cp_id  # learnt from its monitor: its orders now
                 consumer.retarget(CONTROL, [engine.cp_id])
@@ -313,5 +323,5 @@ def run_engine(cfg: EngineConfig) -> None:
         while not events.empty():
             event = events.get_nowait()
             if isinstance(event, FinalDone):
-                engine.final_done(event.session_id, event.ok, event.error)
+                engine.final_done(event.session_id, event.error)
     crew.check()

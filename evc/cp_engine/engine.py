@@ -26,9 +26,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import Enum
-from typing import Any, Protocol
 
 from evc.errors import BusError, ProtocolError
+from evc.ports import Journal, Send, Unconfirmed, Verdict, assert_never
 from evc.protocol import auth
 from evc.protocol.messages import (
     CPState,
@@ -49,23 +49,14 @@ from evc.protocol.topics import TELEMETRY
 
 log = logging.getLogger(__name__)
 
-Done = Callable[[bool, str], None]
 SEEN = 100  # start orders remembered, so a repeated one is never obeyed twice
 CHECK_AGE = 60.0  # a health check older (or newer) than this is a replay
 PARK = 10.0  # seconds an order signed with a key not yet here waits for it
 
 
-class Send(Protocol):
-    def __call__(self, topic: str, message: Message, key: str,
-                 on_done: Done | None = None) -> None: ...
-
-
-class Journal(Protocol):
-    """Where the engine keeps its meter (store.JsonFile, or a dict in tests)."""
-
-    def load(self) -> dict[str, Any]: ...
-
-    def save(self, data: dict[str, Any]) -> None: ...
+Order = StartSupply | EndSupply | StopCP | ResumeCP
+"""What central orders an engine (control_topic also carries drivers' answers)."""
+ORDER_TYPES = (StartSupply, EndSupply, StopCP, ResumeCP)
 
 
 class Mode(Enum):
@@ -92,7 +83,7 @@ class Engine:
         show: Callable[[str], None],
         *,
         journal: Journal,
-        notify: Callable[[str, bool, str], None] | None = None,
+        notify: Callable[[str, BusError | None], None] | None = None,
         cp_id: str | None = None,
         power: float = 0.5,
         max_seconds: float = 0.0,
@@ -101,17 +92,19 @@ class Engine:
         self.send = send  # bus.send(topic, message, key, on_done)
         self.show = show  # one line for the person at this CP
         self.journal = journal
-        # notify(session_id, ok, error): Kafka's verdict on a final message, handed back
-        # to the owner thread (which calls final_done); None = call it directly.
-        self.notify = notify or self.final_done
+        # notify(session_id, error): Kafka's verdict on a final message, handed back to
+        # the owner thread (which calls final_done); None = call it directly.
+        # Finals are sent until Kafka confirms them, signed with the newest key each time.
+        self.finals = Unconfirmed(send, notify or self.final_done, say=show, sign=self._signed)
+        # Finals Kafka refused for good: not sent again in this run, kept in the journal
+        # for the next start (its cause mended).
+        self.refused: dict[str, Telemetry] = {}
         self.cp_id = cp_id
         self.power = power
         self.max_seconds = max_seconds
         self.mode = Mode.OK
         self.stopped = False
         self.supply: Supply | None = None
-        self.finals: dict[str, Telemetry] = {}  # sent, not yet confirmed by Kafka
-        self.retry_at: dict[str, float] = {}
         self.seen: list[str] = []  # session ids of start orders already handled
         self.secret_for = secret_for  # the CP's credential, if this machine has it
         self.keys: dict[str, str] = {}  # kid -> this CP's Kafka key (the newest last)
@@ -122,13 +115,8 @@ class Engine:
     @property
     def state(self) -> CPState:
         """The CP as this engine sees it (without a monitor it cannot know Desconectado)."""
-        if self.mode is not Mode.OK:
-            return CPState.AVERIADO
-        if self.stopped:
-            return CPState.PARADO
-        if self.supply is not None:
-            return CPState.SUMINISTRANDO
-        return CPState.ACTIVADO
+        return CPState.of(connected=True, faulted=self.mode is not Mode.OK,
+                          stopped=self.stopped, supplying=self.supply is not None)
 
     def status_line(self) -> str:
         who = self.cp_id or "(waiting for monitor)"
@@ -151,7 +139,7 @@ class Engine:
                 log.error("journal entry not understood, dropped: %s", exc)
                 continue
             if isinstance(final, Telemetry):
-                self.finals[final.session_id] = final
+                self.finals.add(final.session_id, TELEMETRY, final, final.cp_id)
         running = data.get("supply")
         if running:
             cp_id = str(running["cp_id"])
@@ -159,12 +147,12 @@ class Engine:
                 cp_id=cp_id, driver_id=running["driver_id"],
                 consumo_kwh=float(running["kwh"]), importe_eur=float(running["eur"]),
                 session_id=running["session_id"], final=True, reason=str(EndReason.FAULT))
-            self.finals[final.session_id] = final
+            self.finals.add(final.session_id, TELEMETRY, final, cp_id)
             self.show(f"the engine stopped during the supply of {final.driver_id} at {cp_id}: "
                       f"reporting its {final.consumo_kwh:.2f} kWh, {final.importe_eur:.2f} €")
         self._save()
-        for final in list(self.finals.values()):
-            self._send_final(final)
+        for session_id in list(self.finals.pending):
+            self.finals.send_now(session_id)
 
     def _save(self) -> None:
         s = self.supply
@@ -172,38 +160,28 @@ class Engine:
             "supply": None if s is None else {
                 **asdict(s), "cp_id": self.cp_id, "started_at": time.time() - (
                     time.monotonic() - s.started)},
-            "finals": [f.to_wire() for f in self.finals.values()],
+            "finals": [p.message.to_wire() for p in self.finals.pending.values()]
+            + [f.to_wire() for f in self.refused.values()],
             "seen": self.seen[-SEEN:],
             "keys": self.keys,
         })
 
-    def _signed(self, reading: Telemetry) -> Telemetry:
+    def _signed(self, reading: Message) -> Message:
         """A reading signed with the newest key (the authenticated level)."""
         if self.keys:
             return auth.sign(reading, list(self.keys.values())[-1])
         return reading
 
-    def _send_final(self, final: Telemetry) -> None:
-        self.retry_at.pop(final.session_id, None)
-        session_id = final.session_id
-        final = self._signed(final)
-        try:
-            self.send(TELEMETRY, final, final.cp_id,
-                      lambda ok, error: self.notify(session_id, ok, error))
-        except BusError as exc:  # not even queued (broker away): retry later
-            self.final_done(session_id, False, str(exc))
-
-    def final_done(self, session_id: str, ok: bool, error: str) -> None:
-        """Kafka's verdict on a final message: forget it, or send it again soon."""
-        if session_id not in self.finals:
-            return
-        if ok:
-            del self.finals[session_id]
+    def final_done(self, session_id: str, error: BusError | None) -> None:
+        """Kafka's verdict on a final message: forget it, send it again soon, or (refused
+        for good) keep it for the next start."""
+        pending = self.finals.pending.get(session_id)
+        verdict = self.finals.settle(session_id, error)
+        if verdict is Verdict.GAVE_UP and pending is not None:
+            assert isinstance(pending.message, Telemetry)
+            self.refused[session_id] = pending.message
+        if verdict in (Verdict.CONFIRMED, Verdict.GAVE_UP):
             self._save()
-        else:
-            log.warning("final telemetry of %s not confirmed (%s); sending it again",
-                        session_id, error)
-            self.retry_at[session_id] = time.monotonic() + 1.0
 
     # ------------------------------------------------------------------ health (TCP)
     def refuse_check(self, check: HealthCheck) -> str | None:
@@ -257,7 +235,9 @@ class Engine:
 
     # ------------------------------------------------------------------ orders (Kafka)
     def on_order(self, msg: Message) -> None:
-        if getattr(msg, "cp_id", None) != self.cp_id or self.cp_id is None:
+        """A record of this CP's control partition: obeyed if it is an order for this CP
+        (signed with this registration's key, at the authenticated level)."""
+        if not isinstance(msg, ORDER_TYPES) or msg.cp_id != self.cp_id or self.cp_id is None:
             return
         if self.secret_for(self.cp_id) is not None:  # the authenticated level
             key = self.keys.get(msg.kid)
@@ -273,23 +253,29 @@ class Engine:
                 log.warning("forged %s for %s ignored (its signature does not verify)",
                             msg.TYPE, self.cp_id)
                 return
-        if isinstance(msg, StartSupply):
-            self._start(msg)
-        elif isinstance(msg, EndSupply):
-            if self.supply is not None and self.supply.session_id == msg.session_id:
-                self._end(msg.reason)
-            else:  # already ended here (e.g. by a fault): its final message is on its way
-                log.info("end order for %s, which is not running", msg.session_id)
-        elif isinstance(msg, StopCP):
-            if not self.stopped:
-                self.stopped = True
-                self.show("stopped by central (Parado)")
-            if self.supply is not None:
-                self._end(EndReason.STOPPED)
-        elif isinstance(msg, ResumeCP):
-            if self.stopped:
-                self.stopped = False
-                self.show("resumed by central")
+        self._obey(msg)
+
+    def _obey(self, order: Order) -> None:
+        match order:
+            case StartSupply():
+                self._start(order)
+            case EndSupply():
+                if self.supply is not None and self.supply.session_id == order.session_id:
+                    self._end(order.reason)
+                else:  # already ended here (e.g. by a fault): its final is on its way
+                    log.info("end order for %s, which is not running", order.session_id)
+            case StopCP():
+                if not self.stopped:
+                    self.stopped = True
+                    self.show("stopped by central (Parado)")
+                if self.supply is not None:
+                    self._end(EndReason.STOPPED)
+            case ResumeCP():
+                if self.stopped:
+                    self.stopped = False
+                    self.show("resumed by central")
+            case _:
+                assert_never(order)
 
     def _start(self, order: StartSupply) -> None:
         if order.session_id in self.seen:
@@ -304,11 +290,12 @@ class Engine:
             refusal = f"busy with {self.supply.driver_id}"
         if refusal:
             self.show(f"refused supply for {order.driver_id}: {refusal}")
-            self.finals[order.session_id] = final = Telemetry(
+            final = Telemetry(
                 cp_id=order.cp_id, driver_id=order.driver_id, consumo_kwh=0.0, importe_eur=0.0,
                 session_id=order.session_id, final=True, reason=str(EndReason.REFUSED))
+            self.finals.add(final.session_id, TELEMETRY, final, final.cp_id)
             self._save()
-            self._send_final(final)
+            self.finals.send_now(final.session_id)
             return
         now = time.monotonic()
         self.supply = Supply(order.session_id, order.driver_id, order.price_eur_kwh, now,
@@ -351,12 +338,10 @@ class Engine:
     def tick(self) -> float:
         """Advance the supply, re-send finals due; return seconds until the next tick."""
         now = time.monotonic()
-        for session_id, due in list(self.retry_at.items()):
-            if now >= due and session_id in self.finals:
-                self._send_final(self.finals[session_id])
+        self.finals.resend_due(now)
         s = self.supply
         if s is None:
-            return 1.0 if not self.retry_at else 0.2
+            return 1.0 if not self.finals else 0.2
         if now >= s.next_tick:
             s.kwh = round(s.kwh + self.power, 4)
             s.eur = round(s.kwh * s.price, 2)
@@ -388,8 +373,8 @@ class Engine:
         final = Telemetry(cp_id=self.cp_id, driver_id=s.driver_id, consumo_kwh=s.kwh,
                           importe_eur=s.eur, session_id=s.session_id, final=True,
                           reason=str(reason))
-        self.finals[s.session_id] = final
+        self.finals.add(s.session_id, TELEMETRY, final, self.cp_id)
         self.supply = None
         self._save()
-        self._send_final(final)
+        self.finals.send_now(s.session_id)
         self.show(f"supply for {s.driver_id} ended ({reason}): {s.kwh:.2f} kWh, {s.eur:.2f} €")

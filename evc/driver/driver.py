@@ -33,6 +33,7 @@ from evc.console import say as console_say
 from evc.console import stamp
 from evc.errors import BusError, ConfigError, EvcError, ProtocolError
 from evc.netview import NetworkView
+from evc.ports import Done, Journal, Unconfirmed, Verdict, assert_never
 from evc.protocol import auth
 from evc.protocol.ids import is_id, printable
 from evc.protocol.messages import (
@@ -52,8 +53,6 @@ from evc.store.credentials import Credential
 
 log = logging.getLogger(__name__)
 
-Done = Callable[[bool, str], None]
-
 
 def say(text: str) -> None:
     console_say(text, millis=True)  # drivers' lines carry milliseconds: pauses are visible
@@ -62,12 +61,6 @@ def say(text: str) -> None:
 class Sender(Protocol):
     def send(self, topic: str, message: Message, key: str,
              on_done: Done | None = None) -> None: ...
-
-
-class Journal(Protocol):
-    def load(self) -> dict[str, Any]: ...
-
-    def save(self, data: dict[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -83,9 +76,10 @@ class Got:
 
 @dataclass(frozen=True)
 class SendResult:
+    """Kafka's verdict on a message this driver sent (``error`` None: it took it)."""
+
     msg_id: str
-    ok: bool
-    error: str
+    error: BusError | None
 
 
 def read_requests(path: Path) -> list[str]:
@@ -197,7 +191,12 @@ class Driver:
         self.watch_cp = watch_cp  # read the live readings of this CP only (its partition)
         self._warned = False
         self._unavailable_since: float | None = None
-        self._unsent: dict[str, tuple[str, Message, str, float]] = {}  # msg_id -> retry
+        # what this driver sent, until Kafka confirms it (signed once its key is known)
+        inbox = self.inbox
+        self._unsent = Unconfirmed(bus.send,
+                                   lambda msg_id, error: inbox.put(SendResult(msg_id, error)),
+                                   say=lambda text: say(f"{driver_id}: {text}"),
+                                   sign=self._signed)
 
     @property
     def key(self) -> str | None:
@@ -390,27 +389,37 @@ class Driver:
             item = self.inbox.get(timeout=max(0.0, min(timeout, 0.2)))
         except queue.Empty:
             item = None
-        now = time.monotonic()
-        self._retry_sends(now)
-        if isinstance(item, SendResult):
-            self._on_send_result(item)
-            item = None
-        elif isinstance(item, Got):
-            if item.topic and item.offset >= 0 and isinstance(item.message,
-                                                              (Authorization, Ticket)):
-                self.control_pos[str(item.partition)] = item.offset + 1
-                signing = self.key
-                if signing is not None and not auth.verify(item.message, signing):
-                    say(f"{self.driver_id}: ignored a forged {item.message.TYPE} (it does "
-                        "not carry central's signature)")
-                    item = None
-                elif item.live:  # an answer written now: central is there
-                    self.network.heard_central()
-            elif isinstance(item.message, (CentralStatus, CPStatus, Removed)):
-                self.network.apply(item.message, item.live)
-                item = None
+        self._unsent.resend_due()
+        message: Message | None = None
+        match item:
+            case None:
+                pass
+            case SendResult():
+                self._on_send_result(item)
+            case Got():
+                message = self._take(item)
+            case _:
+                assert_never(item)
         self._watch_central()
-        return item.message if isinstance(item, Got) else None
+        return message
+
+    def _take(self, got: Got) -> Message | None:
+        """A record from Kafka: an answer or ticket (checked), the network's news (taken
+        in here), or a reading for the sequence."""
+        match got.message:
+            case Authorization() | Ticket() if got.topic and got.offset >= 0:
+                self.control_pos[str(got.partition)] = got.offset + 1
+                signing = self.key
+                if signing is not None and not auth.verify(got.message, signing):
+                    say(f"{self.driver_id}: ignored a forged {got.message.TYPE} (it does "
+                        "not carry central's signature)")
+                    return None
+                if got.live:  # an answer written now: central is there
+                    self.network.heard_central()
+            case CentralStatus() | CPStatus() | Removed():
+                self.network.apply(got.message, got.live)
+                return None
+        return got.message
 
     def central_available(self) -> bool:
         """Central's heartbeat is fresh (timeouts count only then)."""
@@ -496,32 +505,20 @@ class Driver:
 
     # ------------------------------------------------------------------ sending
     def _send(self, topic: str, message: Message, key: str) -> None:
-        """Queue ``message`` (signed, with a credential); one Kafka does not confirm is
-        sent again until it does."""
+        """Queue ``message``; one Kafka does not confirm is sent again until it does (a
+        permanent refusal is said and not sent again)."""
+        self._unsent.submit(message.msg_id, topic, message, key)
+
+    def _signed(self, message: Message) -> Message:
+        """Signed with this driver's key, with a credential (the authenticated level)."""
         signing = self.key
         if signing is not None and not message.mac:
-            message = auth.sign(message, signing)
-        self._unsent[message.msg_id] = (topic, message, key, 0.0)
-        inbox, msg_id = self.inbox, message.msg_id
-        try:
-            self.bus.send(topic, message, key,
-                          lambda ok, error: inbox.put(SendResult(msg_id, ok, error)))
-        except BusError as exc:
-            self._on_send_result(SendResult(msg_id, False, str(exc)))
+            return auth.sign(message, signing)
+        return message
 
     def _on_send_result(self, result: SendResult) -> None:
-        entry = self._unsent.get(result.msg_id)
-        if entry is None:
-            return
-        if result.ok:
-            del self._unsent[result.msg_id]
-            return
-        topic, message, key, _ = entry
-        say(f"{self.driver_id}: Kafka did not take my {message.TYPE} ({result.error}); "
-            "sending it again")
-        self._unsent[result.msg_id] = (topic, message, key, time.monotonic() + 1.0)
-
-    def _retry_sends(self, now: float) -> None:
-        for topic, message, key, due in list(self._unsent.values()):
-            if due and now >= due:
-                self._send(topic, message, key)
+        pending = self._unsent.pending.get(result.msg_id)
+        if self._unsent.settle(result.msg_id, result.error) is Verdict.RETRYING:
+            assert pending is not None
+            say(f"{self.driver_id}: Kafka did not take my {pending.message.TYPE} "
+                f"({result.error}); sending it again")

@@ -42,6 +42,20 @@ class CPState(StrEnum):
     AVERIADO = "Averiado"
     DESCONECTADO = "Desconectado"
 
+    @classmethod
+    def of(cls, *, connected: bool, faulted: bool, stopped: bool, supplying: bool) -> CPState:
+        """The one ladder from a CP's facts to its state: no live monitor, a fault, the
+        operator's stop and a running supply, in that order of precedence."""
+        if not connected:
+            return cls.DESCONECTADO
+        if faulted:
+            return cls.AVERIADO
+        if stopped:
+            return cls.PARADO
+        if supplying:
+            return cls.SUMINISTRANDO
+        return cls.ACTIVADO
+
 
 class Health(StrEnum):
     OK = "OK"

@@ -1,0 +1,118 @@
+"""Central's state, as plain data: charge points, sessions, the settings of its rules.
+
+The brain (brain.py) owns and changes it; the standby (standby.py) and the board
+(board.py) read the same shapes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from evc.protocol.messages import CPState, EndReason, Register
+
+DEFAULT_PRICE = 0.35
+
+
+class Wait(Enum):
+    """What a session's deadline waits for."""
+
+    START = "start"  # the engine's first telemetry after the start order
+    FINAL = "final"  # the engine's final telemetry after the end was decided
+    MONITOR = "monitor"  # after a central restart: the CP's monitor registering again
+
+
+@dataclass
+class Session:
+    session_id: str
+    cp_id: str
+    driver_id: str
+    request_id: str
+    price: float
+    started_at: float  # wall clock
+    kwh: float = 0.0
+    eur: float = 0.0
+    supplying: bool = False  # the engine has sent telemetry
+    end_reason: EndReason | None = None  # set when the end is decided
+    waiting: Wait | None = None
+    deadline: float = 0.0  # monotonic: what ``waiting`` names must happen by then
+
+    def wait(self, what: Wait | None, seconds: float = 0.0) -> None:
+        self.waiting = what
+        self.deadline = time.monotonic() + seconds if what is not None else 0.0
+
+    def record(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id, "cp_id": self.cp_id, "driver_id": self.driver_id,
+            "request_id": self.request_id, "price_eur_kwh": self.price,
+            "started_at": self.started_at, "consumo_kwh": self.kwh, "importe_eur": self.eur,
+            "supplying": self.supplying,
+            "end_reason": str(self.end_reason) if self.end_reason else None,
+            **extra,
+        }
+
+
+@dataclass
+class ChargePoint:
+    cp_id: str
+    location: str
+    price: float
+    stopped: bool = False
+    conn_id: int | None = None
+    peer: str = ""
+    faulted: bool = False
+    fault_reason: str = ""
+    last_seen: float | None = None  # wall clock
+    session: Session | None = None
+    state: CPState = CPState.DESCONECTADO  # cached derive(); updated by Brain._refresh_cp
+    presumed_until: float = 0.0  # monotonic: the last known state is shown until then
+    secret: str = ""  # its credential ("" = revoked: it cannot register at the auth level)
+    keys: dict[str, str] = field(default_factory=dict)  # kid -> Kafka key (newest last)
+
+    def derive(self) -> CPState:
+        return CPState.of(connected=self.conn_id is not None, faulted=self.faulted,
+                          stopped=self.stopped, supplying=self.session is not None)
+
+
+@dataclass(frozen=True)
+class Settings:
+    request_ttl: float = 30.0  # older requests are answered "expired"
+    start_timeout: float = 5.0  # engine must send telemetry this soon after the start order
+    final_timeout: float = 20.0  # and its final telemetry this soon after an end order
+    resume_grace: float = 15.0  # after a restart, monitors of open sessions must be back
+    max_supply: float = 3600.0  # a supply nobody ends is ended after this long (0: never)
+    bus_timeout: float = 3.0  # no confirmation from Kafka this long: Kafka is unavailable
+    secure: bool = True  # the authenticated level; False: the open level (docs/SECURITY.md)
+    max_rate: float = 1.0  # kWh a CP can add per second: a faster reading is implausible
+    heartbeat: float = 1.0  # central's liveness record on network_topic
+    batch: int = 500
+    tick: float = 0.2
+
+
+@dataclass
+class PendingRegistration:
+    """A monitor that said who it is and was challenged to prove it."""
+
+    cp_id: str
+    peer: str
+    register: Register
+    nonce: str  # central's
+
+
+@dataclass
+class Counters:
+    requests: int = 0
+    authorized: int = 0
+    denied: int = 0
+    tickets: int = 0
+    internal_errors: int = 0
+
+
+def reason_of(text: str) -> EndReason:
+    """A stored or received reason; one this version does not know reads as unplugged."""
+    try:
+        return EndReason(text)
+    except ValueError:
+        return EndReason.UNPLUGGED

@@ -1,0 +1,144 @@
+"""What the operator's commands do to the network (admin.py parses them).
+
+Called by the brain, on its thread, with the brain itself: a command changes state
+only through the brain's own rules (``stop_cp`` ends a running supply as a fault
+would, ``change_credential`` disconnects a monitor as a lost connection would).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from evc.central import admin
+from evc.ports import assert_never
+from evc.protocol.messages import RegisterRejected, RejectCode
+from evc.store import DRIVERS
+
+if TYPE_CHECKING:
+    from evc.central.brain import Brain
+    from evc.central.model import ChargePoint
+
+
+def apply(brain: Brain, line: str) -> None:
+    """One typed line: parsed, audited, applied; a bad one is said and changes nothing."""
+    try:
+        command = admin.parse_command(line)
+    except admin.CommandError as exc:
+        brain.view.note(str(exc), "error")
+        return
+    if command is None:
+        return
+    brain.audit.write("operator", line=line)
+    note = brain.view.note
+    match command:
+        case admin.Help():
+            note(admin.HELP)
+        case admin.Quit():
+            brain.quit_requested.set()
+        case admin.Add():
+            existed = command.cp_id in brain.cps
+            brain.upsert_cp(command.cp_id, command.location, command.price)
+            note(f"{'updated' if existed else 'registered'} {command.cp_id} at "
+                 f"{command.location}, {command.price:.2f} €/kWh")
+        case admin.AddDriver():
+            if brain.upsert_driver(command.driver_id):
+                note(f"registered driver {command.driver_id}; its credential is in "
+                     f"{command.driver_id}.key")
+            else:
+                note(f"driver {command.driver_id} is registered already")
+        case admin.RemoveDriver():
+            remove_driver(brain, command.driver_id)
+        case admin.Rotate():
+            change_credential(brain, command.ident, rotate=True)
+        case admin.Revoke():
+            change_credential(brain, command.ident, rotate=False)
+        case admin.Stop():
+            for cp in _targets(brain, command.cp_id):
+                stop_cp(brain, cp)
+        case admin.Resume():
+            for cp in _targets(brain, command.cp_id):
+                resume_cp(brain, cp)
+        case admin.Remove():
+            for cp in _targets(brain, command.cp_id):
+                remove_cp(brain, cp)
+        case admin.SetPrice():
+            for cp in _targets(brain, command.cp_id):
+                cp.price = command.price
+                brain.save_cp(cp)
+                note(f"{cp.cp_id} now costs {cp.price:.2f} €/kWh (from the next supply)")
+        case _:
+            assert_never(command)
+
+
+def _targets(brain: Brain, cp_id: str | None) -> list[ChargePoint]:
+    """Every CP (None), or the one named; an unknown one is said and is none."""
+    if cp_id is None:
+        return list(brain.cps.values())
+    cp = brain.cps.get(cp_id)
+    if cp is None:
+        brain.view.note(f"unknown charge point {cp_id!r}; nothing changed", "error")
+        return []
+    return [cp]
+
+
+def remove_driver(brain: Brain, driver_id: str) -> None:
+    if brain.drivers.pop(driver_id, None) is None:
+        brain.view.note(f"unknown driver {driver_id!r}; nothing changed", "error")
+        return
+    brain.store.remove(DRIVERS, driver_id)
+    brain.credentials.remove(driver_id)
+    brain.audit.write("credential", id=driver_id, action="removed")
+    brain.view.note(f"removed driver {driver_id}")
+
+
+def change_credential(brain: Brain, ident: str, *, rotate: bool) -> None:
+    """A new secret (rotate) or none (revoke) for a CP or a driver.
+
+    The old one stops working at once: a CP's monitor connected with it is
+    disconnected (its supply ends and is billed), and must register again with
+    the new file; a revoked one cannot register until rotated.
+    """
+    cp = brain.cps.get(ident)
+    if cp is None and ident not in brain.drivers:
+        brain.view.note(f"unknown CP or driver {ident!r}; nothing changed", "error")
+        return
+    if rotate:
+        brain.new_secret(ident)
+    else:
+        if cp is not None:
+            cp.secret, cp.keys = "", {}
+            brain.save_cp(cp)
+        else:
+            brain.drivers[ident] = ""
+            brain.store.put(DRIVERS, {"driver_id": ident, "secret": ""})
+        brain.credentials.remove(ident)
+        brain.audit.write("credential", id=ident, action="revoked")
+    if cp is not None and cp.conn_id is not None:
+        brain.link.close_connection(cp.conn_id, "credential changed", RegisterRejected(
+            cp_id=cp.cp_id, code=RejectCode.AUTH,
+            reason=f"{cp.cp_id}'s credential was {'rotated' if rotate else 'revoked'}"))
+    brain.view.note(f"{ident}: credential {'rotated' if rotate else 'revoked'}"
+                    + (f"; the new one is in {ident}.key" if rotate else ""))
+
+
+def stop_cp(brain: Brain, cp: ChargePoint) -> None:
+    before = cp.state
+    brain.stop_cp(cp)
+    if cp.state is before:
+        brain.view.note(f"{cp.cp_id} stopped; it shows {before} until that clears, then Parado")
+
+
+def resume_cp(brain: Brain, cp: ChargePoint) -> None:
+    before = cp.state
+    brain.resume_cp(cp)
+    if cp.state is before:
+        brain.view.note(f"{cp.cp_id} resumed; it shows {before}")
+
+
+def remove_cp(brain: Brain, cp: ChargePoint) -> None:
+    if cp.conn_id is not None or cp.session is not None:
+        brain.view.note(f"{cp.cp_id} is connected; stop its monitor before removing it",
+                        "error")
+        return
+    brain.remove_cp(cp)
+    brain.view.note(f"removed {cp.cp_id} from the registry")
