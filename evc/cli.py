@@ -8,7 +8,6 @@ to load by name instead of leaving it silently missing.
 
 from __future__ import annotations
 
-import sys
 from importlib.metadata import EntryPoint, entry_points
 
 import click
@@ -88,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

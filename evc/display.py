@@ -126,4 +126,4 @@ def counts_line(counts: dict[CPState, int], colors: dict[CPState, str], width: i
         return fit(" ".join(f"{LABEL[s][:4]}:{counts[s]}" for s in CPState), width)
     coloured = " " + "  ".join(f"{colors[s]}{LABEL[s].split(' ')[0]} {counts[s]}{RESET}"
                                for s in CPState)
-    return coloured + Style.DIM + extra[: width - len(plain)] + RESET
+    return str(coloured + Style.DIM + extra[: width - len(plain)] + RESET)

@@ -18,13 +18,13 @@ def setup_logging(level: str, log_file: str | None, *, to_stderr: bool = True) -
     file only: on the terminal the user gets evc's one clear line instead.
     """
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     root.setLevel(level.upper())
     fmt = logging.Formatter(LOG_FORMAT)
     kafka_log = logging.getLogger("kafka")
-    for handler in list(kafka_log.handlers):
-        kafka_log.removeHandler(handler)
+    for old in list(kafka_log.handlers):
+        kafka_log.removeHandler(old)
     kafka_log.propagate = False
     kafka_log.setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)
     if log_file:

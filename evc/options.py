@@ -34,7 +34,7 @@ def _name(param: click.Parameter | None) -> str:
     return "Kafka" if name == "kafka" else name
 
 
-class _Parsed(click.ParamType):
+class _Parsed(click.ParamType):  # type: ignore[type-arg]  # generic in click 8.2 only
     """A parameter read by one of the shared parsers (net, protocol.ids): their
     ``EvcError`` becomes Click's one-line error."""
 

@@ -159,7 +159,7 @@ def print_users(cfg: manager.BrokerConfig) -> None:
 def users_command(data_dir: Path | None) -> None:
     """Print the Kafka users of a broker started with --secure (keep them private)."""
     folder = (data_dir or manager.default_data_dir()).resolve()
-    cfg = manager.make_config(manager.Address("127.0.0.1", 9092), None, folder, None,
+    cfg = manager.make_config(Address("127.0.0.1", 9092), None, folder, None,
                               secure=True)
     if not cfg.users_file.exists():
         raise click.ClickException(f"no users in {folder}: start it with --secure first")

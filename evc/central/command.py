@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import logging
 import math
 import os
@@ -12,35 +11,25 @@ import queue
 import socket
 import sys
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from evc.bus import (
     ChangelogReader,
-    Consumer,
-    KafkaBus,
-    Lease,
-    Transactions,
     open_bus,
     retrying,
 )
 from evc.central.board import BoardView
-from evc.central.brain import Brain
+from evc.central.config import CentralConfig
 from evc.central.events import (
-    BusMessage,
-    BusSkipped,
     Event,
-    MonitorFrame,
     OperatorKey,
     OperatorLine,
-    Sent,
 )
+from evc.central.failover import ActiveTerm, Standby, join_the_lease, wait_for_lease
 from evc.central.model import Settings
 from evc.central.server import MonitorServer
-from evc.central.standby import StandbyModel
 from evc.central.view import PlainView
 from evc.console import KeyReader, pump_keys, say
 from evc.errors import ConfigError, EvcError
@@ -49,15 +38,12 @@ from evc.logs import setup_logging
 from evc.net import Address, Bootstrap
 from evc.options import KAFKA, Common, common_options
 from evc.protocol.ids import check_id, check_text
-from evc.protocol.messages import CentralStatus, RegisterRejected, RejectCode
-from evc.protocol.topics import CENTRAL_KEY, CHANGELOG, LEASE, NETWORK, REQUESTS, TELEMETRY
-from evc.store import DRIVERS, META, OUTBOX, AuditLog, Store
+from evc.protocol.topics import CHANGELOG
+from evc.store import AuditLog, Store
 from evc.store.credentials import CredentialFiles, default_dir
 
 log = logging.getLogger("evc.central")
-# Central reads every request and reading of the network: the broker may hold its fetch
-# this long to gather them (a few ms of latency for a fraction of kafka-python's CPU)
-CONSUMER_GATHER = 0.02
+
 
 
 def read_registry(path: Path) -> list[tuple[str, str, float]]:
@@ -125,24 +111,6 @@ def want_board(mode: str) -> bool:
     return sys.stdout.isatty() and sys.stdin.isatty() and not os.environ.get("NO_COLOR")
 
 
-@dataclass(frozen=True)
-class CentralConfig:
-    socket_port: int
-    kafka: Bootstrap
-    db_path: Path
-    listen_host: str = "0.0.0.0"
-    cps_file: Path | None = None
-    drivers_file: Path | None = None
-    credentials_dir: Path | None = None
-    heartbeat_timeout: float = 3.0
-    register_timeout: float = 5.0
-    lease_timeout: float = 3.0
-    partitions: int = 3
-    board: bool = False
-    settings: Settings = Settings()
-    common: Common = Common()
-
-
 @click.command()
 @click.argument("socket_port", type=click.IntRange(0, 65535))
 @click.argument("kafka", type=KAFKA)
@@ -204,93 +172,6 @@ def central(socket_port: int, kafka: Bootstrap, db_path: Path, listen_host: str,
         partitions=partitions, board=want_board(display), common=common,
         settings=Settings(final_timeout=final_timeout, resume_grace=resume_grace,
                           max_supply=max_supply_seconds, secure=security == "auth")))
-
-
-def join_the_lease(bus: KafkaBus, cfg: CentralConfig, crew: Crew,
-                   stop: threading.Event) -> Lease:
-    """Join the election of this network's active central (broker and topic prefix).
-
-    The lease is the single partition of central_lease, held through Kafka's group
-    coordinator: the member holding it is the active central, any other is a standby.
-    Static membership: this central, restarted on the same database, takes its own
-    place back at once; another one waits for a dead holder's session to time out.
-    """
-    digest = hashlib.sha1(str(cfg.db_path.resolve()).encode()).hexdigest()[:10]
-    instance = f"central-{socket.gethostname()}-{digest}"
-    group = f"{cfg.common.topic_prefix}evc-central-lease"
-    lease = retrying(lambda: Lease(bus, LEASE, group, instance,
-                                   session_timeout=cfg.lease_timeout),
-                     wait=cfg.common.kafka_wait, stop=stop)
-    crew.spawn(lease.run, stop, name="central-lease")
-    return lease
-
-
-class Standby:
-    """The standby central's loop (one thread: the caller's): follows the changelog into
-    the store, refuses monitors, shows the network read-only; returns once the lease is
-    held (or on stop)."""
-
-    def __init__(self, bus: KafkaBus, store: Store, reader: ChangelogReader,
-                 server: MonitorServer, events: queue.Queue[Event],
-                 view: PlainView | BoardView) -> None:
-        self.bus, self.store, self.reader = bus, store, reader
-        self.server, self.events, self.view = server, events, view
-        self.model = StandbyModel()
-        self.status: Consumer | None = None
-
-    def follow(self, lease: Lease, stop: threading.Event) -> None:
-        self.model.reload(self.store)
-        if self.status is None:
-            self.status = retrying(lambda: self.bus.consumer(
-                [NETWORK], keys={NETWORK: [CENTRAL_KEY]}, from_beginning=True),
-                wait=3600, stop=stop)
-        self.view.note("standby: following the active central; monitors are sent to it")
-        next_draw = 0.0
-        changed = False  # since the model was last rebuilt (at most twice a second)
-        while not stop.is_set() and not lease.held.is_set():
-            changes = self.reader.poll(0.2)
-            if changes:
-                self.store.apply_changes(changes)
-                self.store.commit()
-                changed = True
-            for msg, _ in self.status.poll(0.0):
-                if isinstance(msg, CentralStatus):
-                    self.model.heard_active(msg.central, msg.started_at, msg.epoch)
-            self._events(stop)
-            if time.monotonic() >= next_draw:
-                if changed:
-                    self.model.reload(self.store)
-                    changed = False
-                self.view.refresh(self.model)  # type: ignore[arg-type]
-                next_draw = time.monotonic() + 0.5
-
-    def _events(self, stop: threading.Event) -> None:
-        while True:
-            try:
-                event = self.events.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(event, MonitorFrame):
-                active = self.model.active or "not known yet"
-                self.server.close_connection(event.conn_id, "standby", RegisterRejected(
-                    cp_id=getattr(event.message, "cp_id", "") or "?", code=RejectCode.STANDBY,
-                    reason=f"this central is the standby; the active one is {active}"))
-            elif isinstance(event, (OperatorLine, OperatorKey)):
-                line = event.text if isinstance(event, OperatorLine) else \
-                    self.view.key(event.key)
-                if line is None:
-                    continue
-                if line.strip().lower() in ("quit", "exit", "q"):
-                    stop.set()
-                elif line.strip():
-                    self.view.note(f"standby (read-only): give operator commands to the "
-                                   f"active central ({self.model.active or 'not known yet'})",
-                                   "warning")
-            # anything else (Kafka, sends) belonged to the term that ended: dropped
-
-    def close(self) -> None:
-        if self.status is not None:
-            self.status.close()
 
 
 def run_central(cfg: CentralConfig) -> None:
@@ -399,148 +280,3 @@ def run_central(cfg: CentralConfig) -> None:
     crew.check()
 
 
-def hand_out(store: Store, credentials: CredentialFiles) -> None:
-    """Write the credential files this machine lacks (or holds an old version of): the
-    network's state may have come from the changelog, made by another central."""
-    for rec in store.cps() + store.all(DRIVERS):
-        ident, secret = rec.get("cp_id") or rec.get("driver_id"), rec.get("secret")
-        if not ident or not secret:
-            continue
-        try:
-            current = credentials.path(ident).read_text(encoding="ascii").strip()
-        except (OSError, UnicodeDecodeError):
-            current = ""
-        if current != secret:
-            credentials.write(ident, secret)
-
-
-def wait_for_lease(lease: Lease, stop: threading.Event) -> bool:
-    """At start: True once this central holds the lease; False when the coordinator gave
-    it to another (a live central: this one is its standby)."""
-    deadline = time.monotonic() + 20  # a broker just started, a first rebalance
-    while not stop.is_set() and time.monotonic() < deadline:
-        if lease.held.wait(0.2):
-            return True
-        if lease.decided.is_set():
-            return lease.held.wait(1.0)  # a holder that just died may still be leaving
-    if not lease.held.is_set() and not stop.is_set():
-        log.warning("no answer from Kafka's group coordinator about the lease in 20 s: "
-                    "following as a standby until it gives this central the lease")
-    return lease.held.is_set()
-
-
-class ActiveTerm:
-    """One term as the active central: fence the previous one, catch up, run the brain
-    until stop or until another central fences this one."""
-
-    def __init__(self, cfg: CentralConfig, bus: KafkaBus, store: Store,
-                 reader: ChangelogReader, server: MonitorServer, events: queue.Queue[Event],
-                 view: PlainView | BoardView, identity: str, credentials: CredentialFiles,
-                 audit: AuditLog, stop: threading.Event) -> None:
-        self.cfg, self.bus, self.store, self.reader = cfg, bus, store, reader
-        self.server, self.events, self.view = server, events, view
-        self.identity, self.credentials, self.audit = identity, credentials, audit
-        self.stop = stop
-        self.stepped_down = False
-
-    def run(self, lease: Lease, *, publish_all: bool, registry: list[tuple[str, str, float]],
-            drivers: list[str], took_over: bool) -> None:
-        cfg, store, stop = self.cfg, self.store, self.stop
-        common = cfg.common
-        started = time.monotonic()
-        # Fencing first: from here on the previous central can commit nothing, so the
-        # changelog's end is final; then catch up to it.
-        txn = retrying(lambda: Transactions(self.bus, f"{common.topic_prefix}evc-central",
-                                            CHANGELOG, leader=lease.held.is_set),
-                       wait=3600, stop=stop)
-        term_stop = threading.Event()
-        crew = Crew(term_stop)
-        brain: Brain | None = None
-        committer: threading.Thread | None = None
-        try:
-            caught = store.apply_changes(retrying(lambda: self.reader.read_to_end(stop),
-                                                  wait=3600, stop=stop))
-            store.replica = txn.replicate
-            if publish_all and not caught:
-                txn.replicate(store.changes())  # an empty changelog gets this database
-            else:
-                # The changelog holds the network's state, written in the transactions of
-                # the messages it decided: whatever this store still has in its outbox
-                # (a term that was deposed) was never seen by anyone, and neither was its
-                # state. Nothing to send again.
-                for rec in store.outbox():
-                    store.remove(OUTBOX, str(rec["msg_id"]))
-            meta = store.get(META, "epoch") or {}
-            epoch = int(meta.get("value", 0)) + 1
-            store.put(META, {"name": "epoch", "value": epoch, "central": self.identity,
-                             "at": time.time()})
-            self.drain()
-            hand_out(store, self.credentials)
-            brain = Brain(store, txn, self.server, self.view, cfg.settings, events=self.events,
-                          identity=self.identity, credentials=self.credentials,
-                          audit=self.audit, epoch=epoch,
-                          # a failover keeps the board as it was while monitors move over;
-                          # a restart starts from nobody connected
-                          presume=cfg.heartbeat_timeout if took_over else 0.0)
-            for cp_id, location, price in registry:
-                brain.upsert_cp(cp_id, location, price)
-            for driver_id in drivers:
-                brain.upsert_driver(driver_id)
-            store.commit()
-            # Central reads from where its store says it stopped applying (the group's
-            # committed offsets are only a fallback, and a gauge of its lag).
-            consumer = retrying(lambda: self.bus.consumer(
-                [REQUESTS, TELEMETRY], group_id=f"{common.topic_prefix}evc-central",
-                from_beginning=True, start=brain.applied, gather=CONSUMER_GATHER),
-                wait=common.kafka_wait, stop=stop)
-            brain.acker = consumer
-            # a daemon: a commit waits for the broker as long as it is away (what it
-            # holds is in the store), and must not hold the process at a stop
-            committer = crew.spawn(txn.run, term_stop, name="central-transactions",
-                                   daemon=True)
-            crew.spawn(consumer.run,
-                       lambda msg, delivery: self.events.put(BusMessage(msg, delivery)),
-                       term_stop, 0.2,
-                       lambda delivery, error: self.events.put(BusSkipped(delivery, error)),
-                       name="central-kafka")
-
-            def ends_the_term() -> None:
-                while not term_stop.is_set():
-                    if stop.wait(0.2) or txn.fenced.is_set():
-                        term_stop.set()
-
-            crew.spawn(ends_the_term, name="central-term")
-            took = time.monotonic() - started
-            self.view.note(f"central ready (active, term {epoch}, took over in {took:.1f} s): "
-                           f"monitors on {self.server.address}, Kafka {cfg.kafka}, "
-                           f"{len(brain.cps)} charge points in {cfg.db_path}")
-            brain.run(term_stop)
-            if brain.quit_requested.is_set():
-                stop.set()
-            self.stepped_down = txn.fenced.is_set() and not stop.is_set()
-        finally:
-            term_stop.set()
-            store.replica = None
-            crew.join(1.5)
-            if committer is not None and not self.stepped_down:
-                # a clean stop: the committer's last transaction (what is queued) reaches
-                # the changelog, within a second
-                committer.join(1.0)
-            if self.stepped_down and brain is not None:
-                for conn_id in list(brain.by_conn) + list(brain.challenges):
-                    self.server.close_connection(conn_id, "this central stepped down")
-        crew.check()
-
-    def drain(self) -> None:
-        """Kafka events of an earlier term are not this term's (the consumer starts again
-        from the stored offsets); monitors and the operator are served as they came."""
-        kept: list[Event] = []
-        while True:
-            try:
-                event = self.events.get_nowait()
-            except queue.Empty:
-                break
-            if not isinstance(event, (BusMessage, BusSkipped, Sent)):
-                kept.append(event)
-        for event in kept:
-            self.events.put(event)
