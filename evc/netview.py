@@ -27,14 +27,18 @@ class NetworkView:
         self._started = time.monotonic()
 
     def apply(self, msg: Message, live: bool = True) -> None:
-        if isinstance(msg, CPStatus):
-            self.cps[msg.cp_id] = msg
-        elif isinstance(msg, Removed):
-            self.cps.pop(msg.key, None)
-        elif isinstance(msg, CentralStatus):
-            self.central = msg
-            if live:
-                self._beat = time.monotonic()
+        """A record of network_topic (anything else there is not news of the network)."""
+        match msg:
+            case CPStatus():
+                self.cps[msg.cp_id] = msg
+            case Removed():
+                self.cps.pop(msg.key, None)
+            case CentralStatus():
+                self.central = msg
+                if live:
+                    self._beat = time.monotonic()
+            case _:
+                pass
 
     def heard_central(self) -> None:
         """A live answer signed by central: it is there, whatever its heartbeat's timing."""

@@ -45,8 +45,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evc.central.events import ConnectionLost, Event, Heartbeats, MonitorFrame
+from evc.central.pipe import (
+    Alive,
+    ChildLog,
+    CloseConnection,
+    FromChild,
+    SendFrame,
+    Stop,
+    ToChild,
+)
 from evc.errors import ConfigError, ProtocolError
 from evc.net import Address
+from evc.ports import assert_never
 from evc.protocol.framing import HEADER, FrameDecoder, encode_frame
 from evc.protocol.messages import (
     TCP_CENTRAL_TYPES,
@@ -120,7 +130,7 @@ def _send_some(sock: socket.socket, buf: bytearray) -> None:
         pass
 
 
-def _pack(obj: Any) -> bytes:
+def _pack(obj: ToChild | FromChild) -> bytes:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return _LEN.pack(len(data)) + data
 
@@ -180,11 +190,11 @@ class MonitorServer:
 
     # ------------------------------------------------------------------ API (any thread)
     def send(self, conn_id: int, message: Message) -> None:
-        self._request(("send", conn_id, message))
+        self._request(SendFrame(conn_id, message))
 
     def close_connection(self, conn_id: int, reason: str, final: Message | None = None) -> None:
         """Send ``final`` (if any), then close; the brain gets ConnectionLost(reason)."""
-        self._request(("close", conn_id, (reason, final)))
+        self._request(CloseConnection(conn_id, reason, final))
 
     def stop(self) -> None:
         """End ``run`` (whose child closes every connection), or close now if it never
@@ -193,11 +203,11 @@ class MonitorServer:
             self._stop.set()
             running = self._running
         if running:
-            self._request(("stop",))
+            self._request(Stop())
         else:
             self._cleanup()
 
-    def _request(self, request: tuple[Any, ...]) -> None:
+    def _request(self, request: ToChild) -> None:
         data = _pack(request)
         with self._send_lock:
             try:
@@ -230,7 +240,7 @@ class MonitorServer:
         next_alive = 0.0
         while True:
             if time.monotonic() >= next_alive:
-                self._request(("alive",))
+                self._request(Alive())
                 next_alive = time.monotonic() + ALIVE_EVERY
             try:
                 data = self._pair.recv(1 << 16)
@@ -246,12 +256,12 @@ class MonitorServer:
                     return
                 code = self._child.wait(1.0) if self._child is not None else None
                 raise RuntimeError(f"central's TCP server process ended (exit code {code})")
-            for item in unpacker.feed(data):
-                if item[0] == "log":
-                    _, name, level, text = item
-                    logging.getLogger(name).log(level, "%s", text)
+            items: list[FromChild] = unpacker.feed(data)
+            for item in items:
+                if isinstance(item, ChildLog):
+                    logging.getLogger(item.name).log(item.level, "%s", item.text)
                 else:
-                    self.events.put(item[1])
+                    self.events.put(item)
 
     def _cleanup(self) -> None:
         with self._life:
@@ -309,7 +319,7 @@ class _Loop:
         self._sel.register(self._listener, selectors.EVENT_READ, "listen")
         self._sel.register(self._parent, selectors.EVENT_READ, "parent")
 
-    def emit(self, item: tuple[Any, ...]) -> None:
+    def emit(self, item: FromChild) -> None:
         """Queue an event (or a log record) for central; written as the socket takes it."""
         self._to_parent += _pack(item)
         if len(self._to_parent) > _MAX_PARENT_BACKLOG:
@@ -323,7 +333,7 @@ class _Loop:
             self._sel.modify(self._parent, events, "parent")
 
     def _event(self, event: Event) -> None:
-        self.emit(("event", event))
+        self.emit(event)
 
     def run(self) -> None:
         try:
@@ -366,24 +376,28 @@ class _Loop:
             self._stopping = True
             return
         self._parent_heard = time.monotonic()
-        for request in self._from_parent.feed(data):
-            kind = request[0]
-            if kind == "alive":
-                continue
-            if kind == "stop":
-                self._stopping = True
-                return
-            conn = self._conns.get(request[1])
-            if conn is None:
-                continue
-            if kind == "send":
-                self._queue_out(conn, request[2])
-            elif kind == "close":
-                reason, final = request[2]
-                if final is not None:
-                    self._queue_out(conn, final)
-                if conn.conn_id in self._conns:
-                    self._close_after_flush(conn, reason)
+        requests: list[ToChild] = self._from_parent.feed(data)
+        for request in requests:
+            match request:
+                case Alive():
+                    pass
+                case Stop():
+                    self._stopping = True
+                    return
+                case SendFrame():
+                    conn = self._conns.get(request.conn_id)
+                    if conn is not None:
+                        self._queue_out(conn, request.message)
+                case CloseConnection():
+                    conn = self._conns.get(request.conn_id)
+                    if conn is None:
+                        continue
+                    if request.final is not None:
+                        self._queue_out(conn, request.final)
+                    if conn.conn_id in self._conns:
+                        self._close_after_flush(conn, request.reason)
+                case _:
+                    assert_never(request)
 
     def _cleanup(self) -> None:
         for conn in list(self._conns.values()):
@@ -599,7 +613,7 @@ class _ToParent(logging.Handler):
             text = record.getMessage()
             if record.exc_info:
                 text += "\n" + logging.Formatter().formatException(record.exc_info)
-            self.loop.emit(("log", record.name, record.levelno, text))
+            self.loop.emit(ChildLog(record.name, record.levelno, text))
 
 
 def _die_with_parent(parent: int) -> None:

@@ -152,22 +152,29 @@ def hang_up(sock: socket.socket) -> None:
 def answer_check(engine: Engine, event: Check) -> None:
     """A frame from a monitor: the key hand-off, or a health check to answer (or refuse)."""
     msg = event.message
-    if isinstance(msg, EngineKey):
-        if not engine.on_engine_key(msg):
-            log.warning("a key hand-off for %s that does not fit its credential: closing",
-                        msg.cp_id)
-            hang_up(event.sock)
-        return
+    match msg:
+        case EngineKey():
+            if not engine.on_engine_key(msg):
+                log.warning("a key hand-off for %s that does not fit its credential: "
+                            "closing", msg.cp_id)
+                hang_up(event.sock)
+        case HealthCheck():
+            answer_health(engine, event.sock, msg)
+        case _:
+            assert_never(msg)
+
+
+def answer_health(engine: Engine, sock: socket.socket, msg: HealthCheck) -> None:
     why = engine.refuse_check(msg)
     if why is not None:
         log.warning("refused %s: closing that connection", why)
-        hang_up(event.sock)
+        hang_up(sock)
         return
     reply = engine.on_health_check(msg)
     if reply is not None:
         try:
-            event.sock.settimeout(1.0)
-            send_frame(event.sock, reply.to_wire())
+            sock.settimeout(1.0)
+            send_frame(sock, reply.to_wire())
         except OSError:
             pass  # the monitor went away; its reader ends
 

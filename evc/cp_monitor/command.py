@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from evc.console import say
-from evc.cp_monitor.monitor import EngineKeys, Monitor, check_engine
+from evc.cp_monitor.monitor import EngineKeys, Monitor, MonitorEvent, check_engine
 from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
 from evc.net import Address
@@ -50,7 +50,7 @@ def cp_monitor(engine: Address, central: list[Address], cp_id: str, location: st
     keys = EngineKeys()
     stop = threading.Event()
     install_stop_signals(stop)
-    events: queue.Queue[object] = queue.Queue()
+    events: queue.Queue[MonitorEvent] = queue.Queue()
     crew = Crew(stop)
     crew.spawn(check_engine, engine, cp_id, events, stop, interval, answer_timeout,
                credential, keys, name="monitor-engine")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from evc.console import say, stamp
 from evc.errors import ProtocolError, StoreError
 from evc.net import Address
+from evc.ports import assert_never
 from evc.protocol import auth
 from evc.protocol.framing import read_frames, recv_frame, send_frame
 from evc.protocol.messages import (
@@ -62,6 +63,14 @@ class CentralLost:
     reason: str
 
 
+MonitorEvent = HealthResult | CentralFrame | CentralLost
+"""What the monitor's reader threads hand to its main thread."""
+
+CentralWord = Challenge | RegisterAccepted | RegisterRejected | ErrorFrame | HeartbeatAck
+"""What central may say to a monitor."""
+CENTRAL_WORDS = (Challenge, RegisterAccepted, RegisterRejected, ErrorFrame, HeartbeatAck)
+
+
 # ---------------------------------------------------------------------- engine checker
 
 
@@ -93,7 +102,7 @@ def health_check(cp_id: str, secret: str | None) -> HealthCheck:
                        proof=auth.check_proof(secret, cp_id, nonce, ts))
 
 
-def check_engine(engine: Address, cp_id: str, events: queue.Queue[object],
+def check_engine(engine: Address, cp_id: str, events: queue.Queue[MonitorEvent],
                  stop: threading.Event, interval: float, answer_timeout: float,
                  credential: Credential | None = None, keys: EngineKeys | None = None) -> None:
     sock: socket.socket | None = None
@@ -142,7 +151,7 @@ def check_engine(engine: Address, cp_id: str, events: queue.Queue[object],
 # ---------------------------------------------------------------------- central link
 
 
-def read_central(sock: socket.socket, link: int, events: queue.Queue[object],
+def read_central(sock: socket.socket, link: int, events: queue.Queue[MonitorEvent],
                  stop: threading.Event) -> None:
     reason = "central closed the connection"
     try:
@@ -159,7 +168,7 @@ class Monitor:
     """The main thread's state and rules."""
 
     def __init__(self, central: Address | list[Address], cp_id: str, location: str,
-                 events: queue.Queue[object],
+                 events: queue.Queue[MonitorEvent],
                  stop: threading.Event, heartbeat: float, central_timeout: float,
                  credential: Credential | None = None,
                  engine_keys: EngineKeys | None = None) -> None:
@@ -222,18 +231,23 @@ class Monitor:
                 continue
             self._handle(event)
 
-    def _handle(self, event: object) -> None:
-        if isinstance(event, HealthResult):
-            changed = self.health is None or self.health.ok != event.ok
-            self.health = event
-            if changed:
-                say(f"{self.cp_id}: {event.detail}")
-            self._report_health()
-        elif isinstance(event, CentralFrame) and event.link == self.link:
-            self.last_rx = time.monotonic()
-            self._on_central(event.message)
-        elif isinstance(event, CentralLost) and event.link == self.link and self.sock:
-            self._lost(event.reason)
+    def _handle(self, event: MonitorEvent) -> None:
+        match event:
+            case HealthResult():
+                changed = self.health is None or self.health.ok != event.ok
+                self.health = event
+                if changed:
+                    say(f"{self.cp_id}: {event.detail}")
+                self._report_health()
+            case CentralFrame():
+                if event.link == self.link:  # not a connection that was replaced
+                    self.last_rx = time.monotonic()
+                    self._on_central(event.message)
+            case CentralLost():
+                if event.link == self.link and self.sock:
+                    self._lost(event.reason)
+            case _:
+                assert_never(event)
 
     def _report_health(self) -> None:
         if not self.registered or self.health is None or self.reported_ok == self.health.ok:
@@ -252,58 +266,71 @@ class Monitor:
         self.stop.set()
 
     def _on_central(self, msg: Message) -> None:
-        if isinstance(msg, Challenge):
-            try:
-                self.secret = self.credential.get() if self.credential is not None else None
-            except StoreError as exc:
-                self._give_up(str(exc))
-                return
-            if self.secret is None:
-                where = self.credential.source if self.credential else "none given"
-                self._give_up(f"central asks {self.cp_id} to prove its credential, but there "
-                              f"is none here ({where}); copy central's "
-                              f"credentials/{self.cp_id}.key there, or use --credentials")
-                return
-            self.challenge = msg.nonce
-            self._send(Prove(cp_id=self.cp_id, proof=auth.register_proof(
-                self.secret, self.cp_id, self.nonce, msg.nonce)))
-            return
-        if isinstance(msg, RegisterAccepted):
-            if self.secret is not None and self.challenge:
-                expected = auth.central_proof(self.secret, self.cp_id, self.nonce,
-                                              self.challenge)
-                key = auth.kafka_key(self.secret, self.nonce, self.challenge)
-                if not auth.same(expected, msg.proof) or auth.key_id(key) != msg.key_id:
-                    self._lost("central could not prove it holds this CP's credential "
-                               "(not the real central?)")
-                    return
-                self.engine_keys.set(EngineKey(cp_id=self.cp_id, client_nonce=self.nonce,
-                                               server_nonce=self.challenge,
-                                               key_id=msg.key_id))
-            self.registered = True
-            self.unavailable_since = None
-            self.backoff = 0.5
-            self.tried = 0
-            # central knows the health the Register carried; a change since is told now
-            self.reported_ok = self.registered_ok
-            say(f"{self.cp_id}: registered with central at {self.central} "
-                f"({msg.location}, {msg.price_eur_kwh:.2f} €/kWh)")
-            self.next_beat = time.monotonic() + self.heartbeat
-            self._report_health()
-        elif isinstance(msg, RegisterRejected):
-            if msg.code is RejectCode.STANDBY:
-                # a failover may be under way: the other central, soon
-                self.backoff = 0.5
-                self._lost(f"{self.central} is the standby central ({msg.reason})")
-            elif msg.code in (RejectCode.UNKNOWN, RejectCode.AUTH):
-                self._give_up(f"central refused the registration: {msg.reason}")
-            else:
-                say(f"{self.cp_id}: central refused the registration: {msg.reason}")
-                self._lost("registration refused")
-        elif isinstance(msg, ErrorFrame):
-            say(f"{self.cp_id}: central reports a protocol error: {msg.reason}")
-        elif not isinstance(msg, HeartbeatAck):
+        if not isinstance(msg, CENTRAL_WORDS):
             log.warning("unexpected %s from central", msg.TYPE)
+            return
+        word: CentralWord = msg
+        match word:
+            case Challenge():
+                self._on_challenge(word)
+            case RegisterAccepted():
+                self._on_accepted(word)
+            case RegisterRejected():
+                self._on_rejected(word)
+            case ErrorFrame():
+                say(f"{self.cp_id}: central reports a protocol error: {word.reason}")
+            case HeartbeatAck():
+                pass  # its arrival is what counts (last_rx)
+            case _:
+                assert_never(word)
+
+    def _on_challenge(self, msg: Challenge) -> None:
+        try:
+            self.secret = self.credential.get() if self.credential is not None else None
+        except StoreError as exc:
+            self._give_up(str(exc))
+            return
+        if self.secret is None:
+            where = self.credential.source if self.credential else "none given"
+            self._give_up(f"central asks {self.cp_id} to prove its credential, but there "
+                          f"is none here ({where}); copy central's "
+                          f"credentials/{self.cp_id}.key there, or use --credentials")
+            return
+        self.challenge = msg.nonce
+        self._send(Prove(cp_id=self.cp_id, proof=auth.register_proof(
+            self.secret, self.cp_id, self.nonce, msg.nonce)))
+
+    def _on_accepted(self, msg: RegisterAccepted) -> None:
+        if self.secret is not None and self.challenge:
+            expected = auth.central_proof(self.secret, self.cp_id, self.nonce, self.challenge)
+            key = auth.kafka_key(self.secret, self.nonce, self.challenge)
+            if not auth.same(expected, msg.proof) or auth.key_id(key) != msg.key_id:
+                self._lost("central could not prove it holds this CP's credential "
+                           "(not the real central?)")
+                return
+            self.engine_keys.set(EngineKey(cp_id=self.cp_id, client_nonce=self.nonce,
+                                           server_nonce=self.challenge, key_id=msg.key_id))
+        self.registered = True
+        self.unavailable_since = None
+        self.backoff = 0.5
+        self.tried = 0
+        # central knows the health the Register carried; a change since is told now
+        self.reported_ok = self.registered_ok
+        say(f"{self.cp_id}: registered with central at {self.central} "
+            f"({msg.location}, {msg.price_eur_kwh:.2f} €/kWh)")
+        self.next_beat = time.monotonic() + self.heartbeat
+        self._report_health()
+
+    def _on_rejected(self, msg: RegisterRejected) -> None:
+        if msg.code is RejectCode.STANDBY:
+            # a failover may be under way: the other central, soon
+            self.backoff = 0.5
+            self._lost(f"{self.central} is the standby central ({msg.reason})")
+        elif msg.code in (RejectCode.UNKNOWN, RejectCode.AUTH):
+            self._give_up(f"central refused the registration: {msg.reason}")
+        else:
+            say(f"{self.cp_id}: central refused the registration: {msg.reason}")
+            self._lost("registration refused")
 
     def _connect(self) -> None:
         try:
