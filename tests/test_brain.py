@@ -298,7 +298,7 @@ def test_unconfirmed_messages_are_sent_again_after_a_crash(parts, tmp_path):
     assert [a.msg_id for a in resent] == [auth.msg_id]
     assert out2.of(m.StartSupply)[0].session_id == auth.session_id
     settle(again, out2)
-    assert not again.unsent.pending and not again.store.outbox()
+    assert not again.out.unsent.pending and not again.store.outbox()
 
 
 def test_a_permanent_failure_is_not_retried_and_is_said_once(parts, tmp_path):
@@ -307,7 +307,7 @@ def test_a_permanent_failure_is_not_retried_and_is_said_once(parts, tmp_path):
     outbox.confirm_all(False, retriable=False)  # e.g. the broker refuses the topic (ACL)
     while not brain.events.empty():
         brain.apply(brain.events.get_nowait())
-    assert not brain.unsent.pending  # nothing left to retry in this run
+    assert not brain.out.unsent.pending  # nothing left to retry in this run
     sent = len(outbox.sent)
     for _ in range(3):
         brain.tick()
@@ -324,7 +324,7 @@ def test_a_failed_send_is_sent_again(parts):
     brain, _, outbox, _, _ = parts
     register(brain, 1, "CP-01")
     settle(brain, outbox, ok=False)
-    (pending,) = brain.unsent.pending.values()
+    (pending,) = brain.out.unsent.pending.values()
     assert pending.retry_at > 0
     pending.retry_at = time.monotonic() - 1
     outbox.fail_next = 1  # the broker is still away: not even queued
@@ -336,7 +336,7 @@ def test_a_failed_send_is_sent_again(parts):
     brain.tick()
     settle(brain, outbox)
     resumes = [msg for _, msg, _ in outbox.sent if isinstance(msg, m.ResumeCP)]
-    assert not brain.unsent.pending and len(resumes) == 2 and resumes[0] == resumes[1]
+    assert not brain.out.unsent.pending and len(resumes) == 2 and resumes[0] == resumes[1]
 
 
 def test_a_record_is_applied_once_even_when_delivered_again(parts):
@@ -362,7 +362,7 @@ def test_deadlines_wait_while_kafka_is_unavailable(parts):
                              importe_eur=0.3, session_id=auth.session_id))
     brain.on_bus(m.EndRequest(driver_id="D-1", cp_id="CP-01", session_id=auth.session_id))
     session = brain.sessions[auth.session_id]
-    brain.last_confirm = time.monotonic() - 10  # nothing confirmed for 10 s
+    brain.out.last_confirm = time.monotonic() - 10  # nothing confirmed for 10 s
     brain.tick()
     assert brain.bus_down_since is not None
     brain._bus_down_mono -= 60  # a minute passes, Kafka still away: the deadline passes
@@ -519,14 +519,14 @@ def test_run_applies_batches_stores_them_then_sends_and_acks(tmp_path):
     outbox = FakeOutbox()
     brain = Brain(store, outbox, FakeLink(), RecordingView(), Settings(secure=False))
     brain.upsert_cp("CP-01", "x", 0.3)
-    brain.acker = Acker()
+    brain.out.acker = Acker()
     brain.events.put(MonitorFrame(1, "p", m.Register(cp_id="CP-01")))
     for i in range(3):
         brain.events.put(BusMessage(m.ChargeRequest(driver_id=f"D-{i}", cp_id="CP-01"),
                                     Delivery("requests_topic", 0, i)))
     brain.events.put(OperatorLine("quit"))
     brain.run(__import__("threading").Event())  # returns: quit was asked
-    assert brain.acker.acked == [0, 1, 2]
+    assert brain.out.acker.acked == [0, 1, 2]
     assert len(outbox.of(m.Authorization)) == 3 and len(outbox.of(m.StartSupply)) == 1
     assert any(isinstance(msg, m.CentralStatus) for _, msg, _ in outbox.sent)
     statuses = [msg for _, msg, _ in outbox.sent if isinstance(msg, m.CPStatus)]
@@ -566,7 +566,7 @@ def test_a_slow_start_is_not_taken_for_kafka_being_away(tmp_path):
     view = RecordingView()
     brain = Brain(Store(tmp_path / "c.json"), FakeOutbox(), FakeLink(), view,
                   Settings(secure=False))
-    brain.last_confirm -= 60  # as if the registry took a minute to load
+    brain.out.last_confirm -= 60  # as if the registry took a minute to load
     brain.events.put(OperatorLine("quit"))
     brain.run(__import__("threading").Event())
     assert brain.bus_down_since is None

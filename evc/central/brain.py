@@ -37,7 +37,8 @@ import threading
 import time
 from collections import OrderedDict
 
-from evc.central import operator
+from evc.central import operator, registration
+from evc.central.announce import Announcer
 from evc.central.events import (
     BusMessage,
     BusSkipped,
@@ -51,7 +52,6 @@ from evc.central.events import (
     Sent,
 )
 from evc.central.model import (
-    DEFAULT_PRICE,
     ChargePoint,
     Counters,
     PendingRegistration,
@@ -60,14 +60,12 @@ from evc.central.model import (
     Wait,
     reason_of,
 )
-from evc.central.ports import Acker, Audit, Credentials, Link, Nowhere, Outbox, View
-from evc.errors import BusError, ProtocolError
-from evc.ports import Done, Unconfirmed, Verdict, assert_never
+from evc.central.ports import Audit, Credentials, Link, Nowhere, Outbox, View
+from evc.ports import assert_never
 from evc.protocol import auth
 from evc.protocol.messages import (
     Authorization,
     CentralStatus,
-    Challenge,
     ChargeRequest,
     CPState,
     CPStatus,
@@ -90,11 +88,10 @@ from evc.protocol.messages import (
     StopCP,
     Telemetry,
     Ticket,
-    from_wire,
     new_id,
 )
-from evc.protocol.topics import CENTRAL_KEY, CONTROL, NETWORK, Delivery
-from evc.store import DRIVERS, META, OUTBOX, SESSIONS, Store
+from evc.protocol.topics import CENTRAL_KEY, CONTROL, NETWORK
+from evc.store import DRIVERS, META, SESSIONS, Store
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +129,6 @@ class Brain:
         self.audit: Audit = audit or Nowhere()
         self.drivers: dict[str, str] = {}  # driver id -> its secret (the driver registry)
         self.challenges: dict[int, PendingRegistration] = {}
-        self.acker: Acker | None = None
         self.cps: dict[str, ChargePoint] = {}
         self.by_conn: dict[int, str] = {}
         self.sessions: dict[str, Session] = {}  # open ones (an end may be decided)
@@ -142,14 +138,8 @@ class Brain:
         self.quit_requested = threading.Event()
         self.started_at = time.time()
         self.outages: list[tuple[float, float]] = []  # (from, to), wall clock: central deaf
-        self.applied: dict[tuple[str, int], int] = {}  # next offset to apply per partition
-        # decided messages on their way to Kafka (each also in the stored outbox)
-        self.unsent = Unconfirmed(self.outbox.send, self._report_sent,
-                                  say=lambda text: self.view.note(text, "error"))
-        self._new: list[str] = []  # decided in this batch: sent after the commit
-        self._seq = 0
-        self._acks: list[Delivery] = []
-        self.last_confirm = time.monotonic()  # Kafka last confirmed a send
+        # what the rules decide, stored with its batch and sent once that is durable
+        self.out = Announcer(store, outbox, self.events, view)
         self.bus_down_since: float | None = None  # wall clock, while Kafka is unavailable
         self._bus_down_mono = 0.0
         self._next_heartbeat = 0.0
@@ -161,29 +151,20 @@ class Brain:
     # ------------------------------------------------------------------ start-up
     def _load(self) -> None:
         for rec in self.store.cps():
-            self.cps[rec["cp_id"]] = ChargePoint(
-                cp_id=rec["cp_id"], location=rec.get("location", ""),
-                price=float(rec.get("price_eur_kwh", DEFAULT_PRICE)),
-                stopped=bool(rec.get("stopped", False)), last_seen=rec.get("last_seen"),
-                secret=str(rec.get("secret", "")), keys=dict(rec.get("keys", {})),
-            )
+            self.cps[rec["cp_id"]] = ChargePoint.from_record(rec)
         self.drivers = {r["driver_id"]: str(r.get("secret", "")) for r in self.store.all(DRIVERS)}
         # After a restart every CP is Desconectado until its monitor registers again, or,
         # with ``presume``, once its monitor has had that long to register again.
         until = time.monotonic() + self.presume
         for rec in self.store.cps():
             cp = self.cps[rec["cp_id"]]
-            try:
-                last = CPState(rec.get("state", CPState.DESCONECTADO))
-            except ValueError:
-                last = CPState.DESCONECTADO
+            last = cp.stored_state(rec)
             if self.presume and last is not CPState.DESCONECTADO:
                 cp.state, cp.presumed_until = last, until
                 self._presumed.add(cp.cp_id)
                 continue
             self.store.put_cp({"cp_id": cp.cp_id, "state": str(CPState.DESCONECTADO)})
             self._status_due.add(cp.cp_id)
-        self.applied = self.store.offsets()
         alive = self.store.get(META, "alive")
         if alive is not None:  # central was away from then until now
             self.outages.append((float(alive["at"]), self.started_at))
@@ -195,14 +176,7 @@ class Brain:
         # supplying. Their monitors must come back; an end already decided still awaits
         # the engine's final figures.
         for rec in self.store.sessions(status="open"):
-            reason = rec.get("end_reason")
-            session = Session(
-                session_id=rec["session_id"], cp_id=rec["cp_id"], driver_id=rec["driver_id"],
-                request_id=rec.get("request_id", ""), price=rec["price_eur_kwh"],
-                started_at=rec["started_at"], kwh=rec.get("consumo_kwh", 0.0),
-                eur=rec.get("importe_eur", 0.0), supplying=bool(rec.get("supplying", True)),
-                end_reason=reason_of(reason) if reason else None,
-            )
+            session = Session.from_record(rec)
             self._add_session(session)
             owner = self.cps.get(session.cp_id)
             if owner is None:  # removed from the registry meanwhile: end it now
@@ -216,20 +190,7 @@ class Brain:
         if self.sessions:
             self.view.note(f"resuming {len(self.sessions)} open supplies; their monitors have "
                            f"{self.settings.resume_grace:g} s to register again")
-        # Messages decided before the stop but never confirmed by Kafka: send them again
-        # (receivers ignore what they already had, by msg_id or session id).
-        for rec in self.store.outbox():
-            try:
-                message = from_wire(rec["wire"])
-            except ProtocolError as exc:  # not from this version: nothing to send
-                log.error("dropping unreadable outbox entry %s: %s", rec.get("msg_id"), exc)
-                self.store.remove(OUTBOX, str(rec.get("msg_id")))
-                continue
-            self._seq = max(self._seq, int(rec.get("seq", 0)))
-            self.unsent.add(message.msg_id, rec["topic"], message, rec["key"])
-            self._new.append(message.msg_id)
-        if self._new:
-            log.info("re-sending %d messages that Kafka had not confirmed", len(self._new))
+        self.out.restore()  # decided before the stop, never confirmed: sent again
         self.flush()
 
     def _add_session(self, session: Session) -> None:
@@ -276,7 +237,7 @@ class Brain:
         next_tick = 0.0
         # Kafka's silence counts from now: loading a large registry or waiting for the
         # consumer before this is not Kafka being away.
-        self.last_confirm = time.monotonic()
+        self.out.last_confirm = time.monotonic()
         while not stop.is_set():
             timeout = max(0.0, next_tick - time.monotonic())
             batch: list[Event] = []
@@ -321,10 +282,10 @@ class Brain:
                 late = _late(event.message)
                 if not late:  # it brings the late changes along
                     self.store.flush_late()
-                if self._first_time(event.delivery, late=late):
+                if self.out.first_time(event.delivery, late=late):
                     self.on_bus(event.message)
             case BusSkipped():
-                self._first_time(event.delivery)
+                self.out.first_time(event.delivery)
             case Sent():
                 self.on_sent(event)
             case OperatorLine():
@@ -336,26 +297,9 @@ class Brain:
             case _:
                 assert_never(event)
 
-    def _first_time(self, d: Delivery, late: bool = False) -> bool:
-        """Count the record as read; False when it was applied before (a redelivery)."""
-        tp = (d.topic, d.partition)
-        if d.offset < self.applied.get(tp, 0):
-            return False
-        self.applied[tp] = d.offset + 1
-        self.store.set_offset(d.topic, d.partition, d.offset + 1, late=late)
-        self._acks.append(d)
-        return True
-
     def flush(self) -> None:
-        """Store the batch (state, outbox, offsets), then announce it and ack what it read."""
-        self.store.commit()
-        new, self._new = self._new, []
-        for msg_id in new:
-            self.unsent.send_now(msg_id)
-        acks, self._acks = self._acks, []
-        if self.acker is not None:
-            for delivery in acks:
-                self.acker.ack(delivery)
+        """Store the batch, then announce it and ack what it read (announce.py)."""
+        self.out.flush()
 
     def _order(self, cp: ChargePoint, message: Message) -> None:
         """An order to a CP's engine: signed with this registration's key (auth level)."""
@@ -372,32 +316,12 @@ class Brain:
 
     def _emit(self, topic: str, message: Message, key: str) -> None:
         """Decide a Kafka message: stored with this batch, sent once the batch is stored."""
-        self._seq += 1
-        self.store.put(OUTBOX, {"msg_id": message.msg_id, "seq": self._seq, "topic": topic,
-                                "key": key, "wire": message.to_wire()})
-        self.unsent.add(message.msg_id, topic, message, key)
-        self._new.append(message.msg_id)
-
-    def _report_sent(self, msg_id: str, error: BusError | None) -> None:
-        """Kafka's verdict on an outbox message, from the producer's thread: an event."""
-        self.events.put(Sent(msg_id, error))
-
-    def _confirmer(self, status_of: str | None = None) -> Done:
-        """The verdict on a heartbeat or a CP's public state, as an event."""
-        events = self.events
-        return lambda error: events.put(Sent(None, error, status_of=status_of))
+        self.out.emit(topic, message, key)
 
     def on_sent(self, event: Sent) -> None:
-        if event.ok:
-            self.last_confirm = time.monotonic()
         if event.status_of is not None and not event.ok:
             self._status_due.add(event.status_of)  # published again at the next tick
-        if event.msg_id is None:
-            return
-        # Confirmed: out of the stored outbox. Refused for good: kept there, so that a
-        # restart (the cause mended) sends it again; not sent again in this run.
-        if self.unsent.settle(event.msg_id, event.error) is Verdict.CONFIRMED:
-            self.store.remove(OUTBOX, event.msg_id)
+        self.out.on_sent(event)
 
     def tick(self) -> None:
         """Deadlines, re-sends, Kafka's health and central's heartbeat; then the view."""
@@ -414,7 +338,7 @@ class Brain:
                         self.view.note(f"{session.cp_id}: supply of {session.driver_id} ended "
                                        f"after the maximum of {self.settings.max_supply:g} s")
                         self._end_session(session, EndReason.TIME_LIMIT)
-        self.unsent.resend_due(now)
+        self.out.unsent.resend_due(now)
         if self._presumed and now > min(self.cps[c].presumed_until if c in self.cps else 0.0
                                         for c in self._presumed):
             for cp_id in sorted(self._presumed):
@@ -430,13 +354,9 @@ class Brain:
         self._publish_status()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.settings.heartbeat
-            try:
-                self.outbox.send(NETWORK, CentralStatus(
-                    central=self.identity, started_at=self.started_at,
-                    kafka_ok=self.bus_down_since is None, epoch=self.epoch), CENTRAL_KEY,
-                    on_done=self._confirmer())
-            except BusError as exc:
-                log.debug("heartbeat not sent: %s", exc)
+            self.out.publish(NETWORK, CentralStatus(
+                central=self.identity, started_at=self.started_at,
+                kafka_ok=self.bus_down_since is None, epoch=self.epoch), CENTRAL_KEY)
         self.view.refresh(self)
 
     def _publish_status(self) -> None:
@@ -449,9 +369,7 @@ class Brain:
                 detail=cp.fault_reason if cp.state is CPState.AVERIADO else
                 "stopped by the operator" if cp.state is CPState.PARADO else "",
                 last_seen=cp.last_seen or 0.0)
-            try:
-                self.outbox.send(NETWORK, status, cp_id, on_done=self._confirmer(cp_id))
-            except BusError:
+            if not self.out.publish(NETWORK, status, cp_id, status_of=cp_id):
                 self._status_due.add(cp_id)
 
     def _check_bus(self, now: float) -> None:
@@ -460,7 +378,7 @@ class Brain:
         Deadlines stop counting meanwhile: an engine's final figures or a driver's
         end request may be waiting in a producer's buffer, not lost.
         """
-        silent = now - self.last_confirm > self.settings.bus_timeout
+        silent = now - self.out.last_confirm > self.settings.bus_timeout
         if silent and self.bus_down_since is None:
             self.bus_down_since = time.time()
             self._bus_down_mono = now
@@ -496,9 +414,9 @@ class Brain:
             pending = self.challenges.pop(event.conn_id, None)
             match msg:
                 case Prove() if pending is not None and msg.cp_id == pending.cp_id:
-                    self.on_proof(event.conn_id, pending, msg)
+                    registration.on_proof(self, event.conn_id, pending, msg)
                 case Register() if pending is None:
-                    self.on_register(event.conn_id, event.peer, msg)
+                    registration.on_register(self, event.conn_id, event.peer, msg)
                 case _:
                     self.link.close_connection(
                         event.conn_id, "spoke before registering",
@@ -541,68 +459,9 @@ class Brain:
             if cp_id is not None and self._speaks_for(conn_id, cp_id, said):
                 self.cps[cp_id].last_seen = event.at
 
-    def on_register(self, conn_id: int, peer: str, msg: Register) -> None:
-        cp = self.cps.get(msg.cp_id)
-        if cp is None:
-            self.view.note(f"refused monitor at {peer}: {msg.cp_id} is not in the registry",
-                           "warning")
-            self.link.close_connection(conn_id, f"unknown CP {msg.cp_id}", RegisterRejected(
-                cp_id=msg.cp_id, code=RejectCode.UNKNOWN,
-                reason=f"{msg.cp_id} is not in central's registry"))
-            return
-        if cp.conn_id is not None:
-            self.view.note(f"refused second monitor for {cp.cp_id} at {peer} "
-                           f"(connected from {cp.peer})", "warning")
-            self.audit.write("refused", cp_id=cp.cp_id, source=peer, code="duplicate")
-            self.link.close_connection(conn_id, f"duplicate monitor for {cp.cp_id}",
-                                       RegisterRejected(
-                cp_id=cp.cp_id, code=RejectCode.DUPLICATE,
-                reason=f"{cp.cp_id} is already connected from another monitor"))
-            return
-        if self.settings.secure:
-            if not cp.secret or not msg.nonce:
-                why = ("its credential was revoked" if not cp.secret
-                       else "the monitor did not send a nonce (an old or open-level monitor)")
-                self._refuse_auth(conn_id, peer, cp.cp_id, why)
-                return
-            nonce = auth.new_nonce()
-            self.challenges[conn_id] = PendingRegistration(cp.cp_id, peer, msg, nonce)
-            self.link.send(conn_id, Challenge(cp_id=cp.cp_id, nonce=nonce))
-            return
-        self._accept(conn_id, peer, cp, msg, proof="", key_id="")
-
-    def on_proof(self, conn_id: int, pending: PendingRegistration, msg: Prove) -> None:
-        """The monitor's answer to the challenge: accepted, or refused and audited."""
-        cp = self.cps.get(pending.cp_id)
-        reg = pending.register
-        if cp is None or not cp.secret:
-            self._refuse_auth(conn_id, pending.peer, pending.cp_id, "no credential")
-            return
-        expected = auth.register_proof(cp.secret, cp.cp_id, reg.nonce, pending.nonce)
-        if not auth.same(expected, msg.proof):
-            self._refuse_auth(conn_id, pending.peer, cp.cp_id, "wrong credential")
-            return
-        if cp.conn_id is not None:  # another one registered meanwhile
-            self.link.close_connection(conn_id, f"duplicate monitor for {cp.cp_id}",
-                                       RegisterRejected(
-                cp_id=cp.cp_id, code=RejectCode.DUPLICATE,
-                reason=f"{cp.cp_id} is already connected from another monitor"))
-            return
-        key = auth.kafka_key(cp.secret, reg.nonce, pending.nonce)
-        kid = auth.key_id(key)
-        cp.keys = {**{k: v for k, v in list(cp.keys.items())[-1:]}, kid: key}  # + previous
-        self._accept(conn_id, pending.peer, cp, reg, key_id=kid,
-                     proof=auth.central_proof(cp.secret, cp.cp_id, reg.nonce, pending.nonce))
-
-    def _refuse_auth(self, conn_id: int, peer: str, cp_id: str, why: str) -> None:
-        self.view.note(f"refused monitor for {cp_id} at {peer}: {why}", "warning")
-        self.audit.write("refused", cp_id=cp_id, source=peer, code="auth", why=why)
-        self.link.close_connection(conn_id, f"{cp_id}: {why}", RegisterRejected(
-            cp_id=cp_id, code=RejectCode.AUTH,
-            reason=f"central refused {cp_id}: {why}"))
-
-    def _accept(self, conn_id: int, peer: str, cp: ChargePoint, msg: Register, *,
-                proof: str, key_id: str) -> None:
+    def accept(self, conn_id: int, peer: str, cp: ChargePoint, msg: Register, *,
+               proof: str, key_id: str) -> None:
+        """A monitor registered (proven, at the authenticated level): its CP is live."""
         before = cp.state
         cp.conn_id, cp.peer, cp.last_seen = conn_id, peer, time.time()
         cp.presumed_until = 0.0

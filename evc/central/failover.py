@@ -235,9 +235,9 @@ class ActiveTerm:
             # committed offsets are only a fallback, and a gauge of its lag).
             consumer = retrying(lambda: self.bus.consumer(
                 [REQUESTS, TELEMETRY], group_id=f"{common.topic_prefix}evc-central",
-                from_beginning=True, start=brain.applied, gather=CONSUMER_GATHER),
+                from_beginning=True, start=brain.out.applied, gather=CONSUMER_GATHER),
                 wait=common.kafka_wait, stop=stop)
-            brain.acker = consumer
+            brain.out.acker = consumer
             # a daemon: a commit waits for the broker as long as it is away (what it
             # holds is in the store), and must not hold the process at a stop
             committer = crew.spawn(txn.run, term_stop, name="central-transactions",

@@ -43,6 +43,17 @@ class Session:
         self.waiting = what
         self.deadline = time.monotonic() + seconds if what is not None else 0.0
 
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Session:
+        """A session as the store holds it (``record``)."""
+        reason = rec.get("end_reason")
+        return cls(
+            session_id=rec["session_id"], cp_id=rec["cp_id"], driver_id=rec["driver_id"],
+            request_id=rec.get("request_id", ""), price=float(rec.get("price_eur_kwh", 0.0)),
+            started_at=float(rec.get("started_at", 0.0)), kwh=rec.get("consumo_kwh", 0.0),
+            eur=rec.get("importe_eur", 0.0), supplying=bool(rec.get("supplying", True)),
+            end_reason=reason_of(reason) if reason else None)
+
     def record(self, **extra: Any) -> dict[str, Any]:
         return {
             "session_id": self.session_id, "cp_id": self.cp_id, "driver_id": self.driver_id,
@@ -70,6 +81,22 @@ class ChargePoint:
     presumed_until: float = 0.0  # monotonic: the last known state is shown until then
     secret: str = ""  # its credential ("" = revoked: it cannot register at the auth level)
     keys: dict[str, str] = field(default_factory=dict)  # kid -> Kafka key (newest last)
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> ChargePoint:
+        """A registry entry as the store holds it (not connected: that is not stored)."""
+        return cls(
+            cp_id=rec["cp_id"], location=rec.get("location", ""),
+            price=float(rec.get("price_eur_kwh", DEFAULT_PRICE)),
+            stopped=bool(rec.get("stopped", False)), last_seen=rec.get("last_seen"),
+            secret=str(rec.get("secret", "")), keys=dict(rec.get("keys", {})))
+
+    def stored_state(self, rec: dict[str, Any]) -> CPState:
+        """The state the store last showed for this CP (Desconectado if unreadable)."""
+        try:
+            return CPState(rec.get("state", CPState.DESCONECTADO))
+        except ValueError:
+            return CPState.DESCONECTADO
 
     def derive(self) -> CPState:
         return CPState.of(connected=self.conn_id is not None, faulted=self.faulted,

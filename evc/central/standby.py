@@ -48,25 +48,13 @@ class StandbyModel:
         """Rebuild the view from the store (the active central's state, as replicated)."""
         cps: dict[str, ChargePoint] = {}
         for rec in store.cps():
-            try:
-                state = CPState(rec.get("state", CPState.DESCONECTADO))
-            except ValueError:
-                state = CPState.DESCONECTADO
-            cps[rec["cp_id"]] = ChargePoint(
-                cp_id=rec["cp_id"], location=rec.get("location", ""),
-                price=float(rec.get("price_eur_kwh", 0.0)),
-                stopped=bool(rec.get("stopped", False)), last_seen=rec.get("last_seen"),
-                state=state, fault_reason="" if state is not CPState.AVERIADO
-                else "reported by its monitor")
+            cp = cps[rec["cp_id"]] = ChargePoint.from_record(rec)
+            cp.state = cp.stored_state(rec)
+            cp.fault_reason = "reported by its monitor" if cp.state is CPState.AVERIADO else ""
         for rec in store.sessions(status="open"):
-            cp = cps.get(rec.get("cp_id", ""))
-            if cp is None:
-                continue
-            cp.session = Session(
-                session_id=rec["session_id"], cp_id=cp.cp_id, driver_id=rec["driver_id"],
-                request_id=rec.get("request_id", ""), price=rec.get("price_eur_kwh", 0.0),
-                started_at=rec.get("started_at", 0.0), kwh=rec.get("consumo_kwh", 0.0),
-                eur=rec.get("importe_eur", 0.0), supplying=bool(rec.get("supplying", True)))
+            owner = cps.get(rec.get("cp_id", ""))
+            if owner is not None:
+                owner.session = Session.from_record(rec)
         self.cps = cps
         closed = store.sessions(status="closed")
         self.counters = Counters(authorized=len(closed) + sum(
