@@ -92,8 +92,13 @@ class Proc:
         self.popen.stdin.write(text + "\n")
         self.popen.stdin.flush()
 
-    def signal(self, sig: int) -> None:
-        self.popen.send_signal(sig)
+    def signal(self, sig: int, *, group: bool = False) -> None:
+        """``sig`` to the process, or (``group``) to its whole process group, as a terminal
+        sends Ctrl+C or, once closed, SIGHUP (a component's child processes get it too)."""
+        if group:
+            os.killpg(self.popen.pid, sig)
+        else:
+            self.popen.send_signal(sig)
 
     def stop(self, timeout: float = 5.0) -> int:
         """SIGTERM and wait; a process that does not end in time is killed and reported."""

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from evc.central.events import ConnectionLost, Heartbeats, MonitorFrame
-from evc.central.server import MonitorServer, heartbeat_ack
+from evc.central.server import MonitorServer
+from evc.central.server_process import heartbeat_ack
 from evc.net import Address
 from evc.protocol import messages as m
 from evc.protocol.framing import FrameDecoder, encode_frame, recv_frame

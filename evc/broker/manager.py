@@ -19,122 +19,29 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
+from evc.broker.install import (
+    BrokerError,
+    Echo,
+    cache_home,
+    check_java,
+    ensure_libs,
+    resource,
+)
 from evc.bus import ROLES, Sasl, ping, provision
-from evc.errors import ConfigError, EvcError
+from evc.errors import ConfigError
 from evc.net import Address, port_free
 
 KAFKA_MAIN = "kafka.Kafka"
-MIN_JAVA = 17
-
-
-class BrokerError(EvcError):
-    """A broker could not be fetched, started or stopped."""
-
-
-def cache_home() -> Path:
-    explicit = os.environ.get("EVC_BROKER_HOME")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "evc"
-
-
-def _resource(name: str) -> str:
-    return resources.files("evc.broker").joinpath(name).read_text(encoding="utf-8")
-
-
-def kafka_version() -> str:
-    match = re.search(r"<kafka.version>([^<]+)</kafka.version>", _resource("pom.xml"))
-    assert match, "pom.xml names kafka.version"
-    return match.group(1)
-
-
-# ---------------------------------------------------------------------- prerequisites
-
-
-def check_java() -> str:
-    java = shutil.which("java")
-    if java is None:
-        raise BrokerError(
-            f"Java not found: Kafka needs Java {MIN_JAVA}+ "
-            "(apt-get install openjdk-17-jre-headless), or use docker compose up -d"
-        )
-    try:
-        out = subprocess.run(
-            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
-        ).stderr
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BrokerError(f"cannot run {java} -version: {exc}") from None
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
-    if not match:
-        raise BrokerError(f"cannot tell the Java version from: {out.strip()[:200]}")
-    major = int(match.group(1))
-    if major == 1 and match.group(2):  # "1.8" style
-        major = int(match.group(2))
-    if major < MIN_JAVA:
-        raise BrokerError(
-            f"Java {major} is too old: Kafka {kafka_version()} needs Java {MIN_JAVA}+")
-    return java
-
-
-def libs_dir() -> Path:
-    return cache_home() / f"kafka-{kafka_version()}" / "libs"
-
-
-Echo = Callable[[str], None]
-
-
-def ensure_libs(echo: Echo = print) -> Path:
-    """Fetch the broker jars with Maven once; return the folder holding them."""
-    libs = libs_dir()
-    marker = libs / ".complete"
-    if marker.exists():
-        return libs
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise BrokerError(
-            "Maven (mvn) not found: it fetches the Kafka broker "
-            "(apt-get install maven), or use docker compose up -d"
-        )
-    staging = libs.with_name("libs.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    pom = staging.parent / "pom.xml"
-    pom.write_text(_resource("pom.xml"), encoding="utf-8")
-    echo(f"Fetching Apache Kafka {kafka_version()} with Maven into {libs} (once) ...")
-    cmd = [
-        mvn, "-B", "-q", "-f", str(pom),
-        "dependency:copy-dependencies", "-DincludeScope=runtime",
-        f"-DoutputDirectory={staging}",
-    ]
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-    except subprocess.TimeoutExpired:
-        raise BrokerError("Maven did not finish fetching Kafka within 15 minutes") from None
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
-        raise BrokerError(f"Maven could not fetch Kafka (exit {result.returncode}):\n{tail}")
-    if not any(staging.glob("kafka_2.13-*.jar")):
-        raise BrokerError(f"Maven finished but no kafka_2.13 jar is in {staging}")
-    shutil.rmtree(libs, ignore_errors=True)
-    staging.rename(libs)
-    marker.write_text(kafka_version(), encoding="utf-8")
-    return libs
-
-
-# ---------------------------------------------------------------------- config
 
 
 @dataclass(frozen=True)
@@ -184,7 +91,7 @@ class BrokerConfig:
         return self.data_dir / "kafka-users.json"
 
     def render(self, admin_password: str = "") -> str:
-        text = _resource("server.properties.in").format(
+        text = resource("server.properties.in").format(
             listen_host=self.listen.host,
             listen_port=self.listen.port,
             controller_host=self.controller.host,
@@ -535,8 +442,8 @@ def run_foreground(cfg: BrokerConfig, *, fresh: bool, timeout: float,
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
 
-    signal.signal(signal.SIGINT, _forward)
-    signal.signal(signal.SIGTERM, _forward)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a closed terminal too
+        signal.signal(signum, _forward)
     try:
         wait_ready(cfg, proc, timeout)
         echo(f"Kafka broker ready at {cfg.advertise} (pid {proc.pid}); log {cfg.log_file}")

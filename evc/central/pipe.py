@@ -8,7 +8,10 @@ events for the brain (events.py), and ChildLog.
 
 from __future__ import annotations
 
+import pickle
+import struct
 from dataclasses import dataclass
+from typing import Any
 
 from evc.central.events import Event
 from evc.protocol.messages import Message
@@ -50,3 +53,29 @@ class ChildLog:
 
 ToChild = Alive | Stop | SendFrame | CloseConnection
 FromChild = Event | ChildLog
+
+
+_LEN = struct.Struct(">I")
+
+
+def pack(obj: ToChild | FromChild) -> bytes:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LEN.pack(len(data)) + data
+
+
+class Unpacker:
+    """Length-prefixed pickles out of a byte stream, as they complete."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        self._buf += data
+        out = []
+        while len(self._buf) >= _LEN.size:
+            (length,) = _LEN.unpack_from(self._buf)
+            if len(self._buf) < _LEN.size + length:
+                break
+            out.append(pickle.loads(self._buf[_LEN.size:_LEN.size + length]))
+            del self._buf[:_LEN.size + length]
+        return out

@@ -208,8 +208,8 @@ def run_demo(kafka: Address, n_cps: int, n_drivers: int, per_driver: int,
         if central.poll() is None:
             central.send_signal(signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a closed terminal too
+        signal.signal(signum, on_signal)
     try:
         cps, files = write_inputs(run_dir, n_cps, n_drivers, per_driver, seed)
         host = "127.0.0.1"
