@@ -50,9 +50,7 @@ from evc.central.pipe import (
 )
 from evc.errors import ConfigError
 from evc.net import Address
-from evc.protocol.messages import (
-    Message,
-)
+from evc.protocol.messages import Message
 
 log = logging.getLogger("evc.central.server")
 

@@ -19,18 +19,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from evc.central import pipe
 from evc.central.events import ConnectionLost, Event, Heartbeats, MonitorFrame
-from evc.central.pipe import (
-    Alive,
-    ChildLog,
-    CloseConnection,
-    FromChild,
-    SendFrame,
-    Stop,
-    ToChild,
-    Unpacker,
-    pack,
-)
 from evc.central.server import BEAT_REPORT, MAX_OUTBUF, PARENT_SILENCE
 from evc.errors import ProtocolError
 from evc.ports import assert_never
@@ -130,14 +120,14 @@ class _Loop:
         self._parent = parent
         self._parent.setblocking(False)
         self._to_parent = bytearray()
-        self._from_parent = Unpacker()
+        self._from_parent = pipe.Unpacker()
         self._parent_heard = time.monotonic()
         self._sel.register(self._listener, selectors.EVENT_READ, "listen")
         self._sel.register(self._parent, selectors.EVENT_READ, "parent")
 
-    def emit(self, item: FromChild) -> None:
+    def emit(self, item: pipe.FromChild) -> None:
         """Queue an event (or a log record) for central; written as the socket takes it."""
-        self._to_parent += pack(item)
+        self._to_parent += pipe.pack(item)
         if len(self._to_parent) > MAX_PARENT_BACKLOG:
             raise SystemExit("central does not read its TCP server's events: stopping")
         self._flush_parent()
@@ -192,19 +182,19 @@ class _Loop:
             self._stopping = True
             return
         self._parent_heard = time.monotonic()
-        requests: list[ToChild] = self._from_parent.feed(data)
+        requests: list[pipe.ToChild] = self._from_parent.feed(data)
         for request in requests:
             match request:
-                case Alive():
+                case pipe.Alive():
                     pass
-                case Stop():
+                case pipe.Stop():
                     self._stopping = True
                     return
-                case SendFrame():
+                case pipe.SendFrame():
                     conn = self._conns.get(request.conn_id)
                     if conn is not None:
                         self._queue_out(conn, request.message)
-                case CloseConnection():
+                case pipe.CloseConnection():
                     conn = self._conns.get(request.conn_id)
                     if conn is None:
                         continue
@@ -429,7 +419,7 @@ class _ToParent(logging.Handler):
             text = record.getMessage()
             if record.exc_info:
                 text += "\n" + logging.Formatter().formatException(record.exc_info)
-            self.loop.emit(ChildLog(record.name, record.levelno, text))
+            self.loop.emit(pipe.ChildLog(record.name, record.levelno, text))
 
 
 def _die_with_parent(parent: int) -> None:
