@@ -38,19 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from evc.bus import KafkaBus
+from evc.net import free_port
 from evc.protocol import messages as m
 from evc.protocol.topics import ALL_TOPICS, CHANGELOG
 
 EVC = [sys.executable, "-m", "evc.cli"]
 STATE = re.compile(r"^(\d\d:\d\d:\d\d) (\S+) \S+ -> (\S+)")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Part:

@@ -40,6 +40,7 @@ from typing import Any
 from benchmarks.procinfo import children, cpu_seconds, rss_mb
 from evc.bus import KafkaBus
 from evc.errors import BusError
+from evc.net import free_port
 from evc.protocol import auth
 from evc.protocol import messages as m
 from evc.protocol.framing import FrameDecoder, encode_frame
@@ -47,12 +48,6 @@ from evc.protocol.topics import CENTRAL_KEY, CONTROL, NETWORK, REQUESTS, TELEMET
 
 EVC = [sys.executable, "-m", "evc.cli"]
 RAMP = (500, 1000, 2000, 5000)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pct(values: list[float], p: float) -> float:

@@ -21,15 +21,9 @@ import time
 import uuid
 from pathlib import Path
 
+from evc.net import free_port
+
 EVC = [sys.executable, "-m", "evc.cli"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:

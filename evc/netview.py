@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from evc.display import Row, ago
@@ -149,3 +150,27 @@ def read_current(view: NetworkView, inbox: queue.Queue[tuple[Message, bool]],
     while not view.central_available() and time.monotonic() < beat_by and not stop.is_set():
         take(0.1)
     take(0.05)
+
+
+class CentralWatch:
+    """Says once that central is unavailable, and once that it is back (an engine's and a
+    driver's screen): ``lost(since)`` and ``back(seconds away)`` make the lines."""
+
+    def __init__(self, view: NetworkView, say: Callable[[str], None], *,
+                 lost: Callable[[float], str], back: Callable[[float], str]) -> None:
+        self.view = view
+        self.say = say
+        self.lost = lost
+        self.back = back
+        self.since: float | None = None  # wall clock: unavailable since then
+
+    def check(self, *, hold: bool = False) -> None:
+        """Look again; ``hold``: not yet (news may be waiting to be read)."""
+        silent = self.view.central_silent()
+        if silent and self.since is None and not hold:
+            self.since = time.time()  # this machine's clock: "away" is measured on it
+            self.say(self.lost(self.since))
+        elif not silent and self.since is not None:
+            away = time.time() - self.since
+            self.since = None
+            self.say(self.back(away))

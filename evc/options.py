@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
@@ -140,3 +141,15 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
         return func(*args, common=common, **kwargs)
 
     return wrapper
+
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def credentials_option(whose: str, ident: str) -> Decorator:
+    """``--credentials FILE``: ``whose`` credential file, with the same defaults everywhere
+    (``ident`` names the id the default file is named after)."""
+    return click.option(
+        "--credentials", type=click.Path(dir_okay=False, path_type=Path), default=None,
+        help=f"{whose} credential file [default: $EVC_SECRET, else "
+             f"$EVC_CREDENTIALS_DIR/{ident}.key, else data/credentials/{ident}.key].")

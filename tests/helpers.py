@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -12,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from evc.net import free_port  # noqa: F401 - the tests take it from here
 
 EVC = [sys.executable, "-m", "evc.cli"]
 
@@ -31,12 +32,6 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str | Callable[
             text = what() if callable(what) else what
             raise AssertionError(f"timed out after {timeout:g} s waiting for {text}")
         time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Proc:

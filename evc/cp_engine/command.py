@@ -7,7 +7,6 @@ import queue
 import socket
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +19,8 @@ from evc.errors import BusError, ConfigError, EvcError, ProtocolError
 from evc.lifecycle import Crew, install_stop_signals, join_all
 from evc.logs import setup_logging
 from evc.net import Address, Bootstrap
-from evc.netview import NetworkView
-from evc.options import ID, KAFKA, AddressType, Common, common_options
+from evc.netview import CentralWatch, NetworkView
+from evc.options import ID, KAFKA, AddressType, Common, common_options, credentials_option
 from evc.ports import assert_never
 from evc.protocol.framing import read_frames, send_frame
 from evc.protocol.messages import CentralStatus, EngineKey, HealthCheck, Message, from_wire
@@ -206,9 +205,7 @@ class EngineConfig:
               default=Path("data"), show_default=True,
               help="Folder of the engine's journal (engine-<port>.json): a restarted engine "
                    "on the same port reports the supply it was running.")
-@click.option("--credentials", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Its CP's credential file [default: $EVC_SECRET, else "
-                   "$EVC_CREDENTIALS_DIR/<cp_id>.key, else data/credentials/<cp_id>.key].")
+@credentials_option("Its CP's", "<cp_id>")
 @common_options
 def cp_engine(kafka: Bootstrap, listen: Address, cp_id: str | None, power: float,
               max_supply_seconds: float, state_dir: Path, credentials: Path | None,
@@ -282,19 +279,15 @@ def run_engine(cfg: EngineConfig) -> None:
         control_topic = bus.topic(CONTROL)
         network = NetworkView()
         reading_orders_of = cfg.cp_id
-        central_lost: float | None = None
+        watch = CentralWatch(network, screen.line,
+                             lost=lambda since: f"central unavailable since {stamp(since)} "
+                                                "(a running supply goes on)",
+                             back=lambda _away: "central is back")
         while not stop.is_set():
-            silent = network.central_silent()
-            if silent and central_lost is None:
-                central_lost = network.unavailable_since() or time.time()
-                screen.line(f"central unavailable since {stamp(central_lost)} (a running "
-                            "supply goes on)")
-            elif not silent and central_lost is not None:
-                central_lost = None
-                screen.line("central is back")
+            watch.check()
             screen.status(engine.status_line()
-                          + (f" | central unavailable since {stamp(central_lost)}"
-                             if central_lost is not None else ""))
+                          + (f" | central unavailable since {stamp(watch.since)}"
+                             if watch.since is not None else ""))
             try:
                 event = events.get(timeout=min(wait, 0.2))
             except queue.Empty:

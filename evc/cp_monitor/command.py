@@ -13,7 +13,7 @@ from evc.cp_monitor.monitor import EngineKeys, Monitor, MonitorEvent, check_engi
 from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
 from evc.net import Address
-from evc.options import ADDRESS, ADDRESSES, ID, Common, common_options
+from evc.options import ADDRESS, ADDRESSES, ID, Common, common_options, credentials_option
 from evc.protocol.ids import check_text
 from evc.store.credentials import Credential
 
@@ -29,9 +29,7 @@ from evc.store.credentials import Credential
               show_default=True, help="Seconds the engine has to answer a health check.")
 @click.option("--central-timeout", type=click.FloatRange(0.5, 120), default=3.0,
               show_default=True, help="Seconds of central's silence that mean it is lost.")
-@click.option("--credentials", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="This CP's credential file [default: $EVC_SECRET, else "
-                   "$EVC_CREDENTIALS_DIR/<cp_id>.key, else data/credentials/<cp_id>.key].")
+@credentials_option("This CP's", "<cp_id>")
 @common_options
 def cp_monitor(engine: Address, central: list[Address], cp_id: str, location: str, interval: float,
                answer_timeout: float, central_timeout: float, credentials: Path | None,

@@ -12,7 +12,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,18 +22,12 @@ import click
 from evc.broker import manager
 from evc.bus import ping
 from evc.errors import EvcError
-from evc.net import Address, parse_address, port_free
+from evc.net import Address, free_port, parse_address, port_free
 
 EVC = [sys.executable, "-m", "evc.cli"]
 LOCATIONS = ["C/Italia 5", "Av. Maisonnave 12", "C/Pintor Sorolla 3", "Pl. de los Luceros 1",
              "C/San Vicente 44", "Av. de Aguilera 20", "C/Alfonso el Sabio 8",
              "Av. Óscar Esplá 2", "C/Gerona 15", "Explanada de España 1"]
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class Interrupted(Exception):
@@ -213,7 +206,7 @@ def run_demo(kafka: Address, n_cps: int, n_drivers: int, per_driver: int,
     try:
         cps, files = write_inputs(run_dir, n_cps, n_drivers, per_driver, seed)
         host = "127.0.0.1"
-        ports = {cp: _free_port(host) for cp in cps}
+        ports = {cp: free_port(host) for cp in cps}
         for cp in cps:
             children.start(f"engine-{cp}", ["cp-engine", str(kafka), "--listen",
                                             f"{host}:{ports[cp]}", "--id", cp,

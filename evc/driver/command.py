@@ -22,7 +22,7 @@ from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
 from evc.net import Bootstrap
 from evc.netview import NetworkView, read_current
-from evc.options import ID, KAFKA, Common, common_options
+from evc.options import ID, KAFKA, Common, common_options, credentials_option
 from evc.protocol.messages import (
     Authorization,
     CentralStatus,
@@ -55,9 +55,7 @@ SHOWN_GATHER = 0.2  # seconds the broker may gather what is only shown, while bu
 @click.option("--list", "list_only", is_flag=True,
               help="Print the charge points available now (and whether central is there), "
                    "then exit.")
-@click.option("--credentials", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="This driver's credential file [default: $EVC_SECRET, else "
-                   "$EVC_CREDENTIALS_DIR/<driver_id>.key, else data/credentials/<id>.key].")
+@credentials_option("This driver's", "<driver_id>")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("data"), show_default=True,
               help="Folder of the driver's journal (driver-<id>.json): restarted with the "

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from evc.console import say as console_say
 from evc.console import stamp
 from evc.errors import BusError, ConfigError, EvcError, ProtocolError
-from evc.netview import NetworkView
+from evc.netview import CentralWatch, NetworkView
 from evc.ports import Done, Journal, Unconfirmed, Verdict, assert_never
 from evc.protocol import auth
 from evc.protocol.ids import is_id, printable
@@ -190,7 +190,11 @@ class Driver:
         self.credential = credential
         self.watch_cp = watch_cp  # read the live readings of this CP only (its partition)
         self._warned = False
-        self._unavailable_since: float | None = None
+        self.central_watch = CentralWatch(
+            self.network, say,
+            lost=lambda since: f"{driver_id}: central unavailable since {stamp(since)}; "
+                               "waiting for it",
+            back=lambda away: f"{driver_id}: central is back (away {away:.0f} s)")
         # what this driver sent, until Kafka confirms it (signed once its key is known)
         inbox = self.inbox
         self._unsent = Unconfirmed(bus.send,
@@ -426,16 +430,8 @@ class Driver:
         return self.network.central_available()
 
     def _watch_central(self) -> None:
-        silent = self.network.central_silent()
         # not while records wait in the inbox: a heartbeat may be among them
-        if silent and self._unavailable_since is None and self.inbox.empty():
-            self._unavailable_since = time.time()
-            say(f"{self.driver_id}: central unavailable since "
-                f"{stamp(self._unavailable_since)}; waiting for it")
-        elif not silent and self._unavailable_since is not None:
-            away = time.time() - self._unavailable_since
-            self._unavailable_since = None
-            say(f"{self.driver_id}: central is back (away {away:.0f} s)")
+        self.central_watch.check(hold=not self.inbox.empty())
 
     def _countdown(self, budget: float) -> Iterator[float]:
         """Seconds left of ``budget``, counted only while central is available."""
