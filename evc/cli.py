@@ -86,5 +86,44 @@ def main() -> None:
     cli(prog_name="evc")
 
 
+# ---------------------------------------------------------------------- the seed's names
+# The assignment names its four programs EV_Central, EV_CP_M, EV_CP_E and EV_Driver, with
+# the same positional arguments as evc's subcommands: each runs that subcommand itself.
+
+def _seed_program(name: str, prog: str) -> None:
+    """Run the plugin ``name`` as the program ``prog`` (its options, help and errors)."""
+    command = cli.get_command(click.Context(cli, info_name="evc"), name)
+    assert command is not None and command.callback is not None
+    callback = command.callback
+
+    def run(**kwargs: object) -> object:
+        try:
+            return callback(**kwargs)
+        except EvcError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    program = click.Command(prog, params=command.params, callback=run, help=command.help,
+                            epilog=command.epilog, context_settings={
+                                **command.context_settings,
+                                "help_option_names": ["-h", "--help"]})
+    program.main(prog_name=prog, auto_envvar_prefix=f"EVC_{name.upper().replace('-', '_')}")
+
+
+def ev_central() -> None:
+    _seed_program("central", "EV_Central")
+
+
+def ev_cp_m() -> None:
+    _seed_program("cp-monitor", "EV_CP_M")
+
+
+def ev_cp_e() -> None:
+    _seed_program("cp-engine", "EV_CP_E")
+
+
+def ev_driver() -> None:
+    _seed_program("driver", "EV_Driver")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+from evc.central.brain import Brain
 from evc.protocol.messages import Message
 
 
@@ -67,3 +68,19 @@ class RecordingView:
 
     def key(self, ch: str):
         return None
+
+
+class OneEventBatches(Brain):
+    """Brain.run with batches of one event: every step is stored, then sent."""
+
+    def apply(self, event):
+        super().apply(event)
+        self.flush()
+
+    def on_bus(self, msg):
+        super().on_bus(msg)
+        self.flush()
+
+    def tick(self):
+        super().tick()
+        self.flush()

@@ -121,3 +121,12 @@ def run_evc(args: list[str], timeout: float = 60.0, env: dict[str, str] | None =
     full_env.update(env or {})
     return subprocess.run(EVC + args, capture_output=True, text=True, timeout=timeout,
                           env=full_env, input=input_text)
+
+
+def one_clear_line(result, *needles: str) -> None:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]

@@ -65,6 +65,13 @@ class KafkaBus:
                 bootstrap_timeout_ms=int(connect_timeout * 1000),
             )
 
+    @property
+    def cluster_id(self) -> str:
+        """The Kafka cluster's id (from the metadata the producer fetched at start): which
+        broker's network this is, whatever its address."""
+        metadata = getattr(self._producer, "_metadata", None)
+        return str(getattr(metadata, "cluster_id", None) or "")
+
     # ------------------------------------------------------------------ topics
     def topic(self, name: str) -> str:
         return f"{self.prefix}{name}"

@@ -189,11 +189,14 @@ class Transactions:
         self.fenced.set()
         return True
 
+    LEADER_GRACE = 2.0  # s the lease must stay held after a "fenced" for it to be Kafka's
+
     def _still_leader(self) -> bool:
-        """True when the lease stays held for 2 s (time for a lost one to be noticed)."""
+        """True when the lease stays held for LEADER_GRACE (time for a lost one to be
+        noticed)."""
         if self._leader is None:
             return False
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + self.LEADER_GRACE
         while time.monotonic() < deadline:
             if not self._leader():
                 return False

@@ -14,6 +14,7 @@ from evc.driver.driver import (
     Got,
     SendResult,
     available_lines,
+    claim_journal,
     read_lines,
     read_requests,
     say,
@@ -78,7 +79,7 @@ def driver(kafka: Bootstrap, driver_id: str, file_: Path | None, charge_seconds:
     credential = Credential(driver_id, credentials)
     credential.get()  # a broken file is a clear error now; a missing one is said later
     journal = JsonFile(state_dir / f"driver-{driver_id}.json")
-    state = journal.load()
+    journal.load()  # an unreadable one is a clear error now
     stop = threading.Event()
     install_stop_signals(stop)
     crew = Crew(stop)
@@ -86,6 +87,8 @@ def driver(kafka: Bootstrap, driver_id: str, file_: Path | None, charge_seconds:
                   wait=common.kafka_wait, stop=stop, note=say, sasl=common.sasl) as bus:
         inbox: queue.Queue[Got | SendResult] = queue.Queue()
         control = bus.topic(CONTROL)
+        network_id = f"{bus.cluster_id}/{common.topic_prefix}"
+        state = claim_journal(journal, network_id, driver_id)
         # Three readers, so that what the driver waits for is never behind what it only
         # shows: answers and tickets (only this driver's partition of control_topic, from
         # where it stopped reading); the network (network_topic whole: every CP's state
@@ -117,7 +120,8 @@ def driver(kafka: Bootstrap, driver_id: str, file_: Path | None, charge_seconds:
         d = Driver(bus, driver_id, inbox, stop, journal=journal, timeout=timeout,
                    charge_seconds=charge_seconds, pause=pause, live=live,
                    caught_up=network.caught_up, credential=credential,
-                   watch_cp=lambda cp: readings.retarget(TELEMETRY, [cp]))
+                   watch_cp=lambda cp: readings.retarget(TELEMETRY, [cp]),
+                   network=network_id)
         try:
             if file_ is not None:
                 d.run_file(file_)

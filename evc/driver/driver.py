@@ -49,6 +49,7 @@ from evc.protocol.messages import (
     from_wire,
 )
 from evc.protocol.topics import REQUESTS
+from evc.store import JsonFile
 from evc.store.credentials import Credential
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,21 @@ def file_identity(path: Path) -> str:
     return f"{path.resolve()}#{digest}"
 
 
+def claim_journal(journal: JsonFile, network: str, driver_id: str) -> dict[str, Any]:
+    """This driver's journal, if it is of this network (``network``: the Kafka cluster's
+    id and the topic prefix). One of another network (a new broker, another demo run) is
+    set aside at once: its request in flight was never this network's to follow."""
+    state = journal.load()
+    theirs = state.get("network")
+    if theirs is not None and theirs != network:
+        aside = journal.set_aside(time.strftime("other-network-%Y%m%d-%H%M%S"))
+        say(f"{driver_id}: {journal.path.name} is from another network (Kafka cluster and "
+            f"prefix {theirs!r}, this one is {network!r}): set aside as {aside.name}; "
+            "starting afresh")
+        return {}
+    return state
+
+
 PROMPT = "CP id, or list (empty line or Ctrl+D to finish)> "
 
 
@@ -163,7 +179,8 @@ class Driver:
                  central_timeout: float = 3.0, ticket_timeout: float = 60.0,
                  caught_up: threading.Event | None = None,
                  credential: Credential | None = None,
-                 watch_cp: Callable[[str], None] = lambda _cp: None) -> None:
+                 watch_cp: Callable[[str], None] = lambda _cp: None,
+                 network: str = "") -> None:
         self.bus = bus
         self.driver_id = driver_id
         self.inbox = inbox
@@ -182,6 +199,8 @@ class Driver:
             raise ConfigError(f"journal {getattr(journal, 'path', '')} belongs to driver "
                               f"{self.state.get('driver_id')}")
         self.state["driver_id"] = driver_id
+        if network:  # which network this journal follows (claim_journal)
+            self.state["network"] = network
         self.control_pos: dict[str, int] = dict(self.state.get("control", {}))
         self.network = NetworkView(central_timeout)  # CPs' public states, central's pulse
         self.caught_up = caught_up or threading.Event()  # network_topic's history is read

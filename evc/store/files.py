@@ -73,6 +73,16 @@ class JsonFile:
         write_atomic(self.path, json.dumps(data, ensure_ascii=False,
                                            separators=(",", ":")).encode("utf-8"))
 
+    def set_aside(self, tag: str) -> Path:
+        """Move the document out of the way (kept beside it, named with ``tag``): the
+        next load finds none."""
+        aside = self.path.with_name(f"{self.path.name}.{tag}")
+        try:
+            os.replace(self.path, aside)
+        except OSError as exc:
+            raise StoreError(f"cannot move {self.path} aside: {exc.strerror}") from exc
+        return aside
+
 
 class FileLock:
     """An exclusive lock on ``<path>.lock`` held while a process uses ``path``."""

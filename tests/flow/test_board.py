@@ -13,8 +13,6 @@ from tests.helpers import free_port, wait_for
 from tests.network import Network, signed
 from tests.terminal import Terminal
 
-pytestmark = pytest.mark.broker
-
 GREEN = "green"
 RED = "red"
 ORANGE = "ff8700"  # xterm-256 colour 208

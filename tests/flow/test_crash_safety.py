@@ -17,15 +17,8 @@ from evc.protocol import messages as m
 from tests.helpers import Proc, free_port, run_evc, wait_for
 from tests.network import Network, Observer
 
-pytestmark = pytest.mark.broker
-
 LIVE = re.compile(r"live at (\S+): (\d+\.\d\d) kWh")
 TICKET = re.compile(r"TICKET at (\S+): (\d+\.\d\d) kWh, (\d+\.\d\d) €")
-
-
-@pytest.fixture
-def net(kafka, prefix, tmp_path, procs):
-    return Network(kafka, prefix, tmp_path, procs)
 
 
 def driver(net: Network, driver_id: str, lines: list[str], *extra: str) -> Proc:

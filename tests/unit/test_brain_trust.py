@@ -13,8 +13,7 @@ from evc.central.model import Settings
 from evc.protocol import auth
 from evc.protocol import messages as m
 from evc.store import Store
-from tests.fakes import FakeLink, FakeOutbox, RecordingView
-from tests.test_brain import OneEventBatches
+from tests.fakes import FakeLink, FakeOutbox, OneEventBatches, RecordingView
 
 
 class Keys:

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections import Counter
 
 import pytest
 
+from evc.driver.driver import file_identity
 from evc.protocol import messages as m
 from evc.protocol.topics import REQUESTS
 from tests.helpers import Proc, free_port, run_evc, wait_for
 from tests.network import Network, signed
 
-pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-def net(kafka, prefix, tmp_path, procs):
-    network = Network(kafka, prefix, tmp_path, procs)
-    network.start_central()
-    return network
+pytestmark = pytest.mark.central()
 
 
 def driver(net: Network, driver_id: str, lines: list[str], *extra: str) -> Proc:
@@ -234,3 +229,30 @@ def test_interactive_prompt_without_a_file(net, procs):
     proc.send("")  # an empty line ends the session
     assert proc.popen.wait(15) == 0
     assert "done: 2 requested, 1 authorized, 1 denied" in proc.output
+
+
+def test_a_journal_of_another_network_is_set_aside_not_followed(net, tmp_path):
+    """Killed mid-supply, started again later on a fresh broker with the same id, folder
+    and file: the request in flight was the old network's. The driver says so once and
+    serves its file at once (it used to re-send that end request and wait out the 60-s
+    ticket timeout)."""
+    path = net.tmp / "D-1.txt"
+    path.write_text("CP-01\n")
+    old = m.ChargeRequest(driver_id="D-1", cp_id="CP-20")
+    answer = m.Authorization(driver_id="D-1", cp_id="CP-20", request_id=old.msg_id,
+                             authorized=True, session_id="s-old", price_eur_kwh=0.3)
+    state = tmp_path / "driver-state"
+    state.mkdir(exist_ok=True)
+    (state / "driver-D-1.json").write_text(json.dumps({
+        "driver_id": "D-1", "network": f"an-old-cluster/{net.prefix}",
+        "file": file_identity(path), "next": 0,
+        "current": {"request": old.to_wire(), "answer": answer.to_wire(), "line": 0,
+                    "authorized_at": 0.0, "end_sent": 1.0}}))
+    proc = driver(net, "D-1", ["CP-01"])
+    proc.wait_line("from another network", timeout=20)
+    assert proc.popen.wait(30) == 0, proc.output
+    assert "DENIED at CP-01" in proc.output  # its file, served (no monitor: disconnected)
+    assert "back after a stop" not in proc.output and "CP-20" not in proc.output
+    assert list(state.glob("driver-D-1.json.other-network-*"))  # kept beside, not lost
+    assert json.loads((state / "driver-D-1.json").read_text())["network"].endswith(
+        f"/{net.prefix}")

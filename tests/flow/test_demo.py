@@ -6,11 +6,7 @@ import os
 import signal
 import subprocess
 
-import pytest
-
 from tests.helpers import EVC, Proc, free_port, wait_for
-
-pytestmark = pytest.mark.broker
 
 
 def children_of(parent: int) -> list[int]:

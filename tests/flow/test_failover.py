@@ -11,18 +11,9 @@ from __future__ import annotations
 import signal
 import time
 
-import pytest
-
 from evc.protocol import messages as m
 from tests.helpers import Proc, free_port, wait_for
 from tests.network import Network, Observer
-
-pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-def net(kafka, prefix, tmp_path, procs):
-    return Network(kafka, prefix, tmp_path, procs)
 
 
 def second_central(net: Network, name: str = "central B") -> tuple[Proc, int]:

@@ -20,14 +20,7 @@ from evc.store import read_audit
 from tests.helpers import Proc, wait_for
 from tests.network import Network
 
-pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-def net(kafka, prefix, tmp_path, procs):
-    network = Network(kafka, prefix, tmp_path, procs)
-    network.start_central()
-    return network
+pytestmark = pytest.mark.central()
 
 
 def frame(obj: dict) -> bytes:

@@ -13,15 +13,13 @@ from evc.protocol.framing import encode_frame, recv_frame
 from tests.helpers import Proc, wait_for
 from tests.network import Network, Observer
 
-pytestmark = pytest.mark.broker
+pytestmark = pytest.mark.central("--heartbeat-timeout", "2")
 
 
-@pytest.fixture
-def net(kafka, prefix, tmp_path, procs):
-    network = Network(kafka, prefix, tmp_path, procs)
-    network.start_central("--heartbeat-timeout", "2")
-    network.start_cp("CP-01")
-    return network
+@pytest.fixture(autouse=True)
+def serving(net: Network) -> None:
+    """CP-01 serves throughout: what harms one connection must not touch it."""
+    net.start_cp("CP-01")
 
 
 def frame_of(payload: bytes) -> bytes:

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
 
 import pytest
 
-from evc.driver.driver import Driver, Got, available_lines, file_identity, numbered_requests
+from evc.driver.driver import (
+    Driver,
+    Got,
+    available_lines,
+    claim_journal,
+    file_identity,
+    numbered_requests,
+)
 from evc.errors import BusError, ConfigError
 from evc.netview import NetworkView
 from evc.protocol import messages as m
+from evc.store import JsonFile
 
 
 class Journal:
@@ -255,3 +264,23 @@ def test_the_pause_reads_central_s_heartbeats(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("TICKET at") == 2
     assert "central unavailable" not in out, out
+
+
+def test_a_journal_of_another_network_is_set_aside_at_once(tmp_path, capsys):
+    """A driver killed mid-supply and started days later on a fresh broker: its request
+    in flight is not this network's. Said in one line, kept beside, never followed."""
+    journal = JsonFile(tmp_path / "driver-D-1.json")
+    request = m.ChargeRequest(driver_id="D-1", cp_id="CP-01")
+    journal.save({"driver_id": "D-1", "network": "old-cluster/demo-", "next": 3,
+                  "current": {"request": request.to_wire(), "line": 3}})
+    assert claim_journal(journal, "new-cluster/demo-", "D-1") == {}
+    out = capsys.readouterr().out
+    assert "from another network" in out and "'old-cluster/demo-'" in out
+    (aside,) = tmp_path.glob("driver-D-1.json.other-network-*")
+    assert json.loads(aside.read_text())["current"]["line"] == 3  # kept, not lost
+    assert journal.load() == {}
+    # the same network's journal is this driver's to follow, and a driver records its own
+    journal.save({"driver_id": "D-1", "network": "new-cluster/demo-", "next": 1})
+    assert claim_journal(journal, "new-cluster/demo-", "D-1")["next"] == 1
+    d, _ = make(Journal({"driver_id": "D-1"}), network="new-cluster/demo-")
+    assert d.state["network"] == "new-cluster/demo-"

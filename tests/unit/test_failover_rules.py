@@ -1,6 +1,6 @@
 """The pure parts of two-central operation: the store's changelog hooks, a takeover's
 presumed board, the standby's model and banner, several Kafka and central addresses,
-and a local broker cluster's layout. (The flows: tests/test_failover.py, test_cluster.py.)"""
+and a local broker cluster's layout. (The flows: tests/flow/test_failover.py, test_cluster.py.)"""
 
 from __future__ import annotations
 

@@ -18,8 +18,6 @@ from evc.protocol.topics import CHANGELOG, CONTROL
 from tests.helpers import run_evc, wait_for
 from tests.network import Network, Observer
 
-pytestmark = pytest.mark.broker
-
 
 def free_run(length: int) -> int:
     """A port p with p .. p+length-1 all free."""

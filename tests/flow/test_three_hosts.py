@@ -17,7 +17,7 @@ import pytest
 
 from tests.helpers import EVC, Proc, wait_for
 
-pytestmark = [pytest.mark.broker, pytest.mark.netns]
+pytestmark = pytest.mark.netns
 
 SUBNET = "10.77.{}.{}"
 

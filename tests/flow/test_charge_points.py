@@ -6,20 +6,11 @@ import signal
 import statistics
 import time
 
-import pytest
-
 from benchmarks.procinfo import cpu_seconds
 from evc.protocol import messages as m
 from evc.protocol.topics import REQUESTS
 from tests.helpers import Proc, free_port, wait_for
 from tests.network import Network, Observer, signed
-
-pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-def net(kafka, prefix, tmp_path, procs):
-    return Network(kafka, prefix, tmp_path, procs)
 
 
 def request(bus, driver: str, cp: str) -> m.ChargeRequest:

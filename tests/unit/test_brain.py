@@ -17,23 +17,7 @@ from evc.central.events import (
 from evc.central.model import Settings, Wait
 from evc.protocol import messages as m
 from evc.store import Store, read_database
-from tests.fakes import FakeLink, FakeOutbox, RecordingView
-
-
-class OneEventBatches(Brain):
-    """Brain.run with batches of one event: every step is stored, then sent."""
-
-    def apply(self, event):
-        super().apply(event)
-        self.flush()
-
-    def on_bus(self, msg):
-        super().on_bus(msg)
-        self.flush()
-
-    def tick(self):
-        super().tick()
-        self.flush()
+from tests.fakes import FakeLink, FakeOutbox, OneEventBatches, RecordingView
 
 
 @pytest.fixture
@@ -407,6 +391,27 @@ def test_operator_commands_with_errors_change_nothing(parts):
     assert len(outbox.sent) == before
     assert [lvl for lvl, _ in view.notes[-6:]] == ["error"] * 6
 
+
+def test_operator_commands_for_all_and_the_registry(parts):
+    brain, store, outbox, _, view = parts
+    register(brain, 1, "CP-01")  # CP-02 has no monitor: it shows Desconectado
+    brain.apply(OperatorLine("  "))  # an empty line: nothing at all
+    brain.apply(OperatorLine("help"))
+    assert "commands:" in view.notes[-1][1]
+    brain.apply(OperatorLine("stop all"))
+    assert {cp.cp_id: cp.stopped for cp in brain.cps.values()} == {"CP-01": True,
+                                                                   "CP-02": True}
+    assert brain.cps["CP-01"].state is m.CPState.PARADO
+    assert "CP-02 stopped; it shows Desconectado" in view.notes[-1][1]  # said, not hidden
+    brain.apply(OperatorLine("reanudar all"))
+    assert not any(cp.stopped for cp in brain.cps.values())
+    assert "CP-02 resumed; it shows Desconectado" in view.notes[-1][1]
+    brain.apply(OperatorLine('add CP-03 "Plaza 1" 0.41'))
+    assert brain.cps["CP-03"].price == 0.41 and "registered CP-03" in view.notes[-1][1]
+    brain.apply(OperatorLine('add CP-03 "Plaza 2" 0.42'))
+    assert brain.cps["CP-03"].location == "Plaza 2" and "updated CP-03" in view.notes[-1][1]
+    brain.apply(OperatorLine("quit"))
+    assert brain.quit_requested.is_set()
 
 def test_messages_leave_only_after_the_batch_is_stored(tmp_path):
     store = Store(tmp_path / "c.json")

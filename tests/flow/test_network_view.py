@@ -16,16 +16,9 @@ from tests.helpers import Proc, run_evc, wait_for
 from tests.network import Network
 from tests.terminal import Terminal
 
-pytestmark = pytest.mark.broker
+pytestmark = pytest.mark.central()
 
 GREEN, RED, ORANGE, GREY = "green", "red", "ff8700", "brightblack"
-
-
-@pytest.fixture
-def net(kafka, prefix, tmp_path, procs):
-    network = Network(kafka, prefix, tmp_path, procs)
-    network.start_central()
-    return network
 
 
 class ForeignMonitor:

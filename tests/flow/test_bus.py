@@ -11,8 +11,6 @@ from evc.protocol import messages as m
 from evc.protocol.topics import CONTROL, REQUESTS, TELEMETRY
 from tests.helpers import free_port, wait_for
 
-pytestmark = pytest.mark.broker
-
 
 def collect(consumer, n, timeout=15.0):
     got = []

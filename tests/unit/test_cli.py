@@ -1,0 +1,114 @@
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import EntryPoint
+
+from click.testing import CliRunner
+
+from evc import __version__, cli
+from tests.helpers import one_clear_line, run_evc
+
+COMMANDS = ["broker", "central", "cp-monitor", "cp-engine", "driver", "demo"]
+
+
+def test_version():
+    result = run_evc(["--version"])
+    assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_help_lists_every_plugin():
+    result = run_evc(["--help"])
+    assert result.returncode == 0
+    for name in COMMANDS:
+        assert name in result.stdout
+    assert "BROKEN" not in result.stdout
+
+
+def test_every_command_has_help():
+    """Every subcommand's --help, run as a user would (together: each is an interpreter)."""
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda name: run_evc([name, "--help"]), COMMANDS))
+    for name, result in zip(COMMANDS, results, strict=True):
+        assert result.returncode == 0, result.stderr
+        assert "Usage: evc " + name in result.stdout
+
+
+SEED_PROGRAMS = {  # the assignment's program names, with its positional arguments
+    "EV_Central": "Usage: EV_Central [OPTIONS] SOCKET_PORT KAFKA [DB_PATH]",
+    "EV_CP_M": "Usage: EV_CP_M [OPTIONS] ENGINE CENTRAL CP_ID",
+    "EV_CP_E": "Usage: EV_CP_E [OPTIONS] KAFKA",
+    "EV_Driver": "Usage: EV_Driver [OPTIONS] KAFKA DRIVER_ID",
+}
+
+
+def seed_program(args: list[str], env: dict[str, str] | None = None
+                 ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([f"{sys.prefix}/bin/{args[0]}", *args[1:]], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+def test_the_seed_program_names_are_installed_with_their_help():
+    with ThreadPoolExecutor(4) as pool:
+        results = dict(zip(SEED_PROGRAMS, pool.map(lambda name: seed_program([name, "--help"]),
+                                                   SEED_PROGRAMS), strict=True))
+    for program, result in results.items():
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(SEED_PROGRAMS[program]), (program, result.stdout)
+
+
+def test_a_seed_program_is_its_subcommand_errors_and_environment_too():
+    bad = seed_program(["EV_Driver", "127.0.0.1:9092", "D 1", "--file", "x"])
+    one_clear_line(bad, "bad driver id 'D 1'")
+    env = seed_program(["EV_CP_E", "127.0.0.1:9092", "--listen", "6001"],
+                       env={"EVC_CP_ENGINE_POWER": "abc"})  # evc cp-engine's variable
+    assert env.returncode == 2 and "'--power': 'abc'" in env.stderr
+
+
+def test_console_script_installed():
+    result = subprocess.run(["evc", "--version"], capture_output=True, text=True,
+                            env={"PATH": f"{sys.prefix}/bin"})
+    assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_broken_plugin_is_reported_by_name(monkeypatch):
+    monkeypatch.setattr(cli, "_plugins", lambda: {
+        "ghost": EntryPoint("ghost", "evc.does_not_exist:cmd", cli.ENTRY_POINT_GROUP)})
+    runner = CliRunner()
+    listing = runner.invoke(cli.cli, ["--help"])
+    assert "ghost" in listing.output and "BROKEN" in listing.output
+    result = runner.invoke(cli.cli, ["ghost"])
+    assert result.exit_code == 1
+    assert "plugin 'ghost'" in result.output and "evc.does_not_exist" in result.output
+
+
+def test_options_come_from_environment(tmp_path):
+    result = run_evc(["broker", "status"], env={"EVC_BROKER_STATUS_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 3
+    assert "not running" in result.stdout
+
+
+def test_unknown_command_is_a_usage_error():
+    result = run_evc(["nope"])
+    assert result.returncode == 2 and "No such command 'nope'" in result.stderr
+
+
+BAD_ARGUMENTS = [
+    (["central", "5000", "nohost"], "bad Kafka address 'nohost'"),
+    (["central", "5000", "h:99999"], "port must be 1-65535"),
+    (["cp-engine", "h:x", "--listen", "6000"], "bad Kafka address"),
+    (["cp-engine", "127.0.0.1:9092", "--listen", "a:b:c"], "bad --listen address"),
+    (["cp-monitor", "engine", "127.0.0.1:5000", "CP-01"], "bad engine address 'engine'"),
+    (["cp-monitor", "127.0.0.1:6000", "central:", "CP-01"], "bad central address"),
+    (["cp-monitor", "127.0.0.1:6000", "127.0.0.1:5000", "CP 01"], "bad cp id"),
+    (["driver", "127.0.0.1:9092", "D 1", "--file", "x"], "bad driver id"),
+]
+
+
+def test_bad_arguments_get_one_clear_line():
+    """Each component, given a bad address or id, says so in one line (no broker needed:
+    the arguments are checked first). Run together: each is an interpreter's start."""
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda case: run_evc(case[0]), BAD_ARGUMENTS))
+    for (_, needle), result in zip(BAD_ARGUMENTS, results, strict=True):
+        one_clear_line(result, needle)
