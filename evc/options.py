@@ -116,8 +116,10 @@ class Common:
             return None
         return Sasl(self.kafka_user, self.kafka_password or "")
 
+
 def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Adds --topic-prefix, --log-level, --log-file and --kafka-wait as ``common: Common``."""
+    """Adds --topic-prefix, --log-level, --log-file, --kafka-wait, --kafka-user and
+    --kafka-password as ``common: Common``."""
 
     @click.option("--topic-prefix", default="", help="Prefix of the Kafka topic names "
                   "(several networks on one broker).")

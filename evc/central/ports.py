@@ -25,7 +25,8 @@ class Link(Protocol):
 
 
 class Outbox(Protocol):
-    """The Kafka side (bus.KafkaBus implements it): queue a message, hear back later.
+    """The Kafka side (bus.Transactions implements it: every batch one transaction; the
+    unit tests' FakeOutbox too): queue a message, hear back later.
 
     ``message`` None is a tombstone: ``key`` removed from a compacted topic.
     """
