@@ -42,6 +42,7 @@ class Central:
         self.answer = answer
         self.sent: list[m.Message] = []
         self.fail = 0
+        self.refuse = False
         self.offset = 0
 
     def put(self, msg: m.Message) -> None:
@@ -55,6 +56,10 @@ class Central:
         if self.fail:
             self.fail -= 1
             raise BusError("broker away", retriable=True)
+        if self.refuse:  # the broker takes nothing from this driver, ever (an ACL)
+            self.sent.append(message)
+            on_done(BusError("TopicAuthorizationFailedError", retriable=False))
+            return
         self.sent.append(message)
         if on_done is not None:
             on_done(None)
@@ -138,6 +143,15 @@ def test_a_send_kafka_refuses_is_sent_again(tmp_path, capsys):
     requests = [x for x in central.sent if isinstance(x, m.ChargeRequest)]
     assert len(requests) == 1 and "sending it again" in capsys.readouterr().out
 
+
+def test_a_send_kafka_refuses_for_good_is_said_once_and_not_sent_again(tmp_path, capsys):
+    d, central = make(timeout=0.5)
+    central.refuse = True
+    d.run_file(requests_file(tmp_path, "CP-01"))
+    out = capsys.readouterr().out
+    assert len(central.sent) == 1  # not retried
+    assert out.count("for good") == 1 and "TopicAuthorizationFailedError" in out
+    assert "sending it again" not in out and d.summary["unanswered"] == 1
 
 def test_a_restart_resumes_the_supply_in_flight_and_the_file_after_it(tmp_path, capsys):
     path = requests_file(tmp_path, "CP-01", "CP-02")
