@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from evc.errors import ConfigError
@@ -44,3 +45,26 @@ def setup_logging(level: str, log_file: str | None, *, to_stderr: bool = True) -
         root.addHandler(stream)
     if not root.handlers:
         root.addHandler(logging.NullHandler())
+
+
+class _Through(logging.Handler):
+    def __init__(self, write: Callable[[str], None]) -> None:
+        super().__init__()
+        self.write = write
+        self.setFormatter(logging.Formatter(LOG_FORMAT))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.write(self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def log_through(write: Callable[[str], None]) -> None:
+    """The lines meant for stderr go through ``write`` instead: a screen that redraws a
+    status line in place prints them above it, and the status line stays whole."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler and handler.stream is sys.stderr:
+            root.removeHandler(handler)
+            root.addHandler(_Through(write))

@@ -17,7 +17,7 @@ from evc.console import KeyReader, pump_keys, say, stamp
 from evc.cp_engine.engine import Engine
 from evc.errors import BusError, ConfigError, EvcError, ProtocolError
 from evc.lifecycle import Crew, install_stop_signals, join_all
-from evc.logs import setup_logging
+from evc.logs import log_through, setup_logging
 from evc.net import Address, Bootstrap
 from evc.netview import CentralWatch, NetworkView
 from evc.options import ID, KAFKA, AddressType, Common, common_options, credentials_option
@@ -67,30 +67,38 @@ class Screen:
     def __init__(self) -> None:
         self.tty = sys.stdout.isatty()
         self._last = ""
+        self._lock = threading.Lock()  # the log's lines come from any thread
+        if self.tty:
+            log_through(self.above)
 
     def line(self, text: str) -> None:
-        out = f"{stamp()} {text}"
-        try:
-            if self.tty:
-                sys.stdout.write("\r\x1b[2K" + out + "\n")
-                if self._last:
-                    sys.stdout.write(self._last)
-            else:
-                sys.stdout.write(out + "\n")
-            sys.stdout.flush()
-        except (OSError, ValueError):
-            pass
+        self.above(f"{stamp()} {text}")
 
-    def status(self, text: str) -> None:
-        if text == self._last:
-            return
-        self._last = text
-        if self.tty:
+    def above(self, out: str) -> None:
+        """A line printed above the status line (which is drawn again under it)."""
+        with self._lock:
             try:
-                sys.stdout.write("\r\x1b[2K" + text)
+                if self.tty:
+                    sys.stdout.write("\r\x1b[2K" + out + "\n")
+                    if self._last:
+                        sys.stdout.write(self._last)
+                else:
+                    sys.stdout.write(out + "\n")
                 sys.stdout.flush()
             except (OSError, ValueError):
                 pass
+
+    def status(self, text: str) -> None:
+        with self._lock:
+            if text == self._last:
+                return
+            self._last = text
+            if self.tty:
+                try:
+                    sys.stdout.write("\r\x1b[2K" + text)
+                    sys.stdout.flush()
+                except (OSError, ValueError):
+                    pass
 
     def close(self) -> None:
         if self.tty and self._last:
