@@ -39,7 +39,8 @@ def wait_text(log: Path, text: str, timeout: float = 40) -> None:
     deadline = time.monotonic() + timeout
     while text not in log.read_text(errors="replace"):
         if time.monotonic() > deadline:
-            raise SystemExit(f"{text!r} not in {log} after {timeout} s")
+            raise SystemExit(f"{text!r} not in {log} after {timeout} s; it ends:\n"
+                             + log.read_text(errors="replace")[-2000:])
         time.sleep(0.1)
 
 
