@@ -1,16 +1,16 @@
-"""Every rule of the charging network, applied by one thread that owns all state.
+"""The rules of the charging network, applied by one thread that owns all state.
 
 I/O threads (TCP server, Kafka consumer, console, the producer's callbacks)
 only put events on ``Brain.events``; ``Brain.run`` takes them in batches,
-applies the rules below, and then, in this order:
+applies the rules, and then (announce.py) commits the store once, the batch's
+state with the messages it decided and how far it read each Kafka partition,
+and only then sends those messages: nothing is announced that a crash could
+forget, nothing decided is lost, and no record is applied twice.
 
-1. commits the store once: the batch's state changes, the messages it decided
-   (the outbox) and how far it read each Kafka partition, all in one atomic write;
-2. sends the decided messages; each leaves the outbox when Kafka confirms it,
-   and one that fails is sent again (also after a crash: the outbox is stored).
-
-So nothing is announced that a crash could forget, nothing decided is lost,
-and no record is applied twice (a record below the stored offset is skipped).
+Here: the loop, charge requests, telemetry, supplies and tickets, the operator's
+stop and resume, the deadlines. Beside it, with the same brain: monitors.py (the
+TCP side: registration, heartbeats, faults, lost connections), operator.py (the
+console's commands), restore.py (taking up the stored state at start).
 
 A charge point's state is derived, never stored twice:
 
@@ -37,7 +37,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from evc.central import operator, registration
+from evc.central import monitors, operator, restore
 from evc.central.announce import Announcer
 from evc.central.events import (
     BusMessage,
@@ -73,16 +73,7 @@ from evc.protocol.messages import (
     EndReason,
     EndRequest,
     EndSupply,
-    FaultReport,
-    Health,
-    Heartbeat,
     Message,
-    Prove,
-    RecoveryReport,
-    Register,
-    RegisterAccepted,
-    RegisterRejected,
-    RejectCode,
     ResumeCP,
     StartSupply,
     StopCP,
@@ -144,56 +135,12 @@ class Brain:
         self._bus_down_mono = 0.0
         self._next_heartbeat = 0.0
         self._next_alive = 0.0
-        self._status_due: set[str] = set()  # CPs whose public state must be published
-        self._presumed: set[str] = set()  # CPs shown in their last state (``presume``)
-        self._load()
+        self.status_due: set[str] = set()  # CPs whose public state must be published
+        self.presumed: set[str] = set()  # CPs shown in their last state (``presume``)
+        restore.restore(self)
 
-    # ------------------------------------------------------------------ start-up
-    def _load(self) -> None:
-        for rec in self.store.cps():
-            self.cps[rec["cp_id"]] = ChargePoint.from_record(rec)
-        self.drivers = {r["driver_id"]: str(r.get("secret", "")) for r in self.store.all(DRIVERS)}
-        # After a restart every CP is Desconectado until its monitor registers again, or,
-        # with ``presume``, once its monitor has had that long to register again.
-        until = time.monotonic() + self.presume
-        for rec in self.store.cps():
-            cp = self.cps[rec["cp_id"]]
-            last = cp.stored_state(rec)
-            if self.presume and last is not CPState.DESCONECTADO:
-                cp.state, cp.presumed_until = last, until
-                self._presumed.add(cp.cp_id)
-                continue
-            self.store.put_cp({"cp_id": cp.cp_id, "state": str(CPState.DESCONECTADO)})
-            self._status_due.add(cp.cp_id)
-        alive = self.store.get(META, "alive")
-        if alive is not None:  # central was away from then until now
-            self.outages.append((float(alive["at"]), self.started_at))
-        # Requests that already got a session are never answered twice.
-        for rec in self.store.sessions():
-            if rec.get("request_id"):
-                self.answered[rec["request_id"]] = None
-        # Sessions that were running when central stopped go on: the charge points kept
-        # supplying. Their monitors must come back; an end already decided still awaits
-        # the engine's final figures.
-        for rec in self.store.sessions(status="open"):
-            session = Session.from_record(rec)
-            self._add_session(session)
-            owner = self.cps.get(session.cp_id)
-            if owner is None:  # removed from the registry meanwhile: end it now
-                self._end_session(session, EndReason.CENTRAL_RESTART)
-                continue
-            owner.session = session
-            if session.end_reason is not None:
-                session.wait(Wait.FINAL, self.settings.final_timeout)
-            else:
-                session.wait(Wait.MONITOR, self.settings.resume_grace)
-        if self.sessions:
-            self.view.note(f"resuming {len(self.sessions)} open supplies; their monitors have "
-                           f"{self.settings.resume_grace:g} s to register again")
-        self.out.restore()  # decided before the stop, never confirmed: sent again
-        self.flush()
-
-    def _add_session(self, session: Session) -> None:
+    # ------------------------------------------------------------------ the registry
+    def add_session(self, session: Session) -> None:
         self.sessions[session.session_id] = session
         self._by_driver.setdefault(session.driver_id, set()).add(session.session_id)
 
@@ -273,11 +220,11 @@ class Brain:
     def _apply(self, event: Event) -> None:
         match event:
             case MonitorFrame():
-                self.on_frame(event)
+                monitors.on_frame(self, event)
             case Heartbeats():
-                self.on_heartbeats(event)
+                monitors.on_heartbeats(self, event)
             case ConnectionLost():
-                self.on_connection_lost(event.conn_id, event.reason)
+                monitors.on_connection_lost(self, event.conn_id, event.reason)
             case BusMessage():
                 late = _late(event.message)
                 if not late:  # it brings the late changes along
@@ -301,7 +248,7 @@ class Brain:
         """Store the batch, then announce it and ack what it read (announce.py)."""
         self.out.flush()
 
-    def _order(self, cp: ChargePoint, message: Message) -> None:
+    def order(self, cp: ChargePoint, message: Message) -> None:
         """An order to a CP's engine: signed with this registration's key (auth level)."""
         if self.settings.secure and cp.keys:
             message = auth.sign(message, list(cp.keys.values())[-1])
@@ -320,7 +267,7 @@ class Brain:
 
     def on_sent(self, event: Sent) -> None:
         if event.status_of is not None and not event.ok:
-            self._status_due.add(event.status_of)  # published again at the next tick
+            self.status_due.add(event.status_of)  # published again at the next tick
         self.out.on_sent(event)
 
     def tick(self) -> None:
@@ -337,17 +284,17 @@ class Brain:
                     if session.end_reason is None and session.started_at < limit:
                         self.view.note(f"{session.cp_id}: supply of {session.driver_id} ended "
                                        f"after the maximum of {self.settings.max_supply:g} s")
-                        self._end_session(session, EndReason.TIME_LIMIT)
+                        self.end_session(session, EndReason.TIME_LIMIT)
         self.out.unsent.resend_due(now)
-        if self._presumed and now > min(self.cps[c].presumed_until if c in self.cps else 0.0
-                                        for c in self._presumed):
-            for cp_id in sorted(self._presumed):
+        if self.presumed and now > min(self.cps[c].presumed_until if c in self.cps else 0.0
+                                        for c in self.presumed):
+            for cp_id in sorted(self.presumed):
                 cp = self.cps.get(cp_id)
                 if cp is None or now > cp.presumed_until:
-                    self._presumed.discard(cp_id)
+                    self.presumed.discard(cp_id)
                     if cp is not None and cp.presumed_until and cp.conn_id is None:
                         cp.presumed_until = 0.0
-                        self._refresh_cp(cp, "its monitor did not register again", cp.state)
+                        self.refresh_cp(cp, "its monitor did not register again", cp.state)
         if now >= self._next_alive:  # how long central was away, if it dies now
             self._next_alive = now + 1.0
             self.store.put(META, {"name": "alive", "at": time.time()})
@@ -361,7 +308,7 @@ class Brain:
 
     def _publish_status(self) -> None:
         """Each changed CP's public state to network_topic (a tombstone once removed)."""
-        due, self._status_due = self._status_due, set()
+        due, self.status_due = self.status_due, set()
         for cp_id in sorted(due):
             cp = self.cps.get(cp_id)
             status = None if cp is None else CPStatus(
@@ -370,7 +317,7 @@ class Brain:
                 "stopped by the operator" if cp.state is CPState.PARADO else "",
                 last_seen=cp.last_seen or 0.0)
             if not self.out.publish(NETWORK, status, cp_id, status_of=cp_id):
-                self._status_due.add(cp_id)
+                self.status_due.add(cp_id)
 
     def _check_bus(self, now: float) -> None:
         """Kafka is unavailable while nothing we send is confirmed (heartbeats each second).
@@ -394,121 +341,17 @@ class Brain:
 
     def _deadline_passed(self, session: Session) -> None:
         if session.waiting is Wait.START:
-            self._end_session(session, EndReason.NO_ENGINE)
+            self.end_session(session, EndReason.NO_ENGINE)
         elif session.waiting is Wait.MONITOR:
             self.view.note(f"{session.cp_id}: its monitor did not come back after the "
                            "restart; ending the supply", "warning")
-            self._end_session(session, EndReason.DISCONNECTED)
+            self.end_session(session, EndReason.DISCONNECTED)
         else:
             assert session.end_reason is not None
             self.view.note(
                 f"{session.cp_id}: no final telemetry from the engine; billing the "
                 f"last figures seen ({session.kwh:.2f} kWh)", "warning")
             self._close_session(session, session.end_reason)
-
-    # ------------------------------------------------------------------ monitors (TCP)
-    def on_frame(self, event: MonitorFrame) -> None:
-        msg = event.message
-        cp_id = self.by_conn.get(event.conn_id)
-        if cp_id is None:  # not registered: a register, then the proof, and nothing else
-            pending = self.challenges.pop(event.conn_id, None)
-            match msg:
-                case Prove() if pending is not None and msg.cp_id == pending.cp_id:
-                    registration.on_proof(self, event.conn_id, pending, msg)
-                case Register() if pending is None:
-                    registration.on_register(self, event.conn_id, event.peer, msg)
-                case _:
-                    self.link.close_connection(
-                        event.conn_id, "spoke before registering",
-                        RegisterRejected(cp_id=msg.cp_id, reason="register first",
-                                         code=RejectCode.PROTOCOL))
-            return
-        cp = self.cps[cp_id]
-        said = "" if isinstance(msg, Register) else msg.cp_id  # a second register counts
-        if not self._speaks_for(event.conn_id, cp_id, said):
-            return
-        cp.last_seen = time.time()
-        match msg:
-            case FaultReport():
-                self.on_fault(cp, msg.reason or "engine fault")
-            case RecoveryReport():
-                self.on_recovered(cp)
-            case Heartbeat() | Prove():  # seen, nothing more (a late proof says nothing)
-                pass
-            case Register():  # closed above
-                pass
-            case _:
-                assert_never(msg)
-
-    def _speaks_for(self, conn_id: int, cp_id: str, said: str) -> bool:
-        """A registered connection serves its own CP only: one that speaks for another
-        is closed."""
-        if said == cp_id:
-            return True
-        self.link.close_connection(
-            conn_id, f"monitor of {cp_id} spoke for another CP",
-            RegisterRejected(cp_id=cp_id, reason="one connection serves one CP",
-                             code=RejectCode.PROTOCOL))
-        return False
-
-    def on_heartbeats(self, event: Heartbeats) -> None:
-        """Registered monitors that beat: they were seen then. (A connection the brain
-        no longer holds was closed or replaced meanwhile: its beats say nothing.)"""
-        for conn_id, said in event.beats:
-            cp_id = self.by_conn.get(conn_id)
-            if cp_id is not None and self._speaks_for(conn_id, cp_id, said):
-                self.cps[cp_id].last_seen = event.at
-
-    def accept(self, conn_id: int, peer: str, cp: ChargePoint, msg: Register, *,
-               proof: str, key_id: str) -> None:
-        """A monitor registered (proven, at the authenticated level): its CP is live."""
-        before = cp.state
-        cp.conn_id, cp.peer, cp.last_seen = conn_id, peer, time.time()
-        cp.presumed_until = 0.0
-        self.by_conn[conn_id] = cp.cp_id
-        if msg.location and msg.location != cp.location:
-            cp.location = msg.location
-        cp.faulted = msg.health is Health.KO
-        cp.fault_reason = "engine KO at registration" if cp.faulted else ""
-        self.link.send(conn_id, RegisterAccepted(
-            cp_id=cp.cp_id, location=cp.location, price_eur_kwh=cp.price, proof=proof,
-            key_id=key_id))
-        self.audit.write("registered", cp_id=cp.cp_id, source=peer, key_id=key_id)
-        # Tell the engine its operator mode, so a restarted engine learns it.
-        mode: Message = StopCP(cp_id=cp.cp_id) if cp.stopped else ResumeCP(cp_id=cp.cp_id)
-        self._order(cp, mode)
-        session = cp.session
-        if session is not None and session.waiting is Wait.MONITOR:
-            session.wait(None)  # resumed after central's restart
-            if cp.faulted:
-                self._end_session(session, EndReason.FAULT)
-        self._refresh_cp(cp, f"monitor registered from {peer}", before)
-
-    def on_connection_lost(self, conn_id: int, reason: str) -> None:
-        self.challenges.pop(conn_id, None)
-        cp_id = self.by_conn.pop(conn_id, None)
-        if cp_id is None:
-            return
-        cp = self.cps.get(cp_id)
-        if cp is None or cp.conn_id != conn_id:
-            return
-        before = cp.state
-        cp.conn_id = None
-        if cp.session is not None:
-            self._end_session(cp.session, EndReason.DISCONNECTED)
-        self._refresh_cp(cp, reason, before)
-
-    def on_fault(self, cp: ChargePoint, reason: str) -> None:
-        before = cp.state
-        cp.faulted, cp.fault_reason = True, reason
-        if cp.session is not None:
-            self._end_session(cp.session, EndReason.FAULT)
-        self._refresh_cp(cp, f"AVERÍA: {reason}", before)
-
-    def on_recovered(self, cp: ChargePoint) -> None:
-        before = cp.state
-        cp.faulted, cp.fault_reason = False, ""
-        self._refresh_cp(cp, "engine OK again", before)
 
     # ------------------------------------------------------------------ Kafka
     def on_bus(self, msg: CentralRecord) -> None:
@@ -548,10 +391,10 @@ class Brain:
             session_id=new_id(), cp_id=cp.cp_id, driver_id=req.driver_id,
             request_id=req.msg_id, price=cp.price, started_at=time.time())
         session.wait(Wait.START, self.settings.start_timeout)
-        self._add_session(session)
+        self.add_session(session)
         cp.session = session
         self.store.put_session(session.record(status="open"))
-        self._order(cp, StartSupply(
+        self.order(cp, StartSupply(
             cp_id=cp.cp_id, driver_id=req.driver_id, session_id=session.session_id,
             price_eur_kwh=cp.price))
         self._to_driver(req.driver_id, Authorization(
@@ -559,7 +402,7 @@ class Brain:
             reason="authorized: plug in your vehicle", session_id=session.session_id,
             price_eur_kwh=cp.price))
         self.counters.authorized += 1
-        self._refresh_cp(cp, f"supply authorized for {req.driver_id}", before)
+        self.refresh_cp(cp, f"supply authorized for {req.driver_id}", before)
 
     def _refusal(self, req: ChargeRequest) -> tuple[DenyCode, str] | None:
         """Why ``req`` cannot be authorized, or None: the only place that decides.
@@ -616,7 +459,7 @@ class Brain:
                 log.warning("end request for %s without the driver's signature ignored",
                             req.session_id)
                 return
-        self._end_session(session, EndReason.FINISHED)
+        self.end_session(session, EndReason.FINISHED)
 
     def on_telemetry(self, t: Telemetry) -> None:
         session = self.sessions.get(t.session_id) if t.session_id else self._bare_session(t)
@@ -667,7 +510,7 @@ class Brain:
         return cp.session if cp is not None else None
 
     # ------------------------------------------------------------------ sessions
-    def _end_session(self, session: Session, reason: EndReason) -> None:
+    def end_session(self, session: Session, reason: EndReason) -> None:
         """Decide the end of a supply: order the engine to stop, await its final figures."""
         if session.end_reason is not None:
             return
@@ -677,7 +520,7 @@ class Brain:
         cp = self.cps.get(session.cp_id)
         end = EndSupply(cp_id=session.cp_id, session_id=session.session_id, reason=reason)
         if cp is not None:
-            self._order(cp, end)
+            self.order(cp, end)
         else:
             self._emit(CONTROL, end, session.cp_id)
 
@@ -705,7 +548,7 @@ class Brain:
         if cp is not None and cp.session is session:
             before = cp.state
             cp.session = None
-            self._refresh_cp(cp, f"supply ended ({reason})", before)
+            self.refresh_cp(cp, f"supply ended ({reason})", before)
 
     # ------------------------------------------------------------------ operator
     def on_operator(self, line: str) -> None:
@@ -716,33 +559,33 @@ class Brain:
         """Out of order: the engine is told, a running supply ends (and is billed)."""
         before = cp.state
         cp.stopped = True
-        self._order(cp, StopCP(cp_id=cp.cp_id))
+        self.order(cp, StopCP(cp_id=cp.cp_id))
         if cp.session is not None:
-            self._end_session(cp.session, EndReason.STOPPED)
-        self._refresh_cp(cp, "stopped by the operator", before)
+            self.end_session(cp.session, EndReason.STOPPED)
+        self.refresh_cp(cp, "stopped by the operator", before)
 
     def resume_cp(self, cp: ChargePoint) -> None:
         before = cp.state
         cp.stopped = False
-        self._order(cp, ResumeCP(cp_id=cp.cp_id))
-        self._refresh_cp(cp, "resumed by the operator", before)
+        self.order(cp, ResumeCP(cp_id=cp.cp_id))
+        self.refresh_cp(cp, "resumed by the operator", before)
 
     def remove_cp(self, cp: ChargePoint) -> None:
         """Out of the registry (operator.py checks it is neither connected nor supplying)."""
         del self.cps[cp.cp_id]
         self.store.remove_cp(cp.cp_id)
-        self._status_due.add(cp.cp_id)
+        self.status_due.add(cp.cp_id)
 
     # ------------------------------------------------------------------ helpers
     def save_cp(self, cp: ChargePoint) -> None:
-        self._status_due.add(cp.cp_id)
+        self.status_due.add(cp.cp_id)
         self.store.put_cp({
             "cp_id": cp.cp_id, "location": cp.location, "price_eur_kwh": cp.price,
             "stopped": cp.stopped, "state": str(cp.state), "last_seen": cp.last_seen,
             "secret": cp.secret, "keys": cp.keys,
         })
 
-    def _refresh_cp(self, cp: ChargePoint, why: str, before: CPState) -> None:
+    def refresh_cp(self, cp: ChargePoint, why: str, before: CPState) -> None:
         cp.state = cp.derive()
         self.save_cp(cp)
         if cp.state is not before:
