@@ -117,7 +117,7 @@ def driver(kafka: Bootstrap, driver_id: str, file_: Path | None, charge_seconds:
         crew.spawn(consumer.run, mine, stop, name="driver-kafka")
         crew.spawn(network.run, about_the_network, stop, name="driver-network")
         crew.spawn(readings.run, mine, stop, name="driver-readings")
-        d = Driver(bus, driver_id, inbox, stop, journal=journal, timeout=timeout,
+        d = Driver(bus.send, driver_id, inbox, stop, journal=journal, timeout=timeout,
                    charge_seconds=charge_seconds, pause=pause, live=live,
                    caught_up=network.caught_up, credential=credential,
                    watch_cp=lambda cp: readings.retarget(TELEMETRY, [cp]),

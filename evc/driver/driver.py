@@ -27,13 +27,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from evc.console import say as console_say
 from evc.console import stamp
 from evc.errors import BusError, ConfigError, EvcError, ProtocolError
 from evc.netview import CentralWatch, NetworkView
-from evc.ports import Done, Journal, Unconfirmed, Verdict, assert_never
+from evc.ports import Journal, Send, Unconfirmed, Verdict, assert_never
 from evc.protocol import auth
 from evc.protocol.ids import is_id, printable
 from evc.protocol.messages import (
@@ -57,11 +57,6 @@ log = logging.getLogger(__name__)
 
 def say(text: str) -> None:
     console_say(text, millis=True)  # drivers' lines carry milliseconds: pauses are visible
-
-
-class Sender(Protocol):
-    def send(self, topic: str, message: Message, key: str,
-             on_done: Done | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -173,7 +168,7 @@ def _write(text: str) -> None:
 
 
 class Driver:
-    def __init__(self, bus: Sender, driver_id: str, inbox: queue.Queue[Got | SendResult],
+    def __init__(self, send: Send, driver_id: str, inbox: queue.Queue[Got | SendResult],
                  stop: threading.Event, *, journal: Journal, timeout: float,
                  charge_seconds: float, pause: float, live: bool,
                  central_timeout: float = 3.0, ticket_timeout: float = 60.0,
@@ -181,7 +176,6 @@ class Driver:
                  credential: Credential | None = None,
                  watch_cp: Callable[[str], None] = lambda _cp: None,
                  network: str = "") -> None:
-        self.bus = bus
         self.driver_id = driver_id
         self.inbox = inbox
         self.stop = stop
@@ -216,7 +210,7 @@ class Driver:
             back=lambda away: f"{driver_id}: central is back (away {away:.0f} s)")
         # what this driver sent, until Kafka confirms it (signed once its key is known)
         inbox = self.inbox
-        self._unsent = Unconfirmed(bus.send,
+        self._unsent = Unconfirmed(send,
                                    lambda msg_id, error: inbox.put(SendResult(msg_id, error)),
                                    say=lambda text: say(f"{driver_id}: {text}"),
                                    sign=self._signed)

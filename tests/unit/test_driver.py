@@ -89,7 +89,7 @@ def make(journal=None, answer="authorize", **kw):
     central.beat()
     settings = {"timeout": 2.0, "charge_seconds": 0.0, "pause": 0.0, "live": True,
                 "central_timeout": 3.0, **kw}
-    d = Driver(central, "D-1", inbox, threading.Event(), journal=journal or Journal(),
+    d = Driver(central.send, "D-1", inbox, threading.Event(), journal=journal or Journal(),
                **settings)
     return d, central
 
@@ -247,7 +247,7 @@ def test_with_a_credential_unsigned_answers_are_forgeries(tmp_path, capsys):
     inbox: queue.Queue = queue.Queue()
     central = Central(inbox)  # answers unsigned: as a stranger would
     central.beat()
-    d = Driver(central, "D-1", inbox, threading.Event(), journal=Journal(), timeout=0.5,
+    d = Driver(central.send, "D-1", inbox, threading.Event(), journal=Journal(), timeout=0.5,
                charge_seconds=0, pause=0, live=False,
                credential=Credential("D-1", key_file))
     d.run_file(requests_file(tmp_path, "CP-01"))
