@@ -492,18 +492,21 @@ class Driver:
                     say(f"{self.driver_id}: no ticket from central within "
                         f"{self.ticket_timeout:g} s for the supply at {auth.cp_id}")
                     return True
-            msg = self._next(1.0)
-            if isinstance(msg, Telemetry) and msg.session_id == auth.session_id:
-                if self.live and not msg.final:
-                    say(f"{self.driver_id}: live at {msg.cp_id}: {msg.consumo_kwh:.2f} kWh, "
-                        f"{msg.importe_eur:.2f} €")
-            elif isinstance(msg, Ticket) and msg.session_id == auth.session_id:
-                self.summary["tickets"] += 1
-                duration = msg.ended_at - msg.started_at
-                say(f"{self.driver_id}: TICKET at {msg.cp_id}: {msg.consumo_kwh:.2f} kWh, "
-                    f"{msg.importe_eur:.2f} € ({msg.price_eur_kwh:.2f} €/kWh), "
-                    f"{duration:.0f} s, ended: {msg.reason}")
-                return True
+            match self._next(1.0):
+                case Telemetry() as reading if reading.session_id == auth.session_id:
+                    if self.live and not reading.final:
+                        say(f"{self.driver_id}: live at {reading.cp_id}: "
+                            f"{reading.consumo_kwh:.2f} kWh, {reading.importe_eur:.2f} €")
+                case Ticket() as ticket if ticket.session_id == auth.session_id:
+                    self.summary["tickets"] += 1
+                    duration = ticket.ended_at - ticket.started_at
+                    say(f"{self.driver_id}: TICKET at {ticket.cp_id}: "
+                        f"{ticket.consumo_kwh:.2f} kWh, {ticket.importe_eur:.2f} € "
+                        f"({ticket.price_eur_kwh:.2f} €/kWh), {duration:.0f} s, "
+                        f"ended: {ticket.reason}")
+                    return True
+                case _:  # another session's, or nothing this second
+                    pass
 
     def _send_end(self, auth: Authorization) -> None:
         self.state["current"]["end_sent"] = time.time()
