@@ -26,6 +26,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class _WatchedAssignor(CooperativeStickyAssignor):  # type: ignore[misc]  # untyped
+    """kafka-python's cooperative-sticky assignor, watched for one failure: a group leader
+    whose metadata does not yet hold the lease topic's partitions (it logs "No partition
+    metadata for topic") gives the lease to nobody, and kafka-python may never rebalance
+    again (its snapshot of the metadata can already hold the partition). ``blind`` says
+    it happened, so the lease can have the group join again."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__()
+        self.topic = topic
+        self.blind = threading.Event()
+
+    def assign(self, cluster: Any, members: Any) -> Any:
+        if cluster.partitions_for_topic(self.topic) is None:
+            self.blind.set()
+        return super().assign(cluster, members)
+
+
 class Lease(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is untyped
     """Leadership through Kafka's group coordinator: one member of a group holds the single
     partition of a lease topic; the coordinator elects and fences, nothing home-made.
@@ -43,6 +61,8 @@ class Lease(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is
         self.held = threading.Event()
         self.decided = threading.Event()
         self._closed = False
+        self._topic = bus.topic(topic)
+        self._assignor = _WatchedAssignor(self._topic)
         with kafka_errors(f"cannot join group {group}", bus.bootstrap, bus.connect_timeout):
             self._consumer = KafkaConsumer(
                 bootstrap_servers=bus.bootstrap, client_id=f"{bus.client_id}-lease",
@@ -50,7 +70,7 @@ class Lease(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is
                 group_id=group, group_instance_id=instance, enable_auto_commit=False,
                 # the holder keeps its partition when another member joins: never moved
                 # away from a live central by a newcomer
-                partition_assignment_strategy=[CooperativeStickyAssignor],
+                partition_assignment_strategy=[self._assignor],
                 session_timeout_ms=int(session_timeout * 1000), heartbeat_interval_ms=1000,
                 max_poll_interval_ms=max(10000, int(session_timeout * 2000)),
                 # a lease topic created a moment ago may be missing from the first
@@ -58,7 +78,6 @@ class Lease(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is
                 # refresh (5 min by default) brings the rebalance that assigns it
                 metadata_max_age_ms=1000,
                 bootstrap_timeout_ms=int(bus.connect_timeout * 1000))
-            self._topic = bus.topic(topic)
             self._consumer.subscribe([self._topic], listener=self)
 
     # ConsumerRebalanceListener (called on the consumer's own loop: quick). Cooperative
@@ -76,6 +95,19 @@ class Lease(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is
     def on_partitions_lost(self, lost: Any) -> None:
         self.on_partitions_revoked(lost)
 
+    def _rejoin_if_blind(self) -> bool:
+        """After an assignment made without the lease's partition (this member led it),
+        join the group again once the partition is known: the coordinator then assigns
+        it (to a live holder, or to one of the members waiting for it)."""
+        if not self._assignor.blind.is_set() or not self._consumer.partitions_for_topic(
+                self._topic):
+            return False
+        self._assignor.blind.clear()
+        log.warning("lease: the group was assigned before the lease's partition was known; "
+                    "joining again")
+        self._consumer._coordinator.request_rejoin()
+        return True
+
     def run(self, stop: threading.Event) -> None:
         """Keep the membership alive (poll) until ``stop``; then leave the group."""
         stable_since = 0.0
@@ -86,6 +118,9 @@ class Lease(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is
                 except KafkaError as exc:
                     log.warning("lease poll failed, retrying: %s", exc)
                     stop.wait(0.5)
+                    continue
+                if self._rejoin_if_blind():
+                    stable_since = 0.0
                     continue
                 if self.decided.is_set():
                     continue

@@ -11,8 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 from kafka.errors import KafkaError, KafkaTimeoutError, ProducerFencedError
+from kafka.protocol.consumer.metadata import ConsumerProtocolSubscription
 
-from evc.bus import GATHER_BYTES, Consumer, Transactions, fenced
+from evc.bus import GATHER_BYTES, Consumer, Lease, Transactions, fenced
+from evc.bus.lease import _WatchedAssignor
 from evc.errors import BusError
 from evc.protocol import messages as m
 from evc.protocol.topics import CHANGELOG, CONTROL
@@ -189,3 +191,39 @@ def test_fenced_while_the_lease_is_held_starts_a_new_producer():
     run_until(txn, lambda: verdicts)
     assert not txn.fenced.is_set() and first.closed and len(second.committed) == 1
     assert verdicts == [None]
+
+
+# ---------------------------------------------------------------------- Lease
+
+
+def lease_member(member_id: str, topic: str) -> SimpleNamespace:
+    return SimpleNamespace(member_id=member_id, metadata=ConsumerProtocolSubscription(
+        version=1, topics=[topic], user_data=b"", owned_partitions=[]))
+
+
+def test_an_assignment_made_blind_to_the_lease_partition_is_noticed_and_joined_again():
+    """kafka-python's leader, its metadata still without the new lease topic, gives the
+    lease to nobody (seen in CI: a lone central waited as a standby for a holder that
+    did not exist). The lease notices and has the group join again once it is known."""
+    topic = "t-central_lease"
+    assignor = _WatchedAssignor(topic)
+    blind = SimpleNamespace(partitions_for_topic=lambda _t: None, topics=lambda *_: [topic])
+    out = assignor.assign(blind, [lease_member("m1", topic)])
+    assert out["m1"].assigned_partitions == [] and assignor.blind.is_set()
+    seeing = SimpleNamespace(partitions_for_topic=lambda _t: {0}, topics=lambda *_: [topic])
+    watched = _WatchedAssignor(topic)
+    out = watched.assign(seeing, [lease_member("m1", topic), lease_member("m2", topic)])
+    assert sorted(len(a.assigned_partitions) for a in out.values()) == [0, 1]
+    assert not watched.blind.is_set()
+
+    rejoins: list[bool] = []
+    lease = Lease.__new__(Lease)  # no broker: only the decision to join again
+    lease._topic, lease._assignor = topic, assignor
+    known: dict[str, set[int] | None] = {topic: None}
+    lease._consumer = SimpleNamespace(
+        partitions_for_topic=lambda t: known[t],
+        _coordinator=SimpleNamespace(request_rejoin=lambda: rejoins.append(True)))
+    assert not lease._rejoin_if_blind() and not rejoins  # not known yet: nothing to gain
+    known[topic] = {0}
+    assert lease._rejoin_if_blind() and rejoins == [True]
+    assert not lease._rejoin_if_blind() and rejoins == [True]  # once per blind assignment
