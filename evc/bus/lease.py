@@ -41,6 +41,8 @@ class _WatchedAssignor(CooperativeStickyAssignor):  # type: ignore[misc]  # unty
     def assign(self, cluster: Any, members: Any) -> Any:
         if cluster.partitions_for_topic(self.topic) is None:
             self.blind.set()
+        else:  # a later assignment that saw it (kafka-python often rebalances by itself)
+            self.blind.clear()
         return super().assign(cluster, members)
 
 
@@ -63,6 +65,7 @@ class Lease(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is
         self._closed = False
         self._topic = bus.topic(topic)
         self._assignor = _WatchedAssignor(self._topic)
+        self._known_since = 0.0  # monotonic: the partition known after a blind assignment
         with kafka_errors(f"cannot join group {group}", bus.bootstrap, bus.connect_timeout):
             self._consumer = KafkaConsumer(
                 bootstrap_servers=bus.bootstrap, client_id=f"{bus.client_id}-lease",
@@ -95,14 +98,21 @@ class Lease(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is
     def on_partitions_lost(self, lost: Any) -> None:
         self.on_partitions_revoked(lost)
 
-    def _rejoin_if_blind(self) -> bool:
+    def _rejoin_if_blind(self, now: float | None = None) -> bool:
         """After an assignment made without the lease's partition (this member led it),
-        join the group again once the partition is known: the coordinator then assigns
-        it (to a live holder, or to one of the members waiting for it)."""
+        and none since, join the group again once the partition has been known for a
+        second (time for kafka-python's own rebalance): the coordinator then assigns it
+        (to a live holder, or to one of the members waiting for it)."""
+        now = time.monotonic() if now is None else now
         if not self._assignor.blind.is_set() or not self._consumer.partitions_for_topic(
                 self._topic):
+            self._known_since = 0.0
+            return False
+        self._known_since = self._known_since or now
+        if now - self._known_since < self.SETTLE:
             return False
         self._assignor.blind.clear()
+        self._known_since = 0.0
         log.warning("lease: the group was assigned before the lease's partition was known; "
                     "joining again")
         self._consumer._coordinator.request_rejoin()

@@ -223,7 +223,13 @@ def test_an_assignment_made_blind_to_the_lease_partition_is_noticed_and_joined_a
     lease._consumer = SimpleNamespace(
         partitions_for_topic=lambda t: known[t],
         _coordinator=SimpleNamespace(request_rejoin=lambda: rejoins.append(True)))
-    assert not lease._rejoin_if_blind() and not rejoins  # not known yet: nothing to gain
+    lease._known_since = 0.0
+    assert not lease._rejoin_if_blind(now=10.0) and not rejoins  # not known yet
     known[topic] = {0}
-    assert lease._rejoin_if_blind() and rejoins == [True]
-    assert not lease._rejoin_if_blind() and rejoins == [True]  # once per blind assignment
+    assert not lease._rejoin_if_blind(now=11.0)  # known: kafka-python may rebalance itself
+    assert lease._rejoin_if_blind(now=12.6) and rejoins == [True]  # it did not: again
+    assert not lease._rejoin_if_blind(now=20.0) and rejoins == [True]  # once per blind one
+    assignor.assign(blind, [lease_member("m1", topic)])
+    assignor.assign(seeing, [lease_member("m1", topic)])  # it rebalanced by itself
+    assert not assignor.blind.is_set()
+    assert not lease._rejoin_if_blind(now=30.0) and rejoins == [True]
