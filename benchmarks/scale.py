@@ -866,8 +866,9 @@ def main() -> int:
     return 0
 
 
-MEDIAN_FIGURES = (("authorization", "p50"), ("authorization", "p99"), ("ticket", "p50"),
-                  ("ticket", "p99"), ("steady_authorization", "p99"), ("steady_ticket", "p99"),
+MEDIAN_FIGURES = (("authorization", "p50_ms"), ("authorization", "p99_ms"),
+                  ("ticket", "p50_ms"), ("ticket", "p99_ms"),
+                  ("steady_authorization", "p99_ms"), ("steady_ticket", "p99_ms"),
                   ("cpu_ms_per_authorization", None), ("cpu_ms_per_ticket", None),
                   ("central_cpu_pct", None), ("monitors_dropped", None))
 
