@@ -17,16 +17,19 @@ FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::\d+)?\)$")
 
 
 def where(file: str) -> str:
-    """Which code a frame's file belongs to."""
-    if "/kafka/" in file:
+    """Which code a frame's file belongs to (py-spy names files from their package)."""
+    path = "/" + file.lstrip("/")
+    if "/kafka/" in path:
         return "kafka-python"
-    if "/evc/" in file:
-        return "evc." + file.split("/evc/", 1)[1].removesuffix(".py").replace("/", ".")
-    if "/tinydb/" in file:
-        return "tinydb"
-    if "site-packages" in file:
-        return file.split("site-packages/", 1)[1].split("/", 1)[0]
-    return "stdlib"
+    if "/evc/" in path:
+        return "evc." + path.split("/evc/", 1)[1].removesuffix(".py").replace("/", ".")
+    if "/benchmarks/" in path:
+        return "benchmarks"
+    if "site-packages/" in path:
+        return path.split("site-packages/", 1)[1].split("/", 1)[0]
+    top = file.split("/", 1)[0]
+    return top if "/" in file and top not in ("json", "email", "concurrent", "asyncio",
+                                              "logging", "importlib") else "stdlib"
 
 
 def main() -> int:
