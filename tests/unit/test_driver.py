@@ -145,7 +145,7 @@ def test_a_send_kafka_refuses_is_sent_again(tmp_path, capsys):
 
 
 def test_a_send_kafka_refuses_for_good_is_said_once_and_not_sent_again(tmp_path, capsys):
-    d, central = make(timeout=0.5)
+    d, central = make(timeout=0.2)
     central.refuse = True
     d.run_file(requests_file(tmp_path, "CP-01"))
     out = capsys.readouterr().out
