@@ -28,7 +28,7 @@ from tinydb import TinyDB
 from tinydb.storages import Storage
 
 from evc.errors import StoreError
-from evc.store.files import FileLock, write_atomic
+from evc.store.files import FileLock, make_folder_for, prepare_atomic, write_atomic
 from evc.store.journal import fsync_dir, journal_path, journals, replay
 
 CPS = "cps"
@@ -47,13 +47,7 @@ class AtomicJSONStorage(Storage):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create folder for {self.path}: {exc.strerror}") from None
-        # One writer: a temp file left now is from a writer killed mid-write.
-        for stale in self.path.parent.glob(f".{self.path.name}.*"):
-            stale.unlink(missing_ok=True)
+        prepare_atomic(self.path)  # one writer: a temp file left is a killed writer's
 
     def read(self) -> dict[str, dict[str, Any]] | None:
         try:
@@ -104,11 +98,7 @@ class Store:
         self.keep_closed = keep_closed
         self._lock: FileLock | None = None
         if lock:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot create folder for {self.path}: "
-                                 f"{exc.strerror}") from exc
+            make_folder_for(self.path)
             self._lock = FileLock(self.path, "central")
         try:
             self._db = TinyDB(self.path, storage=AtomicJSONStorage)

@@ -13,6 +13,22 @@ from typing import Any
 from evc.errors import StoreError
 
 
+def make_folder_for(path: Path) -> None:
+    """The folder ``path`` goes in, made if missing (StoreError if it cannot be)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create folder for {path}: {exc.strerror}") from exc
+
+
+def prepare_atomic(path: Path) -> None:
+    """Ready ``path`` for ``write_atomic`` by its one writer: its folder made, and the
+    temporary files a writer killed mid-write left beside it removed."""
+    make_folder_for(path)
+    for stale in path.parent.glob(f".{path.name}.*"):
+        stale.unlink(missing_ok=True)
+
+
 def write_atomic(path: Path, payload: bytes) -> None:
     """Replace ``path`` with ``payload``: temp file, fsync, rename, fsync of the folder.
 
@@ -47,12 +63,7 @@ class JsonFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create folder for {self.path}: {exc.strerror}") from exc
-        for stale in self.path.parent.glob(f".{self.path.name}.*"):
-            stale.unlink(missing_ok=True)
+        prepare_atomic(self.path)
 
     def load(self) -> dict[str, Any]:
         """The saved document, or {} when there is none yet."""
