@@ -86,9 +86,6 @@ class Unconfirmed:
         self.most = most
         self.pending: dict[str, Pending] = {}
 
-    def __contains__(self, ident: str) -> bool:
-        return ident in self.pending
-
     def __len__(self) -> int:
         return len(self.pending)
 
@@ -139,6 +136,3 @@ class Unconfirmed:
         for ident, p in list(self.pending.items()):
             if p.retry_at and now >= p.retry_at:
                 self.send_now(ident)
-
-    def forget(self, ident: str) -> None:
-        self.pending.pop(ident, None)

@@ -42,7 +42,7 @@ class Announcer:
         self._seq = 0
         self._acks: list[Delivery] = []
 
-    def restore(self) -> int:
+    def restore(self) -> None:
         """Messages decided before a stop but never confirmed by Kafka: sent again with
         the next flush (receivers ignore what they already had, by msg_id or session)."""
         for rec in self.store.outbox():
@@ -57,7 +57,6 @@ class Announcer:
             self._new.append(message.msg_id)
         if self._new:
             log.info("re-sending %d messages that Kafka had not confirmed", len(self._new))
-        return len(self._new)
 
     def first_time(self, d: Delivery, late: bool = False) -> bool:
         """Count the record as read; False when it was applied before (a redelivery)."""
