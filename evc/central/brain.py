@@ -82,7 +82,7 @@ from evc.protocol.messages import (
     new_id,
 )
 from evc.protocol.topics import CENTRAL_KEY, CONTROL, NETWORK
-from evc.store import DRIVERS, META, SESSIONS, Store
+from evc.store import META, SESSIONS, Store
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class Brain:
         cp = self.cps.get(cp_id)
         if cp is None:
             cp = self.cps[cp_id] = ChargePoint(cp_id, location, price)
-            self.new_secret(cp_id)
+            operator.issue_credential(self, cp_id)
         else:
             cp.location, cp.price = location, price
         self.save_cp(cp)
@@ -162,21 +162,8 @@ class Brain:
         if driver_id in self.drivers:
             return False
         self.drivers[driver_id] = ""
-        self.new_secret(driver_id)
+        operator.issue_credential(self, driver_id)
         return True
-
-    def new_secret(self, ident: str) -> None:
-        """A fresh credential for a CP or a driver: stored, written out, audited."""
-        secret = auth.new_secret()
-        if ident in self.cps:
-            cp = self.cps[ident]
-            cp.secret, cp.keys = secret, {}
-            self.save_cp(cp)
-        else:
-            self.drivers[ident] = secret
-            self.store.put(DRIVERS, {"driver_id": ident, "secret": secret})
-        where = self.credentials.write(ident, secret)
-        self.audit.write("credential", id=ident, action="issued", file=str(where or ""))
 
     # ------------------------------------------------------------------ loop
     def run(self, stop: threading.Event) -> None:

@@ -1,4 +1,5 @@
-"""What the operator's commands do to the network (admin.py parses them).
+"""What the operator's commands do to the network (admin.py parses them), and the
+credentials central issues, rotates and revokes.
 
 Called by the brain, on its thread, with the brain itself: a command changes state
 only through the brain's own rules (``stop_cp`` ends a running supply as a fault
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from evc.central import admin
 from evc.ports import assert_never
+from evc.protocol import auth
 from evc.protocol.messages import RegisterRejected, RejectCode
 from evc.store import DRIVERS
 
@@ -91,6 +93,20 @@ def remove_driver(brain: Brain, driver_id: str) -> None:
     brain.view.note(f"removed driver {driver_id}")
 
 
+def issue_credential(brain: Brain, ident: str) -> None:
+    """A fresh credential for a CP or a driver: stored, written out, audited."""
+    secret = auth.new_secret()
+    if ident in brain.cps:
+        cp = brain.cps[ident]
+        cp.secret, cp.keys = secret, {}
+        brain.save_cp(cp)
+    else:
+        brain.drivers[ident] = secret
+        brain.store.put(DRIVERS, {"driver_id": ident, "secret": secret})
+    where = brain.credentials.write(ident, secret)
+    brain.audit.write("credential", id=ident, action="issued", file=str(where or ""))
+
+
 def change_credential(brain: Brain, ident: str, *, rotate: bool) -> None:
     """A new secret (rotate) or none (revoke) for a CP or a driver.
 
@@ -103,7 +119,7 @@ def change_credential(brain: Brain, ident: str, *, rotate: bool) -> None:
         brain.view.note(f"unknown CP or driver {ident!r}; nothing changed", "error")
         return
     if rotate:
-        brain.new_secret(ident)
+        issue_credential(brain, ident)
     else:
         if cp is not None:
             cp.secret, cp.keys = "", {}
