@@ -18,6 +18,7 @@ from evc.bus.lease import _WatchedAssignor
 from evc.errors import BusError
 from evc.protocol import messages as m
 from evc.protocol.topics import CHANGELOG, CONTROL
+from tests.helpers import wait_for
 
 
 def gathering(gather: float = 0.02) -> Consumer:
@@ -126,17 +127,17 @@ def transactions(producers: list[FakeProducer], leader=None) -> Transactions:
                         producer_factory=lambda: next(made))
 
 
-def run_until(txn: Transactions, done: Callable[[], bool]) -> threading.Event:
+def run_until(txn: Transactions, done: Callable[[], object]) -> None:
+    """The committer's thread, until ``done()`` (within 5 s), then stopped."""
     stop = threading.Event()
     thread = threading.Thread(target=txn.run, args=(stop,), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 5
-    while not done() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    stop.set()
-    thread.join(5)
+    try:
+        wait_for(done, 5, "the transactions' verdicts", interval=0.01)
+    finally:
+        stop.set()
+        thread.join(5)
     assert not thread.is_alive()
-    return stop
 
 
 def test_a_batch_is_one_transaction_changes_first_and_each_message_confirmed_once():
