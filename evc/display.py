@@ -77,6 +77,7 @@ class Row:
     price: float
     state: CPState
     detail: str = ""
+    proven: bool = False  # its monitor proved the CP's credential: orders and readings signed
 
 
 def render_table(rows: Sequence[Row], width: int, room: int,
@@ -87,14 +88,19 @@ def render_table(rows: Sequence[Row], width: int, room: int,
     """
     id_w = min(14, max([5] + [len(r.cp_id) for r in rows]))
     price_w = 6
+    trust_w = 6 if width >= 64 else 0  # "signed" (proven) or "open", where there is room
     state_w = 22 if width >= 100 else 13
-    fixed = id_w + price_w + state_w + 4
+    fixed = id_w + price_w + state_w + 4 + (trust_w + 1 if trust_w else 0)
     need = max([6] + [len(r.detail) for r in rows])  # the details' figures stay whole
     det_w = max(0, min(need, width - fixed - 6))
     loc_w = max(6, min(28, width - fixed - det_w))
     det_w = max(0, width - fixed - loc_w)
+
+    def trust(text: str) -> str:
+        return f"{fit(text, trust_w)} " if trust_w else ""
+
     header = (f"{fit('ID', id_w)} {fit('Location', loc_w)} {fit('€/kWh', price_w)} "
-              f"{fit('State', state_w)} {fit('Detail', det_w)}")
+              f"{trust('Trust')}{fit('State', state_w)} {fit('Detail', det_w)}")
     lines = [Style.DIM + fit(header, width) + RESET]
     room = max(1, room - 1)
     ordered = sorted(rows, key=lambda r: r.cp_id)
@@ -106,7 +112,8 @@ def render_table(rows: Sequence[Row], width: int, room: int,
     for r in shown:
         label = LABEL[r.state] if state_w >= 22 else LABEL[r.state].split(" ")[0]
         lines.append(f"{fit(r.cp_id, id_w)} {fit(printable(r.location), loc_w)} "
-                     f"{fit(f'{r.price:.2f}', price_w)} " + colors[r.state]
+                     f"{fit(f'{r.price:.2f}', price_w)} "
+                     f"{trust('signed' if r.proven else 'open')}" + colors[r.state]
                      + fit(label, state_w) + RESET + " " + fit(printable(r.detail), det_w))
     if hidden:
         by_state: dict[CPState, int] = {}

@@ -79,7 +79,7 @@ class NetworkView:
 
     def rows(self, now: float | None = None) -> list[Row]:
         now = time.time() if now is None else now
-        return [Row(s.cp_id, s.location, s.price_eur_kwh, s.state, detail(s, now))
+        return [Row(s.cp_id, s.location, s.price_eur_kwh, s.state, detail(s, now), s.proven)
                 for s in self.cps.values()]
 
     def document(self) -> dict[str, Any]:
@@ -94,7 +94,8 @@ class NetworkView:
             },
             "cps": [{"cp_id": s.cp_id, "location": s.location,
                      "price_eur_kwh": s.price_eur_kwh, "state": str(s.state),
-                     "detail": s.detail, "last_seen": s.last_seen or None}
+                     "detail": s.detail, "last_seen": s.last_seen or None,
+                     "proven": s.proven}
                     for s in sorted(self.cps.values(), key=lambda s: s.cp_id)],
         }
 
@@ -109,7 +110,8 @@ class NetworkView:
             s = self.cps[cp_id]
             if shown.get(cp_id) != s.state:
                 shown[cp_id] = s.state
-                out.append(f"{cp_id} {s.state}" + (f" ({s.detail})" if s.detail else ""))
+                out.append(f"{cp_id} {s.state}" + (f" ({s.detail})" if s.detail else "")
+                           + (" [signed]" if s.proven else " [open]"))
         for cp_id in [k for k in shown if k != "@central" and k not in self.cps]:
             del shown[cp_id]
             out.append(f"{cp_id} removed")

@@ -20,8 +20,9 @@ from typing import Any
 import click
 
 from evc.bus import Sasl
-from evc.errors import EvcError
+from evc.errors import EvcError, ProtocolError
 from evc.net import Address, Bootstrap, parse_address, parse_addresses, parse_bootstrap
+from evc.protocol import pairing
 from evc.protocol.ids import check_id
 
 
@@ -155,3 +156,21 @@ def credentials_option(whose: str, ident: str) -> Decorator:
         "--credentials", type=click.Path(dir_okay=False, path_type=Path), default=None,
         help=f"{whose} credential file [default: $EVC_SECRET, else "
              f"$EVC_CREDENTIALS_DIR/{ident}.key, else data/credentials/{ident}.key].")
+
+
+def pair_option(how: str) -> Decorator:
+    """``--pair CODE``: the one-time code from central's ``pair`` command (checked here)."""
+
+    def check(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            pairing.normalize(value)
+        except ProtocolError as exc:
+            raise click.BadParameter(str(exc)) from None
+        return value
+
+    return click.option(
+        "--pair", "pair_code", metavar="CODE", default=None, callback=check,
+        help=f"Pair with central first, {how}, using the one-time code its `pair` command "
+             "printed; the credential is then stored where --credentials says.")

@@ -2,7 +2,8 @@
 
     stop CP-01 | stop all | parar CP-01          -> Stop("CP-01") / Stop(None)
     resume CP-01 | resume all | reanudar all     -> Resume(...)
-    add CP-11 "C/Mayor 3" 0.42                   -> Add("CP-11", "C/Mayor 3", 0.42)
+    add CP-11 "C/Mayor 3" 0.42 [--pair]          -> Add("CP-11", "C/Mayor 3", 0.42, pair)
+    pair CP-11 [replace] | pair D-23             -> Pair("CP-11", replace)
     remove CP-11 | price CP-01 0.39 | help | quit
 
 Parsing never touches state; the brain applies the result.
@@ -37,6 +38,13 @@ class Add:
     cp_id: str
     location: str
     price: float
+    pair: bool = False  # and a pairing code for it
+
+
+@dataclass(frozen=True)
+class Pair:
+    ident: str  # a CP of the registry, or else a driver: a one-time pairing code
+    replace: bool = False  # the operator confirms a proven credential is to be replaced
 
 
 @dataclass(frozen=True)
@@ -81,12 +89,13 @@ class Quit:
 
 
 Command = (Stop | Resume | Add | Remove | SetPrice | Rotate | Revoke | AddDriver | RemoveDriver
-           | Help | Quit)
+           | Pair | Help | Quit)
 
 HELP = (
     "commands: stop <cp>|all, resume <cp>|all (parar/reanudar), "
-    'add <cp> "<location>" <price>, remove <cp>, price <cp> <eur>, '
-    "add-driver <id>, remove-driver <id>, rotate <cp|driver>, revoke <cp|driver>, help, quit"
+    'add <cp> "<location>" <price> [--pair], remove <cp>, price <cp> <eur>, '
+    "add-driver <id>, remove-driver <id>, pair <cp|driver> [replace], "
+    "rotate <cp|driver>, revoke <cp|driver>, help, quit"
 )
 
 ALIASES = {
@@ -97,6 +106,7 @@ ALIASES = {
     "price": "price", "precio": "price",
     "rotate": "rotate", "renovar": "rotate",
     "revoke": "revoke", "revocar": "revoke",
+    "pair": "pair", "emparejar": "pair",
     "add-driver": "add-driver", "alta-conductor": "add-driver",
     "remove-driver": "remove-driver", "baja-conductor": "remove-driver",
     "help": "help", "ayuda": "help", "?": "help",
@@ -145,9 +155,15 @@ def parse_command(line: str) -> Command | None:
         target = None if args[0].lower() in ("all", "todos") else _cp_id(args[0])
         return Stop(target) if verb == "stop" else Resume(target)
     if verb == "add":
+        pair = "--pair" in args
+        args = [a for a in args if a != "--pair"]
         if len(args) != 3:
-            raise CommandError('usage: add <cp> "<location>" <price>')
-        return Add(_cp_id(args[0]), _location(args[1]), parse_price(args[2]))
+            raise CommandError('usage: add <cp> "<location>" <price> [--pair]')
+        return Add(_cp_id(args[0]), _location(args[1]), parse_price(args[2]), pair)
+    if verb == "pair":
+        if len(args) not in (1, 2) or (len(args) == 2 and args[1].lower() != "replace"):
+            raise CommandError("usage: pair <cp|driver> [replace]")
+        return Pair(_cp_id(args[0]), len(args) == 2)
     if verb == "remove":
         if len(args) != 1:
             raise CommandError("usage: remove <cp>")

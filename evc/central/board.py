@@ -94,7 +94,7 @@ class Board:
         lines.append(counts_line(counts, self.colors, width, totals))
         n_events = min(5, max(1, (height - 8) // 4))
         room = height - len(lines) - (n_events + 1) - 1  # events block + prompt
-        rows = [Row(cp.cp_id, cp.location, cp.price, cp.state, detail(cp, now))
+        rows = [Row(cp.cp_id, cp.location, cp.price, cp.state, detail(cp, now), cp.proven)
                 for cp in brain.cps.values()]
         lines += render_table(rows, width, room, self.colors)
         while len(lines) < height - n_events - 2:

@@ -37,7 +37,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from evc.central import monitors, operator, restore
+from evc.central import monitors, operator, pairing, restore
 from evc.central.announce import Announcer
 from evc.central.events import (
     BusMessage,
@@ -70,6 +70,8 @@ from evc.protocol.messages import (
     CPState,
     CPStatus,
     DenyCode,
+    DriverPair,
+    DriverPairProve,
     EndReason,
     EndRequest,
     EndSupply,
@@ -82,7 +84,7 @@ from evc.protocol.messages import (
     new_id,
 )
 from evc.protocol.topics import CENTRAL_KEY, CONTROL, NETWORK
-from evc.store import META, SESSIONS, Store
+from evc.store import DRIVERS, META, SESSIONS, Store
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,8 @@ class Brain:
         self.credentials: Credentials = credentials or Nowhere()
         self.audit: Audit = audit or Nowhere()
         self.drivers: dict[str, str] = {}  # driver id -> its secret (the driver registry)
+        self.proven_drivers: set[str] = set()  # drivers that signed with their credential
+        self.pairings = pairing.Pairings()  # codes handed out, exchanges under way
         self.challenges: dict[int, PendingRegistration] = {}
         self.cps: dict[str, ChargePoint] = {}
         self.by_conn: dict[int, str] = {}
@@ -147,22 +151,27 @@ class Brain:
     def upsert_cp(self, cp_id: str, location: str, price: float) -> None:
         """Registry entry from --cps or the console: add or update, keep the rest.
 
-        A new CP gets its secret credential now (written for its monitor and engine).
+        At the authenticated level a new CP gets its secret credential now (written for
+        its monitor and engine); at the open level only pairing makes one.
         """
         cp = self.cps.get(cp_id)
         if cp is None:
             cp = self.cps[cp_id] = ChargePoint(cp_id, location, price)
-            operator.issue_credential(self, cp_id)
+            if self.settings.secure:
+                operator.issue_credential(self, cp_id)
         else:
             cp.location, cp.price = location, price
         self.save_cp(cp)
 
-    def upsert_driver(self, driver_id: str) -> bool:
-        """Register a driver (from --drivers or the console); True when it is new."""
+    def upsert_driver(self, driver_id: str, *, credential: bool | None = None) -> bool:
+        """Register a driver (from --drivers or the console); True when it is new. It gets
+        a credential at the authenticated level, or when ``credential`` says so."""
         if driver_id in self.drivers:
             return False
         self.drivers[driver_id] = ""
-        operator.issue_credential(self, driver_id)
+        self.store.put(DRIVERS, {"driver_id": driver_id, "secret": ""})
+        if self.settings.secure if credential is None else credential:
+            operator.issue_credential(self, driver_id)
         return True
 
     # ------------------------------------------------------------------ loop
@@ -236,19 +245,23 @@ class Brain:
         self.out.flush()
 
     def order(self, cp: ChargePoint, message: Message) -> None:
-        """An order to a CP's engine: signed with this registration's key (auth level)."""
-        if self.settings.secure and cp.keys:
+        """An order to a CP's engine: signed with its registration's key once it proved
+        its credential (whatever the level); unsigned for a CP that proves nothing."""
+        if cp.proven and cp.keys:
             message = auth.sign(message, list(cp.keys.values())[-1])
-        self._emit(CONTROL, message, cp.cp_id)
+        self.emit(CONTROL, message, cp.cp_id)
 
     def _to_driver(self, driver_id: str, message: Message) -> None:
-        """An answer or a ticket: signed with the driver's key when it is registered."""
+        """An answer or a ticket: signed with the driver's key when it has a credential.
+        A denial for the driver's proof is not: the driver's key is not central's."""
         secret = self.drivers.get(driver_id)
-        if secret:
+        proof_denied = isinstance(message, Authorization) and message.code in (
+            DenyCode.BAD_PROOF, DenyCode.UNKNOWN_DRIVER)
+        if secret and not proof_denied:
             message = auth.sign(message, auth.driver_key(secret))
-        self._emit(CONTROL, message, driver_id)
+        self.emit(CONTROL, message, driver_id)
 
-    def _emit(self, topic: str, message: Message, key: str) -> None:
+    def emit(self, topic: str, message: Message, key: str) -> None:
         """Decide a Kafka message: stored with this batch, sent once the batch is stored."""
         self.out.emit(topic, message, key)
 
@@ -261,6 +274,7 @@ class Brain:
         """Deadlines, re-sends, Kafka's health and central's heartbeat; then the view."""
         now = time.monotonic()
         self._check_bus(now)
+        self.pairings.expire(now)
         if self.bus_down_since is None:
             for session in list(self.sessions.values()):
                 if session.waiting is not None and now > session.deadline:
@@ -302,7 +316,7 @@ class Brain:
                 cp_id=cp.cp_id, location=cp.location, price_eur_kwh=cp.price, state=cp.state,
                 detail=cp.fault_reason if cp.state is CPState.AVERIADO else
                 "stopped by the operator" if cp.state is CPState.PARADO else "",
-                last_seen=cp.last_seen or 0.0)
+                last_seen=cp.last_seen or 0.0, proven=cp.proven)
             if not self.out.publish(NETWORK, status, cp_id, status_of=cp_id):
                 self.status_due.add(cp_id)
 
@@ -328,7 +342,12 @@ class Brain:
 
     def _deadline_passed(self, session: Session) -> None:
         if session.waiting is Wait.START:
+            self.view.note(f"{session.cp_id}: its engine did not start the supply of "
+                           f"{session.driver_id} within {self.settings.start_timeout:g} s; "
+                           "ended", "warning")
             self.end_session(session, EndReason.NO_ENGINE)
+            if not session.supplying:  # it never sent a first figure: no final will come
+                self.close_session(session, EndReason.NO_ENGINE)
         elif session.waiting is Wait.MONITOR:
             self.view.note(f"{session.cp_id}: its monitor did not come back after the "
                            "restart; ending the supply", "warning")
@@ -338,7 +357,7 @@ class Brain:
             self.view.note(
                 f"{session.cp_id}: no final telemetry from the engine; billing the "
                 f"last figures seen ({session.kwh:.2f} kWh)", "warning")
-            self._close_session(session, session.end_reason)
+            self.close_session(session, session.end_reason)
 
     # ------------------------------------------------------------------ Kafka
     def on_bus(self, msg: CentralRecord) -> None:
@@ -349,6 +368,10 @@ class Brain:
                 self.on_end_request(msg)
             case Telemetry():
                 self.on_telemetry(msg)
+            case DriverPair():
+                pairing.on_driver_pair(self, msg)
+            case DriverPairProve():
+                pairing.on_driver_prove(self, msg)
             case _:
                 assert_never(msg)
 
@@ -397,14 +420,9 @@ class Brain:
         A request's age does not count the time central or Kafka was away:
         requests made meanwhile are answered when they return.
         """
-        if self.settings.secure:
-            secret = self.drivers.get(req.driver_id)
-            if secret is None:
-                return (DenyCode.UNKNOWN_DRIVER,
-                        f"driver {req.driver_id} is not registered in central")
-            if not secret or not auth.verify(req, auth.driver_key(secret)):
-                return (DenyCode.BAD_PROOF, f"the request of {req.driver_id} does not carry "
-                        "its valid signature")
+        proof = self._driver_proof(req)
+        if proof is not None:
+            return proof
         age = self.age(req.ts)
         if age > self.settings.request_ttl:
             return DenyCode.EXPIRED, f"request expired ({age:.0f} s old)"
@@ -427,6 +445,27 @@ class Brain:
             CPState.SUMINISTRANDO: (DenyCode.BUSY, f"{cp.cp_id} is busy"),
         }[state]
 
+    def _driver_proof(self, req: ChargeRequest | EndRequest) -> tuple[DenyCode, str] | None:
+        """Why ``req`` is not the driver's own, or None. A driver with a credential signs,
+        whatever the level; the open level also serves drivers that have none."""
+        secret = self.drivers.get(req.driver_id)
+        how = (f"pair this driver: type `pair {req.driver_id}` at central's console, then "
+               f"run `evc driver <kafka> {req.driver_id} --pair <code>`")
+        if secret is None and self.settings.secure:
+            return (DenyCode.UNKNOWN_DRIVER,
+                    f"driver {req.driver_id} is not registered in central; {how}")
+        if secret:
+            if not auth.verify(req, auth.driver_key(secret)):
+                return (DenyCode.BAD_PROOF, f"the request of {req.driver_id} does not carry "
+                        f"its valid signature; {how}")
+            if req.driver_id not in self.proven_drivers:
+                self.proven_drivers.add(req.driver_id)
+                self.store.put(DRIVERS, {"driver_id": req.driver_id, "proven": True})
+        elif self.settings.secure:
+            return (DenyCode.BAD_PROOF, f"driver {req.driver_id}'s credential was revoked; "
+                    f"{how}")
+        return None
+
     def age(self, ts: float) -> float:
         """Seconds since ``ts`` during which central could have read a message."""
         now = time.time()
@@ -438,14 +477,12 @@ class Brain:
         if session is None or session.driver_id != req.driver_id or session.cp_id != req.cp_id:
             log.info("end request for unknown or finished session %s ignored", req.session_id)
             return
-        if self.settings.secure:
-            secret = self.drivers.get(req.driver_id, "")
-            if not secret or not auth.verify(req, auth.driver_key(secret)):
-                self.audit.write("rejected", kind="end_request", driver_id=req.driver_id,
-                                 session_id=req.session_id, why="not signed by the driver")
-                log.warning("end request for %s without the driver's signature ignored",
-                            req.session_id)
-                return
+        if self._driver_proof(req) is not None:
+            self.audit.write("rejected", kind="end_request", driver_id=req.driver_id,
+                             session_id=req.session_id, why="not signed by the driver")
+            log.warning("end request for %s without the driver's signature ignored",
+                        req.session_id)
+            return
         self.end_session(session, EndReason.FINISHED)
 
     def on_telemetry(self, t: Telemetry) -> None:
@@ -473,12 +510,12 @@ class Brain:
                        late=_late(t))
         if t.final:
             reason = session.end_reason or reason_of(t.reason)
-            self._close_session(session, reason)
+            self.close_session(session, reason)
 
     def _implausible(self, t: Telemetry, session: Session) -> str | None:
         """Why a reading cannot be believed, or None (checked whatever the level)."""
-        if self.settings.secure:
-            cp = self.cps.get(t.cp_id)
+        cp = self.cps.get(t.cp_id)
+        if self.settings.secure or (cp is not None and cp.proven):
             key = cp.keys.get(t.kid) if cp is not None and t.kid else None
             if key is None or not auth.verify(t, key):
                 return "not signed with the CP's key"
@@ -509,9 +546,9 @@ class Brain:
         if cp is not None:
             self.order(cp, end)
         else:
-            self._emit(CONTROL, end, session.cp_id)
+            self.emit(CONTROL, end, session.cp_id)
 
-    def _close_session(self, session: Session, reason: EndReason) -> None:
+    def close_session(self, session: Session, reason: EndReason) -> None:
         """The supply is over: one ticket, the session stored as closed, the CP freed."""
         if self.sessions.pop(session.session_id, None) is None:
             return
@@ -569,7 +606,7 @@ class Brain:
         self.store.put_cp({
             "cp_id": cp.cp_id, "location": cp.location, "price_eur_kwh": cp.price,
             "stopped": cp.stopped, "state": str(cp.state), "last_seen": cp.last_seen,
-            "secret": cp.secret, "keys": cp.keys,
+            "secret": cp.secret, "keys": cp.keys, "proven": cp.proven,
         })
 
     def refresh_cp(self, cp: ChargePoint, why: str, before: CPState) -> None:

@@ -121,12 +121,15 @@ def want_board(mode: str) -> bool:
 @click.option("--cps", "cps_file", type=click.Path(dir_okay=False, path_type=Path),
               help="CSV id,location,price_eur_kwh: adds or updates registry entries at start.")
 @click.option("--drivers", "drivers_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Drivers to register at start: one id per line (# comments). Each gets "
-                   "its credential in the credentials folder.")
+              help="Drivers to register at start: one id per line (# comments). At the "
+                   "auth level each gets its credential in the credentials folder.")
+@click.option("--pair", "pair", is_flag=True, help="Print a one-time pairing code for each "
+              "CP of --cps and driver of --drivers (typed once on its machine: --pair CODE).")
 @click.option("--security", type=click.Choice(["auth", "open"]), default="auth",
-              show_default=True, help="auth: CPs and drivers prove their credentials, orders "
-              "and readings are signed; open: anyone is believed (clients written to the "
-              "seed alone). See docs/SECURITY.md.")
+              show_default=True, help="auth: every CP and driver proves its credential; "
+              "open: central also serves clients that prove nothing (written to the seed "
+              "alone), while those that hold a credential still prove it and are signed. "
+              "See docs/SECURITY.md.")
 @click.option("--credentials-dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Where central writes the credentials it makes (<id>.key, "
               "0600) [default: $EVC_CREDENTIALS_DIR, or 'credentials' beside the DB].")
@@ -151,7 +154,7 @@ def want_board(mode: str) -> bool:
                    "auto picks the board on a terminal unless NO_COLOR is set.")
 @common_options
 def central(socket_port: int, kafka: Bootstrap, db_path: Path, listen_host: str,
-            cps_file: Path | None, drivers_file: Path | None, security: str,
+            cps_file: Path | None, drivers_file: Path | None, pair: bool, security: str,
             credentials_dir: Path | None, heartbeat_timeout: float, register_timeout: float,
             partitions: int, final_timeout: float, resume_grace: float,
             max_supply_seconds: float, display: str, common: Common) -> None:
@@ -167,7 +170,8 @@ def central(socket_port: int, kafka: Bootstrap, db_path: Path, listen_host: str,
     """
     run_central(CentralConfig(
         socket_port=socket_port, kafka=kafka, db_path=db_path, listen_host=listen_host,
-        cps_file=cps_file, drivers_file=drivers_file, credentials_dir=credentials_dir,
+        cps_file=cps_file, drivers_file=drivers_file, pair=pair,
+        credentials_dir=credentials_dir,
         heartbeat_timeout=heartbeat_timeout, register_timeout=register_timeout,
         partitions=partitions, board=want_board(display), common=common,
         settings=Settings(final_timeout=final_timeout, resume_grace=resume_grace,

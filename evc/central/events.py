@@ -7,9 +7,14 @@ from dataclasses import dataclass
 from evc.errors import BusError
 from evc.protocol.messages import (
     ChargeRequest,
+    DriverPair,
+    DriverPairProve,
     EndRequest,
+    EngineRefused,
     FaultReport,
     Heartbeat,
+    PairProve,
+    PairStart,
     Prove,
     RecoveryReport,
     Register,
@@ -17,14 +22,15 @@ from evc.protocol.messages import (
 )
 from evc.protocol.topics import Delivery
 
-MonitorMessage = Register | Prove | Heartbeat | FaultReport | RecoveryReport
+MonitorMessage = (Register | Prove | Heartbeat | FaultReport | RecoveryReport | EngineRefused
+                  | PairStart | PairProve)
 """What a monitor may say to central (the server refuses any other type:
 messages.TCP_CENTRAL_TYPES)."""
 
-CentralRecord = ChargeRequest | EndRequest | Telemetry
+CentralRecord = ChargeRequest | EndRequest | Telemetry | DriverPair | DriverPairProve
 """What central applies from requests_topic and telemetry_topic (any other type is
 skipped as a BusSkipped)."""
-CENTRAL_RECORD_TYPES = (ChargeRequest, EndRequest, Telemetry)
+CENTRAL_RECORD_TYPES = (ChargeRequest, EndRequest, Telemetry, DriverPair, DriverPairProve)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import threading
 import time
 
 from evc.bus import ChangelogReader, Consumer, KafkaBus, Lease, Transactions, retrying
+from evc.central import pairing
 from evc.central.board import BoardView
 from evc.central.brain import Brain
 from evc.central.config import CONSUMER_GATHER, CentralConfig
@@ -230,6 +231,9 @@ class ActiveTerm:
                 brain.upsert_cp(cp_id, location, price)
             for driver_id in drivers:
                 brain.upsert_driver(driver_id)
+            if cfg.pair:
+                for ident in [cp_id for cp_id, _, _ in registry] + list(drivers):
+                    pairing.pair_command(brain, ident, replace=False)
             store.commit()
             # Central reads from where its store says it stopped applying (the group's
             # committed offsets are only a fallback, and a gauge of its lag).

@@ -81,6 +81,9 @@ class ChargePoint:
     presumed_until: float = 0.0  # monotonic: the last known state is shown until then
     secret: str = ""  # its credential ("" = revoked: it cannot register at the auth level)
     keys: dict[str, str] = field(default_factory=dict)  # kid -> Kafka key (newest last)
+    # Its monitor proved the credential: from then on central signs its orders, wants its
+    # readings signed and never serves it unproven again (no downgrade) until revoked.
+    proven: bool = False
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> ChargePoint:
@@ -89,7 +92,8 @@ class ChargePoint:
             cp_id=rec["cp_id"], location=rec.get("location", ""),
             price=float(rec.get("price_eur_kwh", DEFAULT_PRICE)),
             stopped=bool(rec.get("stopped", False)), last_seen=rec.get("last_seen"),
-            secret=str(rec.get("secret", "")), keys=dict(rec.get("keys", {})))
+            secret=str(rec.get("secret", "")), keys=dict(rec.get("keys", {})),
+            proven=bool(rec.get("proven", False)))
 
     def stored_state(self, rec: dict[str, Any]) -> CPState:
         """The state the store last showed for this CP (Desconectado if unreadable)."""

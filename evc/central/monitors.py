@@ -1,11 +1,15 @@
 """The rules of central's TCP side: its monitors' registrations, heartbeats, faults,
 recoveries and lost connections (the brain calls these with itself, on its thread).
 
-At the authenticated level central answers a ``register`` with a ``challenge`` (its
-nonce); the monitor proves its CP's secret over both nonces, central proves it back in
-``register_ok`` and both derive this registration's Kafka key. At the open level a
-known, free CP is accepted at once. Every refusal is said on the board and audited.
-A registered connection serves its own CP only.
+One level per CP: central answers the ``register`` of a monitor that can prove (it sends
+a nonce) with a ``challenge`` whenever it holds the CP's credential, whatever the level;
+the monitor proves it over both nonces, central proves it back in ``register_ok`` and
+both derive this registration's Kafka key. Such a CP is *proven*: its orders and readings
+are signed from then on, and central never serves it unproven again (no downgrade) until
+its credential is revoked. The open level also serves a CP that proves nothing: another
+team's monitor, or one without the credential, when the CP was never proven. Every
+refusal is said on the board and audited. A registered connection serves its own CP only.
+An unregistered connection may pair instead (pairing.py), then register.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from evc.central import pairing
 from evc.central.events import Heartbeats, MonitorFrame
 from evc.central.model import PendingRegistration, Wait
 from evc.ports import assert_never
@@ -20,10 +25,13 @@ from evc.protocol import auth
 from evc.protocol.messages import (
     Challenge,
     EndReason,
+    EngineRefused,
     FaultReport,
     Health,
     Heartbeat,
     Message,
+    PairProve,
+    PairStart,
     Prove,
     RecoveryReport,
     Register,
@@ -49,6 +57,10 @@ def on_frame(brain: Brain, event: MonitorFrame) -> None:
                 on_proof(brain, event.conn_id, pending, msg)
             case Register() if pending is None:
                 on_register(brain, event.conn_id, event.peer, msg)
+            case PairStart() if pending is None:
+                pairing.on_pair_start(brain, event.conn_id, event.peer, msg)
+            case PairProve() if pending is None:
+                pairing.on_pair_prove(brain, event.conn_id, event.peer, msg)
             case _:
                 brain.link.close_connection(
                     event.conn_id, "spoke before registering",
@@ -65,8 +77,10 @@ def on_frame(brain: Brain, event: MonitorFrame) -> None:
             on_fault(brain, cp, msg.reason or "engine fault")
         case RecoveryReport():
             on_recovered(brain, cp)
-        case Heartbeat() | Prove():  # seen, nothing more (a late proof says nothing)
-            pass
+        case EngineRefused():
+            on_engine_refused(brain, cp, msg)
+        case Heartbeat() | Prove() | PairStart() | PairProve():
+            pass  # seen, nothing more (a late proof says nothing; pairing comes first)
         case Register():  # closed above
             pass
         case _:
@@ -93,8 +107,9 @@ def on_heartbeats(brain: Brain, event: Heartbeats) -> None:
 
 def accept(brain: Brain, conn_id: int, peer: str, cp: ChargePoint, msg: Register, *,
            proof: str, key_id: str) -> None:
-    """A monitor registered (proven, at the authenticated level): its CP is live."""
+    """A monitor registered (proven when ``key_id`` names its key): its CP is live."""
     before = cp.state
+    cp.proven = bool(key_id) or cp.proven
     cp.conn_id, cp.peer, cp.last_seen = conn_id, peer, time.time()
     cp.presumed_until = 0.0
     brain.by_conn[conn_id] = cp.cp_id
@@ -105,7 +120,8 @@ def accept(brain: Brain, conn_id: int, peer: str, cp: ChargePoint, msg: Register
     brain.link.send(conn_id, RegisterAccepted(
         cp_id=cp.cp_id, location=cp.location, price_eur_kwh=cp.price, proof=proof,
         key_id=key_id))
-    brain.audit.write("registered", cp_id=cp.cp_id, source=peer, key_id=key_id)
+    brain.audit.write("registered", cp_id=cp.cp_id, source=peer, key_id=key_id,
+                      proven=bool(key_id))
     # Tell the engine its operator mode, so a restarted engine learns it.
     mode: Message = StopCP(cp_id=cp.cp_id) if cp.stopped else ResumeCP(cp_id=cp.cp_id)
     brain.order(cp, mode)
@@ -114,10 +130,12 @@ def accept(brain: Brain, conn_id: int, peer: str, cp: ChargePoint, msg: Register
         session.wait(None)  # resumed after central's restart
         if cp.faulted:
             brain.end_session(session, EndReason.FAULT)
-    brain.refresh_cp(cp, f"monitor registered from {peer}", before)
+    brain.refresh_cp(cp, f"monitor registered from {peer}"
+                     + (" (proven)" if key_id else " (unproven: orders unsigned)"), before)
 
 def on_connection_lost(brain: Brain, conn_id: int, reason: str) -> None:
     brain.challenges.pop(conn_id, None)
+    brain.pairings.drop(conn_id)
     cp_id = brain.by_conn.pop(conn_id, None)
     if cp_id is None:
         return
@@ -136,6 +154,20 @@ def on_fault(brain: Brain, cp: ChargePoint, reason: str) -> None:
     if cp.session is not None:
         brain.end_session(cp.session, EndReason.FAULT)
     brain.refresh_cp(cp, f"AVERÍA: {reason}", before)
+
+def on_engine_refused(brain: Brain, cp: ChargePoint, msg: EngineRefused) -> None:
+    """The CP's engine refused something and its monitor says so: the operator sees it.
+    A start order central itself sent unsigned (the CP is not proven now, its engine was
+    once) will never be obeyed: that supply ends at once, with a reason the driver reads."""
+    brain.view.note(f"{cp.cp_id}'s engine refused {msg.refused}", "warning")
+    brain.audit.write("refused", cp_id=cp.cp_id, source=cp.peer, code="engine",
+                      why=msg.refused)
+    session = cp.session
+    if (session is not None and msg.session_id == session.session_id and not cp.proven
+            and not session.supplying and session.end_reason is None):
+        brain.end_session(session, EndReason.REFUSED)
+        brain.close_session(session, EndReason.REFUSED)
+
 
 def on_recovered(brain: Brain, cp: ChargePoint) -> None:
     before = cp.state
@@ -158,17 +190,26 @@ def on_register(brain: Brain, conn_id: int, peer: str, msg: Register) -> None:
         brain.audit.write("refused", cp_id=cp.cp_id, source=peer, code="duplicate")
         _refuse_duplicate(brain, conn_id, cp)
         return
-    if not brain.settings.secure:
+    required = must_prove(brain, cp)
+    if cp.secret and msg.nonce:  # it can prove, and central can check: it must try
+        nonce = auth.new_nonce()
+        brain.challenges[conn_id] = PendingRegistration(cp.cp_id, peer, msg, nonce)
+        brain.link.send(conn_id, Challenge(cp_id=cp.cp_id, nonce=nonce, required=required))
+    elif not required:
         accept(brain, conn_id, peer, cp, msg, proof="", key_id="")
-        return
-    if not cp.secret or not msg.nonce:
-        why = ("its credential was revoked" if not cp.secret
-               else "the monitor did not send a nonce (an old or open-level monitor)")
-        _refuse_auth(brain, conn_id, peer, cp.cp_id, why)
-        return
-    nonce = auth.new_nonce()
-    brain.challenges[conn_id] = PendingRegistration(cp.cp_id, peer, msg, nonce)
-    brain.link.send(conn_id, Challenge(cp_id=cp.cp_id, nonce=nonce))
+    elif not cp.secret:
+        _refuse_auth(brain, conn_id, peer, cp.cp_id,
+                     f"it has no credential at central (revoked?); pair it: `pair {cp.cp_id}`")
+    else:
+        _refuse_auth(brain, conn_id, peer, cp.cp_id,
+                     "the monitor proves nothing (a client without credentials)"
+                     + ("; it proved its credential before" if cp.proven else ""))
+
+
+def must_prove(brain: Brain, cp: ChargePoint) -> bool:
+    """Whether only a proven monitor may serve ``cp``: always at the authenticated level,
+    and at the open level once the CP has been proven (no downgrade)."""
+    return brain.settings.secure or cp.proven
 
 
 def on_proof(brain: Brain, conn_id: int, pending: PendingRegistration, msg: Prove) -> None:
@@ -178,9 +219,20 @@ def on_proof(brain: Brain, conn_id: int, pending: PendingRegistration, msg: Prov
     if cp is None or not cp.secret:
         _refuse_auth(brain, conn_id, pending.peer, pending.cp_id, "no credential")
         return
+    if not msg.proof:  # "I hold no credential": served only where nothing must be proven
+        if must_prove(brain, cp):
+            _refuse_auth(brain, conn_id, pending.peer, cp.cp_id,
+                         "the monitor holds no credential"
+                         + ("; it proved its credential before" if cp.proven else ""))
+        elif cp.conn_id is not None:
+            _refuse_duplicate(brain, conn_id, cp)
+        else:
+            accept(brain, conn_id, pending.peer, cp, reg, proof="", key_id="")
+        return
     expected = auth.register_proof(cp.secret, cp.cp_id, reg.nonce, pending.nonce)
     if not auth.same(expected, msg.proof):
-        _refuse_auth(brain, conn_id, pending.peer, cp.cp_id, "wrong credential")
+        _refuse_auth(brain, conn_id, pending.peer, cp.cp_id,
+                     f"wrong credential (an old one?); pair it again: `pair {cp.cp_id}`")
         return
     if cp.conn_id is not None:  # another one registered meanwhile
         _refuse_duplicate(brain, conn_id, cp)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from evc.central import admin
+from evc.central import admin, pairing
 from evc.ports import assert_never
 from evc.protocol import auth
 from evc.protocol.messages import RegisterRejected, RejectCode
@@ -42,10 +42,14 @@ def apply(brain: Brain, line: str) -> None:
             brain.upsert_cp(command.cp_id, command.location, command.price)
             note(f"{'updated' if existed else 'registered'} {command.cp_id} at "
                  f"{command.location}, {command.price:.2f} €/kWh")
+            if command.pair:
+                pairing.pair_command(brain, command.cp_id, replace=False)
+        case admin.Pair():
+            pairing.pair_command(brain, command.ident, command.replace)
         case admin.AddDriver():
-            if brain.upsert_driver(command.driver_id):
+            if brain.upsert_driver(command.driver_id, credential=True):
                 note(f"registered driver {command.driver_id}; its credential is in "
-                     f"{command.driver_id}.key")
+                     f"{command.driver_id}.key (or pair it: `pair {command.driver_id}`)")
             else:
                 note(f"driver {command.driver_id} is registered already")
         case admin.RemoveDriver():
@@ -121,12 +125,13 @@ def change_credential(brain: Brain, ident: str, *, rotate: bool) -> None:
     if rotate:
         issue_credential(brain, ident)
     else:
-        if cp is not None:
-            cp.secret, cp.keys = "", {}
+        if cp is not None:  # and no longer proven: at the open level it may serve unproven
+            cp.secret, cp.keys, cp.proven = "", {}, False
             brain.save_cp(cp)
         else:
             brain.drivers[ident] = ""
-            brain.store.put(DRIVERS, {"driver_id": ident, "secret": ""})
+            brain.proven_drivers.discard(ident)
+            brain.store.put(DRIVERS, {"driver_id": ident, "secret": "", "proven": False})
         brain.credentials.remove(ident)
         brain.audit.write("credential", id=ident, action="revoked")
     if cp is not None and cp.conn_id is not None:

@@ -26,6 +26,7 @@ def restore(brain: Brain) -> None:
     for rec in brain.store.cps():
         brain.cps[rec["cp_id"]] = ChargePoint.from_record(rec)
     brain.drivers = {r["driver_id"]: str(r.get("secret", "")) for r in brain.store.all(DRIVERS)}
+    brain.proven_drivers = {r["driver_id"] for r in brain.store.all(DRIVERS) if r.get("proven")}
     # After a restart every CP is Desconectado until its monitor registers again, or,
     # with ``presume``, once its monitor has had that long to register again.
     until = time.monotonic() + brain.presume

@@ -23,7 +23,15 @@ from evc.netview import CentralWatch, NetworkView
 from evc.options import ID, KAFKA, AddressType, Common, common_options, credentials_option
 from evc.ports import assert_never
 from evc.protocol.framing import read_frames, send_frame
-from evc.protocol.messages import CentralStatus, EngineKey, HealthCheck, Message, from_wire
+from evc.protocol.messages import (
+    CentralStatus,
+    EngineKey,
+    Health,
+    HealthCheck,
+    HealthReply,
+    Message,
+    from_wire,
+)
 from evc.protocol.topics import CENTRAL_KEY, CONTROL, NETWORK
 from evc.store import JsonFile
 from evc.store.credentials import Credential
@@ -162,20 +170,33 @@ def answer_check(engine: Engine, event: Check) -> None:
     match msg:
         case EngineKey():
             if not engine.on_engine_key(msg):
-                log.warning("a key hand-off for %s that does not fit its credential: "
-                            "closing", msg.cp_id)
-                hang_up(event.sock)
+                why = (f"a key hand-off for {msg.cp_id} that does not fit the credential "
+                       "here (is the engine's credential the monitor's?)")
+                engine.refuse(why)
+                refuse_and_hang_up(engine, event.sock, msg.cp_id, why)
         case HealthCheck():
             answer_health(engine, event.sock, msg)
         case _:
             assert_never(msg)
 
 
+def refuse_and_hang_up(engine: Engine, sock: socket.socket, cp_id: str, why: str) -> None:
+    """A KO that says why, then the connection closed: the monitor reports it (AVERÍA with
+    this reason on central's board); nothing of the engine's is told."""
+    try:
+        sock.settimeout(1.0)
+        send_frame(sock, HealthReply(cp_id=engine.cp_id or cp_id, status=Health.KO,
+                                     state=f"refused {why}"[:200]).to_wire())
+    except OSError:
+        pass
+    hang_up(sock)
+
+
 def answer_health(engine: Engine, sock: socket.socket, msg: HealthCheck) -> None:
     why = engine.refuse_check(msg)
     if why is not None:
         log.warning("refused %s: closing that connection", why)
-        hang_up(sock)
+        refuse_and_hang_up(engine, sock, msg.cp_id, why)
         return
     reply = engine.on_health_check(msg)
     if reply is not None:

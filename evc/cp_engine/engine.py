@@ -6,11 +6,14 @@ stop, an unplug (key ``u``), a fault, or the time limit; each second it adds
 ``power`` kWh and sends telemetry with the seed's keys, and at its end one
 final telemetry message (``final: true`` and the reason).
 
-Trust (the authenticated level): the engine answers only health checks proven with its
-CP's secret, takes each registration's Kafka key from its monitor (``EngineKey``:
-derived from the secret, never sent), obeys only orders signed with that key (an order
-signed with a key it does not have yet waits a few seconds for it) and signs its readings.
-Without a secret for its CP it works at the open level: unsigned, as the seed.
+Trust, one level per CP: a registration its monitor proved hands the engine that
+registration's Kafka key (``EngineKey``: derived from the CP's secret, never sent). From
+the first such key on, the engine is *proven* and stays so (the keys are in its journal):
+it obeys only orders signed with its key (one signed with a key it does not have yet
+waits a few seconds for it), answers only health checks proven with the CP's secret and
+signs its readings; nothing a stranger sends talks it down. An engine that was never
+proven obeys unsigned orders, as the seed's does. Whatever it refuses is said on its
+screen and handed to its monitor in the next health reply, for central's board.
 
 The meter survives the process: a small journal holds the running supply
 (written each second, before its telemetry leaves) and every final message
@@ -110,6 +113,7 @@ class Engine:
         self.keys: dict[str, str] = {}  # kid -> this CP's Kafka key (the newest last)
         self.nonces: dict[str, float] = {}  # health-check nonces seen (replays refused)
         self.parked: list[tuple[float, Message]] = []  # orders waiting for their key
+        self.refusals: list[tuple[str, str]] = []  # (what, session id) for the next reply
 
     # ------------------------------------------------------------------ view
     @property
@@ -118,9 +122,15 @@ class Engine:
         return CPState.of(connected=True, faulted=self.mode is not Mode.OK,
                           stopped=self.stopped, supplying=self.supply is not None)
 
+    @property
+    def proven(self) -> bool:
+        """A proven registration handed this engine its key: it wants signed orders."""
+        return bool(self.keys)
+
     def status_line(self) -> str:
         who = self.cp_id or "(waiting for monitor)"
-        line = f"[{who}] {self.state} | health {self.mode.value}"
+        trust = "signed orders only" if self.proven else "open"
+        line = f"[{who}] {self.state} | health {self.mode.value} | {trust}"
         if self.supply is not None:
             s = self.supply
             line += f" | driver {s.driver_id} {s.kwh:.2f} kWh {s.eur:.2f} €"
@@ -185,14 +195,19 @@ class Engine:
 
     # ------------------------------------------------------------------ health (TCP)
     def refuse_check(self, check: HealthCheck) -> str | None:
-        """Why this check is not from the CP's own monitor, or None to answer it."""
+        """Why this check is not from the CP's own monitor, or None to answer it (a proven
+        engine answers only checks proven with its CP's secret)."""
+        if not self.proven:
+            return None  # never proven: nothing to check against, as the seed
         cp_id = self.cp_id or check.cp_id
         secret = self.secret_for(cp_id)
         if secret is None:
-            return None  # the open level: no credential here to check against
+            return (f"a health check for {check.cp_id}: this engine was proven with "
+                    f"{cp_id}'s credential, which is not here any more")
         if not check.proof or not auth.same(
                 auth.check_proof(secret, cp_id, check.nonce, check.ts), check.proof):
-            return f"a health check for {check.cp_id} without its credential's proof"
+            return (f"a health check for {check.cp_id} without its credential's proof (this "
+                    "engine was proven: its monitor needs the credential too)")
         now = time.time()
         if abs(now - check.ts) > CHECK_AGE or check.nonce in self.nonces:
             return "a replayed health check"
@@ -231,7 +246,24 @@ class Engine:
         if self.mode is Mode.HANG:
             return None
         status = Health.OK if self.mode is Mode.OK else Health.KO
-        return HealthReply(cp_id=self.cp_id, status=status, state=str(self.state))
+        refused, session_id = self.take_refusals()
+        return HealthReply(cp_id=self.cp_id, status=status, state=str(self.state),
+                           refused=refused, session_id=session_id)
+
+    def refuse(self, what: str, session_id: str = "") -> None:
+        """Something refused: said here, and told to central through the monitor."""
+        log.warning("refused %s", what)
+        self.show(f"refused {what}")
+        self.refusals = [*self.refusals[-9:], (what, session_id)]
+
+    def take_refusals(self) -> tuple[str, str]:
+        """What was refused since the last reply, in words (at most a line), and the
+        session of a start order among it."""
+        if not self.refusals:
+            return "", ""
+        taken, self.refusals = self.refusals, []
+        text = taken[0][0] + (f" and {len(taken) - 1} more" if len(taken) > 1 else "")
+        return text[:190], next((sid for _, sid in taken if sid), "")
 
     # ------------------------------------------------------------------ orders (Kafka)
     def on_order(self, msg: Message) -> None:
@@ -239,19 +271,24 @@ class Engine:
         (signed with this registration's key, at the authenticated level)."""
         if not isinstance(msg, ORDER_TYPES) or msg.cp_id != self.cp_id or self.cp_id is None:
             return
-        if self.secret_for(self.cp_id) is not None:  # the authenticated level
+        if self.proven:  # once proven, only signed orders (no downgrade)
             key = self.keys.get(msg.kid)
+            session_id = msg.session_id if isinstance(msg, StartSupply) else ""
             if key is None:
                 if msg.mac:  # signed with a key not here yet: wait a little for it
-                    self.parked = [(t, o) for t, o in self.parked
-                                   if time.monotonic() - t < PARK][-50:]
-                    self.parked.append((time.monotonic(), msg))
+                    now = time.monotonic()
+                    if any(now - t >= PARK for t, _ in self.parked):
+                        self.refuse("an order signed with a key its monitor never handed "
+                                    "over")
+                    self.parked = [(t, o) for t, o in self.parked if now - t < PARK][-50:]
+                    self.parked.append((now, msg))
                 else:
-                    log.warning("unsigned %s for %s ignored", msg.TYPE, self.cp_id)
+                    self.refuse(f"an unsigned {msg.TYPE} order (this CP was proven: only "
+                                "orders signed with its key count)", session_id)
                 return
             if not auth.verify(msg, key):
-                log.warning("forged %s for %s ignored (its signature does not verify)",
-                            msg.TYPE, self.cp_id)
+                self.refuse(f"a forged {msg.TYPE} order (its signature does not verify)",
+                            session_id)
                 return
         self._obey(msg)
 

@@ -13,7 +13,15 @@ from evc.cp_monitor.monitor import EngineKeys, Monitor, MonitorEvent, check_engi
 from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
 from evc.net import Address
-from evc.options import ADDRESS, ADDRESSES, ID, Common, common_options, credentials_option
+from evc.options import (
+    ADDRESS,
+    ADDRESSES,
+    ID,
+    Common,
+    common_options,
+    credentials_option,
+    pair_option,
+)
 from evc.protocol.ids import check_text
 from evc.store.credentials import Credential
 
@@ -30,10 +38,11 @@ from evc.store.credentials import Credential
 @click.option("--central-timeout", type=click.FloatRange(0.5, 120), default=3.0,
               show_default=True, help="Seconds of central's silence that mean it is lost.")
 @credentials_option("This CP's", "<cp_id>")
+@pair_option("over the TCP link")
 @common_options
 def cp_monitor(engine: Address, central: list[Address], cp_id: str, location: str, interval: float,
                answer_timeout: float, central_timeout: float, credentials: Path | None,
-               common: Common) -> None:
+               pair_code: str | None, common: Common) -> None:
     """EV_CP_M: registers CP_ID with central over TCP and watches its engine.
 
     ENGINE and CENTRAL are host:port; CENTRAL may list the active central and its
@@ -57,7 +66,7 @@ def cp_monitor(engine: Address, central: list[Address], cp_id: str, location: st
         + (f"credential from {credential.source}" if secret
            else f"no credential yet ({credential.source})"))
     monitor = Monitor(central, cp_id, location, events, stop, interval, central_timeout,
-                      credential=credential, engine_keys=keys)
+                      credential=credential, engine_keys=keys, pair_code=pair_code)
     try:
         monitor.run()
     finally:

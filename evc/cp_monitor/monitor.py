@@ -4,6 +4,12 @@ Three threads: the engine checker (a health check every second, answer within
 1 s), a reader of central's frames, and the main thread, which owns the state:
 it registers, sends heartbeats, reports AVERÍA / OK the moment the engine's
 health changes, and reconnects to central with backoff when the link is lost.
+
+Trust: a monitor that holds its CP's credential always proves it and wants central's
+proof back (a central that accepts it without proving itself is left: no downgrade);
+one that holds none is served only where central allows it (the open level, a CP never
+proven). With ``--pair CODE`` it first pairs over the same link (protocol/pairing.py)
+and stores the credential it derives. What the engine refuses reaches central.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ from evc.console import say, stamp
 from evc.errors import ProtocolError, StoreError
 from evc.net import Address
 from evc.ports import assert_never
-from evc.protocol import auth
+from evc.protocol import auth, pairing
 from evc.protocol.framing import read_frames, recv_frame, send_frame
 from evc.protocol.messages import (
     Challenge,
     EngineKey,
+    EngineRefused,
     ErrorFrame,
     FaultReport,
     Health,
@@ -32,6 +39,11 @@ from evc.protocol.messages import (
     Heartbeat,
     HeartbeatAck,
     Message,
+    PairAccepted,
+    PairChallenge,
+    PairProve,
+    PairRejected,
+    PairStart,
     Prove,
     RecoveryReport,
     Register,
@@ -52,6 +64,14 @@ class HealthResult:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """What the engine said it refused (in a health reply), for central."""
+
+    text: str
+    session_id: str
+
+
+@dataclass(frozen=True)
 class CentralFrame:
     link: int
     message: Message
@@ -63,12 +83,14 @@ class CentralLost:
     reason: str
 
 
-MonitorEvent = HealthResult | CentralFrame | CentralLost
+MonitorEvent = HealthResult | Refusal | CentralFrame | CentralLost
 """What the monitor's reader threads hand to its main thread."""
 
-CentralWord = Challenge | RegisterAccepted | RegisterRejected | ErrorFrame | HeartbeatAck
+CentralWord = (Challenge | RegisterAccepted | RegisterRejected | ErrorFrame | HeartbeatAck
+               | PairChallenge | PairAccepted | PairRejected)
 """What central may say to a monitor."""
-CENTRAL_WORDS = (Challenge, RegisterAccepted, RegisterRejected, ErrorFrame, HeartbeatAck)
+CENTRAL_WORDS = (Challenge, RegisterAccepted, RegisterRejected, ErrorFrame, HeartbeatAck,
+                 PairChallenge, PairAccepted, PairRejected)
 
 
 # ---------------------------------------------------------------------- engine checker
@@ -128,10 +150,13 @@ def check_engine(engine: Address, cp_id: str, events: queue.Queue[MonitorEvent],
             reply = from_wire(obj)
             if not isinstance(reply, HealthReply):
                 raise ProtocolError(f"unexpected {reply.TYPE!r}")
+            if reply.refused:
+                events.put(Refusal(reply.refused, reply.session_id))
             if reply.status is Health.OK:
                 result = HealthResult(True, "engine OK")
             else:
-                result = HealthResult(False, f"engine answered KO ({reply.state or 'fault'})")
+                state = reply.state or "fault"
+                result = HealthResult(False, f"engine answered KO ({state})"[:200])
         except TimeoutError:
             result = HealthResult(False, f"engine did not answer within {answer_timeout:g} s")
         except (OSError, ProtocolError) as exc:
@@ -171,7 +196,7 @@ class Monitor:
                  events: queue.Queue[MonitorEvent],
                  stop: threading.Event, heartbeat: float, central_timeout: float,
                  credential: Credential | None = None,
-                 engine_keys: EngineKeys | None = None) -> None:
+                 engine_keys: EngineKeys | None = None, pair_code: str | None = None) -> None:
         # Every central this CP may register with (the active one and its standby): tried
         # in turn; a standby's refusal moves on at once.
         self.centrals = central if isinstance(central, list) else [central]
@@ -201,6 +226,10 @@ class Monitor:
         self.engine_keys = engine_keys or EngineKeys()
         self.nonce = ""  # this connection's nonce (ours)
         self.challenge = ""  # central's nonce
+        self.pair_code = pair_code  # pair first with this code (--pair), then register
+        self.pake: pairing.PakeSide | None = None
+        self.pair_key = b""
+        self.refusals: list[Refusal] = []  # the engine's, until central can be told
 
     def run(self) -> None:
         # The first health result decides what the registration says.
@@ -239,6 +268,10 @@ class Monitor:
                 if changed:
                     say(f"{self.cp_id}: {event.detail}")
                 self._report_health()
+            case Refusal():
+                say(f"{self.cp_id}: the engine refused {event.text}")
+                self.refusals = [*self.refusals[-4:], event]
+                self._tell_refusals()
             case CentralFrame():
                 if event.link == self.link:  # not a connection that was replaced
                     self.last_rx = time.monotonic()
@@ -248,6 +281,14 @@ class Monitor:
                     self._lost(event.reason)
             case _:
                 assert_never(event)
+
+    def _tell_refusals(self) -> None:
+        if not self.registered:
+            return
+        told, self.refusals = self.refusals, []
+        for refusal in told:
+            self._send(EngineRefused(cp_id=self.cp_id, refused=refusal.text,
+                                     session_id=refusal.session_id))
 
     def _report_health(self) -> None:
         if not self.registered or self.health is None or self.reported_ok == self.health.ok:
@@ -281,8 +322,63 @@ class Monitor:
                 say(f"{self.cp_id}: central reports a protocol error: {word.reason}")
             case HeartbeatAck():
                 pass  # its arrival is what counts (last_rx)
+            case PairChallenge():
+                self._on_pair_challenge(word)
+            case PairAccepted():
+                self._on_paired(word)
+            case PairRejected():
+                self._on_pair_rejected(word)
             case _:
                 assert_never(word)
+
+    # ------------------------------------------------------------------ pairing
+    def _on_pair_challenge(self, msg: PairChallenge) -> None:
+        if self.pake is None:
+            return
+        try:
+            self.pair_key = self.pake.finish(msg.pake)
+        except ProtocolError as exc:
+            self._give_up(f"central's pairing answer is not valid ({exc})")
+            return
+        self._send(PairProve(cp_id=self.cp_id,
+                             confirm=pairing.client_confirm(self.pair_key, self.cp_id)))
+
+    def _on_paired(self, msg: PairAccepted) -> None:
+        if not self.pair_key:
+            return
+        key, self.pair_key, self.pake = self.pair_key, b"", None
+        if not pairing.same(pairing.central_confirm(key, self.cp_id), msg.confirm):
+            self._give_up("central did not prove it knows the pairing code (not the real "
+                          "central?); nothing was stored")
+            return
+        if self.credential is None:
+            self.credential = Credential(self.cp_id)
+        try:
+            where = self.credential.store(pairing.credential(key, self.cp_id))
+        except StoreError as exc:
+            self._give_up(f"paired, but the credential cannot be stored: {exc}")
+            return
+        self.pair_code = None
+        say(f"{self.cp_id}: paired with central at {self.central}; its credential is in "
+            f"{where} (from now on no --pair is needed)")
+        self._register()
+
+    def _on_pair_rejected(self, msg: PairRejected) -> None:
+        self.pake, self.pair_key = None, b""
+        held = self._held_secret()
+        if held is not None:  # paired already (a restart that still says --pair)
+            self.pair_code = None
+            say(f"{self.cp_id}: central refused the pairing ({msg.reason}); registering "
+                "with the credential already here")
+            self._lost("pairing refused")
+            return
+        self._give_up(f"central refused the pairing: {msg.reason}")
+
+    def _held_secret(self) -> str | None:
+        try:
+            return self.credential.get() if self.credential is not None else None
+        except StoreError:
+            return None
 
     def _on_challenge(self, msg: Challenge) -> None:
         try:
@@ -290,17 +386,30 @@ class Monitor:
         except StoreError as exc:
             self._give_up(str(exc))
             return
+        if self.secret is None and not msg.required:  # served unproven: orders unsigned
+            self.challenge = ""
+            self._send(Prove(cp_id=self.cp_id))
+            return
         if self.secret is None:
             where = self.credential.source if self.credential else "none given"
             self._give_up(f"central asks {self.cp_id} to prove its credential, but there "
-                          f"is none here ({where}); copy central's "
-                          f"credentials/{self.cp_id}.key there, or use --credentials")
+                          f"is none here ({where}); pair it: type `pair {self.cp_id}` at "
+                          "central's console and run this command once with --pair CODE "
+                          f"(or copy central's credentials/{self.cp_id}.key here)")
             return
         self.challenge = msg.nonce
         self._send(Prove(cp_id=self.cp_id, proof=auth.register_proof(
             self.secret, self.cp_id, self.nonce, msg.nonce)))
 
     def _on_accepted(self, msg: RegisterAccepted) -> None:
+        if not self.challenge and self._held_secret() is not None:
+            # This CP holds its credential: a central that does not prove it knows it too
+            # (it never challenged) is not served, or it could give unsigned orders.
+            self._give_up(f"central accepted {self.cp_id} without proving it holds its "
+                          "credential (its credential was revoked there, or this is not the "
+                          f"real central); pair it again: `pair {self.cp_id}` at central's "
+                          "console, then --pair CODE here")
+            return
         if self.secret is not None and self.challenge:
             expected = auth.central_proof(self.secret, self.cp_id, self.nonce, self.challenge)
             key = auth.kafka_key(self.secret, self.nonce, self.challenge)
@@ -320,6 +429,7 @@ class Monitor:
             f"({msg.location}, {msg.price_eur_kwh:.2f} €/kWh)")
         self.next_beat = time.monotonic() + self.heartbeat
         self._report_health()
+        self._tell_refusals()
 
     def _on_rejected(self, msg: RegisterRejected) -> None:
         if msg.code is RejectCode.STANDBY:
@@ -343,13 +453,25 @@ class Monitor:
         self.link += 1
         self.sock = sock
         self.last_rx = time.monotonic()
-        health = Health.OK if self.health is None or self.health.ok else Health.KO
-        self.registered_ok = health is Health.OK
         self.reader = threading.Thread(target=read_central, name="monitor-central",
                                        args=(sock, self.link, self.events, self.stop))
         self.reader.start()
-        # Always a nonce: a central at the authenticated level answers with a challenge,
-        # and the credential is looked up then (it may have been written a moment ago).
+        if self.pair_code is not None:
+            try:
+                self.pake = pairing.PakeSide(self.pair_code, self.cp_id, central=False)
+            except ProtocolError as exc:
+                self._give_up(f"--pair: {exc}")
+                return
+            self.pair_key = b""
+            self._send(PairStart(cp_id=self.cp_id, pake=self.pake.outbound))
+            return
+        self._register()
+
+    def _register(self) -> None:
+        # Always a nonce: central answers with a challenge whenever it holds the CP's
+        # credential, and the credential is looked up then (it may be a moment old).
+        health = Health.OK if self.health is None or self.health.ok else Health.KO
+        self.registered_ok = health is Health.OK
         self.nonce = auth.new_nonce()
         self.challenge = ""
         self._send(Register(cp_id=self.cp_id, location=self.location, health=health,

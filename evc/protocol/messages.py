@@ -73,8 +73,9 @@ def wire(name: str) -> Any:
 
 ID_FIELDS = frozenset({"cp_id", "driver_id"})
 TOKEN_FIELDS = frozenset({"msg_id", "session_id", "request_id", "kid", "mac", "nonce",
-                          "proof", "key_id", "client_nonce", "server_nonce"})
-TEXT_FIELDS = frozenset({"location", "reason", "state", "detail", "central"})
+                          "proof", "key_id", "client_nonce", "server_nonce", "pake",
+                          "confirm"})
+TEXT_FIELDS = frozenset({"location", "reason", "state", "detail", "central", "refused"})
 
 M = TypeVar("M", bound="Message")
 _REGISTRY: dict[str, type[Message]] = {}
@@ -331,6 +332,9 @@ class Challenge(Message):
     TYPE: ClassVar[str] = "challenge"
     cp_id: str
     nonce: str
+    # False: central also serves this CP unproven (the open level, a CP never proven);
+    # a monitor without the credential then answers a ``prove`` with no proof
+    required: bool = True
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -339,7 +343,7 @@ class Prove(Message):
 
     TYPE: ClassVar[str] = "prove"
     cp_id: str
-    proof: str
+    proof: str = ""  # none: this monitor holds no credential (accepted only if not required)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -397,6 +401,65 @@ class ErrorFrame(Message):
     reason: str
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EngineRefused(Message):
+    """Monitor -> central: the CP's engine refused something (an unsigned or forged order,
+    a check without proof); central shows it on the board and audits it."""
+
+    TYPE: ClassVar[str] = "engine_refused"
+    cp_id: str
+    refused: str  # what, in words
+    session_id: str = ""  # the start order's session, when it refused one
+
+
+# --------------------------------------------------------------- TCP: pairing a CP
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PairStart(Message):
+    """Monitor -> central, instead of ``register``: SPAKE2's first element (protocol.pairing)
+    under the code the operator gave for this CP."""
+
+    TYPE: ClassVar[str] = "pair"
+    cp_id: str
+    pake: str  # hex
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PairChallenge(Message):
+    """Central -> monitor: central's SPAKE2 element (the try is counted against the code)."""
+
+    TYPE: ClassVar[str] = "pair_challenge"
+    cp_id: str
+    pake: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PairProve(Message):
+    """Monitor -> central: the key confirmation (``pairing.client_confirm``)."""
+
+    TYPE: ClassVar[str] = "pair_prove"
+    cp_id: str
+    confirm: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PairAccepted(Message):
+    """Central -> monitor: paired; central's own key confirmation. Both sides now store the
+    credential ``pairing.credential`` derives; the monitor registers next."""
+
+    TYPE: ClassVar[str] = "pair_ok"
+    cp_id: str
+    confirm: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PairRejected(Message):
+    TYPE: ClassVar[str] = "pair_rejected"
+    cp_id: str
+    reason: str
+
+
 # --------------------------------------------------------------- TCP: monitor <-> engine
 
 
@@ -428,6 +491,8 @@ class HealthReply(Message):
     cp_id: str
     status: Health
     state: str = ""
+    refused: str = ""  # what the engine refused since the last reply (for central's board)
+    session_id: str = ""  # the start order's session, when it refused one
 
 
 # --------------------------------------------------------------- Kafka: requests_topic
@@ -450,6 +515,26 @@ class EndRequest(Message):
     driver_id: str
     cp_id: str
     session_id: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DriverPair(Message):
+    """Driver -> central: pair me with the code the operator gave (SPAKE2's first element).
+    ``msg_id`` is the pairing's id: central's answers name it as ``request_id``."""
+
+    TYPE: ClassVar[str] = "pair_request"
+    driver_id: str
+    pake: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DriverPairProve(Message):
+    """Driver -> central: the key confirmation of pairing ``request_id``."""
+
+    TYPE: ClassVar[str] = "pair_prove_driver"
+    driver_id: str
+    request_id: str
+    confirm: str
 
 
 # --------------------------------------------------------------- Kafka: telemetry_topic
@@ -540,6 +625,28 @@ class Ticket(Message):
     reason: EndReason
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DriverPairChallenge(Message):
+    """Central -> driver: central's SPAKE2 element for pairing ``request_id``."""
+
+    TYPE: ClassVar[str] = "pair_challenge_driver"
+    driver_id: str
+    request_id: str
+    pake: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DriverPairResult(Message):
+    """Central -> driver: paired (with central's key confirmation) or refused (why)."""
+
+    TYPE: ClassVar[str] = "pair_result"
+    driver_id: str
+    request_id: str
+    ok: bool
+    confirm: str = ""
+    reason: str = ""
+
+
 # --------------------------------------------------------------- Kafka: network_topic
 
 
@@ -565,6 +672,7 @@ class CPStatus(Message):
     state: CPState
     detail: str = ""  # public words: why it is Averiado, "stopped by the operator", …
     last_seen: float = 0.0  # the monitor's last word (wall clock), for Desconectado
+    proven: bool = False  # its monitor proved the CP's credential (orders and readings signed)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -577,4 +685,5 @@ class Removed(Message):
     key: str
 
 
-TCP_CENTRAL_TYPES = (Register, Prove, Heartbeat, FaultReport, RecoveryReport)
+TCP_CENTRAL_TYPES = (Register, Prove, Heartbeat, FaultReport, RecoveryReport, EngineRefused,
+                     PairStart, PairProve)

@@ -42,19 +42,28 @@ class CredentialFiles:
             os.chmod(self.folder, 0o700)
         except OSError as exc:
             raise StoreError(f"cannot create {self.folder}: {exc.strerror}") from exc
-        path = self.path(ident)
-        old = os.umask(0o077)
-        try:
-            write_atomic(path, (secret + "\n").encode("ascii"))
-        finally:
-            os.umask(old)
-        return path
+        return write_secret(self.path(ident), secret)
 
     def remove(self, ident: str) -> None:
         try:
             self.path(ident).unlink(missing_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot remove {self.path(ident)}: {exc.strerror}") from exc
+
+
+def write_secret(path: Path, secret: str) -> Path:
+    """``secret`` into ``path``, readable by its owner only (a folder made for it: 0700)."""
+    try:
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create {path.parent}: {exc.strerror}") from exc
+    old = os.umask(0o077)
+    try:
+        write_atomic(path, (secret + "\n").encode("ascii"))
+    finally:
+        os.umask(old)
+    return path
 
 
 def read_secret(path: Path) -> str:
@@ -98,6 +107,14 @@ class Credential:
         self._secret: str | None = None
         self._stamp: float | None = None
         self.source = str(explicit) if explicit else str(default_dir() / f"{ident}.key")
+
+    def store(self, secret: str) -> Path:
+        """A credential made by pairing, written where this owner looks for it."""
+        path = self.explicit or default_dir() / f"{self.ident}.key"
+        write_secret(path, secret)
+        self._secret, self._stamp = None, None  # read it back next time
+        self.source = str(path)
+        return path
 
     def get(self) -> str | None:
         path = Path(self.source)

@@ -199,10 +199,8 @@ def test_engine_that_never_starts(parts):
     register(brain, 1, "CP-01")
     authorize(brain, outbox)
     expire(brain)
-    brain.tick()  # start deadline passed: end ordered
-    assert not outbox.of(m.Ticket)
-    expire(brain)
-    brain.tick()  # end deadline passed: billed as is
+    brain.tick()  # start deadline passed, no figure ever came: ended and ticketed now
+    assert outbox.of(m.EndSupply)[-1].reason is m.EndReason.NO_ENGINE
     assert outbox.of(m.Ticket)[0].reason is m.EndReason.NO_ENGINE
     assert state(brain, "CP-01") is m.CPState.ACTIVADO
 

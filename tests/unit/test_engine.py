@@ -299,6 +299,8 @@ def hand_key(engine, cp="CP-01", client="c" * 32, server="s" * 32, secret=SECRET
 
 def test_only_proven_fresh_health_checks_are_answered(trusted):
     engine, *_ = trusted
+    assert engine.refuse_check(m.HealthCheck(cp_id="CP-01")) is None  # not proven yet
+    hand_key(engine)
     assert engine.refuse_check(proven_check()) is None
     assert "replayed" in engine.refuse_check(proven_check())  # the same nonce again
     assert "replayed" in engine.refuse_check(proven_check(nonce="n2", ts=time.time() - 600))
@@ -345,6 +347,30 @@ def test_orders_are_obeyed_only_when_signed_with_the_registrations_key(trusted):
     tick_seconds(engine, 1)
     reading = wire.telemetry(session_id="s1")[-1]
     assert auth.verify(reading, key)  # readings carry the same key
+
+
+def test_a_credential_alone_does_not_make_the_engine_deaf(trusted):
+    """Central serves this CP unproven (the open level, its monitor holds no credential):
+    the engine that merely finds the CP's file obeys its unsigned orders."""
+    engine, *_ = trusted
+    engine.on_health_check(m.HealthCheck(cp_id="CP-01"))
+    engine.on_order(m.StartSupply(cp_id="CP-01", driver_id="D-1", session_id="s1",
+                                  price_eur_kwh=0.4))
+    assert engine.supply is not None and not engine.proven
+
+
+def test_a_proven_engine_refuses_unsigned_orders_and_says_so(trusted):
+    engine, _, _, shown = trusted
+    hand_key(engine)
+    engine.on_order(m.StartSupply(cp_id="CP-01", driver_id="D-1", session_id="s1",
+                                  price_eur_kwh=0.4))
+    engine.on_order(m.StopCP(cp_id="CP-01"))
+    assert engine.supply is None and not engine.stopped
+    assert "refused an unsigned start_supply" in shown[-2]
+    reply = engine.on_health_check(m.HealthCheck(cp_id="CP-01"))
+    assert reply.refused.startswith("an unsigned start_supply order")
+    assert reply.refused.endswith("and 1 more") and reply.session_id == "s1"
+    assert engine.on_health_check(m.HealthCheck(cp_id="CP-01")).refused == ""  # told once
 
 
 def test_an_order_signed_before_the_key_arrives_waits_for_it(trusted):

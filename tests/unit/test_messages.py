@@ -38,6 +38,16 @@ SAMPLES = [
     m.CentralStatus(central="pc2 pid 7", started_at=1.0),
     m.CPStatus(cp_id="CP-01", location="C/Italia 5", price_eur_kwh=0.35,
                state=m.CPState.AVERIADO, detail="engine answered KO"),
+    m.EngineRefused(cp_id="CP-01", refused="an unsigned start order", session_id="s1"),
+    m.PairStart(cp_id="CP-01", pake="41" * 33),
+    m.PairChallenge(cp_id="CP-01", pake="42" * 33),
+    m.PairProve(cp_id="CP-01", confirm="ab" * 32),
+    m.PairAccepted(cp_id="CP-01", confirm="cd" * 32),
+    m.PairRejected(cp_id="CP-01", reason="wrong pairing code"),
+    m.DriverPair(driver_id="D-23", pake="41" * 33),
+    m.DriverPairChallenge(driver_id="D-23", request_id="r", pake="42" * 33),
+    m.DriverPairProve(driver_id="D-23", request_id="r", confirm="ab" * 32),
+    m.DriverPairResult(driver_id="D-23", request_id="r", ok=False, reason="expired"),
 ]
 
 
