@@ -74,7 +74,7 @@ class Pairings:
         """A fresh code for ``ident`` (any earlier one for it dies)."""
         shown = pairing.new_code()
         self.codes[ident] = Code(ident, pairing.normalize(shown),
-                                 (now or time.monotonic()) + CODE_LIFETIME)
+                                 (time.monotonic() if now is None else now) + CODE_LIFETIME)
         self.exchanges = {k: x for k, x in self.exchanges.items() if x.ident != ident}
         return shown
 

@@ -23,11 +23,13 @@ from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
 from evc.net import Bootstrap
 from evc.netview import NetworkView, read_current
-from evc.options import ID, KAFKA, Common, common_options, credentials_option
+from evc.options import ID, KAFKA, Common, common_options, credentials_option, pair_option
 from evc.protocol.messages import (
     Authorization,
     CentralStatus,
     CPStatus,
+    DriverPairChallenge,
+    DriverPairResult,
     Message,
     Removed,
     Telemetry,
@@ -57,6 +59,7 @@ SHOWN_GATHER = 0.2  # seconds the broker may gather what is only shown, while bu
               help="Print the charge points available now (and whether central is there), "
                    "then exit.")
 @credentials_option("This driver's", "<driver_id>")
+@pair_option("over Kafka")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("data"), show_default=True,
               help="Folder of the driver's journal (driver-<id>.json): restarted with the "
@@ -64,7 +67,8 @@ SHOWN_GATHER = 0.2  # seconds the broker may gather what is only shown, while bu
 @common_options
 def driver(kafka: Bootstrap, driver_id: str, file_: Path | None, charge_seconds: float,
            pause: float, timeout: float, live: bool, list_only: bool,
-           credentials: Path | None, state_dir: Path, common: Common) -> None:
+           credentials: Path | None, pair_code: str | None, state_dir: Path,
+           common: Common) -> None:
     """EV_Driver: asks central for charges at the CPs listed in --file, one after another.
 
     Without --file, a prompt: type a CP id to charge there, `list` for the CPs available
@@ -106,8 +110,8 @@ def driver(kafka: Bootstrap, driver_id: str, file_: Path | None, charge_seconds:
                             wait=common.kafka_wait, stop=stop)
 
         def mine(msg: Message, delivery: Delivery) -> None:
-            if isinstance(msg, (Authorization, Ticket, Telemetry)) and \
-                    msg.driver_id == driver_id:
+            if isinstance(msg, (Authorization, Ticket, Telemetry, DriverPairChallenge,
+                                DriverPairResult)) and msg.driver_id == driver_id:
                 inbox.put(Got(msg, delivery.topic, delivery.partition, delivery.offset))
 
         def about_the_network(msg: Message, delivery: Delivery) -> None:
@@ -123,6 +127,8 @@ def driver(kafka: Bootstrap, driver_id: str, file_: Path | None, charge_seconds:
                    watch_cp=lambda cp: readings.retarget(TELEMETRY, [cp]),
                    network=network_id)
         try:
+            if pair_code is not None and not d.pair(pair_code):
+                raise SystemExit(1)
             if file_ is not None:
                 d.run_file(file_)
             else:

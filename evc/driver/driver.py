@@ -31,16 +31,21 @@ from typing import Any
 
 from evc.console import say as console_say
 from evc.console import stamp
-from evc.errors import BusError, ConfigError, EvcError, ProtocolError
+from evc.errors import BusError, ConfigError, EvcError, ProtocolError, StoreError
 from evc.netview import CentralWatch, NetworkView
 from evc.ports import Journal, Send, Unconfirmed, Verdict, assert_never
-from evc.protocol import auth
+from evc.protocol import auth, pairing
 from evc.protocol.ids import is_id, printable
 from evc.protocol.messages import (
     Authorization,
     CentralStatus,
     ChargeRequest,
     CPStatus,
+    DenyCode,
+    DriverPair,
+    DriverPairChallenge,
+    DriverPairProve,
+    DriverPairResult,
     EndRequest,
     Message,
     Removed,
@@ -157,6 +162,11 @@ def available_lines(view: NetworkView) -> list[str]:
         out.append(f"  {s.cp_id:<8} {printable(s.location, 40):<40} "
                    f"{s.price_eur_kwh:.2f} €/kWh")
     return out
+
+
+def _proof_denied(message: Message) -> bool:
+    return (isinstance(message, Authorization) and not message.authorized and not message.mac
+            and message.code in (DenyCode.BAD_PROOF, DenyCode.UNKNOWN_DRIVER))
 
 
 def _write(text: str) -> None:
@@ -374,6 +384,71 @@ class Driver:
         if answer is not None:
             self._answered(req, answer, line)
 
+    # ------------------------------------------------------------------ pairing
+    def pair(self, code: str) -> bool:
+        """``--pair CODE``: the operator's one-time code turned into this driver's
+        credential over Kafka (protocol/pairing.py); True when it is stored here."""
+        try:
+            side = pairing.PakeSide(code, self.driver_id, central=False)
+        except ProtocolError as exc:
+            say(f"{self.driver_id}: --pair: {exc}")
+            return False
+        request = DriverPair(driver_id=self.driver_id, pake=side.outbound)
+        self._unsent.submit(request.msg_id, REQUESTS, request, self.driver_id)
+        say(f"{self.driver_id}: pairing with central…")
+        answer = self._await_pairing(request.msg_id)
+        if isinstance(answer, DriverPairChallenge):
+            try:
+                key = side.finish(answer.pake)
+            except ProtocolError as exc:
+                say(f"{self.driver_id}: central's pairing answer is not valid ({exc})")
+                return False
+            prove = DriverPairProve(driver_id=self.driver_id, request_id=request.msg_id,
+                                    confirm=pairing.client_confirm(key, self.driver_id))
+            self._unsent.submit(prove.msg_id, REQUESTS, prove, self.driver_id)
+            answer = self._await_pairing(request.msg_id)
+            if isinstance(answer, DriverPairResult) and answer.ok:
+                if not pairing.same(pairing.central_confirm(key, self.driver_id),
+                                    answer.confirm):
+                    say(f"{self.driver_id}: central did not prove it knows the pairing code "
+                        "(not the real central?); nothing was stored")
+                    return False
+                return self._store_paired(pairing.credential(key, self.driver_id))
+        if answer is None:
+            say(f"{self.driver_id}: central did not answer the pairing within "
+                f"{self.timeout:g} s")
+            return False
+        assert isinstance(answer, DriverPairResult)
+        if self.key is not None:
+            say(f"{self.driver_id}: central refused the pairing ({answer.reason}); going on "
+                "with the credential already here")
+            return True
+        say(f"{self.driver_id}: central refused the pairing: {answer.reason}")
+        return False
+
+    def _await_pairing(self, request_id: str) -> DriverPairChallenge | DriverPairResult | None:
+        for left in self._countdown(self.timeout):
+            if left <= 0:
+                return None
+            msg = self._next(left)
+            if isinstance(msg, (DriverPairChallenge, DriverPairResult)) and \
+                    msg.request_id == request_id:
+                return msg
+        return None
+
+    def _store_paired(self, secret: str) -> bool:
+        if self.credential is None:
+            self.credential = Credential(self.driver_id)
+        try:
+            where = self.credential.store(secret)
+        except StoreError as exc:
+            say(f"{self.driver_id}: paired, but the credential cannot be stored: {exc}")
+            return False
+        self._warned = False
+        say(f"{self.driver_id}: paired with central; its credential is in {where} (from "
+            "now on no --pair is needed)")
+        return True
+
     def _answered(self, req: ChargeRequest, answer: Authorization, line: int | None) -> None:
         if not answer.authorized:
             self.summary["denied"] += 1
@@ -427,7 +502,11 @@ class Driver:
             case Authorization() | Ticket() if got.topic and got.offset >= 0:
                 self.control_pos[str(got.partition)] = got.offset + 1
                 signing = self.key
-                if signing is not None and not auth.verify(got.message, signing):
+                if _proof_denied(got.message):
+                    # central cannot sign it: it does not hold this driver's key (a wrong
+                    # or revoked credential here). Believed as a denial only, said as such.
+                    pass
+                elif signing is not None and not auth.verify(got.message, signing):
                     say(f"{self.driver_id}: ignored a forged {got.message.TYPE} (it does "
                         "not carry central's signature)")
                     return None
