@@ -80,6 +80,13 @@ class Row:
     proven: bool = False  # its monitor proved the CP's credential: orders and readings signed
 
 
+def _trust(row: Row) -> str:
+    """``signed``: proven (orders and readings signed); ``open``: served unproven."""
+    if row.proven:
+        return "signed"
+    return "" if row.state is CPState.DESCONECTADO else "open"
+
+
 def render_table(rows: Sequence[Row], width: int, room: int,
                  colors: dict[CPState, str]) -> list[str]:
     """A header and the rows in ``room`` lines at most, none wider than ``width``.
@@ -113,7 +120,7 @@ def render_table(rows: Sequence[Row], width: int, room: int,
         label = LABEL[r.state] if state_w >= 22 else LABEL[r.state].split(" ")[0]
         lines.append(f"{fit(r.cp_id, id_w)} {fit(printable(r.location), loc_w)} "
                      f"{fit(f'{r.price:.2f}', price_w)} "
-                     f"{trust('signed' if r.proven else 'open')}" + colors[r.state]
+                     f"{trust(_trust(r))}" + colors[r.state]
                      + fit(label, state_w) + RESET + " " + fit(printable(r.detail), det_w))
     if hidden:
         by_state: dict[CPState, int] = {}

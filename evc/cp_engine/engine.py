@@ -252,7 +252,7 @@ class Engine:
 
     def refuse(self, what: str, session_id: str = "") -> None:
         """Something refused: said here, and told to central through the monitor."""
-        log.warning("refused %s", what)
+        log.info("refused %s", what)
         self.show(f"refused {what}")
         self.refusals = [*self.refusals[-9:], (what, session_id)]
 

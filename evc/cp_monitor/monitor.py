@@ -391,6 +391,7 @@ class Monitor:
             self._send(Prove(cp_id=self.cp_id))
             return
         if self.secret is None:
+            self._send(Prove(cp_id=self.cp_id))  # "none here": central refuses, and says so
             where = self.credential.source if self.credential else "none given"
             self._give_up(f"central asks {self.cp_id} to prove its credential, but there "
                           f"is none here ({where}); pair it: type `pair {self.cp_id}` at "

@@ -46,6 +46,7 @@ from evc.protocol.messages import (
     DriverPairChallenge,
     DriverPairProve,
     DriverPairResult,
+    EndReason,
     EndRequest,
     Message,
     Removed,
@@ -162,6 +163,20 @@ def available_lines(view: NetworkView) -> list[str]:
         out.append(f"  {s.cp_id:<8} {printable(s.location, 40):<40} "
                    f"{s.price_eur_kwh:.2f} €/kWh")
     return out
+
+
+REASON_WORDS = {
+    EndReason.FINISHED: "you ended it",
+    EndReason.UNPLUGGED: "unplugged at the charge point",
+    EndReason.STOPPED: "the operator stopped the charge point",
+    EndReason.FAULT: "the charge point failed",
+    EndReason.DISCONNECTED: "central lost the charge point",
+    EndReason.NO_ENGINE: "the charge point never started supplying",
+    EndReason.REFUSED: "the charge point refused to start; the operator sees why",
+    EndReason.TIME_LIMIT: "the longest supply allowed was reached",
+    EndReason.CENTRAL_RESTART: "central restarted during the supply",
+}
+"""A ticket's reason in words, for the person at the driver's screen."""
 
 
 def _proof_denied(message: Message) -> bool:
@@ -582,7 +597,7 @@ class Driver:
                     say(f"{self.driver_id}: TICKET at {ticket.cp_id}: "
                         f"{ticket.consumo_kwh:.2f} kWh, {ticket.importe_eur:.2f} € "
                         f"({ticket.price_eur_kwh:.2f} €/kWh), {duration:.0f} s, "
-                        f"ended: {ticket.reason}")
+                        f"ended: {ticket.reason} ({REASON_WORDS[ticket.reason]})")
                     return True
                 case _:  # another session's, or nothing this second
                     pass

@@ -3,11 +3,16 @@
 The test makes three network namespaces joined by a bridge (in a fourth, "switch"
 namespace), gives them addresses of its own, runs a real broker advertised on PC2's
 address and every `evc` process inside its host, then pulls PC3's cable.
+
+Each host keeps its credentials in a folder of its own and nothing is copied between
+them: the operator types `pair` at central's console, each CP and the driver pair once
+with the code (`--pair CODE`), and from then on the seed's plain commands work.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -110,26 +115,43 @@ def run_flows(hosts: Hosts, kafka: str, tmp_path, procs: list[Proc]) -> None:
     pc2, pc3 = hosts.ip["pc2"], hosts.ip["pc3"]
     cps = tmp_path / "cps.csv"
     cps.write_text("CP-01,C/Italia 5,0.35\nCP-02,Av. Maisonnave 12,0.40\n")
-    drivers = tmp_path / "drivers.txt"
-    drivers.write_text("D-1\n")
-    # one folder for all "machines" here: the copy step of docs/DEPLOY.md is implicit
+    # every host its own credentials folder: nothing is shared, nothing copied
+    creds = {h: tmp_path / h / "credentials" for h in ("pc1", "pc2", "pc3")}
+    env = {h: {"EVC_CREDENTIALS_DIR": str(folder)} for h, folder in creds.items()}
     central = Proc(["central", "5000", kafka, str(tmp_path / "central.json"), "--cps",
-                    str(cps), "--drivers", str(drivers)], wrapper=hosts.wrap("pc2"),
-                   name="central@pc2")
+                    str(cps)], wrapper=hosts.wrap("pc2"), env=env["pc2"], name="central@pc2")
     procs.append(central)
     central.wait_line("central ready", timeout=60)
+
+    def code_for(ident: str) -> str:
+        central.send(f"pair {ident}")
+        line = central.wait_line(f"pairing code for {'CP' if 'CP' in ident else 'driver'} "
+                                 f"{ident}:", timeout=10)
+        return re.search(r": ([0-9A-Z]{4}-[0-9A-Z]{4}) ", line).group(1)
 
     engines, monitors = {}, {}
     for i, cp in enumerate(("CP-01", "CP-02"), start=1):
         port = 6000 + i
         engines[cp] = Proc(["cp-engine", kafka, "--listen", f"{pc3}:{port}",
                             "--state-dir", str(tmp_path / "pc3")],
-                           wrapper=hosts.wrap("pc3"), name=f"engine {cp}@pc3")
+                           wrapper=hosts.wrap("pc3"), env=env["pc3"], name=f"engine {cp}@pc3")
         procs.append(engines[cp])
         engines[cp].wait_line("engine listening", timeout=30)
+        # the code is typed once: the monitor pairs, stores the credential, registers
+        paired = Proc(["cp-monitor", f"{pc3}:{port}", f"{pc2}:5000", cp, "--pair",
+                       code_for(cp)], wrapper=hosts.wrap("pc3"), env=env["pc3"],
+                      name=f"pairing monitor {cp}@pc3")
+        procs.append(paired)
+        paired.wait_line(f"{cp}: paired with central", timeout=20)
+        paired.wait_line("registered with central", timeout=10)
+        assert (creds["pc3"] / f"{cp}.key").stat().st_mode & 0o777 == 0o600
+        assert paired.stop() == 0
+        # then the seed's own command, with nothing more
         monitors[cp] = Proc(["cp-monitor", f"{pc3}:{port}", f"{pc2}:5000", cp],
-                            wrapper=hosts.wrap("pc3"), name=f"monitor {cp}@pc3")
+                            wrapper=hosts.wrap("pc3"), env=env["pc3"],
+                            name=f"monitor {cp}@pc3")
         procs.append(monitors[cp])
+    assert not (creds["pc1"]).exists()  # PC1 holds nothing of the CPs'
 
     def state(cp: str) -> str | None:
         lines = [ln for ln in central.lines if f" {cp} " in ln and " -> " in ln]
@@ -145,18 +167,31 @@ def run_flows(hosts: Hosts, kafka: str, tmp_path, procs: list[Proc]) -> None:
     wait_state("CP-01", "Activado", 20)
     wait_state("CP-02", "Activado", 20)
     assert f"monitor registered from {pc3}" in central.output
+    for cp in ("CP-01", "CP-02"):  # the plain monitors proved the paired credential
+        assert [ln for ln in central.lines if f" {cp} " in ln and " -> Activado" in ln
+                and "registered from" in ln][-1].endswith("(proven))")
 
     # F2 + F3: a driver on PC1 charges at CP-01 and sees live telemetry
     requests = tmp_path / "req.txt"
     requests.write_text("CP-01\n")
-    driver = Proc(["driver", kafka, "D-1", "--file", str(requests), "--charge-seconds", "3"],
-                  wrapper=hosts.wrap("pc1"), name="driver@pc1")
+    driver = Proc(["driver", kafka, "D-1", "--file", str(requests), "--charge-seconds", "3",
+                   "--pair", code_for("D-1")], wrapper=hosts.wrap("pc1"), env=env["pc1"],
+                  name="pairing driver@pc1")
     procs.append(driver)
+    driver.wait_line("D-1: paired with central", timeout=20)
     driver.wait_line("AUTHORIZED at CP-01", timeout=20)
     wait_state("CP-01", "Suministrando", 5)
     driver.wait_line("live at CP-01", count=2, timeout=10)
-    driver.wait_line("TICKET at CP-01", timeout=20)
+    ticket = driver.wait_line("TICKET at CP-01", timeout=20)
     assert driver.popen.wait(10) == 0
+    assert " 0.00 kWh" not in ticket
+    assert sorted(p.name for p in creds["pc1"].iterdir()) == ["D-1.key"]
+    # the seed's plain driver command now: signed with the paired credential
+    again = Proc(["driver", kafka, "D-1", "--file", str(requests), "--charge-seconds", "2"],
+                 wrapper=hosts.wrap("pc1"), env=env["pc1"], name="driver@pc1")
+    procs.append(again)
+    again.wait_line("TICKET at CP-01", timeout=30)
+    assert again.popen.wait(10) == 0
 
     # F4: engine fault -> Averiado, recovery -> Activado
     engines["CP-02"].send("f")
