@@ -26,6 +26,7 @@ from evc.protocol.framing import read_frames, send_frame
 from evc.protocol.messages import (
     CentralStatus,
     EngineKey,
+    EngineOpen,
     Health,
     HealthCheck,
     HealthReply,
@@ -43,7 +44,7 @@ MAX_MONITORS = 8
 @dataclass(frozen=True)
 class Check:
     sock: socket.socket
-    message: HealthCheck | EngineKey
+    message: HealthCheck | EngineKey | EngineOpen
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def read_checks(sock: socket.socket, events: queue.Queue[EngineEvent],
     try:
         for obj in read_frames(sock, stop, idle=IDLE):
             message = from_wire(obj)
-            if not isinstance(message, (HealthCheck, EngineKey)):
+            if not isinstance(message, (HealthCheck, EngineKey, EngineOpen)):
                 raise ProtocolError(f"a monitor may not send {message.TYPE!r}")
             events.put(Check(sock, message))
     except ProtocolError as exc:
@@ -174,6 +175,10 @@ def answer_check(engine: Engine, event: Check) -> None:
                        "here (is the engine's credential the monitor's?)")
                 engine.refuse(why)
                 refuse_and_hang_up(engine, event.sock, msg.cp_id, why)
+        case EngineOpen():
+            if not engine.on_engine_open(msg):
+                refuse_and_hang_up(engine, event.sock, msg.cp_id, "a word that this CP is "
+                                   "unproven: it was proven, so only signed orders count")
         case HealthCheck():
             answer_health(engine, event.sock, msg)
         case _:

@@ -12,7 +12,9 @@ the first such key on, the engine is *proven* and stays so (the keys are in its 
 it obeys only orders signed with its key (one signed with a key it does not have yet
 waits a few seconds for it), answers only health checks proven with the CP's secret and
 signs its readings; nothing a stranger sends talks it down. An engine that was never
-proven obeys unsigned orders, as the seed's does. Whatever it refuses is said on its
+proven obeys unsigned orders, as the seed's does, once its monitor said that its
+registration is unproven (``EngineOpen``); until its monitor has said either, orders
+wait a few seconds for the word. Whatever it refuses is said on its
 screen and handed to its monitor in the next health reply, for central's board.
 
 The meter survives the process: a small journal holds the running supply
@@ -38,6 +40,7 @@ from evc.protocol.messages import (
     EndReason,
     EndSupply,
     EngineKey,
+    EngineOpen,
     Health,
     HealthCheck,
     HealthReply,
@@ -114,6 +117,7 @@ class Engine:
         self.nonces: dict[str, float] = {}  # health-check nonces seen (replays refused)
         self.parked: list[tuple[float, Message]] = []  # orders waiting for their key
         self.refusals: list[tuple[str, str]] = []  # (what, session id) for the next reply
+        self.open = False  # its monitor said this registration is unproven: orders unsigned
 
     # ------------------------------------------------------------------ view
     @property
@@ -229,11 +233,32 @@ class Engine:
             self.show(f"serving {self.cp_id} (told by its monitor)")
         if msg.key_id not in self.keys:
             self.keys = {**dict(list(self.keys.items())[-1:]), msg.key_id: key}
+            self.open = False
             self._save()
-            parked, self.parked = self.parked, []
-            for _, order in parked:  # orders that were waiting for this key
-                self.on_order(order)
+            self._unpark()
         return True
+
+    def on_engine_open(self, msg: EngineOpen) -> bool:
+        """The monitor says central serves this CP unproven; False if that cannot be (a
+        proven engine is never talked down, and it must be this engine's CP)."""
+        if self.proven or msg.cp_id != (self.cp_id or msg.cp_id):
+            self.refuse(f"a word that {msg.cp_id} is unproven (this engine "
+                        + ("was proven: only signed orders count)" if self.proven
+                           else f"serves {self.cp_id})"))
+            return False
+        if self.cp_id is None:
+            self.cp_id = msg.cp_id
+            self.show(f"serving {self.cp_id} (told by its monitor)")
+        if not self.open:
+            self.open = True
+            self.show(f"{self.cp_id} is served unproven: orders come unsigned")
+            self._unpark()
+        return True
+
+    def _unpark(self) -> None:
+        parked, self.parked = self.parked, []
+        for _, order in parked:  # orders that were waiting for a key or for the word
+            self.on_order(order)
 
     def on_health_check(self, check: HealthCheck) -> HealthReply | None:
         """The answer to send, or None to stay silent (hang)."""
@@ -271,17 +296,15 @@ class Engine:
         (signed with this registration's key, at the authenticated level)."""
         if not isinstance(msg, ORDER_TYPES) or msg.cp_id != self.cp_id or self.cp_id is None:
             return
+        if not self.proven and not self.open:  # its level not said yet: wait for the word
+            self._park(msg)
+            return
         if self.proven:  # once proven, only signed orders (no downgrade)
             key = self.keys.get(msg.kid)
             session_id = msg.session_id if isinstance(msg, StartSupply) else ""
             if key is None:
                 if msg.mac:  # signed with a key not here yet: wait a little for it
-                    now = time.monotonic()
-                    if any(now - t >= PARK for t, _ in self.parked):
-                        self.refuse("an order signed with a key its monitor never handed "
-                                    "over")
-                    self.parked = [(t, o) for t, o in self.parked if now - t < PARK][-50:]
-                    self.parked.append((now, msg))
+                    self._park(msg)
                 else:
                     self.refuse(f"an unsigned {msg.TYPE} order (this CP was proven: only "
                                 "orders signed with its key count)", session_id)
@@ -291,6 +314,13 @@ class Engine:
                             session_id)
                 return
         self._obey(msg)
+
+    def _park(self, msg: Message) -> None:
+        now = time.monotonic()
+        if any(now - t >= PARK for t, _ in self.parked):
+            self.refuse("an order that waited in vain for its monitor's key or word")
+        self.parked = [(t, o) for t, o in self.parked if now - t < PARK][-50:]
+        self.parked.append((now, msg))
 
     def _obey(self, order: Order) -> None:
         match order:

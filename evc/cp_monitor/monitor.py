@@ -30,6 +30,7 @@ from evc.protocol.framing import read_frames, recv_frame, send_frame
 from evc.protocol.messages import (
     Challenge,
     EngineKey,
+    EngineOpen,
     EngineRefused,
     ErrorFrame,
     FaultReport,
@@ -97,20 +98,21 @@ CENTRAL_WORDS = (Challenge, RegisterAccepted, RegisterRejected, ErrorFrame, Hear
 
 
 class EngineKeys:
-    """The latest Kafka key hand-off for the engine (set by the monitor's owner thread,
-    sent by the checker on each new engine connection and whenever it changes)."""
+    """What the engine must know of the latest registration: its Kafka key (proven) or
+    that it is unproven (set by the monitor's owner thread, sent by the checker on each
+    new engine connection and whenever it changes)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._key: EngineKey | None = None
+        self._key: EngineKey | EngineOpen | None = None
         self._version = 0
 
-    def set(self, key: EngineKey) -> None:
+    def set(self, key: EngineKey | EngineOpen) -> None:
         with self._lock:
             self._key = key
             self._version += 1
 
-    def get(self) -> tuple[int, EngineKey | None]:
+    def get(self) -> tuple[int, EngineKey | EngineOpen | None]:
         with self._lock:
             return self._version, self._key
 
@@ -420,6 +422,8 @@ class Monitor:
                 return
             self.engine_keys.set(EngineKey(cp_id=self.cp_id, client_nonce=self.nonce,
                                            server_nonce=self.challenge, key_id=msg.key_id))
+        else:  # served unproven: the engine is told its orders come unsigned
+            self.engine_keys.set(EngineOpen(cp_id=self.cp_id))
         self.registered = True
         self.unavailable_since = None
         self.backoff = 0.5

@@ -486,6 +486,15 @@ class EngineKey(Message):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class EngineOpen(Message):
+    """Monitor -> engine after a registration central served unproven (the open level, no
+    credential here): its orders come unsigned. An engine that was ever proven refuses it."""
+
+    TYPE: ClassVar[str] = "engine_open"
+    cp_id: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class HealthReply(Message):
     TYPE: ClassVar[str] = "health"
     cp_id: str

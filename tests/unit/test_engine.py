@@ -53,8 +53,10 @@ class Wire:
 
 @pytest.fixture
 def parts():
+    """An engine of a CP served unproven (its monitor said so: ``EngineOpen``)."""
     wire, journal, shown = Wire(), Journal(), []
     engine = Engine(wire, shown.append, journal=journal, power=0.5)
+    engine.open = True
     return engine, wire, journal, shown
 
 
@@ -173,6 +175,7 @@ def test_stop_and_resume(parts):
 def test_the_time_limit_ends_a_supply():
     wire = Wire()
     engine = Engine(wire, lambda _: None, journal=Journal(), cp_id="CP-01", max_seconds=2)
+    engine.open = True
     start(engine)
     engine.supply.started -= 5
     tick_seconds(engine, 1)
@@ -192,11 +195,13 @@ def test_a_tick_without_supply_waits_a_second_and_a_late_tick_does_not_burst(par
 def test_a_killed_engine_reports_its_unfinished_supply_when_it_starts_again():
     journal, shown = Journal(), []
     first = Engine(Wire(), shown.append, journal=journal, cp_id="CP-01")
+    first.open = True
     start(first)
     tick_seconds(first, 4)  # ... and then kill -9: nothing more runs
     wire = Wire()
     again = Engine(wire, shown.append, journal=journal)
     again.recover()
+    again.open = True
     (final,) = wire.telemetry(final=True)
     assert (final.session_id, final.consumo_kwh, final.reason) == ("s1", 2.0, "fault")
     assert "reporting its 2.00 kWh" in shown[-1]
@@ -356,7 +361,24 @@ def test_a_credential_alone_does_not_make_the_engine_deaf(trusted):
     engine.on_health_check(m.HealthCheck(cp_id="CP-01"))
     engine.on_order(m.StartSupply(cp_id="CP-01", driver_id="D-1", session_id="s1",
                                   price_eur_kwh=0.4))
-    assert engine.supply is not None and not engine.proven
+    assert engine.supply is None and engine.parked  # its level not told yet: it waits
+    assert engine.on_engine_open(m.EngineOpen(cp_id="CP-01"))
+    assert engine.supply is not None and not engine.proven and not engine.parked
+
+
+def test_nothing_talks_a_proven_engine_down(trusted):
+    engine, _, journal, shown = trusted
+    hand_key(engine)
+    assert not engine.on_engine_open(m.EngineOpen(cp_id="CP-01"))
+    assert "was proven" in shown[-1]
+    again = Engine(Wire(), shown.append, journal=Journal(journal.data),
+                   secret_for=lambda cp: SECRET)
+    again.recover()  # restarted: still proven
+    assert not again.on_engine_open(m.EngineOpen(cp_id="CP-01"))
+    again.cp_id = "CP-01"
+    again.on_order(m.StartSupply(cp_id="CP-01", driver_id="D-1", session_id="s9",
+                                 price_eur_kwh=0.4))
+    assert again.supply is None and "unsigned" in again.refusals[-1][0]
 
 
 def test_a_proven_engine_refuses_unsigned_orders_and_says_so(trusted):

@@ -38,6 +38,7 @@ SAMPLES = [
     m.CentralStatus(central="pc2 pid 7", started_at=1.0),
     m.CPStatus(cp_id="CP-01", location="C/Italia 5", price_eur_kwh=0.35,
                state=m.CPState.AVERIADO, detail="engine answered KO"),
+    m.EngineOpen(cp_id="CP-01"),
     m.EngineRefused(cp_id="CP-01", refused="an unsigned start order", session_id="s1"),
     m.PairStart(cp_id="CP-01", pake="41" * 33),
     m.PairChallenge(cp_id="CP-01", pake="42" * 33),
