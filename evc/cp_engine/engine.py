@@ -232,6 +232,9 @@ class Engine:
             self.cp_id = msg.cp_id
             self.show(f"serving {self.cp_id} (told by its monitor)")
         if msg.key_id not in self.keys:
+            if not self.keys:
+                self.show(f"{self.cp_id} is proven (its monitor proved the credential): "
+                          "only signed orders from now on")
             self.keys = {**dict(list(self.keys.items())[-1:]), msg.key_id: key}
             self.open = False
             self._save()

@@ -80,15 +80,20 @@ def test_a_forged_reading_bills_nothing(net, bus, observer):
                          for a in audit(net)), 5, "the forged reading in the audit log")
 
 
-def test_a_forged_order_is_ignored_by_the_engine(net, bus, observer):
+def test_a_forged_order_is_refused_by_the_engine_and_the_operator_sees_it(net, bus, observer):
     net.start_cp("CP-01")
+    net.engines["CP-01"].wait_line("CP-01 is proven")  # the engine has its monitor's key
     bus.send(CONTROL, m.StartSupply(cp_id="CP-01", driver_id="D-9", session_id="free" * 8,
                                     price_eur_kwh=0.0), "CP-01")
     bus.send(CONTROL, m.StopCP(cp_id="CP-01"), "CP-01")
     bus.flush()
+    # within 2 s on central's board (the engine tells its monitor in its next health
+    # reply, the monitor tells central)
+    net.central.wait_line("CP-01's engine refused an unsigned start_supply order", timeout=2)
     engine = net.engines["CP-01"]
-    engine.wait_line("unsigned start_supply for CP-01 ignored")
+    engine.wait_line("refused an unsigned stop order")
     assert "supplying D-9" not in engine.output and "Parado" not in engine.output
+    assert any(a["event"] == "refused" and a.get("code") == "engine" for a in audit(net))
     assert net.current_state("CP-01") == "Activado"
     d = Proc(["driver", net.kafka, "D-1", "--topic-prefix", net.prefix,
               "--charge-seconds", "1"], name="driver")  # real orders still work
@@ -158,13 +163,17 @@ def test_trickling_strangers_are_let_go_and_honest_cps_go_on(net):
     assert len(net.state_lines("CP-01")) == 1
 
 
-def test_a_stranger_on_the_engine_port_gets_no_answer(net):
+def test_a_stranger_on_the_engine_port_is_refused(net):
     net.start_cp("CP-01")
+    net.engines["CP-01"].wait_line("CP-01 is proven")
     port = net.engine_ports["CP-01"]
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(frame({"type": "health_check", "cp_id": "CP-01"}))  # no proof
         sock.settimeout(5)
-        assert sock.recv(100) == b""  # closed, unanswered
+        said = b""
+        while chunk := sock.recv(4096):  # a KO that says why, then closed
+            said += chunk
+        assert b'"status":"KO"' in said.replace(b" ", b"") and b"refused" in said
     net.engines["CP-01"].wait_line("refused a health check for CP-01 without its")
     assert net.current_state("CP-01") == "Activado"
 
