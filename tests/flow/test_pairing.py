@@ -6,15 +6,26 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import struct
 from datetime import datetime
 
+import pytest
 from kafka import KafkaProducer
 
 from evc.protocol import messages as m
-from evc.protocol.topics import CONTROL
+from evc.protocol import pairing
+from evc.protocol.framing import recv_frame
+from evc.protocol.topics import CONTROL, REQUESTS
+from evc.store import read_audit
 from tests.flow.test_network_view import ForeignMonitor, plain_consumer, records
 from tests.helpers import Proc, wait_for
 from tests.network import Network
+
+
+def frame(obj: dict) -> bytes:
+    payload = json.dumps(obj).encode()
+    return struct.pack(">I", len(payload)) + payload
 
 
 def code_for(net: Network, ident: str) -> str:
@@ -133,3 +144,50 @@ def test_a_stranger_cannot_talk_a_proven_cp_down(kafka, prefix, tmp_path, procs,
     bus.flush()
     net.central.wait_line("CP-01's engine refused an unsigned start_supply", timeout=2)
     assert "supplying D-9" not in net.engines["CP-01"].output
+
+
+@pytest.mark.central()
+def test_a_flood_of_bad_pairing_tries_kills_the_code_and_harms_nobody(net, bus):
+    """Wrong codes, garbage elements, a replayed confirmation and an unknown id, on
+    central's real port and on Kafka, while a CP is registered: each is refused clearly,
+    the code dies after its fifth try, and the CP and central go on."""
+    net.start_cp("CP-01")
+    code = code_for(net, "CP-02")
+
+    def exchange(first: dict, then=None) -> list[dict]:
+        with socket.create_connection(("127.0.0.1", net.port), timeout=5) as sock:
+            sock.sendall(frame(first))
+            said = [recv_frame(sock)]
+            if then is not None and said[0] and said[0]["type"] == "pair_challenge":
+                sock.sendall(frame(then(said[0])))
+                said.append(recv_frame(sock))
+            return said
+
+    wrong = pairing.PakeSide("0000-0000", "CP-02", central=False)
+    said = exchange({"type": "pair", "cp_id": "CP-02", "pake": wrong.outbound},
+                    lambda ch: {"type": "pair_prove", "cp_id": "CP-02", "confirm": "ab" * 32})
+    assert said[-1]["type"] == "pair_rejected" and "4 tries left" in said[-1]["reason"]
+    said = exchange({"type": "pair", "cp_id": "CP-02", "pake": "41" * 33})  # garbage
+    assert said[0]["type"] == "pair_rejected" and "not a pairing message" in said[0]["reason"]
+    said = exchange({"type": "pair", "cp_id": "CP-99", "pake": wrong.outbound})
+    assert "not in central's registry" in said[0]["reason"]
+    said = exchange({"type": "pair_prove", "cp_id": "CP-02", "confirm": "ab" * 32})  # replay
+    assert "no pairing of CP-02 in progress" in said[0]["reason"]
+    for _ in range(3):  # tries 3-5, over Kafka as a "driver" would be refused: a CP's code
+        said = exchange({"type": "pair", "cp_id": "CP-02", "pake": wrong.outbound},
+                        lambda ch: {"type": "pair_prove", "cp_id": "CP-02",
+                                    "confirm": "cd" * 32})
+    assert "used up" in said[-1]["reason"]
+    bus.send(REQUESTS, m.DriverPair(driver_id="CP-02", pake=wrong.outbound), "CP-02")
+    bus.flush()
+    net.central.wait_line("refused pairing of driver CP-02: CP-02 is a charge point")
+    # the right code now finds nothing: it died with its fifth try
+    monitor = Proc(["cp-monitor", "127.0.0.1:9", f"127.0.0.1:{net.port}", "CP-02", "--pair",
+                    code], env={"EVC_CREDENTIALS_DIR": str(net.tmp / "pc3")}, name="pairing")
+    net.procs.append(monitor)
+    assert monitor.popen.wait(15) == 1
+    assert "no pairing code for CP-02" in monitor.output
+    refused = [a for a in read_audit(net.db.with_name("central.audit.jsonl"))
+               if a["event"] == "pairing" and a.get("result") == "refused"]
+    assert len(refused) >= 7 and all(a.get("source") for a in refused)
+    assert net.current_state("CP-01") == "Activado" and net.central.popen.poll() is None
