@@ -110,8 +110,10 @@ class NetworkView:
             s = self.cps[cp_id]
             if shown.get(cp_id) != s.state:
                 shown[cp_id] = s.state
+                trust = " [signed]" if s.proven else (
+                    "" if s.state is CPState.DESCONECTADO else " [open]")
                 out.append(f"{cp_id} {s.state}" + (f" ({s.detail})" if s.detail else "")
-                           + (" [signed]" if s.proven else " [open]"))
+                           + trust)
         for cp_id in [k for k in shown if k != "@central" and k not in self.cps]:
             del shown[cp_id]
             out.append(f"{cp_id} removed")

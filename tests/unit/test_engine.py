@@ -328,7 +328,8 @@ def test_a_key_is_taken_only_when_derived_from_the_cps_own_secret(trusted):
         cp_id="CP-09", client_nonce="c" * 32, server_nonce="s" * 32, key_id="x"))
     assert engine.cp_id is None and engine.keys == {}
     key = hand_key(engine)
-    assert engine.cp_id == "CP-01" and "serving CP-01" in shown[-1]
+    assert engine.cp_id == "CP-01" and "serving CP-01" in shown[-2]
+    assert "CP-01 is proven" in shown[-1] and engine.proven
     assert journal.data["keys"] == {auth.key_id(key): key}
     hand_key(engine, client="d" * 32)
     hand_key(engine, client="e" * 32)
