@@ -95,7 +95,7 @@ class Network:
     def start_engine(self, cp_id: str, *extra: str) -> Proc:
         port = self.engine_ports.setdefault(cp_id, free_port())
         engine = Proc(["cp-engine", self.kafka, "--listen", f"127.0.0.1:{port}",
-                       "--topic-prefix", self.prefix, "--power", "0.5", "--log-level", "INFO",
+                       "--topic-prefix", self.prefix, "--log-level", "INFO",
                        "--state-dir", str(self.tmp / "state"), *extra],
                       name=f"engine {cp_id}")
         self.procs.append(engine)

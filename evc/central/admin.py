@@ -4,6 +4,8 @@
     resume CP-01 | resume all | reanudar all     -> Resume(...)
     add CP-11 "C/Mayor 3" 0.42 [--pair]          -> Add("CP-11", "C/Mayor 3", 0.42, pair)
     pair CP-11 [replace] | pair D-23             -> Pair("CP-11", replace)
+    site P1 limit 100 | site P1 limit none       -> SiteLimit("P1", 100.0)
+    site P1 add CP-01 CP-02 | site P1 remove CP-01  -> SiteMembers("P1", (...), add)
     remove CP-11 | price CP-01 0.39 | help | quit
 
 Parsing never touches state; the brain applies the result.
@@ -79,6 +81,19 @@ class RemoveDriver:
 
 
 @dataclass(frozen=True)
+class SiteLimit:
+    site: str
+    limit_kw: float | None  # None: no limit
+
+
+@dataclass(frozen=True)
+class SiteMembers:
+    site: str
+    cp_ids: tuple[str, ...]
+    add: bool  # False: the CPs leave the site
+
+
+@dataclass(frozen=True)
 class Help:
     pass
 
@@ -89,12 +104,13 @@ class Quit:
 
 
 Command = (Stop | Resume | Add | Remove | SetPrice | Rotate | Revoke | AddDriver | RemoveDriver
-           | Pair | Help | Quit)
+           | Pair | SiteLimit | SiteMembers | Help | Quit)
 
 HELP = (
     "commands: stop <cp>|all, resume <cp>|all (parar/reanudar), "
     'add <cp> "<location>" <price> [--pair], remove <cp>, price <cp> <eur>, '
     "add-driver <id>, remove-driver <id>, pair <cp|driver> [replace], "
+    "site <site> limit <kw>|none, site <site> add|remove <cp>..., "
     "rotate <cp|driver>, revoke <cp|driver>, help, quit"
 )
 
@@ -107,6 +123,7 @@ ALIASES = {
     "rotate": "rotate", "renovar": "rotate",
     "revoke": "revoke", "revocar": "revoke",
     "pair": "pair", "emparejar": "pair",
+    "site": "site", "sitio": "site",
     "add-driver": "add-driver", "alta-conductor": "add-driver",
     "remove-driver": "remove-driver", "baja-conductor": "remove-driver",
     "help": "help", "ayuda": "help", "?": "help",
@@ -160,6 +177,24 @@ def parse_command(line: str) -> Command | None:
         if len(args) != 3:
             raise CommandError('usage: add <cp> "<location>" <price> [--pair]')
         return Add(_cp_id(args[0]), _location(args[1]), parse_price(args[2]), pair)
+    if verb == "site":
+        usage = "usage: site <site> limit <kw>|none, or site <site> add|remove <cp>..."
+        if len(args) < 3:
+            raise CommandError(usage)
+        site, what = _cp_id(args[0]), args[1].lower()
+        if what == "limit" and len(args) == 3:
+            if args[2].lower() in ("none", "off", "no"):
+                return SiteLimit(site, None)
+            try:
+                limit = float(args[2].replace(",", "."))
+            except ValueError:
+                raise CommandError(f"limit {args[2]!r} is not a number of kW") from None
+            if not math.isfinite(limit) or not 0 <= limit <= 100_000:
+                raise CommandError(f"limit {args[2]!r} must be between 0 and 100000 kW")
+            return SiteLimit(site, limit)
+        if what in ("add", "remove"):
+            return SiteMembers(site, tuple(_cp_id(a) for a in args[2:]), what == "add")
+        raise CommandError(usage)
     if verb == "pair":
         if len(args) not in (1, 2) or (len(args) == 2 and args[1].lower() != "replace"):
             raise CommandError("usage: pair <cp|driver> [replace]")

@@ -37,7 +37,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from evc.central import monitors, operator, pairing, restore
+from evc.central import monitors, operator, pairing, power, restore
 from evc.central.announce import Announcer
 from evc.central.events import (
     BusMessage,
@@ -84,7 +84,7 @@ from evc.protocol.messages import (
     new_id,
 )
 from evc.protocol.topics import CENTRAL_KEY, CONTROL, NETWORK
-from evc.store import DRIVERS, META, SESSIONS, Store
+from evc.store import DRIVERS, META, SESSIONS, SITES, Store
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ class Brain:
         self.drivers: dict[str, str] = {}  # driver id -> its secret (the driver registry)
         self.proven_drivers: set[str] = set()  # drivers that signed with their credential
         self.pairings = pairing.Pairings()  # codes handed out, exchanges under way
+        self.sites: dict[str, float | None] = {}  # site -> its power limit in kW (None: none)
         self.challenges: dict[int, PendingRegistration] = {}
         self.cps: dict[str, ChargePoint] = {}
         self.by_conn: dict[int, str] = {}
@@ -148,7 +149,7 @@ class Brain:
         self.sessions[session.session_id] = session
         self._by_driver.setdefault(session.driver_id, set()).add(session.session_id)
 
-    def upsert_cp(self, cp_id: str, location: str, price: float) -> None:
+    def upsert_cp(self, cp_id: str, location: str, price: float, site: str | None = None) -> None:
         """Registry entry from --cps or the console: add or update, keep the rest.
 
         At the authenticated level a new CP gets its secret credential now (written for
@@ -161,7 +162,19 @@ class Brain:
                 operator.issue_credential(self, cp_id)
         else:
             cp.location, cp.price = location, price
+        if site is not None and site != cp.site:
+            old, cp.site = cp.site, site
+            power.reallocate(self, old)
+            power.reallocate(self, site)
         self.save_cp(cp)
+
+    def set_site_limit(self, site: str, limit: float | None) -> None:
+        """A site's limit (None: none), from --sites or the console; shares follow."""
+        if site in self.sites and self.sites[site] == limit:
+            return
+        self.sites[site] = limit
+        self.store.put(SITES, {"site": site, "max_kw": limit})
+        power.reallocate(self, site)
 
     def upsert_driver(self, driver_id: str, *, credential: bool | None = None) -> bool:
         """Register a driver (from --drivers or the console); True when it is new. It gets
@@ -316,7 +329,8 @@ class Brain:
                 cp_id=cp.cp_id, location=cp.location, price_eur_kwh=cp.price, state=cp.state,
                 detail=cp.fault_reason if cp.state is CPState.AVERIADO else
                 "stopped by the operator" if cp.state is CPState.PARADO else "",
-                last_seen=cp.last_seen or 0.0, proven=cp.proven)
+                last_seen=cp.last_seen or 0.0, proven=cp.proven, site=cp.site,
+                kw=cp.session.kw if cp.session is not None else 0.0)
             if not self.out.publish(NETWORK, status, cp_id, status_of=cp_id):
                 self.status_due.add(cp_id)
 
@@ -399,14 +413,19 @@ class Brain:
         before = cp.state
         session = Session(
             session_id=new_id(), cp_id=cp.cp_id, driver_id=req.driver_id,
-            request_id=req.msg_id, price=cp.price, started_at=time.time())
+            request_id=req.msg_id, price=cp.price, started_at=time.time(),
+            ev_max_kw=req.max_kw)
         session.wait(Wait.START, self.settings.start_timeout)
         self.add_session(session)
         cp.session = session
+        share = power.start_share(self, cp, session)
+        start = StartSupply(cp_id=cp.cp_id, driver_id=req.driver_id,
+                            session_id=session.session_id, price_eur_kwh=cp.price, kw=share)
+        power.started(session, start.msg_id)
         self.store.put_session(session.record(status="open"))
-        self.order(cp, StartSupply(
-            cp_id=cp.cp_id, driver_id=req.driver_id, session_id=session.session_id,
-            price_eur_kwh=cp.price))
+        self.order(cp, start)
+        if cp.site:
+            power.send_due(self, cp.site)  # the others' decreases, if it needs their power
         self._to_driver(req.driver_id, Authorization(
             driver_id=req.driver_id, cp_id=cp.cp_id, request_id=req.msg_id, authorized=True,
             reason="authorized: plug in your vehicle", session_id=session.session_id,
@@ -505,6 +524,7 @@ class Brain:
             session.supplying = True
         if session.waiting is Wait.START:
             session.wait(None)
+        power.on_reading(self, session, t)
         self.store.put(SESSIONS, {"session_id": session.session_id, "consumo_kwh": session.kwh,
                                   "importe_eur": session.eur, "supplying": True},
                        late=_late(t))
@@ -522,7 +542,10 @@ class Brain:
         if t.consumo_kwh < 0:
             return f"negative energy ({t.consumo_kwh} kWh)"
         elapsed = max(0.0, time.time() - session.started_at)
-        most = self.settings.max_rate * (elapsed + 2.0)  # a margin of two readings
+        rate = self.settings.max_rate
+        if cp is not None:  # a fast simulation clock supplies faster
+            rate = max(rate, cp.max_kw * self.settings.speed / 3600 * 1.5)
+        most = rate * (elapsed + 2.0)  # a margin of two readings
         if t.consumo_kwh > most:
             return (f"{t.consumo_kwh:.2f} kWh in {elapsed:.0f} s is more than the CP can "
                     f"supply ({most:.2f} kWh)")
@@ -545,6 +568,7 @@ class Brain:
         end = EndSupply(cp_id=session.cp_id, session_id=session.session_id, reason=reason)
         if cp is not None:
             self.order(cp, end)
+            power.reallocate(self, cp.site)  # the others' shares rise once it is over
         else:
             self.emit(CONTROL, end, session.cp_id)
 
@@ -569,6 +593,8 @@ class Brain:
         self.view.note(f"ticket to {session.driver_id} for {session.cp_id}: "
                        f"{session.kwh:.2f} kWh, {session.eur:.2f} € ({reason})")
         cp = self.cps.get(session.cp_id)
+        if cp is not None:
+            power.reallocate(self, cp.site)  # its power is free: the others may have it
         if cp is not None and cp.session is session:
             before = cp.state
             cp.session = None
@@ -606,7 +632,8 @@ class Brain:
         self.store.put_cp({
             "cp_id": cp.cp_id, "location": cp.location, "price_eur_kwh": cp.price,
             "stopped": cp.stopped, "state": str(cp.state), "last_seen": cp.last_seen,
-            "secret": cp.secret, "keys": cp.keys, "proven": cp.proven,
+            "secret": cp.secret, "keys": cp.keys, "proven": cp.proven, "site": cp.site,
+            "max_kw": cp.max_kw,
         })
 
     def refresh_cp(self, cp: ChargePoint, why: str, before: CPState) -> None:

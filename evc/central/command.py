@@ -37,6 +37,7 @@ from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
 from evc.net import Address, Bootstrap
 from evc.options import KAFKA, Common, common_options
+from evc.protocol.codes import DEFAULT_SPEED
 from evc.protocol.ids import check_id, check_text
 from evc.protocol.topics import CHANGELOG
 from evc.store import AuditLog, Store
@@ -46,21 +47,22 @@ log = logging.getLogger("evc.central")
 
 
 
-def read_registry(path: Path) -> list[tuple[str, str, float]]:
-    """CSV ``id,location,price_eur_kwh`` (a header line is allowed)."""
+def read_registry(path: Path) -> list[tuple[str, str, float, str | None]]:
+    """CSV ``id,location,price_eur_kwh[,site]`` (a header line is allowed)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read charge point file {path}: {exc.strerror}") from None
-    rows: list[tuple[str, str, float]] = []
+    rows: list[tuple[str, str, float, str | None]] = []
     for lineno, row in enumerate(csv.reader(text.splitlines()), start=1):
         if not row or row[0].strip().startswith("#"):
             continue
         if lineno == 1 and row[0].strip().lower() in ("id", "cp_id"):
             continue
-        if len(row) != 3:
-            raise ConfigError(f"{path}:{lineno}: expected id,location,price_eur_kwh")
-        cp_id, location, price_text = (c.strip() for c in row)
+        if len(row) not in (3, 4):
+            raise ConfigError(f"{path}:{lineno}: expected id,location,price_eur_kwh[,site]")
+        cp_id, location, price_text = (c.strip() for c in row[:3])
+        site = row[3].strip() if len(row) == 4 else None
         try:
             price = float(price_text)
         except ValueError:
@@ -68,11 +70,46 @@ def read_registry(path: Path) -> list[tuple[str, str, float]]:
         try:
             check_id(cp_id, "charge point id")
             check_text(location, "location", 120)
+            if site:
+                check_id(site, "site id")
         except EvcError as exc:
             raise ConfigError(f"{path}:{lineno}: {exc}") from None
         if not math.isfinite(price) or not 0 <= price <= 100:
             raise ConfigError(f"{path}:{lineno}: price {price_text!r} must be 0-100 €/kWh")
-        rows.append((cp_id, location, price))
+        rows.append((cp_id, location, price, site))
+    return rows
+
+
+def read_sites(path: Path) -> list[tuple[str, float | None]]:
+    """CSV ``id,max_kw`` (a header line is allowed; ``none`` or empty: no limit)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read sites file {path}: {exc.strerror}") from None
+    rows: list[tuple[str, float | None]] = []
+    for lineno, row in enumerate(csv.reader(text.splitlines()), start=1):
+        if not row or row[0].strip().startswith("#"):
+            continue
+        if lineno == 1 and row[0].strip().lower() in ("id", "site"):
+            continue
+        if len(row) != 2:
+            raise ConfigError(f"{path}:{lineno}: expected id,max_kw")
+        site, limit_text = (c.strip() for c in row)
+        try:
+            check_id(site, "site id")
+        except EvcError as exc:
+            raise ConfigError(f"{path}:{lineno}: {exc}") from None
+        if limit_text.lower() in ("", "none"):
+            rows.append((site, None))
+            continue
+        try:
+            limit = float(limit_text)
+        except ValueError:
+            raise ConfigError(f"{path}:{lineno}: max_kw {limit_text!r} is not a number") \
+                from None
+        if not math.isfinite(limit) or not 0 <= limit <= 100_000:
+            raise ConfigError(f"{path}:{lineno}: max_kw {limit_text!r} must be 0-100000 kW")
+        rows.append((site, limit))
     return rows
 
 
@@ -123,6 +160,14 @@ def want_board(mode: str) -> bool:
 @click.option("--drivers", "drivers_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Drivers to register at start: one id per line (# comments). At the "
                    "auth level each gets its credential in the credentials folder.")
+@click.option("--sites", "sites_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="CSV id,max_kw: each site's power limit, shared among its supplies (a "
+                   "CP's site is the 4th column of --cps, or `site <site> add <cp>`).")
+@click.option("--min-kw", type=click.FloatRange(0.1, 1000), default=4.2, show_default=True,
+              help="A supply whose share of its site's limit would be smaller waits.")
+@click.option("--speed", type=click.FloatRange(0.01, 100000), default=DEFAULT_SPEED,
+              show_default=True, help="The simulation clock the engines run (their "
+                   "--speed): readings are judged plausible against it.")
 @click.option("--pair", "pair", is_flag=True, help="Print a one-time pairing code for each "
               "CP of --cps and driver of --drivers (typed once on its machine: --pair CODE).")
 @click.option("--security", type=click.Choice(["auth", "open"]), default="auth",
@@ -154,7 +199,8 @@ def want_board(mode: str) -> bool:
                    "auto picks the board on a terminal unless NO_COLOR is set.")
 @common_options
 def central(socket_port: int, kafka: Bootstrap, db_path: Path, listen_host: str,
-            cps_file: Path | None, drivers_file: Path | None, pair: bool, security: str,
+            cps_file: Path | None, drivers_file: Path | None, sites_file: Path | None,
+            min_kw: float, speed: float, pair: bool, security: str,
             credentials_dir: Path | None, heartbeat_timeout: float, register_timeout: float,
             partitions: int, final_timeout: float, resume_grace: float,
             max_supply_seconds: float, display: str, common: Common) -> None:
@@ -170,12 +216,13 @@ def central(socket_port: int, kafka: Bootstrap, db_path: Path, listen_host: str,
     """
     run_central(CentralConfig(
         socket_port=socket_port, kafka=kafka, db_path=db_path, listen_host=listen_host,
-        cps_file=cps_file, drivers_file=drivers_file, pair=pair,
+        cps_file=cps_file, drivers_file=drivers_file, pair=pair, sites_file=sites_file,
         credentials_dir=credentials_dir,
         heartbeat_timeout=heartbeat_timeout, register_timeout=register_timeout,
         partitions=partitions, board=want_board(display), common=common,
         settings=Settings(final_timeout=final_timeout, resume_grace=resume_grace,
-                          max_supply=max_supply_seconds, secure=security == "auth")))
+                          max_supply=max_supply_seconds, secure=security == "auth",
+                          min_kw=min_kw, speed=speed)))
 
 
 def run_central(cfg: CentralConfig) -> None:
@@ -189,6 +236,7 @@ def run_central(cfg: CentralConfig) -> None:
     stop = threading.Event()
     install_stop_signals(stop)
     registry = read_registry(cfg.cps_file) if cfg.cps_file else []
+    sites = read_sites(cfg.sites_file) if cfg.sites_file else []
     drivers = read_drivers(cfg.drivers_file) if cfg.drivers_file else []
     credentials = CredentialFiles(cfg.credentials_dir or (
         default_dir() if os.environ.get("EVC_CREDENTIALS_DIR")
@@ -253,6 +301,7 @@ def run_central(cfg: CentralConfig) -> None:
             term = ActiveTerm(cfg, bus, store, reader, server, events, view, identity,
                               credentials, audit, stop)
             term.run(lease, publish_all=found == 0, registry=registry, drivers=drivers,
+                     sites=sites,
                      took_over=took_over)
             found = 1
             if term.stepped_down and not stop.is_set():

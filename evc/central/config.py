@@ -22,6 +22,7 @@ class CentralConfig:
     listen_host: str = "0.0.0.0"
     cps_file: Path | None = None
     drivers_file: Path | None = None
+    sites_file: Path | None = None
     pair: bool = False  # a pairing code for each CP of cps_file and driver of drivers_file
     credentials_dir: Path | None = None
     heartbeat_timeout: float = 3.0

@@ -18,7 +18,7 @@ import threading
 import time
 
 from evc.bus import ChangelogReader, Consumer, KafkaBus, Lease, Transactions, retrying
-from evc.central import pairing
+from evc.central import pairing, power
 from evc.central.board import BoardView
 from evc.central.brain import Brain
 from evc.central.config import CONSUMER_GATHER, CentralConfig
@@ -188,8 +188,9 @@ class ActiveTerm:
         self.stop = stop
         self.stepped_down = False
 
-    def run(self, lease: Lease, *, publish_all: bool, registry: list[tuple[str, str, float]],
-            drivers: list[str], took_over: bool) -> None:
+    def run(self, lease: Lease, *, publish_all: bool,
+            registry: list[tuple[str, str, float, str | None]], drivers: list[str],
+            took_over: bool, sites: list[tuple[str, float | None]] | None = None) -> None:
         cfg, store, stop = self.cfg, self.store, self.stop
         common = cfg.common
         started = time.monotonic()
@@ -227,13 +228,16 @@ class ActiveTerm:
                           # a failover keeps the board as it was while monitors move over;
                           # a restart starts from nobody connected
                           presume=cfg.heartbeat_timeout if took_over else 0.0)
-            for cp_id, location, price in registry:
-                brain.upsert_cp(cp_id, location, price)
+            for site_id, limit in sites or []:
+                brain.set_site_limit(site_id, limit)
+            for cp_id, location, price, cp_site in registry:
+                brain.upsert_cp(cp_id, location, price, cp_site)
             for driver_id in drivers:
                 brain.upsert_driver(driver_id)
             if cfg.pair:
-                for ident in [cp_id for cp_id, _, _ in registry] + list(drivers):
+                for ident in [row[0] for row in registry] + list(drivers):
                     pairing.pair_command(brain, ident, replace=False)
+            power.reallocate_all(brain)  # the shares, before any new authorization
             store.commit()
             # Central reads from where its store says it stopped applying (the group's
             # committed offsets are only a fallback, and a gauge of its lag).

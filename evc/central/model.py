@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from evc.protocol.codes import DEFAULT_MAX_KW, DEFAULT_SPEED
 from evc.protocol.messages import CPState, EndReason, Register
 
 DEFAULT_PRICE = 0.35
@@ -38,6 +39,13 @@ class Session:
     end_reason: EndReason | None = None  # set when the end is decided
     waiting: Wait | None = None
     deadline: float = 0.0  # monotonic: what ``waiting`` names must happen by then
+    # Power (power.py), for a CP on a site with a limit. kW; None: no limit (its maximum).
+    ev_max_kw: float = 0.0  # the EV's own request (0: none)
+    target_kw: float | None = None  # its share by the last allocation
+    sent_kw: float | None = None  # the share last ordered to its engine
+    granted_kw: float = 0.0  # the most its engine may be drawing (what the site counts)
+    kw: float = 0.0  # what its engine last reported
+    sent_order: str = ""  # the msg_id of the last power order sent (a reading naming it obeyed)
 
     def wait(self, what: Wait | None, seconds: float = 0.0) -> None:
         self.waiting = what
@@ -52,7 +60,10 @@ class Session:
             request_id=rec.get("request_id", ""), price=float(rec.get("price_eur_kwh", 0.0)),
             started_at=float(rec.get("started_at", 0.0)), kwh=rec.get("consumo_kwh", 0.0),
             eur=rec.get("importe_eur", 0.0), supplying=bool(rec.get("supplying", True)),
-            end_reason=reason_of(reason) if reason else None)
+            end_reason=reason_of(reason) if reason else None,
+            ev_max_kw=float(rec.get("ev_max_kw", 0.0)), sent_kw=rec.get("sent_kw"),
+            granted_kw=float(rec.get("granted_kw", 0.0)),
+            sent_order=str(rec.get("sent_order", "")))
 
     def record(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -61,6 +72,8 @@ class Session:
             "started_at": self.started_at, "consumo_kwh": self.kwh, "importe_eur": self.eur,
             "supplying": self.supplying,
             "end_reason": str(self.end_reason) if self.end_reason else None,
+            "ev_max_kw": self.ev_max_kw, "sent_kw": self.sent_kw, "granted_kw": self.granted_kw,
+            "sent_order": self.sent_order,
             **extra,
         }
 
@@ -81,6 +94,8 @@ class ChargePoint:
     presumed_until: float = 0.0  # monotonic: the last known state is shown until then
     secret: str = ""  # its credential ("" = revoked: it cannot register at the auth level)
     keys: dict[str, str] = field(default_factory=dict)  # kid -> Kafka key (newest last)
+    site: str = ""  # the site whose limit it shares ("": none)
+    max_kw: float = DEFAULT_MAX_KW  # what its engine can supply (said at registration)
     # Its monitor proved the credential: from then on central signs its orders, wants its
     # readings signed and never serves it unproven again (no downgrade) until revoked.
     proven: bool = False
@@ -93,7 +108,8 @@ class ChargePoint:
             price=float(rec.get("price_eur_kwh", DEFAULT_PRICE)),
             stopped=bool(rec.get("stopped", False)), last_seen=rec.get("last_seen"),
             secret=str(rec.get("secret", "")), keys=dict(rec.get("keys", {})),
-            proven=bool(rec.get("proven", False)))
+            proven=bool(rec.get("proven", False)), site=str(rec.get("site", "")),
+            max_kw=float(rec.get("max_kw", DEFAULT_MAX_KW)))
 
     def stored_state(self, rec: dict[str, Any]) -> CPState:
         """The state the store last showed for this CP (Desconectado if unreadable)."""
@@ -117,6 +133,8 @@ class Settings:
     bus_timeout: float = 3.0  # no confirmation from Kafka this long: Kafka is unavailable
     secure: bool = True  # the authenticated level; False: the open level (docs/SECURITY.md)
     max_rate: float = 1.0  # kWh a CP can add per second: a faster reading is implausible
+    speed: float = DEFAULT_SPEED  # the simulation clock (engines' --speed): scales max_rate
+    min_kw: float = 4.2  # a share under this waits (6 A on three phases)
     heartbeat: float = 1.0  # central's liveness record on network_topic
     batch: int = 500
     tick: float = 0.2

@@ -46,6 +46,18 @@ def apply(brain: Brain, line: str) -> None:
                 pairing.pair_command(brain, command.cp_id, replace=False)
         case admin.Pair():
             pairing.pair_command(brain, command.ident, command.replace)
+        case admin.SiteLimit():
+            brain.set_site_limit(command.site, command.limit_kw)
+            note(f"site {command.site}: " + ("no limit" if command.limit_kw is None
+                                               else f"limit {command.limit_kw:g} kW"))
+        case admin.SiteMembers():
+            for cp in [c for ident in command.cp_ids for c in _targets(brain, ident)]:
+                if command.add:
+                    brain.sites.setdefault(command.site, None)
+                brain.upsert_cp(cp.cp_id, cp.location, cp.price,
+                                command.site if command.add else "")
+                note(f"{cp.cp_id} is on site {command.site}" if command.add
+                     else f"{cp.cp_id} left site {command.site}")
         case admin.AddDriver():
             if brain.upsert_driver(command.driver_id, credential=True):
                 note(f"registered driver {command.driver_id}; its credential is in "

@@ -12,9 +12,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from evc.central import power
 from evc.central.model import ChargePoint, Session, Wait
 from evc.protocol.messages import CPState, EndReason
-from evc.store import DRIVERS, META
+from evc.store import DRIVERS, META, SITES
 
 if TYPE_CHECKING:
     from evc.central.brain import Brain
@@ -27,6 +28,7 @@ def restore(brain: Brain) -> None:
         brain.cps[rec["cp_id"]] = ChargePoint.from_record(rec)
     brain.drivers = {r["driver_id"]: str(r.get("secret", "")) for r in brain.store.all(DRIVERS)}
     brain.proven_drivers = {r["driver_id"] for r in brain.store.all(DRIVERS) if r.get("proven")}
+    brain.sites = {str(r["site"]): r.get("max_kw") for r in brain.store.all(SITES)}
     # After a restart every CP is Desconectado until its monitor registers again, or,
     # with ``presume``, once its monitor has had that long to register again.
     until = time.monotonic() + brain.presume
@@ -65,4 +67,7 @@ def restore(brain: Brain) -> None:
         brain.view.note(f"resuming {len(brain.sessions)} open supplies; their monitors have "
                         f"{brain.settings.resume_grace:g} s to register again")
     brain.out.restore()  # decided before the stop, never confirmed: sent again
+    # the shares again, from the sessions (what each engine may draw is stored with them),
+    # before any new authorization
+    power.reallocate_all(brain)
     brain.flush()

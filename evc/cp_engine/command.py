@@ -22,6 +22,7 @@ from evc.net import Address, Bootstrap
 from evc.netview import CentralWatch, NetworkView
 from evc.options import ID, KAFKA, AddressType, Common, common_options, credentials_option
 from evc.ports import assert_never
+from evc.protocol.codes import DEFAULT_SPEED
 from evc.protocol.framing import read_frames, send_frame
 from evc.protocol.messages import (
     CentralStatus,
@@ -217,7 +218,8 @@ class EngineConfig:
     kafka: Bootstrap
     listen: Address
     cp_id: str | None = None
-    power: float = 0.5
+    max_kw: float = 22.0
+    speed: float = DEFAULT_SPEED
     max_supply_seconds: float = 0.0
     state_dir: Path = Path("data")
     credentials: Path | None = None
@@ -231,8 +233,12 @@ class EngineConfig:
                    "127.0.0.1: only this machine's monitor).")
 @click.option("--id", "cp_id", default=None, type=ID,
               help="Pin the CP id (else learnt from the monitor).")
-@click.option("--power", type=click.FloatRange(0.001, 1000), default=0.5, show_default=True,
-              help="kWh added each second of a supply.")
+@click.option("--max-kw", type=click.FloatRange(0.1, 1000), default=22.0, show_default=True,
+              help="The most this CP supplies, in kW (central may give it less: its share "
+                   "of its site's limit).")
+@click.option("--speed", type=click.FloatRange(0.01, 100000), default=DEFAULT_SPEED,
+              show_default=True, help="Simulated seconds per real second: a reading each "
+                   "real second adds kW x speed / 3600 kWh (22 kW: 0.5 kWh).")
 @click.option("--max-supply-seconds", type=click.FloatRange(0, 86400), default=0,
               help="End a supply after this many seconds (0: no limit).")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -241,7 +247,8 @@ class EngineConfig:
                    "on the same port reports the supply it was running.")
 @credentials_option("Its CP's", "<cp_id>")
 @common_options
-def cp_engine(kafka: Bootstrap, listen: Address, cp_id: str | None, power: float,
+def cp_engine(kafka: Bootstrap, listen: Address, cp_id: str | None, max_kw: float,
+              speed: float,
               max_supply_seconds: float, state_dir: Path, credentials: Path | None,
               common: Common) -> None:
     """EV_CP_E: supplies energy on central's orders, answers its monitor's health checks.
@@ -249,7 +256,8 @@ def cp_engine(kafka: Bootstrap, listen: Address, cp_id: str | None, power: float
     Keys (without Enter on a terminal, one per line on a pipe):
     f fault (answer KO), h hang (stop answering), r recover, u unplug the vehicle.
     """
-    run_engine(EngineConfig(kafka=kafka, listen=listen, cp_id=cp_id, power=power,
+    run_engine(EngineConfig(kafka=kafka, listen=listen, cp_id=cp_id, max_kw=max_kw,
+                            speed=speed,
                             max_supply_seconds=max_supply_seconds, state_dir=state_dir,
                             credentials=credentials, common=common))
 
@@ -289,7 +297,8 @@ def run_engine(cfg: EngineConfig) -> None:
 
     engine = Engine(bus.send, screen.line, journal=journal,
                     notify=lambda sid, error: events.put(FinalDone(sid, error)),
-                    cp_id=cfg.cp_id, power=cfg.power, max_seconds=cfg.max_supply_seconds,
+                    cp_id=cfg.cp_id, max_kw=cfg.max_kw, speed=cfg.speed,
+                    max_seconds=cfg.max_supply_seconds,
                     secret_for=secret_for)
     keys = KeyReader()
     workers: list[threading.Thread] = []

@@ -3,8 +3,10 @@
 Health: OK, KO (key ``f``) or HANG (key ``h``: no answer at all); ``r`` recovers.
 A supply runs from a StartSupply for this CP until an EndSupply, the operator's
 stop, an unplug (key ``u``), a fault, or the time limit; each second it adds
-``power`` kWh and sends telemetry with the seed's keys, and at its end one
-final telemetry message (``final: true`` and the reason).
+``kw × speed / 3600`` kWh and sends telemetry with the seed's keys and ``kw``, and at its
+end one final telemetry message (``final: true`` and the reason). ``kw`` is the CP's
+maximum (``--max-kw``), or less: the share of its site's limit central gives it
+(``start_supply.kw``, then ``set_power``), kept while central is away; 0 waits.
 
 Trust, one level per CP: a registration its monitor proved hands the engine that
 registration's Kafka key (``EngineKey``: derived from the CP's secret, never sent). From
@@ -35,6 +37,7 @@ from enum import Enum
 from evc.errors import BusError, ProtocolError
 from evc.ports import Journal, Send, Unconfirmed, Verdict, assert_never
 from evc.protocol import auth
+from evc.protocol.codes import DEFAULT_SPEED
 from evc.protocol.messages import (
     CPState,
     EndReason,
@@ -46,6 +49,7 @@ from evc.protocol.messages import (
     HealthReply,
     Message,
     ResumeCP,
+    SetPower,
     StartSupply,
     StopCP,
     Telemetry,
@@ -60,9 +64,9 @@ CHECK_AGE = 60.0  # a health check older (or newer) than this is a replay
 PARK = 10.0  # seconds an order signed with a key not yet here waits for it
 
 
-Order = StartSupply | EndSupply | StopCP | ResumeCP
+Order = StartSupply | EndSupply | StopCP | ResumeCP | SetPower
 """What central orders an engine (control_topic also carries drivers' answers)."""
-ORDER_TYPES = (StartSupply, EndSupply, StopCP, ResumeCP)
+ORDER_TYPES = (StartSupply, EndSupply, StopCP, ResumeCP, SetPower)
 
 
 class Mode(Enum):
@@ -80,6 +84,8 @@ class Supply:
     kwh: float = 0.0
     eur: float = 0.0
     next_tick: float = 0.0
+    share: float | None = None  # kW central allows it (None: no limit, the maximum)
+    power_order: str = ""  # the order that set ``share`` (its readings name it)
 
 
 class Engine:
@@ -91,7 +97,8 @@ class Engine:
         journal: Journal,
         notify: Callable[[str, BusError | None], None] | None = None,
         cp_id: str | None = None,
-        power: float = 0.5,
+        max_kw: float = 22.0,
+        speed: float = DEFAULT_SPEED,
         max_seconds: float = 0.0,
         secret_for: Callable[[str], str | None] = lambda _cp: None,
     ) -> None:
@@ -106,7 +113,8 @@ class Engine:
         # for the next start (its cause mended).
         self.refused: dict[str, Telemetry] = {}
         self.cp_id = cp_id
-        self.power = power
+        self.max_kw = max_kw
+        self.speed = speed
         self.max_seconds = max_seconds
         self.mode = Mode.OK
         self.stopped = False
@@ -127,6 +135,14 @@ class Engine:
                           stopped=self.stopped, supplying=self.supply is not None)
 
     @property
+    def kw(self) -> float:
+        """The power supplied now: the maximum, or central's share when smaller."""
+        s = self.supply
+        if s is None:
+            return 0.0
+        return self.max_kw if s.share is None else max(0.0, min(self.max_kw, s.share))
+
+    @property
     def proven(self) -> bool:
         """A proven registration handed this engine its key: it wants signed orders."""
         return bool(self.keys)
@@ -137,7 +153,9 @@ class Engine:
         line = f"[{who}] {self.state} | health {self.mode.value} | {trust}"
         if self.supply is not None:
             s = self.supply
-            line += f" | driver {s.driver_id} {s.kwh:.2f} kWh {s.eur:.2f} €"
+            line += f" | driver {s.driver_id} {s.kwh:.2f} kWh {s.eur:.2f} € {self.kw:.1f} kW"
+            if self.kw <= 0:
+                line += " (waiting for power)"
         return line + " | keys: f fault, h hang, r recover, u unplug"
 
     # ------------------------------------------------------------------ journal
@@ -276,7 +294,7 @@ class Engine:
         status = Health.OK if self.mode is Mode.OK else Health.KO
         refused, session_id = self.take_refusals()
         return HealthReply(cp_id=self.cp_id, status=status, state=str(self.state),
-                           refused=refused, session_id=session_id)
+                           refused=refused, session_id=session_id, max_kw=self.max_kw)
 
     def refuse(self, what: str, session_id: str = "") -> None:
         """Something refused: said here, and told to central through the monitor."""
@@ -344,6 +362,17 @@ class Engine:
                 if self.stopped:
                     self.stopped = False
                     self.show("resumed by central")
+            case SetPower():
+                s = self.supply
+                if s is not None and s.session_id == order.session_id:
+                    changed = s.share != order.kw
+                    s.share, s.power_order = order.kw, order.msg_id
+                    self._save()
+                    self._telemetry()  # what it supplies now: central counts on it
+                    if not changed:
+                        return
+                    self.show(f"power for {s.driver_id}: {self.kw:.1f} kW"
+                              + (" (waiting for power)" if self.kw <= 0 else ""))
             case _:
                 assert_never(order)
 
@@ -369,9 +398,10 @@ class Engine:
             return
         now = time.monotonic()
         self.supply = Supply(order.session_id, order.driver_id, order.price_eur_kwh, now,
-                             next_tick=now + 1.0)
+                             next_tick=now + 1.0, share=order.kw, power_order=order.msg_id)
         self._save()
-        self.show(f"supplying {order.driver_id} at {order.price_eur_kwh:.2f} €/kWh")
+        self.show(f"supplying {order.driver_id} at {order.price_eur_kwh:.2f} €/kWh, "
+                  f"{self.kw:.1f} kW" + (" (waiting for power)" if self.kw <= 0 else ""))
         self._telemetry()
 
     # ------------------------------------------------------------------ keys
@@ -413,7 +443,7 @@ class Engine:
         if s is None:
             return 1.0 if not self.finals else 0.2
         if now >= s.next_tick:
-            s.kwh = round(s.kwh + self.power, 4)
+            s.kwh = round(s.kwh + self.kw * self.speed / 3600, 4)
             s.eur = round(s.kwh * s.price, 2)
             s.next_tick += 1.0
             if s.next_tick < now:  # we fell behind (suspended): do not burst
@@ -432,7 +462,8 @@ class Engine:
         try:
             self.send(TELEMETRY, self._signed(Telemetry(
                 cp_id=self.cp_id, driver_id=s.driver_id, consumo_kwh=s.kwh, importe_eur=s.eur,
-                session_id=s.session_id)), self.cp_id)
+                session_id=s.session_id, kw=round(self.kw, 3),
+                power_order=s.power_order)), self.cp_id)
         except BusError as exc:
             log.warning("live reading not sent: %s", exc)
 
@@ -442,7 +473,7 @@ class Engine:
             return
         final = Telemetry(cp_id=self.cp_id, driver_id=s.driver_id, consumo_kwh=s.kwh,
                           importe_eur=s.eur, session_id=s.session_id, final=True,
-                          reason=str(reason))
+                          reason=str(reason), kw=0.0)
         self.finals.add(s.session_id, TELEMETRY, final, self.cp_id)
         self.supply = None
         self._save()

@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 class HealthResult:
     ok: bool
     detail: str
+    max_kw: float = 0.0  # what the engine says it can supply (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -155,10 +156,11 @@ def check_engine(engine: Address, cp_id: str, events: queue.Queue[MonitorEvent],
             if reply.refused:
                 events.put(Refusal(reply.refused, reply.session_id))
             if reply.status is Health.OK:
-                result = HealthResult(True, "engine OK")
+                result = HealthResult(True, "engine OK", reply.max_kw)
             else:
                 state = reply.state or "fault"
-                result = HealthResult(False, f"engine answered KO ({state})"[:200])
+                result = HealthResult(False, f"engine answered KO ({state})"[:200],
+                                      reply.max_kw)
         except TimeoutError:
             result = HealthResult(False, f"engine did not answer within {answer_timeout:g} s")
         except (OSError, ProtocolError) as exc:
@@ -479,8 +481,9 @@ class Monitor:
         self.registered_ok = health is Health.OK
         self.nonce = auth.new_nonce()
         self.challenge = ""
+        max_kw = self.health.max_kw if self.health is not None else 0.0
         self._send(Register(cp_id=self.cp_id, location=self.location, health=health,
-                            nonce=self.nonce))
+                            nonce=self.nonce, max_kw=max_kw))
 
     def _send(self, msg: Message) -> None:
         if self.sock is None:

@@ -42,6 +42,12 @@ class Health(StrEnum):
     KO = "KO"
 
 
+DEFAULT_SPEED = 3600 * 0.5 / 22
+"""The simulation clock's default (simulated seconds per real second, ~81.8): a reading
+each real second of a 22-kW supply adds 0.5 kWh."""
+DEFAULT_MAX_KW = 22.0  # a CP that does not say its maximum
+
+
 class EndReason(StrEnum):
     """Why a supply ended (on telemetry marked final and on tickets)."""
 

@@ -72,9 +72,9 @@ def wire(name: str) -> Any:
 
 
 ID_FIELDS = frozenset({"cp_id", "driver_id"})
-TOKEN_FIELDS = frozenset({"msg_id", "session_id", "request_id", "kid", "mac", "nonce",
+TOKEN_FIELDS = frozenset({"msg_id", "session_id", "request_id", "kid", "mac", "nonce", "site",
                           "proof", "key_id", "client_nonce", "server_nonce", "pake",
-                          "confirm"})
+                          "confirm", "power_order"})
 TEXT_FIELDS = frozenset({"location", "reason", "state", "detail", "central", "refused"})
 
 M = TypeVar("M", bound="Message")
@@ -323,6 +323,7 @@ class Register(Message):
     location: str = ""
     health: Health = Health.OK
     nonce: str = ""  # the monitor's challenge to central (authenticated level)
+    max_kw: float = 0.0  # the most its engine can supply (0: not said, central assumes 22)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -501,6 +502,7 @@ class HealthReply(Message):
     status: Health
     state: str = ""
     refused: str = ""  # what the engine refused since the last reply (for central's board)
+    max_kw: float = 0.0  # the most this engine can supply (--max-kw)
     session_id: str = ""  # the start order's session, when it refused one
 
 
@@ -514,6 +516,7 @@ class ChargeRequest(Message):
     TYPE: ClassVar[str] = "charge_request"
     driver_id: str
     cp_id: str = dataclasses.field(metadata=wire("cp_id_solicitado"))
+    max_kw: float = 0.0  # the EV's own limit (the driver's --max-kw; 0: none)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -561,6 +564,8 @@ class Telemetry(Message):
     session_id: str = ""
     final: bool = False
     reason: str = ""
+    kw: float | None = None  # the power being supplied now (0: waiting for power)
+    power_order: str = ""  # the msg_id of the last power order obeyed (start or set_power)
 
 
 # --------------------------------------------------------------- Kafka: control_topic
@@ -575,6 +580,7 @@ class StartSupply(Message):
     driver_id: str
     session_id: str
     price_eur_kwh: float
+    kw: float | None = None  # the supply's share of its site's limit (None: no limit)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -585,6 +591,17 @@ class EndSupply(Message):
     cp_id: str
     session_id: str
     reason: EndReason
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SetPower(Message):
+    """Central -> engine: supply this session at most ``kw`` (its share of the site's
+    limit; 0: wait for power; None: no limit, the CP's maximum)."""
+
+    TYPE: ClassVar[str] = "set_power"
+    cp_id: str
+    session_id: str
+    kw: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -682,6 +699,20 @@ class CPStatus(Message):
     detail: str = ""  # public words: why it is Averiado, "stopped by the operator", …
     last_seen: float = 0.0  # the monitor's last word (wall clock), for Desconectado
     proven: bool = False  # its monitor proved the CP's credential (orders and readings signed)
+    site: str = ""  # the site whose power limit it shares ("" : none)
+    kw: float = 0.0  # the power it supplies now
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SiteStatus(Message):
+    """Central -> anyone: a site's power limit and load (key ``@site/<id>``)."""
+
+    TYPE: ClassVar[str] = "site_status"
+    site: str
+    limit_kw: float | None = None  # None: no limit
+    load_kw: float = 0.0  # what its supplies draw now
+    supplies: int = 0
+    waiting: int = 0  # supplies waiting for power
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

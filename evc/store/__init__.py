@@ -17,6 +17,7 @@ from evc.store.database import (
     OFFSETS,
     OUTBOX,
     SESSIONS,
+    SITES,
     TABLES,
     AtomicJSONStorage,
     Store,
@@ -25,7 +26,7 @@ from evc.store.database import (
 from evc.store.files import FileLock, JsonFile, write_atomic
 
 __all__ = [
-    "CPS", "DRIVERS", "LOCAL_TABLES", "META", "OFFSETS", "OUTBOX", "SESSIONS", "TABLES",
+    "CPS", "DRIVERS", "LOCAL_TABLES", "META", "OFFSETS", "OUTBOX", "SESSIONS", "SITES", "TABLES",
     "AtomicJSONStorage", "AuditLog", "FileLock", "JsonFile", "Store", "read_audit",
     "read_database", "write_atomic",
 ]

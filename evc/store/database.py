@@ -37,9 +37,10 @@ OUTBOX = "outbox"
 OFFSETS = "offsets"
 META = "meta"
 DRIVERS = "drivers"
+SITES = "sites"
 LOCAL_TABLES = frozenset({OUTBOX})  # journaled here, never replicated (see ``replica``)
 TABLES = {CPS: "cp_id", SESSIONS: "session_id", OUTBOX: "msg_id", OFFSETS: "tp", META: "name",
-          DRIVERS: "driver_id"}
+          DRIVERS: "driver_id", SITES: "site"}
 """Every table and the field that keys its records."""
 
 class AtomicJSONStorage(Storage):

@@ -61,8 +61,8 @@ def test_a_seed_program_is_its_subcommand_errors_and_environment_too():
     bad = seed_program(["EV_Driver", "127.0.0.1:9092", "D 1", "--file", "x"])
     one_clear_line(bad, "bad driver id 'D 1'")
     env = seed_program(["EV_CP_E", "127.0.0.1:9092", "--listen", "6001"],
-                       env={"EVC_CP_ENGINE_POWER": "abc"})  # evc cp-engine's variable
-    assert env.returncode == 2 and "'--power': 'abc'" in env.stderr
+                       env={"EVC_CP_ENGINE_MAX_KW": "abc"})  # evc cp-engine's variable
+    assert env.returncode == 2 and "'--max-kw': 'abc'" in env.stderr
 
 
 def test_console_script_installed():

@@ -55,7 +55,7 @@ class Wire:
 def parts():
     """An engine of a CP served unproven (its monitor said so: ``EngineOpen``)."""
     wire, journal, shown = Wire(), Journal(), []
-    engine = Engine(wire, shown.append, journal=journal, power=0.5)
+    engine = Engine(wire, shown.append, journal=journal)
     engine.open = True
     return engine, wire, journal, shown
 
@@ -280,7 +280,7 @@ SECRET = "5e" * 32
 def trusted():
     """An engine holding CP-01's credential (as its credential file would give it)."""
     wire, journal, shown = Wire(), Journal(), []
-    engine = Engine(wire, shown.append, journal=journal, power=0.5,
+    engine = Engine(wire, shown.append, journal=journal,
                     secret_for=lambda cp: SECRET if cp == "CP-01" else None)
     return engine, wire, journal, shown
 

@@ -39,6 +39,8 @@ SAMPLES = [
     m.CPStatus(cp_id="CP-01", location="C/Italia 5", price_eur_kwh=0.35,
                state=m.CPState.AVERIADO, detail="engine answered KO"),
     m.EngineOpen(cp_id="CP-01"),
+    m.SetPower(cp_id="CP-01", session_id="s1", kw=7.5),
+    m.SiteStatus(site="P1", limit_kw=30.0, load_kw=22.5, supplies=3, waiting=1),
     m.EngineRefused(cp_id="CP-01", refused="an unsigned start order", session_id="s1"),
     m.PairStart(cp_id="CP-01", pake="41" * 33),
     m.PairChallenge(cp_id="CP-01", pake="42" * 33),
