@@ -16,13 +16,21 @@ from collections.abc import Callable
 from typing import Any
 
 from evc.display import Row, ago
-from evc.protocol.messages import CentralStatus, CPState, CPStatus, Message, Removed
+from evc.protocol.messages import (
+    CentralStatus,
+    CPState,
+    CPStatus,
+    Message,
+    Removed,
+    SiteStatus,
+)
 
 
 class NetworkView:
     def __init__(self, central_timeout: float = 3.0) -> None:
         self.central_timeout = central_timeout
         self.cps: dict[str, CPStatus] = {}
+        self.sites: dict[str, SiteStatus] = {}
         self.central: CentralStatus | None = None
         self._beat: float | None = None  # monotonic: last live heartbeat
         self._started = time.monotonic()
@@ -38,6 +46,8 @@ class NetworkView:
                 self.central = msg
                 if live:
                     self._beat = time.monotonic()
+            case SiteStatus():
+                self.sites[msg.site] = msg
             case _:
                 pass
 
@@ -77,6 +87,10 @@ class NetworkView:
         return sorted((s for s in self.cps.values() if s.state is CPState.ACTIVADO),
                       key=lambda s: s.cp_id)
 
+    def site_lines(self) -> list[str]:
+        """Each site's load against its limit, for a header."""
+        return [site_line(s) for _, s in sorted(self.sites.items())]
+
     def rows(self, now: float | None = None) -> list[Row]:
         now = time.time() if now is None else now
         return [Row(s.cp_id, s.location, s.price_eur_kwh, s.state, detail(s, now), s.proven)
@@ -95,8 +109,11 @@ class NetworkView:
             "cps": [{"cp_id": s.cp_id, "location": s.location,
                      "price_eur_kwh": s.price_eur_kwh, "state": str(s.state),
                      "detail": s.detail, "last_seen": s.last_seen or None,
-                     "proven": s.proven}
+                     "proven": s.proven, "site": s.site or None, "kw": s.kw}
                     for s in sorted(self.cps.values(), key=lambda s: s.cp_id)],
+            "sites": [{"site": s.site, "limit_kw": s.limit_kw, "load_kw": s.load_kw,
+                       "supplies": s.supplies, "waiting": s.waiting}
+                      for _, s in sorted(self.sites.items())],
         }
 
     def changes(self, shown: dict[str, Any]) -> list[str]:
@@ -120,12 +137,21 @@ class NetworkView:
         return out
 
 
+def site_line(s: SiteStatus) -> str:
+    """``P1 20.0/30 kW, 3 supplying, 1 waiting``."""
+    limit = "no limit" if s.limit_kw is None else f"{s.limit_kw:g} kW"
+    text = f"{s.site} {s.load_kw:.1f} kW of {limit}, {s.supplies} supplying"
+    return text + (f", {s.waiting} waiting for power" if s.waiting else "")
+
+
 def detail(s: CPStatus, now: float) -> str:
     if s.state is CPState.DESCONECTADO:
         return f"last seen {ago(max(0.0, now - s.last_seen))} ago" if s.last_seen else \
             "never seen"
     if s.state is CPState.SUMINISTRANDO:
-        return "in use"
+        if s.site and s.kw <= 0:
+            return "in use (en espera: waiting for power)"
+        return f"in use, {s.kw:.1f} kW" if s.kw else "in use"
     return s.detail
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from colorama import Fore, Style, just_fix_windows_console
 
+from evc.central import power
 from evc.console import LineEditor
 from evc.display import (
     RESET,
@@ -31,6 +32,7 @@ from evc.display import (
     render_table,
     supports_256,
 )
+from evc.netview import site_line
 from evc.protocol.messages import CPState
 
 if TYPE_CHECKING:
@@ -43,6 +45,10 @@ def detail(cp: ChargePoint, now: float) -> str:
     if state is CPState.SUMINISTRANDO and cp.session is not None:
         s = cp.session
         text = f"{s.driver_id} {s.kwh:.2f} kWh {s.eur:.2f} €"
+        if cp.site and s.target_kw is not None and s.target_kw <= 0 and s.end_reason is None:
+            text += " (en espera: waiting for power)"
+        elif s.kw:
+            text += f" {s.kw:.1f} kW"
         if s.end_reason is not None:
             text += f" (ending: {s.end_reason})"
         elif not s.supplying:
@@ -92,6 +98,8 @@ class Board:
         totals = (f"   requests {c.requests}  authorized {c.authorized}  denied {c.denied}  "
                   f"tickets {c.tickets}")
         lines.append(counts_line(counts, self.colors, width, totals))
+        lines += [fit(" site " + site_line(status), width)
+                  for status in power.site_statuses(brain)]
         n_events = min(5, max(1, (height - 8) // 4))
         room = height - len(lines) - (n_events + 1) - 1  # events block + prompt
         rows = [Row(cp.cp_id, cp.location, cp.price, cp.state, detail(cp, now), cp.proven)

@@ -318,6 +318,8 @@ class Brain:
             self.out.publish(NETWORK, CentralStatus(
                 central=self.identity, started_at=self.started_at,
                 kafka_ok=self.bus_down_since is None, epoch=self.epoch), CENTRAL_KEY)
+            for status in power.site_statuses(self):
+                self.out.publish(NETWORK, status, f"@site/{status.site}")
         self.view.refresh(self)
 
     def _publish_status(self) -> None:
@@ -526,7 +528,8 @@ class Brain:
             session.wait(None)
         power.on_reading(self, session, t)
         self.store.put(SESSIONS, {"session_id": session.session_id, "consumo_kwh": session.kwh,
-                                  "importe_eur": session.eur, "supplying": True},
+                                  "importe_eur": session.eur, "supplying": True,
+                                  "kw": session.kw},
                        late=_late(t))
         if t.final:
             reason = session.end_reason or reason_of(t.reason)

@@ -63,7 +63,7 @@ class Session:
             end_reason=reason_of(reason) if reason else None,
             ev_max_kw=float(rec.get("ev_max_kw", 0.0)), sent_kw=rec.get("sent_kw"),
             granted_kw=float(rec.get("granted_kw", 0.0)),
-            sent_order=str(rec.get("sent_order", "")))
+            sent_order=str(rec.get("sent_order", "")), kw=float(rec.get("kw", 0.0)))
 
     def record(self, **extra: Any) -> dict[str, Any]:
         return {

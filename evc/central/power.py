@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from evc.central.allocation import Demand, allocate
-from evc.protocol.messages import SetPower, Telemetry
+from evc.protocol.messages import SetPower, SiteStatus, Telemetry
 from evc.store import SESSIONS
 
 if TYPE_CHECKING:
@@ -129,6 +129,19 @@ def _store(brain: Brain, session: Session) -> None:
     brain.store.put(SESSIONS, {"session_id": session.session_id, "sent_kw": session.sent_kw,
                                "granted_kw": session.granted_kw,
                                "sent_order": session.sent_order})
+
+
+def site_statuses(brain: Brain) -> list[SiteStatus]:
+    """Each site's limit and load (what its engines report), for the board and
+    network_topic."""
+    out = []
+    for site in sorted({cp.site for cp in brain.cps.values() if cp.site} | set(brain.sites)):
+        sessions = [s for s in site_sessions(brain, site) if s.end_reason is None]
+        out.append(SiteStatus(
+            site=site, limit_kw=brain.sites.get(site), load_kw=round(sum(
+                s.kw for s in sessions), 3), supplies=len(sessions),
+            waiting=sum(1 for s in sessions if s.target_kw is not None and s.target_kw <= 0)))
+    return out
 
 
 def on_reading(brain: Brain, session: Session, t: Telemetry) -> None:

@@ -12,7 +12,7 @@ import time
 
 from evc.central.model import ChargePoint, Counters, Session
 from evc.protocol.messages import CPState
-from evc.store import Store
+from evc.store import SITES, Store
 
 
 class StandbyModel:
@@ -24,6 +24,8 @@ class StandbyModel:
 
     def __init__(self) -> None:
         self.cps: dict[str, ChargePoint] = {}
+        self.sessions: dict[str, Session] = {}  # the open ones (for the sites' loads)
+        self.sites: dict[str, float | None] = {}
         self.counters = Counters()
         self.bus_down_since: float | None = None
         self.active = ""  # the active central, from its heartbeat on network_topic
@@ -51,11 +53,13 @@ class StandbyModel:
             cp = cps[rec["cp_id"]] = ChargePoint.from_record(rec)
             cp.state = cp.stored_state(rec)
             cp.fault_reason = "reported by its monitor" if cp.state is CPState.AVERIADO else ""
+        sessions: dict[str, Session] = {}
         for rec in store.sessions(status="open"):
             owner = cps.get(rec.get("cp_id", ""))
             if owner is not None:
-                owner.session = Session.from_record(rec)
-        self.cps = cps
+                owner.session = sessions[rec["session_id"]] = Session.from_record(rec)
+        self.cps, self.sessions = cps, sessions
+        self.sites = {str(r["site"]): r.get("max_kw") for r in store.all(SITES)}
         closed = store.sessions(status="closed")
         self.counters = Counters(authorized=len(closed) + sum(
             1 for cp in cps.values() if cp.session is not None), tickets=len(closed))

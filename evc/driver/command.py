@@ -32,6 +32,7 @@ from evc.protocol.messages import (
     DriverPairResult,
     Message,
     Removed,
+    SiteStatus,
     Telemetry,
     Ticket,
 )
@@ -53,6 +54,9 @@ SHOWN_GATHER = 0.2  # seconds the broker may gather what is only shown, while bu
               help="Seconds to wait after a ticket (or a denial) before the next request.")
 @click.option("--timeout", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True,
               help="Seconds to wait for central's answer (counted while central is there).")
+@click.option("--max-kw", type=click.FloatRange(0, 1000), default=0.0,
+              help="The most this EV takes, in kW (a share of a site's limit is never "
+                   "more); 0: whatever the CP gives.")
 @click.option("--live/--no-live", default=True, show_default=True,
               help="Show this driver's live telemetry.")
 @click.option("--list", "list_only", is_flag=True,
@@ -66,7 +70,7 @@ SHOWN_GATHER = 0.2  # seconds the broker may gather what is only shown, while bu
                    "same id and file, the driver goes on where it stopped.")
 @common_options
 def driver(kafka: Bootstrap, driver_id: str, file_: Path | None, charge_seconds: float,
-           pause: float, timeout: float, live: bool, list_only: bool,
+           pause: float, timeout: float, max_kw: float, live: bool, list_only: bool,
            credentials: Path | None, pair_code: str | None, state_dir: Path,
            common: Common) -> None:
     """EV_Driver: asks central for charges at the CPs listed in --file, one after another.
@@ -115,7 +119,7 @@ def driver(kafka: Bootstrap, driver_id: str, file_: Path | None, charge_seconds:
                 inbox.put(Got(msg, delivery.topic, delivery.partition, delivery.offset))
 
         def about_the_network(msg: Message, delivery: Delivery) -> None:
-            if isinstance(msg, (CentralStatus, CPStatus, Removed)):
+            if isinstance(msg, (CentralStatus, CPStatus, Removed, SiteStatus)):
                 inbox.put(Got(msg, live=network.is_live(delivery)))
 
         crew.spawn(consumer.run, mine, stop, name="driver-kafka")
@@ -125,7 +129,7 @@ def driver(kafka: Bootstrap, driver_id: str, file_: Path | None, charge_seconds:
                    charge_seconds=charge_seconds, pause=pause, live=live,
                    caught_up=network.caught_up, credential=credential,
                    watch_cp=lambda cp: readings.retarget(TELEMETRY, [cp]),
-                   network=network_id)
+                   network=network_id, max_kw=max_kw)
         try:
             if pair_code is not None and not d.pair(pair_code):
                 raise SystemExit(1)

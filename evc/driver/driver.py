@@ -200,8 +200,9 @@ class Driver:
                  caught_up: threading.Event | None = None,
                  credential: Credential | None = None,
                  watch_cp: Callable[[str], None] = lambda _cp: None,
-                 network: str = "") -> None:
+                 network: str = "", max_kw: float = 0.0) -> None:
         self.driver_id = driver_id
+        self.max_kw = max_kw  # the EV's own limit, asked with each request (0: none)
         self.inbox = inbox
         self.stop = stop
         self.journal = journal
@@ -388,7 +389,7 @@ class Driver:
         why = self.network.why_not(cp_id)
         if why is not None:  # central decides; the driver just knows what the network says
             say(f"{self.driver_id}: {why} right now; asking central anyway")
-        req = ChargeRequest(driver_id=self.driver_id, cp_id=cp_id)
+        req = ChargeRequest(driver_id=self.driver_id, cp_id=cp_id, max_kw=self.max_kw)
         # Journal first: killed after this line, a restart sends the same request again.
         self.state["current"] = {"request": req.to_wire(), "line": line}
         self._save()
@@ -589,8 +590,12 @@ class Driver:
             match self._next(1.0):
                 case Telemetry() as reading if reading.session_id == auth.session_id:
                     if self.live and not reading.final:
+                        power = "" if reading.kw is None else (
+                            ", waiting for power (en espera)" if reading.kw <= 0
+                            else f", {reading.kw:.1f} kW")
                         say(f"{self.driver_id}: live at {reading.cp_id}: "
-                            f"{reading.consumo_kwh:.2f} kWh, {reading.importe_eur:.2f} €")
+                            f"{reading.consumo_kwh:.2f} kWh, {reading.importe_eur:.2f} €"
+                            + power)
                 case Ticket() as ticket if ticket.session_id == auth.session_id:
                     self.summary["tickets"] += 1
                     duration = ticket.ended_at - ticket.started_at

@@ -34,7 +34,7 @@ from evc.logs import setup_logging
 from evc.net import Bootstrap
 from evc.netview import NetworkView, read_current
 from evc.options import KAFKA, Common, common_options
-from evc.protocol.messages import CentralStatus, CPState, CPStatus, Message, Removed
+from evc.protocol.messages import CentralStatus, CPState, CPStatus, Message, Removed, SiteStatus
 from evc.protocol.topics import NETWORK, Delivery
 
 
@@ -62,7 +62,7 @@ def status(kafka: Bootstrap, once: bool, as_json: bool, central_timeout: float,
                             wait=common.kafka_wait, stop=stop)
 
         def got(msg: Message, delivery: Delivery) -> None:
-            if isinstance(msg, (CPStatus, CentralStatus, Removed)):
+            if isinstance(msg, (CPStatus, CentralStatus, Removed, SiteStatus)):
                 inbox.put((msg, consumer.is_live(delivery)))
 
         crew.spawn(consumer.run, got, stop, name="status-kafka")
@@ -135,6 +135,7 @@ def frame(view: NetworkView, width: int, height: int, title: str, *,
     for row in rows:
         counts[row.state] += 1
     lines.append(counts_line(counts, colors, width, f"   {len(rows)} charge points"))
+    lines += [fit(" site " + text, width) for text in view.site_lines()]
     lines += render_table(rows, width, max(3, height - len(lines)), colors)
     if not colours:
         import re
