@@ -1,0 +1,69 @@
+"""A site's power limit shared by a real central among real engines (real broker): three
+CPs of 22 kW on a 30-kW site get 10/10/10, then 15/15, then 8/0 when the limit drops to
+8 kW; the site never counts more than its limit, and the tickets add up to what the
+engines metered."""
+
+from __future__ import annotations
+
+from evc.protocol import messages as m
+from tests.helpers import wait_for
+from tests.network import Network
+
+CPS = ("CP-01", "CP-02", "CP-03")
+
+
+def shares(observer, sessions: dict[str, str]) -> dict[str, float | None]:
+    """The share each supply's engine was last ordered (its start, then set_power)."""
+    out: dict[str, float | None] = {}
+    for cp, sid in sessions.items():
+        orders = observer.of(m.SetPower, session_id=sid)
+        starts = observer.of(m.StartSupply, session_id=sid)
+        out[cp] = orders[-1].kw if orders else (starts[-1].kw if starts else None)
+    return out
+
+
+def obeyed(observer, sessions: dict[str, str]) -> dict[str, float | None]:
+    """What each engine last reported supplying."""
+    out: dict[str, float | None] = {}
+    for cp, sid in sessions.items():
+        readings = [t for t in observer.of(m.Telemetry, session_id=sid) if not t.final]
+        out[cp] = readings[-1].kw if readings else None
+    return out
+
+
+def test_a_site_limit_is_shared_and_kept(kafka, prefix, tmp_path, procs, observer):
+    net = Network(kafka, prefix, tmp_path, procs)
+    net.cps_file.write_text("".join(f"{cp},Garage {i},0.30,P1\n" for i, cp in enumerate(CPS)))
+    sites = tmp_path / "sites.csv"
+    sites.write_text("id,max_kw\nP1,30\n")
+    net.start_central("--sites", str(sites), "--security", "open")
+    for cp in CPS:
+        net.start_cp(cp)
+    drivers = {cp: net.start_driver(f"D-{i}", [cp], "--charge-seconds",
+                                    "12" if cp == "CP-01" else "600")
+               for i, cp in enumerate(CPS, start=1)}
+    for cp, d in drivers.items():
+        d.wait_line(f"AUTHORIZED at {cp}", timeout=20)
+    sessions = {cp: observer.wait(m.StartSupply, cp_id=cp)[0].session_id for cp in CPS}
+    want = {"CP-01": 10.0, "CP-02": 10.0, "CP-03": 10.0}
+    wait_for(lambda: shares(observer, sessions) == want and obeyed(observer, sessions) == want,
+             20, lambda: f"10/10/10, got {shares(observer, sessions)} "
+             f"obeyed {obeyed(observer, sessions)}\n{net.context()}")
+    drivers["CP-01"].wait_line("TICKET at CP-01", timeout=30)
+    rest = {cp: sessions[cp] for cp in ("CP-02", "CP-03")}
+    wait_for(lambda: obeyed(observer, rest) == {"CP-02": 15.0, "CP-03": 15.0}, 20,
+             lambda: f"15/15, got {obeyed(observer, rest)}\n{net.context()}")
+    net.central.send("site P1 limit 8")
+    wait_for(lambda: sorted(obeyed(observer, rest).values()) == [0.0, 8.0], 20,
+             lambda: f"8 and waiting, got {obeyed(observer, rest)}\n{net.context()}")
+    waiting = next(cp for cp, kw in obeyed(observer, rest).items() if kw == 0.0)
+    drivers[waiting].wait_line("waiting for power (en espera)", timeout=10)
+    for cp in ("CP-02", "CP-03"):
+        net.central.send(f"stop {cp}")
+    for cp in ("CP-02", "CP-03"):
+        drivers[cp].wait_line(f"TICKET at {cp}", timeout=30)
+    tickets = {t.session_id: t for t in observer.wait(m.Ticket, count=3, timeout=20)}
+    for sid in sessions.values():  # every ticket is what the engine metered
+        (final,) = [t for t in observer.of(m.Telemetry, session_id=sid) if t.final]
+        assert tickets[sid].consumo_kwh == final.consumo_kwh > 0
+        assert tickets[sid].importe_eur == round(final.consumo_kwh * 0.30, 2)
