@@ -117,15 +117,22 @@ def all_registered(db: Path, cps: list[str]) -> bool:
     return all(states.get(cp) not in (None, "Desconectado") for cp in cps)
 
 
+SITE = "Garage"
+
+
 def write_inputs(run_dir: Path, n_cps: int, n_drivers: int, per_driver: int,
                  seed: int) -> tuple[list[str], list[Path]]:
     rng = random.Random(seed)
     cps = [f"CP-{i:02d}" for i in range(1, n_cps + 1)]
     with open(run_dir / "charging_points.csv", "w", encoding="utf-8") as out:
-        out.write("id,location,price_eur_kwh\n")
+        out.write("id,location,price_eur_kwh,site\n")
         for i, cp in enumerate(cps):
             location = LOCATIONS[i % len(LOCATIONS)]
-            out.write(f"{cp},\"{location}\",{0.30 + rng.randint(0, 15) / 100:.2f}\n")
+            out.write(f"{cp},\"{location}\",{0.30 + rng.randint(0, 15) / 100:.2f},{SITE}\n")
+    # one car park whose grid connection is 60 % of what its CPs could draw together: the
+    # board shows central sharing it (docs/ARCHITECTURE.md, "Site power limits")
+    (run_dir / "sites.csv").write_text(f"id,max_kw\n{SITE},{round(22 * n_cps * 0.6):d}\n",
+                                       encoding="utf-8")
     (run_dir / "drivers.txt").write_text(
         "".join(f"D-{d:02d}\n" for d in range(1, n_drivers + 1)), encoding="utf-8")
     files = []
@@ -221,7 +228,8 @@ def run_demo(kafka: Address, n_cps: int, n_drivers: int, per_driver: int,
         db = run_dir / "central.json"
         central = subprocess.Popen(EVC + [
             "central", str(central_port), str(kafka), str(db),
-            "--cps", str(run_dir / "charging_points.csv"), "--drivers",
+            "--cps", str(run_dir / "charging_points.csv"), "--sites",
+            str(run_dir / "sites.csv"), "--drivers",
             str(run_dir / "drivers.txt"), "--credentials-dir", str(run_dir / "credentials"),
             "--display", display, "--log-file", str(run_dir / "central.log")])
         drivers_at = time.monotonic() + 20  # drivers start once the CPs are up (or by then)
