@@ -67,3 +67,41 @@ def test_a_site_limit_is_shared_and_kept(kafka, prefix, tmp_path, procs, observe
         (final,) = [t for t in observer.of(m.Telemetry, session_id=sid) if t.final]
         assert tickets[sid].consumo_kwh == final.consumo_kwh > 0
         assert tickets[sid].importe_eur == round(final.consumo_kwh * 0.30, 2)
+
+
+def test_kills_while_shares_change_keep_the_limit_and_every_ticket(kafka, prefix, tmp_path,
+                                                                  procs, observer):
+    """kill -9 of central and of an engine while supplies start and end on a 30-kW site:
+    the power the engines report never adds up to more than 30 kW, each supply gets one
+    ticket, and each ticket is what its engine metered."""
+    net = Network(kafka, prefix, tmp_path, procs)
+    net.cps_file.write_text("".join(f"{cp},Garage {i},0.30,P1\n" for i, cp in enumerate(CPS)))
+    sites = tmp_path / "sites.csv"
+    sites.write_text("P1,30\n")
+    net.start_central("--sites", str(sites), "--security", "open")
+    for cp in CPS:
+        net.start_cp(cp)
+    drivers = [net.start_driver(f"D-{i}", [cp] * 3, "--charge-seconds", "5", "--pause", "1",
+                                "--timeout", "60")
+               for i, cp in enumerate(CPS, start=1)]
+    observer.wait(m.StartSupply, count=3, timeout=30)
+    net.central.kill()  # kill -9 while three supplies share the site
+    net.start_central("--sites", str(sites), "--security", "open")
+    observer.wait(m.Ticket, count=3, timeout=60)
+    net.engines["CP-02"].kill()  # and an engine, mid-supply or between supplies
+    net.start_engine("CP-02")
+    for d in drivers:
+        assert d.popen.wait(120) == 0, d.output[-2000:]
+    starts = {s.session_id for s in observer.of(m.StartSupply)}
+    tickets = observer.wait(m.Ticket, count=len(starts), timeout=60)
+    assert sorted(t.session_id for t in tickets) == sorted(starts)  # one each, none twice
+    last: dict[str, float] = {}
+    # in the order the engines sent them (one machine, one clock)
+    for reading in sorted(observer.of(m.Telemetry), key=lambda t: t.ts):
+        if reading.final:
+            last.pop(reading.session_id, None)
+            ticket = next(t for t in tickets if t.session_id == reading.session_id)
+            assert ticket.consumo_kwh >= reading.consumo_kwh  # never under-billed
+        elif reading.kw is not None:
+            last[reading.session_id] = reading.kw
+            assert sum(last.values()) <= 30 + 0.01, last
