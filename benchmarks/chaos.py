@@ -12,7 +12,11 @@ network drains, everything stops, and every topic is read from its beginning to 
 requests and answers, tickets lost and duplicated, kWh billed versus supplied (the
 engines' readings and final figures, which their journals carry across their deaths),
 processes that exited unasked, and the slowest recovery of a CP after its killed part
-restarted. The last line with --json is one JSON object with these figures.
+restarted. Every CP is on one site whose limit (``--site-limit``, 40 % of what the CPs
+could draw together by default) central shares among the supplies: the report adds the
+peak of what the engines said they supplied together, and how many readings found it
+over the limit (none is the promise). The last line with --json is one JSON object with
+these figures.
 
 Redundancy: ``--centrals 2`` runs a standby central beside the active one (monitors are
 given both); a central kill then kills the *active* one, and the report adds the longest
@@ -166,6 +170,9 @@ def main() -> int:
     parser.add_argument("--every", type=float, default=4.0, help="seconds between kills")
     parser.add_argument("--broker-every", type=float, default=90.0,
                         help="seconds between broker restarts (0: none)")
+    parser.add_argument("--site-limit", type=float, default=None,
+                        help="every CP on one site with this limit in kW [default: 40 %% of "
+                             "what the CPs could draw together; 0: no site]")
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
@@ -190,14 +197,18 @@ def main() -> int:
         bus.ensure_topics()
 
     cps = [f"CP-{i:02d}" for i in range(1, args.cps + 1)]
-    (run / "cps.csv").write_text("id,location,price_eur_kwh\n" + "".join(
-        f"{cp},Calle {i},0.{30 + i % 10}\n" for i, cp in enumerate(cps)))
+    limit = round(22 * args.cps * 0.4, 1) if args.site_limit is None else args.site_limit
+    site = "S" if limit else ""
+    (run / "cps.csv").write_text("id,location,price_eur_kwh,site\n" + "".join(
+        f"{cp},Calle {i},0.{30 + i % 10},{site}\n" for i, cp in enumerate(cps)))
+    (run / "sites.csv").write_text(f"S,{limit}\n" if limit else "")
     (run / "drivers.txt").write_text("".join(f"D-{i:02d}\n"
                                              for i in range(1, args.drivers + 1)))
     centrals = [Part(f"central {i + 1}", [
         "central", str(cport), kafka, str(run / f"central{i + 1}.json"),
         "--listen-host", "127.0.0.1", "--cps", str(run / "cps.csv"),
-        "--drivers", str(run / "drivers.txt"), "--credentials-dir", str(run / "credentials"),
+        "--sites", str(run / "sites.csv"), "--drivers", str(run / "drivers.txt"),
+        "--credentials-dir", str(run / "credentials"),
         "--display", "plain", "--log-level", "INFO", "--log-file",
         str(run / f"central{i + 1}.log"), *common], run / f"central{i + 1}.out")
         for i, cport in enumerate(central_ports)]
@@ -298,7 +309,7 @@ def main() -> int:
             part.stop()
         messages = read_everything(kafka, prefix)
         broker("stop", port, ctrl, data)
-    return report(run, messages, kills, restarts, parts, args.json, without)
+    return report(run, messages, kills, restarts, parts, args.json, without, limit or None)
 
 
 def wait_until(condition: Any, timeout: float) -> None:
@@ -333,7 +344,7 @@ def recovery_times(run: Path, restarts: list[tuple[float, str, str]]
 
 def report(run: Path, messages: list[m.Message], kills: Counter[str],
            restarts: list[tuple[float, str, str]], parts: list[Part], as_json: bool,
-           without: list[float]) -> int:
+           without: list[float], limit: float | None = None) -> int:
     requests = {x.msg_id for x in messages if isinstance(x, m.ChargeRequest)}
     auths = [x for x in messages if isinstance(x, m.Authorization)]
     answered = {a.request_id for a in auths}
@@ -348,6 +359,20 @@ def report(run: Path, messages: list[m.Message], kills: Counter[str],
     for x in messages:
         if isinstance(x, m.Telemetry) and x.session_id:
             supplied[x.session_id] = max(supplied[x.session_id], x.consumo_kwh)
+    # the site's promise: at every reading, what the engines last said they supply (each
+    # open supply's latest kw, in the order they were sent) is within the limit
+    last: dict[str, float] = {}
+    peak, over = 0.0, 0
+    timeline = sorted((x for x in messages if isinstance(x, (m.Telemetry, m.Ticket))),
+                      key=lambda x: x.ts)
+    for x in timeline:
+        if isinstance(x, m.Ticket) or x.final:
+            last.pop(x.session_id, None)
+        elif x.kw is not None and x.session_id:
+            last[x.session_id] = x.kw
+            load = sum(last.values())
+            peak = max(peak, load)
+            over += int(limit is not None and load > limit + 0.01)
     lost = [s for s in sessions if not tickets.get(s)]
     duplicated = [s for s, ids in tickets.items() if len(ids) > 1]
     under = {s: round(supplied[s] - billed[s], 4) for s in billed
@@ -376,6 +401,8 @@ def report(run: Path, messages: list[m.Message], kills: Counter[str],
         "slowest_recovery_central_up_s": {k: round(v, 1) for k, v in slowest_alone.items()},
         "failovers": len(without),
         "longest_without_active_central_s": round(max(without, default=0.0), 1),
+        "site_limit_kw": limit, "site_peak_kw": round(peak, 2),
+        "site_readings_over_limit": over,
     }
     print(f"kills: {', '.join(f'{k} {v}' for k, v in sorted(kills.items()))}")
     print(f"requests {figures['requests']}, answered {figures['answered']}; authorized "
@@ -386,6 +413,9 @@ def report(run: Path, messages: list[m.Message], kills: Counter[str],
     if without:
         print(f"failovers {len(without)}: longest time without an active central "
               f"{max(without):.1f} s (median {sorted(without)[len(without) // 2]:.1f} s)")
+    if limit is not None:
+        print(f"site limit {limit:g} kW: peak of what the engines reported {peak:.1f} kW, "
+              f"readings over the limit {over}")
     print(f"processes that exited unasked: {len(unasked)}"
           + "".join(f"\n  {u}" for u in unasked[:20]))
     print("slowest recovery after a restart (s): "
@@ -405,7 +435,7 @@ def report(run: Path, messages: list[m.Message], kills: Counter[str],
               + ", ".join(f"{s} {d}" for s, d in list(under.items())[:10]))
     if as_json:
         print(json.dumps(figures))
-    ok = not lost and not duplicated and not under and not unasked
+    ok = not lost and not duplicated and not under and not unasked and not over
     return 0 if ok else 1
 
 
