@@ -89,3 +89,43 @@ def test_address_lists():
     assert parse_addresses("a:1,b:2") == [Address("a", 1), Address("b", 2)]
     with pytest.raises(ConfigError):
         parse_addresses(" , ")
+
+
+@pytest.mark.parametrize("line, command", [
+    ("site P1 limit 100", admin.SiteLimit("P1", 100.0)),
+    ("site P1 limit 7,5", admin.SiteLimit("P1", 7.5)),
+    ("site P1 limit none", admin.SiteLimit("P1", None)),
+    ("site P1 add CP-01 CP-02", admin.SiteMembers("P1", ("CP-01", "CP-02"), True)),
+    ("sitio P1 remove CP-01", admin.SiteMembers("P1", ("CP-01",), False)),
+    ("pair CP-07", admin.Pair("CP-07", False)),
+    ("pair CP-07 replace", admin.Pair("CP-07", True)),
+    ('add CP-11 "C/Mayor 3" 0.42 --pair', admin.Add("CP-11", "C/Mayor 3", 0.42, True)),
+])
+def test_site_and_pair_commands(line, command):
+    assert admin.parse_command(line) == command
+
+
+@pytest.mark.parametrize("line, error", [
+    ("site P1 limit lots", "not a number"), ("site P1 limit -3", "between 0"),
+    ("site P1", "usage: site"), ("site P1 grow CP-01", "usage: site"),
+    ("pair CP-07 now", "usage: pair"),
+])
+def test_bad_site_and_pair_commands(line, error):
+    with pytest.raises(admin.CommandError, match=error):
+        admin.parse_command(line)
+
+
+def test_the_registry_and_sites_files(tmp_path):
+    from evc.central.command import read_registry, read_sites
+
+    cps = tmp_path / "cps.csv"
+    cps.write_text("id,location,price_eur_kwh,site\nCP-01,Garage,0.30,P1\nCP-02,Calle,0.4\n")
+    assert read_registry(cps) == [("CP-01", "Garage", 0.30, "P1"), ("CP-02", "Calle", 0.4, None)]
+    sites = tmp_path / "sites.csv"
+    sites.write_text("id,max_kw\nP1,150\nP2,none\n")
+    assert read_sites(sites) == [("P1", 150.0), ("P2", None)]
+    sites.write_text("P1,-1\n")
+    with pytest.raises(ConfigError, match="sites.csv:1: max_kw '-1' must be 0-100000 kW"):
+        read_sites(sites)
+    with pytest.raises(ConfigError, match="cannot read sites file"):
+        read_sites(tmp_path / "missing.csv")
