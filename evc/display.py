@@ -80,11 +80,12 @@ class Row:
     proven: bool = False  # its monitor proved the CP's credential: orders and readings signed
 
 
-def _trust(row: Row) -> str:
-    """``signed``: proven (orders and readings signed); ``open``: served unproven."""
-    if row.proven:
+def trust_word(proven: bool, state: CPState) -> str:
+    """``signed``: proven (orders and readings signed); ``open``: served unproven; nothing
+    for a CP not connected and never proven."""
+    if proven:
         return "signed"
-    return "" if row.state is CPState.DESCONECTADO else "open"
+    return "" if state is CPState.DESCONECTADO else "open"
 
 
 def render_table(rows: Sequence[Row], width: int, room: int,
@@ -120,7 +121,7 @@ def render_table(rows: Sequence[Row], width: int, room: int,
         label = LABEL[r.state] if state_w >= 22 else LABEL[r.state].split(" ")[0]
         lines.append(f"{fit(r.cp_id, id_w)} {fit(printable(r.location), loc_w)} "
                      f"{fit(f'{r.price:.2f}', price_w)} "
-                     f"{trust(_trust(r))}" + colors[r.state]
+                     f"{trust(trust_word(r.proven, r.state))}" + colors[r.state]
                      + fit(label, state_w) + RESET + " " + fit(printable(r.detail), det_w))
     if hidden:
         by_state: dict[CPState, int] = {}

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from evc.display import Row, ago
+from evc.display import Row, ago, trust_word
 from evc.protocol.messages import (
     CentralStatus,
     CPState,
@@ -127,10 +127,9 @@ class NetworkView:
             s = self.cps[cp_id]
             if shown.get(cp_id) != s.state:
                 shown[cp_id] = s.state
-                trust = " [signed]" if s.proven else (
-                    "" if s.state is CPState.DESCONECTADO else " [open]")
+                trust = trust_word(s.proven, s.state)
                 out.append(f"{cp_id} {s.state}" + (f" ({s.detail})" if s.detail else "")
-                           + trust)
+                           + (f" [{trust}]" if trust else ""))
         for cp_id in [k for k in shown if k != "@central" and k not in self.cps]:
             del shown[cp_id]
             out.append(f"{cp_id} removed")

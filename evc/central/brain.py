@@ -182,9 +182,10 @@ class Brain:
         if driver_id in self.drivers:
             return False
         self.drivers[driver_id] = ""
-        self.store.put(DRIVERS, {"driver_id": driver_id, "secret": ""})
         if self.settings.secure if credential is None else credential:
-            operator.issue_credential(self, driver_id)
+            operator.issue_credential(self, driver_id)  # stores it with its credential
+        else:
+            self.store.put(DRIVERS, {"driver_id": driver_id, "secret": ""})
         return True
 
     # ------------------------------------------------------------------ loop

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from evc.errors import ProtocolError
-from evc.protocol import pairing
+from evc.protocol import auth, pairing
 from evc.protocol.messages import (
     DriverPair,
     DriverPairChallenge,
@@ -109,7 +109,7 @@ class Pairings:
         exchange = self.exchanges.pop(token, None)
         if exchange is None or exchange.ident != ident or now > exchange.expires:
             raise Refused(f"no pairing of {ident} in progress here (start again)")
-        if not pairing.same(pairing.client_confirm(exchange.key, ident), confirm):
+        if not auth.same(pairing.client_confirm(exchange.key, ident), confirm):
             code = self.codes.get(ident)
             left = MAX_TRIES - code.tries if code is not None else 0
             raise Refused(f"wrong pairing code for {ident}"

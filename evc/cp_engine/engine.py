@@ -246,9 +246,7 @@ class Engine:
         key = auth.kafka_key(secret, msg.client_nonce, msg.server_nonce)
         if auth.key_id(key) != msg.key_id:
             return False
-        if self.cp_id is None:  # only its own monitor can make a key that fits
-            self.cp_id = msg.cp_id
-            self.show(f"serving {self.cp_id} (told by its monitor)")
+        self._serve(msg.cp_id)  # only its own monitor can make a key that fits
         if msg.key_id not in self.keys:
             if not self.keys:
                 self.show(f"{self.cp_id} is proven (its monitor proved the credential): "
@@ -267,14 +265,19 @@ class Engine:
                         + ("was proven: only signed orders count)" if self.proven
                            else f"serves {self.cp_id})"))
             return False
-        if self.cp_id is None:
-            self.cp_id = msg.cp_id
-            self.show(f"serving {self.cp_id} (told by its monitor)")
+        self._serve(msg.cp_id)
         if not self.open:
             self.open = True
             self.show(f"{self.cp_id} is served unproven: orders come unsigned")
             self._unpark()
         return True
+
+    def _serve(self, cp_id: str) -> str:
+        """The CP this engine serves: learnt from its monitor the first time it is told."""
+        if self.cp_id is None:
+            self.cp_id = cp_id
+            self.show(f"serving {cp_id} (told by its monitor)")
+        return self.cp_id
 
     def _unpark(self) -> None:
         parked, self.parked = self.parked, []
@@ -283,17 +286,15 @@ class Engine:
 
     def on_health_check(self, check: HealthCheck) -> HealthReply | None:
         """The answer to send, or None to stay silent (hang)."""
-        if self.cp_id is None:
-            self.cp_id = check.cp_id
-            self.show(f"serving {self.cp_id} (told by its monitor)")
-        elif check.cp_id != self.cp_id:
-            log.error("monitor checks %s but this engine is %s", check.cp_id, self.cp_id)
-            return HealthReply(cp_id=self.cp_id, status=Health.KO, state="wrong CP")
+        cp_id = self._serve(check.cp_id)
+        if check.cp_id != cp_id:
+            log.error("monitor checks %s but this engine is %s", check.cp_id, cp_id)
+            return HealthReply(cp_id=cp_id, status=Health.KO, state="wrong CP")
         if self.mode is Mode.HANG:
             return None
         status = Health.OK if self.mode is Mode.OK else Health.KO
         refused, session_id = self.take_refusals()
-        return HealthReply(cp_id=self.cp_id, status=status, state=str(self.state),
+        return HealthReply(cp_id=cp_id, status=status, state=str(self.state),
                            refused=refused, session_id=session_id, max_kw=self.max_kw)
 
     def refuse(self, what: str, session_id: str = "") -> None:

@@ -351,7 +351,7 @@ class Monitor:
         if not self.pair_key:
             return
         key, self.pair_key, self.pake = self.pair_key, b"", None
-        if not pairing.same(pairing.central_confirm(key, self.cp_id), msg.confirm):
+        if not auth.same(pairing.central_confirm(key, self.cp_id), msg.confirm):
             self._give_up("central did not prove it knows the pairing code (not the real "
                           "central?); nothing was stored")
             return

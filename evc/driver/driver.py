@@ -424,7 +424,7 @@ class Driver:
             self._unsent.submit(prove.msg_id, REQUESTS, prove, self.driver_id)
             answer = self._await_pairing(request.msg_id)
             if isinstance(answer, DriverPairResult) and answer.ok:
-                if not pairing.same(pairing.central_confirm(key, self.driver_id),
+                if not auth.same(pairing.central_confirm(key, self.driver_id),
                                     answer.confirm):
                     say(f"{self.driver_id}: central did not prove it knows the pairing code "
                         "(not the real central?); nothing was stored")

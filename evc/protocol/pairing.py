@@ -88,6 +88,3 @@ def credential(key: bytes, ident: str) -> str:
     """The credential both sides store: 64 hex characters, as ``auth.new_secret`` makes."""
     return _mac(key, "evc pairing credential v1", ident)
 
-
-def same(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
