@@ -8,9 +8,11 @@ and only then sends those messages: nothing is announced that a crash could
 forget, nothing decided is lost, and no record is applied twice.
 
 Here: the loop, charge requests, telemetry, supplies and tickets, the operator's
-stop and resume, the deadlines. Beside it, with the same brain: monitors.py (the
+stop and resume, the deadlines. Beside it, with the same brain: admission.py (what
+is authorized, whose request is its own, which reading can be true), monitors.py (the
 TCP side: registration, heartbeats, faults, lost connections), operator.py (the
-console's commands), restore.py (taking up the stored state at start).
+console's commands), pairing.py, power.py (site limits), restore.py (taking up the
+stored state at start).
 
 A charge point's state is derived, never stored twice:
 
@@ -37,7 +39,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from evc.central import monitors, operator, pairing, power, restore
+from evc.central import admission, monitors, operator, pairing, power, restore
 from evc.central.announce import Announcer
 from evc.central.events import (
     BusMessage,
@@ -400,7 +402,7 @@ class Brain:
         while len(self.answered) > 100_000:
             self.answered.popitem(last=False)
         self.counters.requests += 1
-        refusal = self._refusal(req)
+        refusal = admission.refusal(self, req)
         if refusal is not None:
             code, reason = refusal
             self.counters.denied += 1
@@ -436,56 +438,12 @@ class Brain:
         self.counters.authorized += 1
         self.refresh_cp(cp, f"supply authorized for {req.driver_id}", before)
 
-    def _refusal(self, req: ChargeRequest) -> tuple[DenyCode, str] | None:
-        """Why ``req`` cannot be authorized, or None: the only place that decides.
-
-        A request's age does not count the time central or Kafka was away:
-        requests made meanwhile are answered when they return.
-        """
-        proof = self._driver_proof(req)
-        if proof is not None:
-            return proof
-        age = self.age(req.ts)
-        if age > self.settings.request_ttl:
-            return DenyCode.EXPIRED, f"request expired ({age:.0f} s old)"
-        cp = self.cps.get(req.cp_id)
-        if cp is None:
-            return DenyCode.UNKNOWN_CP, f"unknown charge point {req.cp_id}"
-        for session_id in self._by_driver.get(req.driver_id, ()):
+    def running_session_of(self, driver_id: str) -> Session | None:
+        """The driver's supply whose end is not decided yet, if any."""
+        for session_id in self._by_driver.get(driver_id, ()):
             session = self.sessions[session_id]
             if session.end_reason is None:
-                return (DenyCode.DRIVER_BUSY, f"driver {req.driver_id} already has a supply "
-                        f"running at {session.cp_id}")
-        state = cp.state
-        if state is CPState.ACTIVADO:
-            return None
-        return {
-            CPState.DESCONECTADO: (DenyCode.DISCONNECTED, f"{cp.cp_id} is disconnected"),
-            CPState.AVERIADO: (DenyCode.FAULTED, f"{cp.cp_id} is out of service (fault)"),
-            CPState.PARADO: (DenyCode.STOPPED,
-                             f"{cp.cp_id} is stopped by the operator (out of order)"),
-            CPState.SUMINISTRANDO: (DenyCode.BUSY, f"{cp.cp_id} is busy"),
-        }[state]
-
-    def _driver_proof(self, req: ChargeRequest | EndRequest) -> tuple[DenyCode, str] | None:
-        """Why ``req`` is not the driver's own, or None. A driver with a credential signs,
-        whatever the level; the open level also serves drivers that have none."""
-        secret = self.drivers.get(req.driver_id)
-        how = (f"pair this driver: type `pair {req.driver_id}` at central's console, then "
-               f"run `evc driver <kafka> {req.driver_id} --pair <code>`")
-        if secret is None and self.settings.secure:
-            return (DenyCode.UNKNOWN_DRIVER,
-                    f"driver {req.driver_id} is not registered in central; {how}")
-        if secret:
-            if not auth.verify(req, auth.driver_key(secret)):
-                return (DenyCode.BAD_PROOF, f"the request of {req.driver_id} does not carry "
-                        f"its valid signature; {how}")
-            if req.driver_id not in self.proven_drivers:
-                self.proven_drivers.add(req.driver_id)
-                self.store.put(DRIVERS, {"driver_id": req.driver_id, "proven": True})
-        elif self.settings.secure:
-            return (DenyCode.BAD_PROOF, f"driver {req.driver_id}'s credential was revoked; "
-                    f"{how}")
+                return session
         return None
 
     def age(self, ts: float) -> float:
@@ -499,7 +457,7 @@ class Brain:
         if session is None or session.driver_id != req.driver_id or session.cp_id != req.cp_id:
             log.info("end request for unknown or finished session %s ignored", req.session_id)
             return
-        if self._driver_proof(req) is not None:
+        if admission.driver_proof(self, req) is not None:
             self.audit.write("rejected", kind="end_request", driver_id=req.driver_id,
                              session_id=req.session_id, why="not signed by the driver")
             log.warning("end request for %s without the driver's signature ignored",
@@ -512,7 +470,7 @@ class Brain:
         if session is None or session.cp_id != t.cp_id or session.driver_id != t.driver_id:
             log.debug("telemetry for no running session (%s %s) ignored", t.cp_id, t.session_id)
             return
-        why = self._implausible(t, session)
+        why = admission.implausible(self, t, session)
         if why is not None:
             self.audit.write("rejected", kind="telemetry", cp_id=t.cp_id,
                              session_id=session.session_id, why=why)
@@ -535,25 +493,6 @@ class Brain:
         if t.final:
             reason = session.end_reason or reason_of(t.reason)
             self.close_session(session, reason)
-
-    def _implausible(self, t: Telemetry, session: Session) -> str | None:
-        """Why a reading cannot be believed, or None (checked whatever the level)."""
-        cp = self.cps.get(t.cp_id)
-        if self.settings.secure or (cp is not None and cp.proven):
-            key = cp.keys.get(t.kid) if cp is not None and t.kid else None
-            if key is None or not auth.verify(t, key):
-                return "not signed with the CP's key"
-        if t.consumo_kwh < 0:
-            return f"negative energy ({t.consumo_kwh} kWh)"
-        elapsed = max(0.0, time.time() - session.started_at)
-        rate = self.settings.max_rate
-        if cp is not None:  # a fast simulation clock supplies faster
-            rate = max(rate, cp.max_kw * self.settings.speed / 3600 * 1.5)
-        most = rate * (elapsed + 2.0)  # a margin of two readings
-        if t.consumo_kwh > most:
-            return (f"{t.consumo_kwh:.2f} kWh in {elapsed:.0f} s is more than the CP can "
-                    f"supply ({most:.2f} kWh)")
-        return None
 
     def _bare_session(self, t: Telemetry) -> Session | None:
         """A reading in the seed's bare shape belongs to the open session of its CP."""
