@@ -31,10 +31,11 @@ from typing import Any
 
 from evc.console import say as console_say
 from evc.console import stamp
+from evc.driver import pairing as driver_pairing
 from evc.errors import BusError, ConfigError, EvcError, ProtocolError, StoreError
 from evc.netview import CentralWatch, NetworkView
 from evc.ports import Journal, Send, Unconfirmed, Verdict, assert_never
-from evc.protocol import auth, pairing
+from evc.protocol import auth
 from evc.protocol.ids import is_id, printable
 from evc.protocol.messages import (
     Authorization,
@@ -42,10 +43,6 @@ from evc.protocol.messages import (
     ChargeRequest,
     CPStatus,
     DenyCode,
-    DriverPair,
-    DriverPairChallenge,
-    DriverPairProve,
-    DriverPairResult,
     EndReason,
     EndRequest,
     Message,
@@ -402,57 +399,11 @@ class Driver:
 
     # ------------------------------------------------------------------ pairing
     def pair(self, code: str) -> bool:
-        """``--pair CODE``: the operator's one-time code turned into this driver's
-        credential over Kafka (protocol/pairing.py); True when it is stored here."""
-        try:
-            side = pairing.PakeSide(code, self.driver_id, central=False)
-        except ProtocolError as exc:
-            say(f"{self.driver_id}: --pair: {exc}")
-            return False
-        request = DriverPair(driver_id=self.driver_id, pake=side.outbound)
-        self._unsent.submit(request.msg_id, REQUESTS, request, self.driver_id)
-        say(f"{self.driver_id}: pairing with central…")
-        answer = self._await_pairing(request.msg_id)
-        if isinstance(answer, DriverPairChallenge):
-            try:
-                key = side.finish(answer.pake)
-            except ProtocolError as exc:
-                say(f"{self.driver_id}: central's pairing answer is not valid ({exc})")
-                return False
-            prove = DriverPairProve(driver_id=self.driver_id, request_id=request.msg_id,
-                                    confirm=pairing.client_confirm(key, self.driver_id))
-            self._unsent.submit(prove.msg_id, REQUESTS, prove, self.driver_id)
-            answer = self._await_pairing(request.msg_id)
-            if isinstance(answer, DriverPairResult) and answer.ok:
-                if not auth.same(pairing.central_confirm(key, self.driver_id),
-                                    answer.confirm):
-                    say(f"{self.driver_id}: central did not prove it knows the pairing code "
-                        "(not the real central?); nothing was stored")
-                    return False
-                return self._store_paired(pairing.credential(key, self.driver_id))
-        if answer is None:
-            say(f"{self.driver_id}: central did not answer the pairing within "
-                f"{self.timeout:g} s")
-            return False
-        assert isinstance(answer, DriverPairResult)
-        if self.key is not None:
-            say(f"{self.driver_id}: central refused the pairing ({answer.reason}); going on "
-                "with the credential already here")
-            return True
-        say(f"{self.driver_id}: central refused the pairing: {answer.reason}")
-        return False
+        """``--pair CODE`` (driver/pairing.py): True when the credential is stored here."""
+        return driver_pairing.pair(self, code, say)
 
-    def _await_pairing(self, request_id: str) -> DriverPairChallenge | DriverPairResult | None:
-        for left in self._countdown(self.timeout):
-            if left <= 0:
-                return None
-            msg = self._next(left)
-            if isinstance(msg, (DriverPairChallenge, DriverPairResult)) and \
-                    msg.request_id == request_id:
-                return msg
-        return None
-
-    def _store_paired(self, secret: str) -> bool:
+    def store_credential(self, secret: str) -> bool:
+        """A credential made by pairing, stored where this driver looks for it."""
         if self.credential is None:
             self.credential = Credential(self.driver_id)
         try:
@@ -464,6 +415,17 @@ class Driver:
         say(f"{self.driver_id}: paired with central; its credential is in {where} (from "
             "now on no --pair is needed)")
         return True
+
+    def submit(self, message: Message, key: str) -> None:
+        """Sent to requests_topic until Kafka confirms it (as every request is)."""
+        self._unsent.submit(message.msg_id, REQUESTS, message, key)
+
+    def next_message(self, timeout: float) -> Message | None:
+        """The next record for this driver (heartbeats and send results handled)."""
+        return self._next(timeout)
+
+    def countdown(self, budget: float) -> Iterator[float]:
+        return self._countdown(budget)
 
     def _answered(self, req: ChargeRequest, answer: Authorization, line: int | None) -> None:
         if not answer.authorized:
