@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from evc.central import pairing
+from evc.central import pairing, power
 from evc.central.events import Heartbeats, MonitorFrame
 from evc.central.model import PendingRegistration, Wait
 from evc.ports import assert_never
@@ -117,6 +117,9 @@ def accept(brain: Brain, conn_id: int, peer: str, cp: ChargePoint, msg: Register
         cp.location = msg.location
     cp.faulted = msg.health is Health.KO
     cp.fault_reason = "engine KO at registration" if cp.faulted else ""
+    if msg.max_kw > 0 and msg.max_kw != cp.max_kw:  # what its engine says it can supply
+        cp.max_kw = msg.max_kw
+        power.reallocate(brain, cp.site)
     brain.link.send(conn_id, RegisterAccepted(
         cp_id=cp.cp_id, location=cp.location, price_eur_kwh=cp.price, proof=proof,
         key_id=key_id))

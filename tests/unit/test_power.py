@@ -120,3 +120,15 @@ def test_a_restarted_central_keeps_counting_what_engines_may_draw(site, tmp_path
     assert sum(s.granted_kw for s in again.sessions.values()) <= 30
     assert {s.cp_id: s.granted_kw for s in again.sessions.values()} == {"CP-01": 22.0,
                                                                           "CP-02": 0.0}
+
+
+def test_a_cps_own_maximum_caps_its_share(site):
+    brain, outbox = site
+    brain.apply(MonitorFrame(9, "p", m.Register(cp_id="CP-04", max_kw=7.0)))  # not on P1
+    assert brain.cps.get("CP-04") is None  # (not in the registry: refused)
+    from evc.central.events import ConnectionLost
+    brain.apply(ConnectionLost(1, "p", "gone"))
+    brain.apply(MonitorFrame(11, "p", m.Register(cp_id="CP-01", max_kw=7.0)))
+    assert brain.cps["CP-01"].max_kw == 7.0
+    brain.on_bus(m.ChargeRequest(driver_id="D-1", cp_id="CP-01"))
+    assert share(outbox, brain.cps["CP-01"].session.session_id) == 7.0
