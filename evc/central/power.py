@@ -149,6 +149,8 @@ def on_reading(brain: Brain, session: Session, t: Telemetry) -> None:
     the order) frees its power."""
     if t.kw is None:
         return
+    if t.kw != session.kw:  # its public state says the power it supplies
+        brain.status_due.add(session.cp_id)
     session.kw = t.kw
     cp = brain.cps.get(session.cp_id)
     if cp is None or not cp.site or session.sent_kw is None:
