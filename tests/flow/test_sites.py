@@ -5,11 +5,25 @@ engines metered."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from evc.protocol import messages as m
 from tests.helpers import wait_for
 from tests.network import Network
 
 CPS = ("CP-01", "CP-02", "CP-03")
+
+
+def site_network(kafka, prefix, tmp_path, procs) -> tuple[Network, Path]:
+    """Central (open level) with the three CPs on site P1, limited to 30 kW, all up."""
+    net = Network(kafka, prefix, tmp_path, procs)
+    net.cps_file.write_text("".join(f"{cp},Garage {i},0.30,P1\n" for i, cp in enumerate(CPS)))
+    sites = tmp_path / "sites.csv"
+    sites.write_text("id,max_kw\nP1,30\n")
+    net.start_central("--sites", str(sites), "--security", "open")
+    for cp in CPS:
+        net.start_cp(cp)
+    return net, sites
 
 
 def shares(observer, sessions: dict[str, str]) -> dict[str, float | None]:
@@ -32,13 +46,7 @@ def obeyed(observer, sessions: dict[str, str]) -> dict[str, float | None]:
 
 
 def test_a_site_limit_is_shared_and_kept(kafka, prefix, tmp_path, procs, observer):
-    net = Network(kafka, prefix, tmp_path, procs)
-    net.cps_file.write_text("".join(f"{cp},Garage {i},0.30,P1\n" for i, cp in enumerate(CPS)))
-    sites = tmp_path / "sites.csv"
-    sites.write_text("id,max_kw\nP1,30\n")
-    net.start_central("--sites", str(sites), "--security", "open")
-    for cp in CPS:
-        net.start_cp(cp)
+    net, _ = site_network(kafka, prefix, tmp_path, procs)
     drivers = {cp: net.start_driver(f"D-{i}", [cp], "--charge-seconds",
                                     "12" if cp == "CP-01" else "600")
                for i, cp in enumerate(CPS, start=1)}
@@ -74,13 +82,7 @@ def test_kills_while_shares_change_keep_the_limit_and_every_ticket(kafka, prefix
     """kill -9 of central and of an engine while supplies start and end on a 30-kW site:
     the power the engines report never adds up to more than 30 kW, each supply gets one
     ticket, and each ticket is what its engine metered."""
-    net = Network(kafka, prefix, tmp_path, procs)
-    net.cps_file.write_text("".join(f"{cp},Garage {i},0.30,P1\n" for i, cp in enumerate(CPS)))
-    sites = tmp_path / "sites.csv"
-    sites.write_text("P1,30\n")
-    net.start_central("--sites", str(sites), "--security", "open")
-    for cp in CPS:
-        net.start_cp(cp)
+    net, sites = site_network(kafka, prefix, tmp_path, procs)
     drivers = [net.start_driver(f"D-{i}", [cp] * 3, "--charge-seconds", "5", "--pause", "1",
                                 "--timeout", "60")
                for i, cp in enumerate(CPS, start=1)]
