@@ -129,9 +129,11 @@ def write_inputs(run_dir: Path, n_cps: int, n_drivers: int, per_driver: int,
         for i, cp in enumerate(cps):
             location = LOCATIONS[i % len(LOCATIONS)]
             out.write(f"{cp},\"{location}\",{0.30 + rng.randint(0, 15) / 100:.2f},{SITE}\n")
-    # one car park whose grid connection is 60 % of what its CPs could draw together: the
-    # board shows central sharing it (docs/ARCHITECTURE.md, "Site power limits")
-    (run_dir / "sites.csv").write_text(f"id,max_kw\n{SITE},{round(22 * n_cps * 0.6):d}\n",
+    # one car park whose grid connection is 60 % of what the demo's supplies (at most one
+    # per driver) could draw together: the board shows central sharing it
+    # (docs/ARCHITECTURE.md, "Site power limits")
+    busy = min(n_cps, max(1, n_drivers))
+    (run_dir / "sites.csv").write_text(f"id,max_kw\n{SITE},{round(22 * busy * 0.6):d}\n",
                                        encoding="utf-8")
     (run_dir / "drivers.txt").write_text(
         "".join(f"D-{d:02d}\n" for d in range(1, n_drivers + 1)), encoding="utf-8")
@@ -180,7 +182,11 @@ def demo(kafka: str, n_cps: int, n_drivers: int, per_driver: int, charge_seconds
             raise click.ClickException(
                 f"port {central_port} is in use: give another with --central-port")
         run_dir = run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise click.ClickException(f"cannot create the run folder {run_dir}: "
+                                       f"{exc.strerror or exc}") from None
         run_demo(kafka_addr, n_cps, n_drivers, per_driver, charge_seconds, central_port,
                  run_dir, display, seed if seed is not None else int(time.time()), loop)
     except EvcError as exc:
