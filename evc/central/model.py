@@ -46,6 +46,7 @@ class Session:
     granted_kw: float = 0.0  # the most its engine may be drawing (what the site counts)
     kw: float = 0.0  # what its engine last reported
     sent_order: str = ""  # the msg_id of the last power order sent (a reading naming it obeyed)
+    power_seq: int = 0  # the last set_power's seq (each one a newer share than the last)
 
     def wait(self, what: Wait | None, seconds: float = 0.0) -> None:
         self.waiting = what
@@ -63,7 +64,8 @@ class Session:
             end_reason=reason_of(reason) if reason else None,
             ev_max_kw=float(rec.get("ev_max_kw", 0.0)), sent_kw=rec.get("sent_kw"),
             granted_kw=float(rec.get("granted_kw", 0.0)),
-            sent_order=str(rec.get("sent_order", "")), kw=float(rec.get("kw", 0.0)))
+            sent_order=str(rec.get("sent_order", "")), kw=float(rec.get("kw", 0.0)),
+            power_seq=int(rec.get("power_seq", 0)))
 
     def record(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -73,7 +75,7 @@ class Session:
             "supplying": self.supplying,
             "end_reason": str(self.end_reason) if self.end_reason else None,
             "ev_max_kw": self.ev_max_kw, "sent_kw": self.sent_kw, "granted_kw": self.granted_kw,
-            "sent_order": self.sent_order,
+            "sent_order": self.sent_order, "power_seq": self.power_seq,
             **extra,
         }
 

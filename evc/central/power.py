@@ -119,7 +119,9 @@ def _order(brain: Brain, session: Session, kw: float | None) -> None:
     cp = brain.cps.get(session.cp_id)
     if cp is None:
         return
-    order = SetPower(cp_id=cp.cp_id, session_id=session.session_id, kw=kw)
+    session.power_seq += 1
+    order = SetPower(cp_id=cp.cp_id, session_id=session.session_id, kw=kw,
+                     seq=session.power_seq)
     session.sent_kw, session.sent_order = kw, order.msg_id
     brain.order(cp, order)
     _store(brain, session)
@@ -128,7 +130,8 @@ def _order(brain: Brain, session: Session, kw: float | None) -> None:
 def _store(brain: Brain, session: Session) -> None:
     brain.store.put(SESSIONS, {"session_id": session.session_id, "sent_kw": session.sent_kw,
                                "granted_kw": session.granted_kw,
-                               "sent_order": session.sent_order})
+                               "sent_order": session.sent_order,
+                               "power_seq": session.power_seq})
 
 
 def site_statuses(brain: Brain) -> list[SiteStatus]:

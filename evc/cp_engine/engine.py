@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -86,6 +87,7 @@ class Supply:
     next_tick: float = 0.0
     share: float | None = None  # kW central allows it (None: no limit, the maximum)
     power_order: str = ""  # the order that set ``share`` (its readings name it)
+    power_seq: int = 0  # that order's seq: an older one (sent again) is not obeyed
 
 
 class Engine:
@@ -120,6 +122,9 @@ class Engine:
         self.stopped = False
         self.supply: Supply | None = None
         self.seen: list[str] = []  # session ids of start orders already handled
+        # msg_ids of the last orders obeyed: one sent again (central re-sends what Kafka
+        # had not confirmed when it died) is not obeyed twice, e.g. a stop after a resume
+        self.obeyed: deque[str] = deque(maxlen=SEEN)
         self.secret_for = secret_for  # the CP's credential, if this machine has it
         self.keys: dict[str, str] = {}  # kid -> this CP's Kafka key (the newest last)
         self.nonces: dict[str, float] = {}  # health-check nonces seen (replays refused)
@@ -335,6 +340,9 @@ class Engine:
                 self.refuse(f"a forged {msg.TYPE} order (its signature does not verify)",
                             session_id)
                 return
+        if msg.msg_id in self.obeyed:
+            return
+        self.obeyed.append(msg.msg_id)
         self._obey(msg)
 
     def _park(self, msg: Message) -> None:
@@ -366,8 +374,12 @@ class Engine:
             case SetPower():
                 s = self.supply
                 if s is not None and s.session_id == order.session_id:
+                    if order.seq and order.seq <= s.power_seq:
+                        log.info("power order %d for %s is older than the one obeyed (%d)",
+                                 order.seq, s.session_id, s.power_seq)
+                        return  # an earlier share, sent again: the newer one holds
                     changed = s.share != order.kw
-                    s.share, s.power_order = order.kw, order.msg_id
+                    s.share, s.power_order, s.power_seq = order.kw, order.msg_id, order.seq
                     self._save()
                     self._telemetry()  # what it supplies now: central counts on it
                     if not changed:

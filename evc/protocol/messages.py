@@ -378,12 +378,15 @@ class EndSupply(Message):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SetPower(Message):
     """Central -> engine: supply this session at most ``kw`` (its share of the site's
-    limit; 0: wait for power; None: no limit, the CP's maximum)."""
+    limit; 0: wait for power; None: no limit, the CP's maximum). ``seq`` numbers a
+    session's power orders in the order central decided them: an engine obeys only a
+    newer one than it has (an earlier share sent again after a crash never comes back)."""
 
     TYPE: ClassVar[str] = "set_power"
     cp_id: str
     session_id: str
     kw: float | None = None
+    seq: int = 0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

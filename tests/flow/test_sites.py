@@ -5,6 +5,7 @@ engines metered."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from evc.protocol import messages as m
@@ -90,7 +91,14 @@ def test_kills_while_shares_change_keep_the_limit_and_every_ticket(kafka, prefix
     net.central.kill()  # kill -9 while three supplies share the site
     net.start_central("--sites", str(sites), "--security", "open")
     observer.wait(m.Ticket, count=3, timeout=60)
-    net.engines["CP-02"].kill()  # and an engine, mid-supply or between supplies
+
+    def supplying_cp02() -> bool:
+        ticketed = {t.session_id for t in observer.of(m.Ticket)}
+        return any(t.session_id not in ticketed and not t.final
+                   for t in observer.of(m.Telemetry, cp_id="CP-02"))
+    wait_for(supplying_cp02, 30, lambda: f"a supply at CP-02\n{net.context()}")
+    net.engines["CP-02"].kill()  # and an engine mid-supply
+    killed_at = time.time()  # from here its supply (if any) draws nothing
     net.start_engine("CP-02")
     for d in drivers:
         assert d.popen.wait(120) == 0, d.output[-2000:]
@@ -98,8 +106,12 @@ def test_kills_while_shares_change_keep_the_limit_and_every_ticket(kafka, prefix
     tickets = observer.wait(m.Ticket, count=len(starts), timeout=60)
     assert sorted(t.session_id for t in tickets) == sorted(starts)  # one each, none twice
     last: dict[str, float] = {}
+    dead = {t.session_id for t in observer.of(m.Telemetry, cp_id="CP-02") if t.ts <= killed_at}
     # in the order the engines sent them (one machine, one clock)
     for reading in sorted(observer.of(m.Telemetry), key=lambda t: t.ts):
+        if reading.ts > killed_at:  # the killed engine's last reading no longer holds
+            for sid in dead:
+                last.pop(sid, None)
         if reading.final:
             last.pop(reading.session_id, None)
             ticket = next(t for t in tickets if t.session_id == reading.session_id)

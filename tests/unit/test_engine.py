@@ -172,6 +172,35 @@ def test_stop_and_resume(parts):
     assert engine.state is m.CPState.ACTIVADO and "resumed" in shown[-1]
 
 
+def test_an_order_sent_again_is_not_obeyed_twice(parts):
+    """Central re-sends what Kafka had not confirmed when it died: a stop decided before a
+    resume must not stop the CP again once it arrives a second time."""
+    engine, _, _, _ = parts
+    engine.cp_id = "CP-01"
+    stop, resume = m.StopCP(cp_id="CP-01"), m.ResumeCP(cp_id="CP-01")
+    for order in (stop, resume, stop, resume):
+        engine.on_order(order)
+    assert engine.state is m.CPState.ACTIVADO
+    engine.on_order(stop)
+    assert engine.state is m.CPState.ACTIVADO
+
+
+def test_an_earlier_share_sent_again_never_comes_back(parts):
+    """Power orders count by their seq: after 15 then 10 kW, a 15 sent again (or
+    delivered late) is ignored, so the site's count of 10 stays true."""
+    engine, wire, _, _ = parts
+    engine.cp_id = "CP-01"
+    start(engine)
+    up = m.SetPower(cp_id="CP-01", session_id="s1", kw=15.0, seq=1)
+    down = m.SetPower(cp_id="CP-01", session_id="s1", kw=10.0, seq=2)
+    engine.on_order(up)
+    engine.on_order(down)
+    engine.on_order(dataclasses.replace(up, msg_id="again"))  # same share, new record
+    assert engine.kw == 10.0
+    assert wire.telemetry()[-1].kw == 10.0
+    assert wire.telemetry()[-1].power_order == down.msg_id
+
+
 def test_the_time_limit_ends_a_supply():
     wire = Wire()
     engine = Engine(wire, lambda _: None, journal=Journal(), cp_id="CP-01", max_seconds=2)

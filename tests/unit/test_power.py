@@ -120,6 +120,10 @@ def test_a_restarted_central_keeps_counting_what_engines_may_draw(site, tmp_path
     assert sum(s.granted_kw for s in again.sessions.values()) <= 30
     assert {s.cp_id: s.granted_kw for s in again.sessions.values()} == {"CP-01": 22.0,
                                                                           "CP-02": 0.0}
+    # its power orders go on numbering from the last one sent (an engine obeys only newer)
+    before = [o.seq for o in outbox.of(m.SetPower)]
+    assert before == sorted(set(before)) and before[0] >= 1
+    assert again.sessions[brain.cps["CP-01"].session.session_id].power_seq == before[-1]
 
 
 def test_a_cps_own_maximum_caps_its_share(site):
