@@ -1,0 +1,1 @@
+"""`evc web`: the network in a browser (docs/WEB.md)."""

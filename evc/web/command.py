@@ -1,0 +1,150 @@
+"""`evc web <kafka_host:port>`: the network in a browser (docs/WEB.md).
+
+Another Kafka client, like `evc status`, on any machine: it follows network_topic and
+central_changelog (never central's files), so it keeps going through a failover. One
+thread owns the model (``own``); Kafka's threads and the HTTP threads hand it records and
+questions through its inbox, and it publishes the board's documents at most
+``COALESCE`` apart, so a browser gets a few updates a second whatever the network does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import click
+
+from evc.bus import ChangelogReader, open_bus, retrying
+from evc.errors import BusError, ConfigError
+from evc.lifecycle import Crew, install_stop_signals
+from evc.logs import setup_logging
+from evc.net import Address, Bootstrap
+from evc.options import KAFKA, AddressType, Common, common_options
+from evc.protocol.messages import CentralStatus, CPStatus, Message, Removed, SiteStatus
+from evc.protocol.topics import CHANGELOG, NETWORK, Delivery
+from evc.web.hub import Hub, Snapshot
+from evc.web.model import WebModel
+from evc.web.server import WebApp, WebServer, serve
+
+log = logging.getLogger(__name__)
+
+COALESCE = 0.25  # s: the board's documents are published at most this often
+
+
+@click.command()
+@click.argument("kafka", type=KAFKA)
+@click.option("--listen", type=AddressType(default_host="127.0.0.1"), default="127.0.0.1:8080",
+              show_default=True, metavar="HOST:PORT",
+              help="Where to serve the board (0.0.0.0:8080 to serve other machines).")
+@click.option("--central-timeout", type=click.FloatRange(1, 60), default=3.0,
+              show_default=True, help="Seconds without central's heartbeat that mean it is "
+              "unavailable.")
+@common_options
+def web(kafka: Bootstrap, listen: Address, central_timeout: float, common: Common) -> None:
+    """A live web board of the network and its JSON API, from any machine."""
+    setup_logging(common.log_level, common.log_file)
+    host, port = listen.pair
+    stop = threading.Event()
+    install_stop_signals(stop)
+    inbox: queue.Queue[Any] = queue.Queue()
+    hub = Hub(inbox)
+    model = WebModel(central_timeout)
+    try:
+        server = WebServer((host, port), WebApp(hub), stop)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    crew = Crew(stop)
+    try:
+        with open_bus(str(kafka), prefix=common.topic_prefix, client_id="evc-web",
+                      wait=common.kafka_wait, stop=stop, sasl=common.sasl) as bus:
+            consumer = retrying(lambda: bus.consumer([NETWORK], from_beginning=True),
+                                wait=common.kafka_wait, stop=stop)
+
+            def got(msg: Message, delivery: Delivery) -> None:
+                if isinstance(msg, (CPStatus, CentralStatus, Removed, SiteStatus)):
+                    inbox.put(("net", msg, consumer.is_live(delivery)))
+
+            def follow_changelog() -> None:
+                reader: ChangelogReader | None = None
+                try:
+                    while not stop.is_set():
+                        if reader is None:
+                            reader = retrying(lambda: ChangelogReader(bus, CHANGELOG),
+                                              wait=3600, stop=stop)
+                        try:
+                            for key, value in reader.poll(0.2):
+                                inbox.put(("log", key, value))
+                        except BusError as exc:
+                            log.warning("changelog: %s; reading on", exc)
+                            stop.wait(1.0)
+                finally:
+                    if reader is not None:
+                        reader.close()
+
+            crew.spawn(consumer.run, got, stop, name="web-network")
+            crew.spawn(follow_changelog, name="web-changelog")
+            crew.spawn(serve, server, stop, name="web-http")
+            click.echo(f"evc web: the board at http://{_shown(host)}:{server.server_port}/ "
+                       f"(Kafka {kafka})", err=True)
+            try:
+                own(model, inbox, hub, stop)
+            finally:
+                log.info("evc web stopping")
+                stop.set()
+                hub.close()
+                crew.join(1.5)
+            crew.check()
+    finally:
+        server.server_close()
+        log.info("evc web stopped")
+
+
+def _shown(host: str) -> str:
+    return "127.0.0.1" if host in ("", "0.0.0.0") else host  # noqa: S104 - only shown
+
+
+def own(model: WebModel, inbox: queue.Queue[Any], hub: Hub, stop: threading.Event) -> None:
+    """The model's one owner: apply what arrives, answer questions, publish the board."""
+    published = -1
+    last = 0.0
+    while not stop.is_set():
+        try:
+            item = inbox.get(timeout=COALESCE)
+        except queue.Empty:
+            item = None
+        while item is not None:
+            _apply(model, item)
+            try:
+                item = inbox.get_nowait()
+            except queue.Empty:
+                item = None
+        model.tick()
+        now = time.monotonic()
+        if model.version != published and now - last >= COALESCE:
+            published, last = model.version, now
+            hub.publish(Snapshot(published, _json(model.board(operator=False)),
+                                 _json(model.board(operator=True))))
+
+
+def _apply(model: WebModel, item: tuple[Any, ...]) -> None:
+    kind = item[0]
+    if kind == "net":
+        model.on_network(item[1], item[2])
+    elif kind == "log":
+        model.on_changelog(item[1], item[2])
+    elif kind == "ask":
+        question, answer = item[1], item[2]
+        assert isinstance(answer, Future)
+        try:
+            answer.set_result(question(model))
+        except Exception as exc:  # noqa: BLE001 - the asking thread reports it
+            answer.set_exception(exc)
+
+
+def _json(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -1,0 +1,74 @@
+"""The web board's model, without Kafka or HTTP: what the public and an operator see."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from evc.protocol import messages as m
+from evc.web.model import WebModel
+
+
+def session(sid: str, cp: str, driver: str, **extra) -> tuple[str, str]:
+    rec = {"session_id": sid, "cp_id": cp, "driver_id": driver, "status": "open",
+           "started_at": 1000.0, "consumo_kwh": 0.0, "importe_eur": 0.0,
+           "price_eur_kwh": 0.3} | extra
+    return f"sessions/{sid}", json.dumps(rec)
+
+
+def network() -> WebModel:
+    model = WebModel()
+    model.on_network(m.CentralStatus(central="pc2 pid 1", started_at=900.0), True)
+    model.on_network(m.CPStatus(cp_id="CP-01", location="Calle 1", price_eur_kwh=0.3,
+                                state=m.CPState.SUMINISTRANDO, kw=11.0), True)
+    model.on_network(m.CPStatus(cp_id="CP-02", location="<img src=x onerror=alert(1)>",
+                                price_eur_kwh=0.4, state=m.CPState.ACTIVADO), True)
+    model.on_changelog(*session("s1", "CP-01", "D-23", consumo_kwh=1.5, importe_eur=0.45))
+    return model
+
+
+def test_the_public_board_hides_drivers_and_the_operators_shows_them():
+    model = network()
+    public = model.board(operator=False)
+    row = next(c for c in public["cps"] if c["cp_id"] == "CP-01")
+    assert row["supply"] == {"consumo_kwh": 1.5, "importe_eur": 0.45, "started_at": 1000.0}
+    assert "D-23" not in json.dumps(public)
+    assert public["counts"]["Suministrando"] == 1 and public["counts"]["Activado"] == 1
+    assert [c["cp_id"] for c in public["cps"] if c["free"]] == ["CP-02"]
+    operator = model.board(operator=True)
+    row = next(c for c in operator["cps"] if c["cp_id"] == "CP-01")
+    assert row["supply"]["driver_id"] == "D-23" and row["supply"]["session_id"] == "s1"
+    assert model.cp("CP-02", operator=False)["location"] == "<img src=x onerror=alert(1)>"
+    assert model.cp("CP-99", operator=False) is None
+
+
+def test_a_running_supply_draws_a_curve_and_its_end_makes_a_ticket_row():
+    model = network()
+    for t, kwh in ((1001.0, 2.0), (1002.0, 2.5)):
+        model.on_changelog(*session("s1", "CP-01", "D-23", consumo_kwh=kwh), now=t)
+    assert [k for _, k in model.cp("CP-01", operator=True)["curve"]] == [1.5, 2.0, 2.5]
+    assert "curve" not in model.cp("CP-01", operator=False)
+    model.on_changelog(*session("s1", "CP-01", "=HYPERLINK(\"x\")", status="closed",
+                                consumo_kwh=3.0, importe_eur=0.9, ended_at=1010.0,
+                                reason="finished", ticket_id="t1"))
+    assert model.cp("CP-01", operator=True)["curve"] == []
+    rows = list(csv.DictReader(io.StringIO(model.tickets_csv())))
+    assert len(rows) == 1 and rows[0]["consumo_kwh"] == "3.0" and rows[0]["reason"] == "finished"
+    assert rows[0]["driver_id"].startswith("'=")  # never a spreadsheet formula
+    assert model.sessions_doc("open", 0)["count"] == 0
+    assert model.sessions_doc("closed", 0)["sessions"][0]["importe_eur"] == 0.9
+    assert model.sessions_doc("closed", 2000)["count"] == 0  # started before ``since``
+
+
+def test_central_archiving_a_closed_session_keeps_it_here_and_bad_records_are_skipped():
+    model = network()
+    model.on_changelog(*session("s1", "CP-01", "D-23", status="closed", ended_at=1010.0))
+    model.on_changelog("sessions/s1", None)  # archived by central: still a ticket here
+    model.on_changelog("sessions/s2", "{not json")
+    model.on_changelog("sessions/s3", json.dumps([1, 2]))
+    model.on_changelog("cps/CP-01", json.dumps({"cp_id": "CP-01"}))
+    assert [s["session_id"] for s in model.sessions_doc(None, 0)["sessions"]] == ["s1"]
+    model.on_changelog(*session("s4", "CP-02", "D-1"))
+    model.on_changelog("sessions/s4", None)  # an open one removed: gone
+    assert model.sessions_doc("open", 0)["count"] == 0
