@@ -197,13 +197,15 @@ def want_board(mode: str) -> bool:
               show_default=True,
               help="board: live coloured board (terminals); plain: one line per change. "
                    "auto picks the board on a terminal unless NO_COLOR is set.")
+@click.option("--web-url", default="", help="Where this network's web board is (evc web): "
+              "shown in the board's title.")
 @common_options
 def central(socket_port: int, kafka: Bootstrap, db_path: Path, listen_host: str,
             cps_file: Path | None, drivers_file: Path | None, sites_file: Path | None,
             min_kw: float, speed: float, pair: bool, security: str,
             credentials_dir: Path | None, heartbeat_timeout: float, register_timeout: float,
             partitions: int, final_timeout: float, resume_grace: float,
-            max_supply_seconds: float, display: str, common: Common) -> None:
+            max_supply_seconds: float, display: str, web_url: str, common: Common) -> None:
     """EV_Central: the monitor server, the rules, and the operator console.
 
     Monitors connect to SOCKET_PORT over TCP; drivers and engines reach central
@@ -219,7 +221,7 @@ def central(socket_port: int, kafka: Bootstrap, db_path: Path, listen_host: str,
         cps_file=cps_file, drivers_file=drivers_file, pair=pair, sites_file=sites_file,
         credentials_dir=credentials_dir,
         heartbeat_timeout=heartbeat_timeout, register_timeout=register_timeout,
-        partitions=partitions, board=want_board(display), common=common,
+        partitions=partitions, board=want_board(display), common=common, web_url=web_url,
         settings=Settings(final_timeout=final_timeout, resume_grace=resume_grace,
                           max_supply=max_supply_seconds, secure=security == "auth",
                           min_kw=min_kw, speed=speed)))
@@ -266,7 +268,7 @@ def run_central(cfg: CentralConfig) -> None:
         identity = f"{socket.gethostname()}:{server.address.port} pid {os.getpid()}"
         if cfg.board:
             view = BoardView(f"monitors :{server.address.port}  Kafka {cfg.kafka}  "
-                             f"DB {cfg.db_path}")
+                             f"DB {cfg.db_path}" + (f"  web {cfg.web_url}" if cfg.web_url else ""))
         else:
             view = PlainView()
         # The network's state is the changelog's when it has any (this DB may be behind

@@ -30,5 +30,6 @@ class CentralConfig:
     lease_timeout: float = 3.0
     partitions: int = 3
     board: bool = False
+    web_url: str = ""  # where the network's web board is (shown in the board's title)
     settings: Settings = Settings()
     common: Common = Common()

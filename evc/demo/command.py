@@ -164,20 +164,25 @@ def write_inputs(run_dir: Path, n_cps: int, n_drivers: int, per_driver: int,
 @click.option("--display", type=click.Choice(["auto", "board", "plain"]), default="auto",
               show_default=True, help="Central's display (see evc central --help).")
 @click.option("--seed", type=int, default=None, help="Seed of the random request files.")
-@click.option("--loop", is_flag=True,
-              help="Drivers start their files again (after a pause) when they end: a demo "
-                   "left on a screen stays alive.")
+@click.option("--once", is_flag=True,
+              help="Drivers go through their files once (by default each starts its file "
+                   "again after a pause, until `quit`: a demo left on a screen stays alive).")
+@click.option("--web", "web", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
+              help="Where the demo's web board (evc web) listens; 'none': no web board. A "
+                   "port in use: the next free one.")
 def demo(kafka: str, n_cps: int, n_drivers: int, per_driver: int, charge_seconds: float,
          central_port: int, run_dir: Path | None, display: str, seed: int | None,
-         loop: bool) -> None:
+         once: bool, web: str) -> None:
     """Run the whole network here: broker, central (board), charge points and drivers.
 
     Ctrl+C (or `quit` at central's prompt) stops everything. While it runs, press an
     engine's keys from another terminal: echo f > <run-dir>/engine-CP-01.keys
-    (f fault, h hang, r recover, u unplug).
+    (f fault, h hang, r recover, u unplug), and watch the web board in a browser.
     """
     try:
         kafka_addr = parse_address(kafka, what="--kafka address")
+        web_addr = None if web.lower() == "none" else parse_address(
+            web, default_host="127.0.0.1", what="--web address")
         if not port_free(Address("0.0.0.0", central_port)):
             raise click.ClickException(
                 f"port {central_port} is in use: give another with --central-port")
@@ -188,7 +193,8 @@ def demo(kafka: str, n_cps: int, n_drivers: int, per_driver: int, charge_seconds
             raise click.ClickException(f"cannot create the run folder {run_dir}: "
                                        f"{exc.strerror or exc}") from None
         run_demo(kafka_addr, n_cps, n_drivers, per_driver, charge_seconds, central_port,
-                 run_dir, display, seed if seed is not None else int(time.time()), loop)
+                 run_dir, display, seed if seed is not None else int(time.time()),
+                 loop=not once, web=web_addr)
     except EvcError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -198,7 +204,7 @@ LOOP_PAUSE = 10.0  # seconds a looping driver rests before its file again
 
 def run_demo(kafka: Address, n_cps: int, n_drivers: int, per_driver: int,
              charge_seconds: float, central_port: int, run_dir: Path, display: str,
-             seed: int, loop: bool = False) -> None:
+             seed: int, loop: bool = True, web: Address | None = None) -> None:
     say = click.echo
     broker_cfg = None
     if not ping(str(kafka), timeout=3.0):
@@ -231,13 +237,20 @@ def run_demo(kafka: Address, n_cps: int, n_drivers: int, per_driver: int,
                                              f"{host}:{central_port}", cp,
                                              "--location", LOCATIONS[cps.index(cp) % 10]])
         say(f"demo: {n_cps} charge points, {n_drivers} drivers; logs in {run_dir}/")
+        web_url = ""
+        if web is not None:
+            port = web.port if port_free(web) else free_port(web.host)
+            web_url = f"http://{web.host}:{port}/"
+            children.start("web", ["web", str(kafka), "--listen", f"{web.host}:{port}"])
+            say(f"demo: web board at {web_url}")
         db = run_dir / "central.json"
         central = subprocess.Popen(EVC + [
             "central", str(central_port), str(kafka), str(db),
             "--cps", str(run_dir / "charging_points.csv"), "--sites",
             str(run_dir / "sites.csv"), "--drivers",
             str(run_dir / "drivers.txt"), "--credentials-dir", str(run_dir / "credentials"),
-            "--display", display, "--log-file", str(run_dir / "central.log")])
+            "--display", display, "--log-file", str(run_dir / "central.log")]
+            + (["--web-url", web_url] if web_url else []))
         drivers_at = time.monotonic() + 20  # drivers start once the CPs are up (or by then)
         drivers_started = n_drivers == 0
         drivers: dict[str, tuple[subprocess.Popen[bytes], list[str]]] = {}

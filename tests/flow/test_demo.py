@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import urllib.request
 
 from tests.helpers import EVC, Proc, free_port, wait_for
 
@@ -23,6 +25,16 @@ def children_of(parent: int) -> list[int]:
     return kids
 
 
+def _board(port: int) -> dict | None:
+    """The web board's JSON once it lists CPs; None until then."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/board", timeout=5) as res:
+            doc = json.loads(res.read())
+    except OSError:
+        return None
+    return doc if doc.get("cps") else None
+
+
 def alive(pid: int) -> bool:
     try:
         state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
@@ -35,7 +47,8 @@ def test_demo_runs_the_network_and_stops_cleanly(kafka, tmp_path):
     run_dir = tmp_path / "run"
     demo = Proc(["demo", "--kafka", kafka, "--cps", "3", "--drivers", "2", "--requests", "2",
                  "--charge-seconds", "2", "--run-dir", str(run_dir), "--display", "plain",
-                 "--central-port", str(free_port()), "--seed", "1"], name="demo")
+                 "--central-port", str(free_port()), "--seed", "1", "--once",
+                 "--web", "none"], name="demo")
     try:
         demo.wait_line("central ready", timeout=60)
         for cp in ("CP-01", "CP-02", "CP-03"):
@@ -72,18 +85,23 @@ def test_demo_runs_the_network_and_stops_cleanly(kafka, tmp_path):
 
 def test_demo_starts_its_own_broker_loops_and_quits_from_the_console(tmp_path):
     """No broker at --kafka: the demo runs one (evc broker) and stops it afterwards; with
-    --loop a driver done with its file starts it again."""
-    port = free_port()
+    a driver done with its file starts it again (the default; --once does not); the web
+    board is served beside central's."""
+    port, web_port = free_port(), free_port()
     run_dir = tmp_path / "run"
     demo = Proc(["demo", "--kafka", f"127.0.0.1:{port}", "--cps", "2", "--drivers", "1",
                  "--requests", "1", "--charge-seconds", "1", "--run-dir", str(run_dir),
-                 "--display", "plain", "--central-port", str(free_port()), "--loop"],
+                 "--display", "plain", "--central-port", str(free_port()),
+                 "--web", f"127.0.0.1:{web_port}"],
                 name="demo")
     try:
         demo.wait_line(f"no broker answers at 127.0.0.1:{port}: starting one", timeout=10)
         demo.wait_line("central ready", timeout=120)
         demo.wait_line("ticket to D-01", timeout=60)
         demo.wait_line("ticket to D-01", count=2, timeout=60)  # the file, once more
+        demo.wait_line(f"demo: web board at http://127.0.0.1:{web_port}/", timeout=5)
+        board = wait_for(lambda: _board(web_port), 30, "the demo's web board with its CPs")
+        assert {c["cp_id"] for c in board["cps"]} == {"CP-01", "CP-02"}
         demo.send("quit")  # central's console is the demo's console
         assert demo.popen.wait(30) == 0
     finally:
