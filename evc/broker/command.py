@@ -41,7 +41,7 @@ def broker() -> None:
 @click.option("--foreground", is_flag=True, help="Stay attached; Ctrl+C stops the broker.")
 @click.option("--secure", is_flag=True,
               help="Clients must log in (SASL/SCRAM-SHA-256) as one of the users it makes "
-                   "(central, engine, driver, viewer), each allowed only its own topics "
+                   "(central, engine, driver, viewer, web), each allowed only its own topics "
                    "(ACLs). See `evc broker users` and docs/SECURITY.md.")
 @click.option("--topic-prefix", default="", help="With --secure: the topic prefix of the "
               "network whose topics the ACLs name.")
@@ -150,7 +150,8 @@ def cluster_id_command() -> None:
 def print_users(cfg: manager.BrokerConfig) -> None:
     found = manager.users(cfg)
     for role, who in (("central", "central"), ("engine", "every cp-engine"),
-                      ("driver", "every driver"), ("viewer", "evc status")):
+                      ("driver", "every driver"), ("viewer", "evc status"),
+                      ("web", "evc web")):
         click.echo(f"  {who:16s} --kafka-user {role} --kafka-password {found[role]}")
 
 

@@ -292,8 +292,9 @@ def users(cfg: BrokerConfig) -> dict[str, str]:
         data = {}
     except (OSError, ValueError) as exc:
         raise BrokerError(f"cannot read {cfg.users_file}: {exc}") from exc
-    if not data:
-        data = {user: secrets.token_hex(16) for user in ("admin", *ROLES)}
+    missing = [user for user in ("admin", *ROLES) if user not in data]
+    if missing:  # a new broker, or one made before a role existed
+        data |= {user: secrets.token_hex(16) for user in missing}
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(cfg.users_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as out:

@@ -8,9 +8,9 @@ from evc.bus.client import KafkaBus
 from evc.bus.config import Sasl
 from evc.bus.errors import kafka_errors
 from evc.errors import BusError
-from evc.protocol.topics import CHANGELOG, CONTROL, LEASE, NETWORK, REQUESTS, TELEMETRY
+from evc.protocol.topics import CHANGELOG, CONTROL, LEASE, NETWORK, OPERATOR, REQUESTS, TELEMETRY
 
-ROLES = ("central", "engine", "driver", "viewer")
+ROLES = ("central", "engine", "driver", "viewer", "web")
 
 
 def _allow(topics: Iterable[str], *ops: str) -> list[tuple[str, str, str]]:
@@ -21,13 +21,14 @@ def role_acls(prefix: str) -> dict[str, list[tuple[str, str, str]]]:
     """What each Kafka user may do: (resource type, name, operation). Kafka's ACLs are per
     topic, not per key: a driver may read every answer on control_topic; it cannot forge
     one (central signs them) nor write anything but requests."""
-    t = {n: f"{prefix}{n}" for n in (REQUESTS, TELEMETRY, CONTROL, NETWORK, LEASE, CHANGELOG)}
+    t = {n: f"{prefix}{n}" for n in (REQUESTS, TELEMETRY, CONTROL, NETWORK, LEASE, CHANGELOG,
+                                     OPERATOR)}
     read = ("READ", "DESCRIBE")
     write = ("WRITE", "DESCRIBE")
     return {
-        "central": _allow([t[REQUESTS], t[TELEMETRY], t[LEASE], t[NETWORK], t[CHANGELOG]],
-                          *read)
-        + _allow([t[CONTROL], t[NETWORK], t[CHANGELOG]], *write)
+        "central": _allow([t[REQUESTS], t[TELEMETRY], t[LEASE], t[NETWORK], t[CHANGELOG],
+                           t[OPERATOR]], *read)
+        + _allow([t[CONTROL], t[NETWORK], t[CHANGELOG], t[OPERATOR]], *write)
         + [("group", f"{prefix}evc-central", "READ"),
            ("group", f"{prefix}evc-central-lease", "READ"),
            ("transactional_id", f"{prefix}evc-central", "WRITE"),
@@ -39,6 +40,10 @@ def role_acls(prefix: str) -> dict[str, list[tuple[str, str, str]]]:
         + _allow([t[CONTROL], t[TELEMETRY], t[NETWORK]], *read)
         + [("cluster", "kafka-cluster", "IDEMPOTENT_WRITE")],
         "viewer": _allow([t[NETWORK]], *read),
+        # evc web: the network and central's state to show, operators' commands to send
+        # (each signed by its operator: only central's accounts can make one count)
+        "web": _allow([t[NETWORK], t[CHANGELOG], t[OPERATOR]], *read)
+        + _allow([t[OPERATOR]], *write) + [("cluster", "kafka-cluster", "IDEMPOTENT_WRITE")],
     }
 
 

@@ -6,6 +6,7 @@
     pair CP-11 [replace] | pair D-23             -> Pair("CP-11", replace)
     site P1 limit 100 | site P1 limit none       -> SiteLimit("P1", 100.0)
     site P1 add CP-01 CP-02 | site P1 remove CP-01  -> SiteMembers("P1", (...), add)
+    add-operator ana | remove-operator ana       -> AddOperator("ana") / RemoveOperator(...)
     remove CP-11 | price CP-01 0.39 | help | quit
 
 Parsing never touches state; the brain applies the result.
@@ -94,6 +95,16 @@ class SiteMembers:
 
 
 @dataclass(frozen=True)
+class AddOperator:
+    name: str  # an account for evc web (a new password if it exists)
+
+
+@dataclass(frozen=True)
+class RemoveOperator:
+    name: str
+
+
+@dataclass(frozen=True)
 class Help:
     pass
 
@@ -104,14 +115,15 @@ class Quit:
 
 
 Command = (Stop | Resume | Add | Remove | SetPrice | Rotate | Revoke | AddDriver | RemoveDriver
-           | Pair | SiteLimit | SiteMembers | Help | Quit)
+           | Pair | SiteLimit | SiteMembers | AddOperator | RemoveOperator | Help | Quit)
 
 HELP = (
     "commands: stop <cp>|all, resume <cp>|all (parar/reanudar), "
     'add <cp> "<location>" <price> [--pair], remove <cp>, price <cp> <eur>, '
     "add-driver <id>, remove-driver <id>, pair <cp|driver> [replace], "
     "site <site> limit <kw>|none, site <site> add|remove <cp>..., "
-    "rotate <cp|driver>, revoke <cp|driver>, help, quit"
+    "rotate <cp|driver>, revoke <cp|driver>, add-operator <name>, remove-operator <name>, "
+    "help, quit"
 )
 
 ALIASES = {
@@ -126,6 +138,8 @@ ALIASES = {
     "site": "site", "sitio": "site",
     "add-driver": "add-driver", "alta-conductor": "add-driver",
     "remove-driver": "remove-driver", "baja-conductor": "remove-driver",
+    "add-operator": "add-operator", "alta-operador": "add-operator",
+    "remove-operator": "remove-operator", "baja-operador": "remove-operator",
     "help": "help", "ayuda": "help", "?": "help",
     "quit": "quit", "exit": "quit", "salir": "quit",
 }
@@ -207,6 +221,11 @@ def parse_command(line: str) -> Command | None:
         if len(args) != 2:
             raise CommandError("usage: price <cp> <eur>")
         return SetPrice(_cp_id(args[0]), parse_price(args[1]))
+    if verb in ("add-operator", "remove-operator"):
+        if len(args) != 1:
+            raise CommandError(f"usage: {words[0]} <name>")
+        name = _cp_id(args[0])
+        return AddOperator(name) if verb == "add-operator" else RemoveOperator(name)
     if verb in ("rotate", "revoke", "add-driver", "remove-driver"):
         if len(args) != 1:
             raise CommandError(f"usage: {words[0]} <id>")

@@ -39,7 +39,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from evc.central import admission, monitors, operator, pairing, power, restore
+from evc.central import admission, monitors, operator, operators, pairing, power, restore
 from evc.central.announce import Announcer
 from evc.central.events import (
     BusMessage,
@@ -78,6 +78,7 @@ from evc.protocol.messages import (
     EndRequest,
     EndSupply,
     Message,
+    OperatorCommand,
     ResumeCP,
     StartSupply,
     StopCP,
@@ -391,6 +392,8 @@ class Brain:
                 pairing.on_driver_pair(self, msg)
             case DriverPairProve():
                 pairing.on_driver_prove(self, msg)
+            case OperatorCommand():
+                operators.on_command(self, msg)
             case _:
                 assert_never(msg)
 

@@ -13,6 +13,7 @@ from evc.protocol.messages import (
     EngineRefused,
     FaultReport,
     Heartbeat,
+    OperatorCommand,
     PairProve,
     PairStart,
     Prove,
@@ -27,10 +28,12 @@ MonitorMessage = (Register | Prove | Heartbeat | FaultReport | RecoveryReport | 
 """What a monitor may say to central (the server refuses any other type:
 messages.TCP_CENTRAL_TYPES)."""
 
-CentralRecord = ChargeRequest | EndRequest | Telemetry | DriverPair | DriverPairProve
-"""What central applies from requests_topic and telemetry_topic (any other type is
-skipped as a BusSkipped)."""
-CENTRAL_RECORD_TYPES = (ChargeRequest, EndRequest, Telemetry, DriverPair, DriverPairProve)
+CentralRecord = (ChargeRequest | EndRequest | Telemetry | DriverPair | DriverPairProve
+                 | OperatorCommand)
+"""What central applies from requests_topic, telemetry_topic and operator_topic (any other
+type is skipped as a BusSkipped)."""
+CENTRAL_RECORD_TYPES = (ChargeRequest, EndRequest, Telemetry, DriverPair, DriverPairProve,
+                        OperatorCommand)
 
 
 @dataclass(frozen=True)

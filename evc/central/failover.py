@@ -36,12 +36,19 @@ from evc.central.server import MonitorServer
 from evc.central.standby import StandbyModel
 from evc.central.view import PlainView
 from evc.lifecycle import Crew
-from evc.protocol.messages import CentralStatus, Message, RegisterRejected, RejectCode
+from evc.protocol.messages import (
+    CentralStatus,
+    Message,
+    OperatorAnswer,
+    RegisterRejected,
+    RejectCode,
+)
 from evc.protocol.topics import (
     CENTRAL_KEY,
     CHANGELOG,
     LEASE,
     NETWORK,
+    OPERATOR,
     REQUESTS,
     TELEMETRY,
     Delivery,
@@ -242,7 +249,7 @@ class ActiveTerm:
             # Central reads from where its store says it stopped applying (the group's
             # committed offsets are only a fallback, and a gauge of its lag).
             consumer = retrying(lambda: self.bus.consumer(
-                [REQUESTS, TELEMETRY], group_id=f"{common.topic_prefix}evc-central",
+                [REQUESTS, TELEMETRY, OPERATOR], group_id=f"{common.topic_prefix}evc-central",
                 from_beginning=True, start=brain.out.applied, gather=CONSUMER_GATHER),
                 wait=common.kafka_wait, stop=stop)
             brain.out.acker = consumer
@@ -282,10 +289,13 @@ class ActiveTerm:
         crew.check()
 
     def _record(self, message: Message, delivery: Delivery) -> None:
-        """A record of requests_topic or telemetry_topic, for the brain (from the consumer's
-        thread): one of another type is skipped, its offset counted as read."""
+        """A record of requests_topic, telemetry_topic or operator_topic, for the brain
+        (from the consumer's thread): one of another type is skipped, its offset counted
+        as read."""
         if isinstance(message, CENTRAL_RECORD_TYPES):
             self.events.put(BusMessage(message, delivery))
+        elif isinstance(message, OperatorAnswer):  # central's own, on operator_topic
+            self.events.put(BusSkipped(delivery, "an answer to an operator"))
         else:
             log.warning("skipping %s on %s: not a message for central", message.TYPE,
                         delivery.topic)

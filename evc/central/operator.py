@@ -8,21 +8,25 @@ would, ``change_credential`` disconnects a monitor as a lost connection would).
 
 from __future__ import annotations
 
+import secrets
+import time
 from typing import TYPE_CHECKING
 
 from evc.central import admin, pairing
 from evc.ports import assert_never
 from evc.protocol import auth
 from evc.protocol.messages import RegisterRejected, RejectCode
-from evc.store import DRIVERS
+from evc.protocol.pairing import ALPHABET
+from evc.store import DRIVERS, OPERATORS
 
 if TYPE_CHECKING:
     from evc.central.brain import Brain
     from evc.central.model import ChargePoint
 
 
-def apply(brain: Brain, line: str) -> None:
-    """One typed line: parsed, audited, applied; a bad one is said and changes nothing."""
+def apply(brain: Brain, line: str, by: str = "console") -> None:
+    """One line (typed at the console, or an operator's from elsewhere, ``by`` naming
+    them): parsed, audited, applied; a bad one is said and changes nothing."""
     try:
         command = admin.parse_command(line)
     except admin.CommandError as exc:
@@ -30,11 +34,15 @@ def apply(brain: Brain, line: str) -> None:
         return
     if command is None:
         return
-    brain.audit.write("operator", line=line)
+    brain.audit.write("operator", line=line, by=by)
     note = brain.view.note
     match command:
         case admin.Help():
             note(admin.HELP)
+        case admin.AddOperator():
+            add_operator(brain, command.name)
+        case admin.RemoveOperator():
+            remove_operator(brain, command.name)
         case admin.Quit():
             brain.quit_requested.set()
         case admin.Add():
@@ -86,6 +94,32 @@ def apply(brain: Brain, line: str) -> None:
                 note(f"{cp.cp_id} now costs {cp.price:.2f} €/kWh (from the next supply)")
         case _:
             assert_never(command)
+
+
+def new_password() -> str:
+    """16 symbols of Crockford's base 32 (80 bits), in groups of four."""
+    raw = "".join(secrets.choice(ALPHABET) for _ in range(16))
+    return "-".join(raw[i:i + 4] for i in range(0, 16, 4))
+
+
+def add_operator(brain: Brain, name: str) -> None:
+    """A new account (or a new password for an existing one: the old one stops working)."""
+    password = new_password()
+    key = auth.operator_key(name, password)
+    existed = brain.store.get(OPERATORS, name) is not None
+    brain.store.put(OPERATORS, {"name": name, "key": key, "created_at": time.time()})
+    brain.audit.write("operator_account", name=name, action="new password" if existed
+                      else "added")
+    brain.view.note(f"operator {name}: password {password} (shown once; log in to evc web "
+                    f"with it). Scripts: Authorization: Bearer {name}.{key}")
+
+
+def remove_operator(brain: Brain, name: str) -> None:
+    if not brain.store.remove(OPERATORS, name):
+        brain.view.note(f"unknown operator {name!r}; nothing changed", "error")
+        return
+    brain.audit.write("operator_account", name=name, action="removed")
+    brain.view.note(f"removed operator {name}")
 
 
 def _targets(brain: Brain, cp_id: str | None) -> list[ChargePoint]:

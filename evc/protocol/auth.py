@@ -73,6 +73,17 @@ def driver_key(secret: str) -> str:
     return _hmac(secret, "evc driver key v1")
 
 
+OPERATOR_SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # ~16 MB and ~50 ms per derivation
+
+
+def operator_key(name: str, password: str) -> str:
+    """An operator's key, from its password by scrypt (slow on purpose: what central
+    stores cannot be turned back into the password by trying many). It signs the
+    operator's commands and central's answers to them."""
+    return hashlib.scrypt(password.encode("utf-8"), salt=b"evc operator v1:" + name.encode(),
+                          dklen=32, maxmem=64 << 20, **OPERATOR_SCRYPT).hex()
+
+
 def check_proof(secret: str, cp_id: str, nonce: str, ts: float) -> str:
     """What a monitor's health check carries, so its engine answers only its monitor."""
     return _hmac(secret, "evc health check v1", cp_id, nonce, repr(ts))

@@ -501,6 +501,33 @@ class SiteStatus(Message):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class OperatorCommand(Message):
+    """An operator's client (evc web) -> central, on operator_topic (key: the operator):
+    one console command, signed with the operator's key (``auth.operator_key``).
+    ``msg_id`` is the request id its answer names; ``source`` is where the operator is,
+    as the client saw it (for the audit)."""
+
+    TYPE: ClassVar[str] = "operator_command"
+    operator: str
+    command: str
+    source: str = ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OperatorAnswer(Message):
+    """Central -> the operator's client: what the command did, in the console's words
+    (``ok`` false: refused, ``code`` says why). Signed with the operator's key whenever
+    the command proved it."""
+
+    TYPE: ClassVar[str] = "operator_answer"
+    operator: str
+    request_id: str
+    ok: bool
+    text: str = ""
+    code: str = ""  # unknown_operator, bad_proof, expired, not_allowed, bad_command, failed
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Removed(Message):
     """A tombstone on a compacted topic (a record without value): ``key`` is gone.
 

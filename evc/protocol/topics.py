@@ -15,7 +15,8 @@ CONTROL = "control_topic"  # central -> engines (orders) and drivers (answers, t
 NETWORK = "network_topic"  # central -> anyone: its liveness and each CP's public state
 LEASE = "central_lease"  # one partition: the central that holds it is the active one
 CHANGELOG = "central_changelog"  # active central -> standby: every stored record (one partition)
-ALL_TOPICS = (REQUESTS, TELEMETRY, CONTROL, NETWORK, LEASE, CHANGELOG)
+OPERATOR = "operator_topic"  # operators' clients (evc web) <-> central: signed commands, answers
+ALL_TOPICS = (REQUESTS, TELEMETRY, CONTROL, NETWORK, LEASE, CHANGELOG, OPERATOR)
 ONE_PARTITION = frozenset({LEASE, CHANGELOG})
 COMPACTED = {NETWORK: {"cleanup.policy": "compact", "segment.ms": "60000",
                        "min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": "60000"},

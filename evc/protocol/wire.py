@@ -49,7 +49,7 @@ def wire(name: str) -> Any:
     return {"wire": name}
 
 
-ID_FIELDS = frozenset({"cp_id", "driver_id"})
+ID_FIELDS = frozenset({"cp_id", "driver_id", "operator"})
 TOKEN_FIELDS = frozenset({"msg_id", "session_id", "request_id", "kid", "mac", "nonce", "site",
                           "proof", "key_id", "client_nonce", "server_nonce", "pake",
                           "confirm", "power_order"})

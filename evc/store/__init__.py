@@ -15,6 +15,7 @@ from evc.store.database import (
     LOCAL_TABLES,
     META,
     OFFSETS,
+    OPERATORS,
     OUTBOX,
     SESSIONS,
     SITES,
@@ -26,7 +27,8 @@ from evc.store.database import (
 from evc.store.files import FileLock, JsonFile, write_atomic
 
 __all__ = [
-    "CPS", "DRIVERS", "LOCAL_TABLES", "META", "OFFSETS", "OUTBOX", "SESSIONS", "SITES", "TABLES",
+    "CPS", "DRIVERS", "LOCAL_TABLES", "META", "OFFSETS", "OPERATORS", "OUTBOX", "SESSIONS",
+    "SITES", "TABLES",
     "AtomicJSONStorage", "AuditLog", "FileLock", "JsonFile", "Store", "read_audit",
     "read_database", "write_atomic",
 ]

@@ -38,9 +38,10 @@ OFFSETS = "offsets"
 META = "meta"
 DRIVERS = "drivers"
 SITES = "sites"
+OPERATORS = "operators"  # evc web's accounts: name -> the operator's key (scrypt)
 LOCAL_TABLES = frozenset({OUTBOX})  # journaled here, never replicated (see ``replica``)
 TABLES = {CPS: "cp_id", SESSIONS: "session_id", OUTBOX: "msg_id", OFFSETS: "tp", META: "name",
-          DRIVERS: "driver_id", SITES: "site"}
+          DRIVERS: "driver_id", SITES: "site", OPERATORS: "name"}
 """Every table and the field that keys its records."""
 
 class AtomicJSONStorage(Storage):

@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Any
 
-from evc.display import LABEL
+from evc.display import LABEL, trust_word
 from evc.netview import NetworkView, detail
 from evc.protocol.messages import CPState, Message
 
@@ -144,7 +144,8 @@ class WebModel:
         out: dict[str, Any] = {
             "cp_id": s.cp_id, "location": s.location, "price_eur_kwh": s.price_eur_kwh,
             "state": str(s.state), "label": LABEL[s.state], "class": STATE_CLASS[s.state],
-            "detail": detail(s, now), "proven": s.proven, "site": s.site or None,
+            "detail": detail(s, now), "proven": s.proven, "trust": trust_word(s.proven, s.state),
+            "site": s.site or None,
             "kw": s.kw, "free": s.state is CPState.ACTIVADO,
             "last_seen": s.last_seen or None, "supply": None,
         }

@@ -59,7 +59,11 @@ OPENAPI: dict[str, Any] = {
             "state": {"enum": ["Activado", "Parado", "Suministrando", "Averiado",
                                "Desconectado"]},
             "label": {"type": "string"}, "detail": {"type": "string"},
-            "proven": {"type": "boolean"}, "site": {"type": ["string", "null"]},
+            "proven": {"type": "boolean"},
+            "trust": {"enum": ["signed", "open", ""],
+                      "description": "signed: proven (orders and readings signed); open: "
+                                     "served unproven"},
+            "site": {"type": ["string", "null"]},
             "kw": {"type": "number"}, "free": {"type": "boolean"},
             "supply": {"oneOf": [{"$ref": "#/components/schemas/Supply"}, {"type": "null"}]}}},
         "CPList": {"type": "object", "properties": {"cps": {

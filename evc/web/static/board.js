@@ -35,7 +35,7 @@
     tr.appendChild(el("td", "loc", cp.location));
     tr.appendChild(el("td", "price", cp.price_eur_kwh.toFixed(2) + " €/kWh"));
     const st = el("td", "state " + (CLASS[cp.state] || ""), cp.label || cp.state);
-    if (cp.proven) st.appendChild(el("span", "trust", "proven"));
+    if (cp.trust) st.appendChild(el("span", "trust " + cp.trust, cp.trust));
     tr.appendChild(st);
     tr.appendChild(el("td", "detail", detail(cp)));
     return tr;
