@@ -14,7 +14,6 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
 from typing import Any
 
 import click
@@ -25,11 +24,20 @@ from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
 from evc.net import Address, Bootstrap
 from evc.options import KAFKA, AddressType, Common, common_options
-from evc.protocol.messages import CentralStatus, CPStatus, Message, Removed, SiteStatus
-from evc.protocol.topics import CHANGELOG, NETWORK, Delivery
+from evc.protocol.messages import (
+    CentralStatus,
+    CPStatus,
+    Message,
+    OperatorAnswer,
+    Removed,
+    SiteStatus,
+)
+from evc.protocol.topics import CHANGELOG, NETWORK, OPERATOR, Delivery
+from evc.web.app import WebApp
 from evc.web.hub import Hub, Snapshot
 from evc.web.model import WebModel
-from evc.web.server import WebApp, WebServer, serve
+from evc.web.server import WebServer, serve
+from evc.web.state import WebState
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +61,6 @@ def web(kafka: Bootstrap, listen: Address, central_timeout: float, common: Commo
     install_stop_signals(stop)
     inbox: queue.Queue[Any] = queue.Queue()
     hub = Hub(inbox)
-    model = WebModel(central_timeout)
     try:
         server = WebServer((host, port), WebApp(hub), stop)
     except OSError as exc:
@@ -62,12 +69,25 @@ def web(kafka: Bootstrap, listen: Address, central_timeout: float, common: Commo
     try:
         with open_bus(str(kafka), prefix=common.topic_prefix, client_id="evc-web",
                       wait=common.kafka_wait, stop=stop, sasl=common.sasl) as bus:
+            state = WebState(WebModel(central_timeout), bus.send)
             consumer = retrying(lambda: bus.consumer([NETWORK], from_beginning=True),
                                 wait=common.kafka_wait, stop=stop)
+            answers = retrying(lambda: bus.consumer([OPERATOR]), wait=common.kafka_wait,
+                               stop=stop)
 
             def got(msg: Message, delivery: Delivery) -> None:
                 if isinstance(msg, (CPStatus, CentralStatus, Removed, SiteStatus)):
                     inbox.put(("net", msg, consumer.is_live(delivery)))
+
+            def answered(msg: Message, delivery: Delivery) -> None:
+                if isinstance(msg, OperatorAnswer):
+                    inbox.put(("answer", msg))
+
+            def answers_ready() -> None:
+                while not stop.is_set():
+                    if answers.caught_up.wait(0.2):
+                        inbox.put(("ready",))
+                        return
 
             def follow_changelog() -> None:
                 reader: ChangelogReader | None = None
@@ -87,12 +107,14 @@ def web(kafka: Bootstrap, listen: Address, central_timeout: float, common: Commo
                         reader.close()
 
             crew.spawn(consumer.run, got, stop, name="web-network")
+            crew.spawn(answers.run, answered, stop, name="web-answers")
+            crew.spawn(answers_ready, name="web-answers-ready")
             crew.spawn(follow_changelog, name="web-changelog")
             crew.spawn(serve, server, stop, name="web-http")
             click.echo(f"evc web: the board at http://{_shown(host)}:{server.server_port}/ "
                        f"(Kafka {kafka})", err=True)
             try:
-                own(model, inbox, hub, stop)
+                own(state, inbox, hub, stop)
             finally:
                 log.info("evc web stopping")
                 stop.set()
@@ -108,8 +130,9 @@ def _shown(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0") else host  # noqa: S104 - only shown
 
 
-def own(model: WebModel, inbox: queue.Queue[Any], hub: Hub, stop: threading.Event) -> None:
-    """The model's one owner: apply what arrives, answer questions, publish the board."""
+def own(state: WebState, inbox: queue.Queue[Any], hub: Hub, stop: threading.Event) -> None:
+    """The state's one owner: apply what arrives, answer questions, publish the board."""
+    model = state.model
     published = -1
     last = 0.0
     while not stop.is_set():
@@ -118,32 +141,18 @@ def own(model: WebModel, inbox: queue.Queue[Any], hub: Hub, stop: threading.Even
         except queue.Empty:
             item = None
         while item is not None:
-            _apply(model, item)
+            state.apply(item)
             try:
                 item = inbox.get_nowait()
             except queue.Empty:
                 item = None
         model.tick()
         now = time.monotonic()
+        state.expire(now)
         if model.version != published and now - last >= COALESCE:
             published, last = model.version, now
             hub.publish(Snapshot(published, _json(model.board(operator=False)),
                                  _json(model.board(operator=True))))
-
-
-def _apply(model: WebModel, item: tuple[Any, ...]) -> None:
-    kind = item[0]
-    if kind == "net":
-        model.on_network(item[1], item[2])
-    elif kind == "log":
-        model.on_changelog(item[1], item[2])
-    elif kind == "ask":
-        question, answer = item[1], item[2]
-        assert isinstance(answer, Future)
-        try:
-            answer.set_result(question(model))
-        except Exception as exc:  # noqa: BLE001 - the asking thread reports it
-            answer.set_exception(exc)
 
 
 def _json(doc: dict[str, Any]) -> bytes:

@@ -11,7 +11,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from evc.web.state import WebState
 
 T = TypeVar("T")
 
@@ -56,8 +59,8 @@ class Hub:
             self._cond.wait_for(lambda: self.closed or self._snap.version != version, timeout)
             return self._snap
 
-    def ask(self, question: Callable[[Any], T], timeout: float = 5.0) -> T:
-        """``question(model)``, computed on the owner's thread."""
+    def ask(self, question: Callable[[WebState], T], timeout: float = 5.0) -> T:
+        """``question(state)``, computed on the owner's thread."""
         if self.closed:
             raise Unavailable("stopping")
         answer: Future[T] = Future()

@@ -1,7 +1,7 @@
 """The web board's HTTP server (the standard library's threading server; docs/WEB.md).
 
-Routes are a table: (method, pattern) -> handler. Every answer that is not a page or a
-file is JSON, errors included (``{"error": {"status": …, "message": …}}``), and no
+The routes are web/app.py's table: (method, pattern) -> handler. Every answer that is
+not a page or a file is JSON, errors included (``{"error": {"status": …, "message": …}}``), and no
 exception leaves a handler as a traceback. Pages run only the package's own script
 (Content-Security-Policy), which writes every network-supplied text as text.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import socket
 import threading
 import time
@@ -18,12 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from evc.web.hub import Hub, Unavailable
-from evc.web.openapi import OPENAPI
+from evc.web.hub import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +54,9 @@ class Request:
     path: str
     query: dict[str, list[str]]
     params: dict[str, str]
-    handler: BaseHTTPRequestHandler
+    headers: Any  # email.message.Message: case-insensitive .get
+    client: str  # the peer's address
+    body: bytes = b""
 
     def arg(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name)
@@ -83,71 +82,12 @@ def error_body(status: int, message: str) -> bytes:
     return json.dumps({"error": {"status": status, "message": message}}).encode("utf-8")
 
 
-def _static(name: str) -> bytes:
-    return (resources.files("evc.web") / "static" / name).read_bytes()
-
-
-class WebApp:
-    """The routes, on a hub of the model's documents."""
-
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-        self.files = {path: (_static(name), kind) for path, (name, kind) in STATIC.items()}
-        self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
-        for method, pattern, handler in (
-            ("GET", r"/api/board", self.board),
-            ("GET", r"/api/cps", self.cps),
-            ("GET", r"/api/cps/(?P<cp_id>[^/]{1,64})", self.cp),
-            ("GET", r"/api/central", self.central),
-            ("GET", r"/api/openapi\.json", self.openapi),
-        ):
-            self.routes.append((method, re.compile(pattern + r"\Z"), handler))
-        self.stream_path = "/api/events"
-
-    def route(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
-        allowed = False
-        for m, pattern, handler in self.routes:
-            found = pattern.match(path)
-            if found:
-                if m == method or (m == "GET" and method == "HEAD"):
-                    return handler, found.groupdict()
-                allowed = True
-        if allowed:
-            raise HttpError(405, f"{method} is not allowed on {path}")
-        raise HttpError(404, f"no such page: {path}")
-
-    # ------------------------------------------------------------------ handlers
-    def board(self, req: Request) -> Reply:
-        return Reply(200, self.hub.latest().public)
-
-    def cps(self, req: Request) -> Reply:
-        doc = json.loads(self.hub.latest().public or b"{}")
-        cps = doc.get("cps", [])
-        if req.arg("free") in ("1", "true", "yes"):
-            cps = [c for c in cps if c.get("free")]
-        return json_reply({"cps": cps})
-
-    def cp(self, req: Request) -> Reply:
-        cp_id = req.params["cp_id"]
-        found = self.hub.ask(lambda model: model.cp(cp_id, operator=False))
-        if found is None:
-            raise HttpError(404, f"no charge point {cp_id!r}")
-        return json_reply(found)
-
-    def central(self, req: Request) -> Reply:
-        doc = json.loads(self.hub.latest().public or b"{}")
-        return json_reply(doc.get("central", {}))
-
-    def openapi(self, req: Request) -> Reply:
-        return json_reply(OPENAPI)
-
-
 class _Handler(BaseHTTPRequestHandler):
     server_version = "evc-web"
     sys_version = ""
     protocol_version = "HTTP/1.1"
     timeout = 10  # s to send a request: a slow or silent client loses only its connection
-    app: WebApp  # set on the subclass made per server
+    app: Any  # the WebApp (web/app.py), set on the subclass made per server
     stop: threading.Event
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
@@ -188,16 +128,17 @@ class _Handler(BaseHTTPRequestHandler):
                 body, kind = self.app.files[path]
                 self._send(Reply(200, body, kind))
                 return
-            if self.command == "GET" and path == self.app.stream_path:
-                self._stream()
-                return
             length = int(self.headers.get("Content-Length") or 0)
             if length < 0 or length > MAX_BODY:
                 raise HttpError(413, f"a request body is at most {MAX_BODY} bytes")
-            if length:
-                self.rfile.read(length)
-            handler, params = self.app.route(self.command, path)
-            reply = handler(Request(self.command, path, parse_qs(url.query), params, self))
+            body = self.rfile.read(length) if length else b""
+            req = Request(self.command, path, parse_qs(url.query), {}, self.headers,
+                          self.client_address[0], body)
+            if self.command == "GET" and path == self.app.stream_path:
+                self._stream(self.app.stream_view(req))
+                return
+            handler, req.params = self.app.route(self.command, path)
+            reply = handler(req)
         except HttpError as exc:
             reply = Reply(exc.status, error_body(exc.status, exc.message))
         except Unavailable as exc:
@@ -217,9 +158,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _handle
 
-    def _stream(self) -> None:
+    def _stream(self, operator: bool) -> None:
         """Server-Sent Events: the board as JSON at each change (at most a few a second:
-        the owner coalesces), a comment when idle so that proxies keep the line open."""
+        the owner coalesces), a comment when idle so that proxies keep the line open;
+        the operator's board for a logged-in operator."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-store")
@@ -238,7 +180,8 @@ class _Handler(BaseHTTPRequestHandler):
                 break
             if snap.version != version:
                 version = snap.version
-                self.wfile.write(b"event: board\ndata: " + snap.public + b"\n\n")
+                doc = snap.operator if operator else snap.public
+                self.wfile.write(b"event: board\ndata: " + doc + b"\n\n")
             else:
                 self.wfile.write(b": idle\n\n")
             self.wfile.flush()
@@ -249,7 +192,7 @@ class WebServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], app: WebApp, stop: threading.Event) -> None:
+    def __init__(self, address: tuple[str, int], app: Any, stop: threading.Event) -> None:
         handler = type("Handler", (_Handler,), {"app": app, "stop": stop})
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, handler)

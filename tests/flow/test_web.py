@@ -198,3 +198,124 @@ def test_the_board_in_a_real_browser(network, tmp_path: Path):
         wait_for(lambda: row_states(driver).get("CP-01") == "Suministrando", 10,
                  "the board again")
         driver_proc.stop(5)
+
+
+# ---------------------------------------------------------------------------- operators
+def add_operator(net: Network, name: str = "ana") -> tuple[str, str]:
+    """``add-operator`` at central's console: the password and the script's token."""
+    net.central.send(f"add-operator {name}")
+    line = net.central.wait_line(f"operator {name}: password", timeout=10)
+    password = line.split(" password ", 1)[1].split()[0]
+    token = line.rsplit("Bearer ", 1)[1].strip()
+    return password, token
+
+
+def call(web: Web, path: str, method: str = "POST", body: dict | None = None,
+         headers: dict[str, str] | None = None, source: str = "127.0.0.1"):
+    """An HTTP request from ``source`` (any 127.x address): (status, headers, JSON or text)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", web.port, timeout=15,
+                                      source_address=(source, 0))
+    data = json.dumps(body).encode() if body is not None else None
+    hdrs = {"Content-Type": "application/json"} if data is not None else {}
+    hdrs |= headers or {}
+    conn.request(method, path, body=data, headers=hdrs)
+    res = conn.getresponse()
+    raw = res.read()
+    conn.close()
+    kind = res.getheader("Content-Type", "")
+    return res.status, dict(res.getheaders()), json.loads(raw) if "json" in kind else raw
+
+
+def log_in(web: Web, name: str, password: str) -> tuple[str, str]:
+    status, headers, doc = call(web, "/api/login", body={"name": name, "password": password})
+    assert status == 200, doc
+    cookie = headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    return cookie.split(";", 1)[0], doc["csrf"]
+
+
+def test_operators_log_in_and_act_through_central_and_nothing_else_changes(network):
+    net, web = network
+    password, token = add_operator(net)
+    # a supply, so that there is a ticket to list
+    d = net.start_driver("D-1", ["CP-02"], "--charge-seconds", "2")
+    d.wait_line("TICKET at CP-02", timeout=30)
+    # without login: only GET, and no driver ids
+    for path, method in (("/api/cps/CP-01/stop", "POST"), ("/api/command", "POST"),
+                         ("/api/sessions", "GET"), ("/api/tickets.csv", "GET")):
+        status, _, doc = call(web, path, method, body={} if method == "POST" else None)
+        assert status == 401 and doc["error"]["status"] == 401, (path, doc)
+    assert b"D-1" not in web.get("/api/board")[2]
+    status, _, doc = call(web, "/api/login", body={"name": "ana", "password": "wrong"})
+    assert status == 401 and "wrong password" in doc["error"]["message"]
+    cookie, csrf = log_in(web, "ana", password)
+    me = call(web, "/api/me", "GET", headers={"Cookie": cookie})[2]
+    assert me == {"operator": "ana", "csrf": csrf}
+    # a cookie's POST needs its CSRF token, and comes from this site's pages only
+    status, _, doc = call(web, "/api/cps/CP-01/stop", body={}, headers={"Cookie": cookie})
+    assert status == 403 and "CSRF" in doc["error"]["message"]
+    status, _, _ = call(web, "/api/cps/CP-01/stop", body={}, headers={
+        "Cookie": cookie, "X-CSRF-Token": csrf, "Origin": "http://evil.example"})
+    assert status == 403
+    assert web.states()["CP-01"] == "Activado"
+    status, _, doc = call(web, "/api/cps/CP-01/stop", body={},
+                          headers={"Cookie": cookie, "X-CSRF-Token": csrf})
+    assert status == 200 and doc["ok"], doc
+    net.wait_state("CP-01", "Parado", timeout=10)
+    wait_for(lambda: web.states()["CP-01"] == "Parado", 5, "CP-01 Parado on the web")
+    # central audits it with the operator's name and where it came from
+    from evc.store import read_audit
+    audit = [r for r in read_audit(net.db.with_name("central.audit.jsonl"))
+             if r.get("line") == "stop CP-01"]
+    assert audit and audit[-1]["by"] == "ana@127.0.0.1", audit
+    # a script's token
+    bearer = {"Authorization": f"Bearer {token}"}
+    status, _, doc = call(web, "/api/cps/CP-01/resume", body={}, headers=bearer)
+    assert status == 200, doc
+    net.wait_state("CP-01", "Activado", timeout=10)
+    status, _, doc = call(web, "/api/cps/CP-01/price", body={"price": 0.55}, headers=bearer)
+    assert status == 200 and "0.55" in doc["text"], doc
+    wait_for(lambda: web.json("/api/cps/CP-01")["price_eur_kwh"] == 0.55, 10, "the new price")
+    bad = {"Authorization": "Bearer ana." + "0" * 64}
+    assert call(web, "/api/cps/CP-01/stop", body={}, headers=bad)[0] == 401
+    for line, want in (("quit", 403), ("add-operator eve", 403), ("fly away", 400),
+                       ("stop CP-99", 409)):
+        status, _, doc = call(web, "/api/command", body={"command": line}, headers=bearer)
+        assert status == want, (line, status, doc)
+    # sessions and tickets, for operators
+    sessions = call(web, "/api/sessions?status=closed", "GET", headers=bearer)[2]
+    (s,) = [x for x in sessions["sessions"] if x["driver_id"] == "D-1"]
+    status, headers, text = call(web, "/api/tickets.csv", "GET", headers=bearer)
+    assert status == 200 and headers["Content-Type"].startswith("text/csv")
+    rows = text.decode().splitlines()
+    assert rows[0].startswith("session_id,cp_id,driver_id,started_at,ended_at,consumo_kwh")
+    (row,) = [r for r in rows[1:] if s["session_id"] in r]
+    assert f",{s['consumo_kwh']}," in row and ",D-1," in row
+    assert call(web, "/api/sessions?status=maybe", "GET", headers=bearer)[0] == 400
+    # logging out ends the session
+    assert call(web, "/api/logout", body={}, headers={"Cookie": cookie,
+                                                      "X-CSRF-Token": csrf})[0] == 200
+    assert call(web, "/api/me", "GET", headers={"Cookie": cookie})[2]["operator"] is None
+
+
+def test_failed_logins_are_limited_per_address_and_name(network):
+    net, web = network
+    password, _ = add_operator(net)
+    for _ in range(5):
+        status, _, _ = call(web, "/api/login", body={"name": "ana", "password": "guess"},
+                            source="127.0.0.3")
+        assert status == 401
+    status, headers, doc = call(web, "/api/login", body={"name": "bob", "password": "x"},
+                                source="127.0.0.3")
+    assert status == 429 and int(headers["Retry-After"]) > 0, doc
+    # the name too, from anywhere: even the right password waits
+    status, _, _ = call(web, "/api/login", body={"name": "ana", "password": password},
+                        source="127.0.0.4")
+    assert status == 429
+    # another operator from another address is not held up
+    other, _ = add_operator(net, "luis")
+    log_in(web, "luis", other)
+    assert net.central.wait_line("refused a command from 127.0.0.3 as operator ana",
+                                 timeout=5)

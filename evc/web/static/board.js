@@ -5,7 +5,8 @@
   const STATES = ["Activado", "Suministrando", "Parado", "Averiado", "Desconectado"];
   const CLASS = {Activado: "activado", Suministrando: "suministrando", Parado: "parado",
                  Averiado: "averiado", Desconectado: "desconectado"};
-  let latest = null, drawn = false, pending = false;
+  let latest = null, drawn = false, pending = false, source = null;
+  let me = {operator: null, csrf: null}, selected = null, detailAt = 0;
 
   function el(tag, cls, text) {
     const e = document.createElement(tag);
@@ -38,7 +39,45 @@
     if (cp.trust) st.appendChild(el("span", "trust " + cp.trust, cp.trust));
     tr.appendChild(st);
     tr.appendChild(el("td", "detail", detail(cp)));
+    const actions = el("td", "op");
+    if (me.operator) {
+      const stopped = cp.state === "Parado";
+      actions.appendChild(button(stopped ? "Resume" : "Stop", () =>
+        post("/api/cps/" + encodeURIComponent(cp.cp_id) + (stopped ? "/resume" : "/stop"))));
+      actions.appendChild(button("Price", () => {
+        const price = window.prompt("New price of " + cp.cp_id + " (€/kWh)",
+                                    cp.price_eur_kwh.toFixed(2));
+        if (price !== null)
+          post("/api/cps/" + encodeURIComponent(cp.cp_id) + "/price", {price: price});
+      }));
+    }
+    tr.appendChild(actions);
     return tr;
+  }
+  function button(text, action) {
+    const b = el("button", "", text);
+    b.type = "button";
+    b.addEventListener("click", ev => { ev.stopPropagation(); action(); });
+    return b;
+  }
+  function say(text, error) {
+    const p = document.getElementById("said");
+    p.textContent = text;
+    p.className = "said" + (error ? " error" : "");
+  }
+  async function post(path, body) {
+    try {
+      const r = await fetch(path, {method: "POST", headers: {
+        "Content-Type": "application/json", "X-CSRF-Token": me.csrf || ""},
+        body: JSON.stringify(body || {})});
+      const doc = await r.json();
+      if (r.ok) say(doc.text || "done");
+      else say(doc.error ? doc.error.message : "refused (" + r.status + ")", true);
+      if (r.status === 401) whoami();
+      return doc;
+    } catch (e) {
+      say("web server unavailable", true);
+    }
   }
   function draw() {
     pending = false;
@@ -67,6 +106,7 @@
     const freeOnly = document.getElementById("free-only").checked;
     const cps = (doc.cps || []).filter(cp => !freeOnly || cp.free);
     document.querySelector("#board tbody").replaceChildren(...cps.map(row));
+    if (selected && Date.now() - detailAt > 1000) showDetail(selected, false);
     document.getElementById("empty").hidden = (doc.cps || []).length > 0;
     document.body.dataset.version = String(Date.now());
     drawn = true;
@@ -80,16 +120,136 @@
     l.hidden = !text;
     l.textContent = text || "";
   }
+  // ------------------------------------------------------------------ operators
+  async function whoami() {
+    try {
+      me = await (await fetch("/api/me")).json();
+    } catch (e) {
+      me = {operator: null, csrf: null};
+    }
+    document.body.classList.toggle("operator", !!me.operator);
+    document.getElementById("login").hidden = !!me.operator;
+    document.getElementById("me").hidden = !me.operator;
+    document.getElementById("me-name").textContent = me.operator ? "operator " + me.operator : "";
+    document.getElementById("operator").hidden = !me.operator;
+    if (me.operator) loadSessions();
+    connect();
+  }
+  async function login(ev) {
+    ev.preventDefault();
+    const name = document.getElementById("login-name").value;
+    const password = document.getElementById("login-password").value;
+    const r = await fetch("/api/login", {method: "POST",
+      headers: {"Content-Type": "application/json"}, body: JSON.stringify({name, password})});
+    const doc = await r.json();
+    if (!r.ok) { say(doc.error ? doc.error.message : "login refused", true); return; }
+    document.getElementById("login-password").value = "";
+    say("logged in as " + doc.operator);
+    whoami();
+  }
+  function fmt(ts) { return ts ? new Date(ts * 1000).toLocaleString() : ""; }
+  function sessionRow(s, cols) {
+    const tr = el("tr", s.status);
+    for (const c of cols) {
+      let v = s[c];
+      if (c === "started_at" || c === "ended_at") v = fmt(v);
+      if (c === "consumo_kwh" || c === "importe_eur") v = (v || 0).toFixed(2);
+      tr.appendChild(el("td", "", v === null || v === undefined ? "" : v));
+    }
+    return tr;
+  }
+  function query() {
+    const q = new URLSearchParams();
+    const status = document.getElementById("f-status").value;
+    const cp = document.getElementById("f-cp").value.trim();
+    const driver = document.getElementById("f-driver").value.trim();
+    const since = document.getElementById("f-since").value;
+    if (status) q.set("status", status);
+    if (cp) q.set("cp", cp);
+    if (driver) q.set("driver", driver);
+    if (since) q.set("since", since);
+    return q;
+  }
+  async function loadSessions(ev) {
+    if (ev) ev.preventDefault();
+    const q = query();
+    q.set("limit", "200");
+    const csv = new URLSearchParams(q);
+    csv.delete("status"); csv.delete("limit");
+    document.getElementById("csv").href = "/api/tickets.csv?" + csv.toString();
+    const r = await fetch("/api/sessions?" + q.toString());
+    if (!r.ok) return;
+    const doc = await r.json();
+    document.querySelector("#sessions tbody").replaceChildren(...doc.sessions.map(s =>
+      sessionRow(s, ["started_at", "ended_at", "cp_id", "driver_id", "consumo_kwh",
+                     "importe_eur", "reason"])));
+  }
+  function curve(points) {
+    const svg = document.getElementById("curve");
+    const ns = "http://www.w3.org/2000/svg";
+    svg.replaceChildren();
+    if (points.length < 2) {
+      const t = document.createElementNS(ns, "text");
+      t.setAttribute("x", "10"); t.setAttribute("y", "60");
+      t.textContent = points.length ? "starting…" : "no supply running";
+      svg.appendChild(t);
+      return;
+    }
+    const t0 = points[0][0], t1 = points[points.length - 1][0];
+    const top = Math.max(...points.map(p => p[1]), 0.1);
+    const xy = points.map(p => [10 + 380 * (p[0] - t0) / Math.max(t1 - t0, 1),
+                                110 - 100 * p[1] / top]);
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("points", xy.map(p => p[0].toFixed(1) + "," + p[1].toFixed(1)).join(" "));
+    svg.appendChild(line);
+    const label = document.createElementNS(ns, "text");
+    label.setAttribute("x", "12"); label.setAttribute("y", "14");
+    label.textContent = top.toFixed(2) + " kWh after " + Math.round(t1 - t0) + " s";
+    svg.appendChild(label);
+  }
+  async function showDetail(cpId, open) {
+    if (!me.operator) return;
+    selected = cpId;
+    detailAt = Date.now();
+    const r = await fetch("/api/cps/" + encodeURIComponent(cpId));
+    if (!r.ok) return;
+    const cp = await r.json();
+    document.getElementById("detail").hidden = false;
+    document.getElementById("detail-title").textContent = cp.cp_id + " · " + cp.location +
+      " · " + cp.label;
+    curve(cp.curve || []);
+    document.querySelector("#cp-sessions tbody").replaceChildren(...(cp.sessions || [])
+      .slice(0, 10).map(s => sessionRow(s, ["started_at", "driver_id", "consumo_kwh",
+                                             "importe_eur", "reason"])));
+    if (open) document.getElementById("detail").scrollIntoView({block: "nearest"});
+  }
   function connect() {
-    const source = new EventSource("/api/events");
+    if (source) source.close();
+    source = new EventSource("/api/events");
     source.addEventListener("board", ev => { link(""); show(JSON.parse(ev.data)); });
     source.onopen = () => link("");
     source.onerror = () => link("web server unavailable: reconnecting…");
   }
   document.addEventListener("DOMContentLoaded", () => {
     document.getElementById("free-only").addEventListener("change", draw);
+    document.getElementById("login").addEventListener("submit", login);
+    document.getElementById("logout").addEventListener("click", async () => {
+      await post("/api/logout");
+      whoami();
+    });
+    document.getElementById("command").addEventListener("submit", async ev => {
+      ev.preventDefault();
+      const input = document.getElementById("command-line");
+      const doc = await post("/api/command", {command: input.value});
+      if (doc && doc.ok) input.value = "";
+    });
+    document.getElementById("filter").addEventListener("submit", loadSessions);
+    document.querySelector("#board tbody").addEventListener("click", ev => {
+      const tr = ev.target.closest("tr");
+      if (tr && me.operator) showDetail(tr.dataset.cp, true);
+    });
     fetch("/api/board").then(r => r.json()).then(doc => { if (!drawn) show(doc); })
       .catch(() => link("web server unavailable: reconnecting…"));
-    connect();
+    whoami();
   });
 })();
