@@ -86,7 +86,7 @@ def on_command(brain: Brain, cmd: OperatorCommand) -> None:
     finally:
         brain.view = tee._view
     failed = any(level == "error" for _, level in tee.notes)
-    text = "; ".join(text for text, _ in tee.notes) or "done"
+    text = "; ".join(text for text, _ in tee.notes) or f"{cmd.command}: done"
     _answer(brain, cmd, key, not failed, text, "failed" if failed else "")
 
 

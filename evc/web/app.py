@@ -239,6 +239,9 @@ class WebApp:
     def _send(self, name: str, key: str, line: str, source: str) -> OperatorAnswer:
         """``line`` as operator ``name``, to central; its answer (503 when none comes)."""
         answer: Future[OperatorAnswer] = Future()
+        ready_by = time.monotonic() + 5.0  # just started: the answers' reader is joining
+        while not self.hub.ask(lambda st: st.ready) and time.monotonic() < ready_by:
+            time.sleep(0.1)
         self.hub.ask(lambda st: _command(st, name, key, line, source, answer))
         try:
             return answer.result(ANSWER_SECONDS)

@@ -319,3 +319,76 @@ def test_failed_logins_are_limited_per_address_and_name(network):
     log_in(web, "luis", other)
     assert net.central.wait_line("refused a command from 127.0.0.3 as operator ana",
                                  timeout=5)
+
+
+def test_an_operator_in_a_real_browser(network, tmp_path: Path):
+    """Log in on the page, stop a CP with its button and see it turn orange without a
+    reload; a running supply's row opens its kWh curve."""
+    from selenium.webdriver.common.by import By
+
+    net, web = network
+    password, _ = add_operator(net)
+    d = net.start_driver("D-7", ["CP-02"], "--charge-seconds", "600")
+    d.wait_line("AUTHORIZED at CP-02", timeout=20)
+    with chromium() as driver:
+        driver.get(web.url + "/")
+        wait_for(lambda: len(row_states(driver)) == 2, 10, "the rows")
+        assert not driver.find_element(By.ID, "operator").is_displayed()
+        driver.find_element(By.ID, "login-name").send_keys("ana")
+        driver.find_element(By.ID, "login-password").send_keys(password)
+        driver.find_element(By.CSS_SELECTOR, "#login button").click()
+        wait_for(lambda: driver.find_element(By.ID, "operator").is_displayed(), 10,
+                 lambda: "the operator's section, page says: "
+                 + driver.find_element(By.ID, "said").text)
+        assert driver.execute_script("return document.cookie") == ""  # HttpOnly
+        marker = driver.execute_script("window.__same_page = 7; return 7")
+        # the operator sees who charges
+        wait_for(lambda: "D-7" in driver.find_element(
+            By.CSS_SELECTOR, "#board tr[data-cp='CP-02'] td.detail").text, 10, "D-7 on CP-02")
+        driver.find_element(By.CSS_SELECTOR,
+                            "#board tr[data-cp='CP-01'] td.op button").click()
+        wait_for(lambda: row_states(driver).get("CP-01") == "Parado", 10,
+                 lambda: f"CP-01 Parado, got {row_states(driver)}; page says "
+                 + driver.find_element(By.ID, "said").text)
+        assert colour(driver, "CP-01") == "rgb(217, 115, 13)"  # orange
+        net.wait_state("CP-01", "Parado", timeout=5)
+        # CP-02's curve
+        driver.find_element(By.CSS_SELECTOR, "#board tr[data-cp='CP-02'] td.id").click()
+        wait_for(lambda: driver.execute_script(
+            "const p = document.querySelector('#curve polyline');"
+            "return p && p.getAttribute('points').split(' ').length >= 2"), 20,
+            "a kWh curve of CP-02's supply")
+        driver.save_screenshot(str(tmp_path / "web-operator.png"))
+        assert marker == driver.execute_script("return window.__same_page")
+    d.stop(5)
+
+
+def test_after_a_failover_the_new_active_central_takes_the_operators_commands(
+        net: Network, procs: list[Proc]):
+    """Two centrals: the account made on the active one is replicated; a command is
+    applied once (the standby does not read operator_topic), and after kill -9 of the
+    active one the standby that takes over applies them."""
+    from tests.flow.test_failover import start_cp
+
+    net.start_central("--security", "open")
+    b_port = free_port()
+    b = Proc(["central", str(b_port), net.kafka, str(net.tmp / "b.json"), "--listen-host",
+              "127.0.0.1", "--topic-prefix", net.prefix, "--security", "open"], name="central B")
+    procs.append(b)
+    b.wait_line("standby: following the active central", timeout=40)
+    monitor = start_cp(net, "CP-01", net.port, b_port)
+    web = Web(net, procs)
+    wait_for(lambda: web.states().get("CP-01") == "Activado", 20, "CP-01 on the web")
+    _, token = add_operator(net)
+    bearer = {"Authorization": f"Bearer {token}"}
+    status, _, doc = call(web, "/api/cps/CP-01/stop", body={}, headers=bearer)
+    assert status == 200, doc
+    wait_for(lambda: web.states()["CP-01"] == "Parado", 10, "CP-01 Parado")
+    assert not [ln for ln in b.lines if "stop CP-01" in ln]
+    net.central.kill()
+    b.wait_line("central ready (active", timeout=20)
+    wait_for(lambda: call(web, "/api/cps/CP-01/resume", body={}, headers=bearer)[0] == 200,
+             30, "the new active central to take the command")
+    wait_for(lambda: web.states()["CP-01"] == "Activado", 15,
+             lambda: f"CP-01 Activado after the failover, got {web.states()}\n"
+             f"monitor:\n{monitor.output[-2000:]}\ncentral B:\n{b.output[-3000:]}")
