@@ -10,7 +10,8 @@ state changes a second (CPs starting and ending supplies, with a session record 
 it; ``--clients`` event-stream readers (raw HTTP, in threads here) watch `/api/events`
 for ``--seconds``. It prints the web process' CPU (% of one core) and RSS over that
 window, the events each client received per second (the coalescing: at most 4 whatever
-the network does), the bytes per event, and, unless ``--no-browser``, the time until a
+the network does), the bytes per event (after the first whole board, each is a delta of
+the rows that changed), and, unless ``--no-browser``, the time until a
 real Chromium (Debian's, as the tests use) has drawn all the rows of a fresh page: its
 first paint of the whole board. Asserts nothing.
 """
@@ -120,7 +121,8 @@ class Watcher(threading.Thread):
                 buf += chunk
                 while b"\n\n" in buf:
                     block, buf = buf.split(b"\n\n", 1)
-                    if block.startswith(b"event: board") and self.counting:
+                    if block.startswith((b"event: board", b"event: delta")) and \
+                            self.counting:
                         self.events += 1
                         self.bytes += len(block)
 

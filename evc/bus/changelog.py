@@ -13,7 +13,7 @@ from kafka import (
 )
 
 from evc.bus.config import base_config
-from evc.bus.consumer import poll_once
+from evc.bus.consumer import GATHER_BYTES, poll_once
 from evc.bus.errors import kafka_errors
 from evc.errors import BusError
 
@@ -27,14 +27,18 @@ class ChangelogReader:
     """Reads ``central_changelog`` (committed transactions only) as ("<table>/<key>",
     JSON or None) pairs: how a standby central follows the active one."""
 
-    def __init__(self, bus: KafkaBus, changelog: str) -> None:
+    def __init__(self, bus: KafkaBus, changelog: str, gather: float = 0.0) -> None:
+        """``gather`` (seconds): a reader that needs no record at once (evc web) lets the
+        broker collect records that long per fetch (kafka-python's cost is per fetch)."""
         self._tp = TopicPartition(bus.topic(changelog), 0)
         with kafka_errors(f"cannot read {self._tp.topic}", bus.bootstrap, bus.connect_timeout):
             self._consumer = KafkaConsumer(
                 bootstrap_servers=bus.bootstrap, **base_config(bus.sasl),
                 client_id=f"{bus.client_id}-changelog", group_id=None,
                 enable_auto_commit=False, isolation_level="read_committed",
-                fetch_max_wait_ms=200, max_partition_fetch_bytes=8 << 20,
+                fetch_max_wait_ms=int(gather * 1000) if gather else 200,
+                fetch_min_bytes=GATHER_BYTES if gather else 1,
+                max_partition_fetch_bytes=8 << 20,
                 bootstrap_timeout_ms=int(bus.connect_timeout * 1000))
             self._consumer.assign([self._tp])
             self._consumer.seek_to_beginning(self._tp)

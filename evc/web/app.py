@@ -123,13 +123,12 @@ class WebApp:
 
     # ------------------------------------------------------------------ public
     def board(self, req: Request) -> Reply:
-        snap = self.hub.latest()
-        return Reply(200, snap.operator if self.stream_view(req) else snap.public)
+        operator = self.stream_view(req)
+        return Reply(200, self.hub.ask(lambda st: st.board(operator))[1])
 
     def cps(self, req: Request) -> Reply:
-        snap = self.hub.latest()
-        doc = json.loads(snap.operator if self.stream_view(req) else snap.public)
-        cps = doc.get("cps", [])
+        operator = self.stream_view(req)
+        cps = self.hub.ask(lambda st: st.model.board(operator))["cps"]
         if req.arg("free") in ("1", "true", "yes"):
             cps = [c for c in cps if c.get("free")]
         return json_reply({"cps": cps})
@@ -143,8 +142,7 @@ class WebApp:
         return json_reply(found)
 
     def central(self, req: Request) -> Reply:
-        doc = json.loads(self.hub.latest().public or b"{}")
-        return json_reply(doc.get("central", {}))
+        return json_reply(self.hub.ask(lambda st: st.model.central_doc()))
 
     def openapi(self, req: Request) -> Reply:
         return json_reply(OPENAPI)

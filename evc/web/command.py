@@ -9,7 +9,6 @@ questions through its inbox, and it publishes the board's documents at most
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -70,7 +69,9 @@ def web(kafka: Bootstrap, listen: Address, central_timeout: float, common: Commo
         with open_bus(str(kafka), prefix=common.topic_prefix, client_id="evc-web",
                       wait=common.kafka_wait, stop=stop, sasl=common.sasl) as bus:
             state = WebState(WebModel(central_timeout), bus.send)
-            consumer = retrying(lambda: bus.consumer([NETWORK], from_beginning=True),
+            # the board is published at most every COALESCE: the readers may gather
+            consumer = retrying(lambda: bus.consumer([NETWORK], from_beginning=True,
+                                                     gather=COALESCE),
                                 wait=common.kafka_wait, stop=stop)
             answers = retrying(lambda: bus.consumer([OPERATOR]), wait=common.kafka_wait,
                                stop=stop)
@@ -94,8 +95,8 @@ def web(kafka: Bootstrap, listen: Address, central_timeout: float, common: Commo
                 try:
                     while not stop.is_set():
                         if reader is None:
-                            reader = retrying(lambda: ChangelogReader(bus, CHANGELOG),
-                                              wait=3600, stop=stop)
+                            reader = retrying(lambda: ChangelogReader(
+                                bus, CHANGELOG, gather=COALESCE), wait=3600, stop=stop)
                         try:
                             for key, value in reader.poll(0.2):
                                 inbox.put(("log", key, value))
@@ -133,7 +134,6 @@ def _shown(host: str) -> str:
 def own(state: WebState, inbox: queue.Queue[Any], hub: Hub, stop: threading.Event) -> None:
     """The state's one owner: apply what arrives, answer questions, publish the board."""
     model = state.model
-    published = -1
     last = 0.0
     while not stop.is_set():
         try:
@@ -149,11 +149,9 @@ def own(state: WebState, inbox: queue.Queue[Any], hub: Hub, stop: threading.Even
         model.tick()
         now = time.monotonic()
         state.expire(now)
-        if model.version != published and now - last >= COALESCE:
-            published, last = model.version, now
-            hub.publish(Snapshot(published, _json(model.board(operator=False)),
-                                 _json(model.board(operator=True))))
-
-
-def _json(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        if model.version != state.published and now - last >= COALESCE:
+            dirty, gone = model.take_changes()
+            base, state.published, last = state.published, model.version, now
+            hub.publish(Snapshot(state.published, base,
+                                 model.delta_json(dirty, gone, operator=False),
+                                 model.delta_json(dirty, gone, operator=True)))

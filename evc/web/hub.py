@@ -1,6 +1,7 @@
-"""Between the model's owner thread and the HTTP threads: the board documents it
-publishes (read by any number of pages and event streams) and the questions that HTTP
-threads ask it (answered on the owner's thread, so the model has one owner).
+"""Between the model's owner thread and the HTTP threads: the board's changes it
+publishes (read by any number of event streams) and the questions that HTTP threads ask
+it, the whole board among them (answered on the owner's thread, so the model has one
+owner).
 """
 
 from __future__ import annotations
@@ -25,16 +26,21 @@ class Unavailable(Exception):
 
 @dataclass(frozen=True)
 class Snapshot:
+    """What changed between two published versions of the board: a page that has the
+    board of version ``base`` applies the delta and has ``version``'s (a delta's rows are
+    whole, so applying one to a board that already has some of them changes nothing)."""
+
     version: int
-    public: bytes  # the board's JSON for anyone
-    operator: bytes  # the same with driver ids and sessions, for operators
+    base: int = -1
+    public_delta: bytes = b"{}"  # for anyone
+    operator_delta: bytes = b"{}"  # with driver ids, for operators
 
 
 class Hub:
     def __init__(self, inbox: queue.Queue[Any]) -> None:
         self._inbox = inbox
         self._cond = threading.Condition()
-        self._snap = Snapshot(0, b"{}", b"{}")
+        self._snap = Snapshot(0)
         self.closed = False
 
     # ------------------------------------------------------------------ the owner's side
@@ -49,10 +55,6 @@ class Hub:
             self._cond.notify_all()
 
     # ------------------------------------------------------------------ HTTP threads
-    def latest(self) -> Snapshot:
-        with self._cond:
-            return self._snap
-
     def newer(self, version: int, timeout: float) -> Snapshot:
         """The first snapshot newer than ``version``, or the same one after ``timeout``."""
         with self._cond:

@@ -15,12 +15,14 @@ import csv
 import io
 import json
 import logging
+import secrets
 import time
+from collections import Counter
 from typing import Any
 
 from evc.display import LABEL, trust_word
 from evc.netview import NetworkView, detail
-from evc.protocol.messages import CPState, Message
+from evc.protocol.messages import CPState, CPStatus, Message, Removed
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +50,21 @@ class WebModel:
         self.open_by_cp: dict[str, str] = {}  # cp_id -> its open session's id
         self.curves: dict[str, list[tuple[float, float]]] = {}  # open session -> (ts, kWh)
         self.version = 0  # grows with every change a page could show
+        self.dirty: set[str] = set()  # CPs whose row changed since ``take_changes``
+        self.gone: set[str] = set()  # CPs removed since then
+        self._rows: dict[tuple[str, bool], bytes] = {}  # each row's JSON, until it changes
         self._available = False
 
     # ------------------------------------------------------------------ inputs
     def on_network(self, msg: Message, live: bool) -> None:
         self.net.apply(msg, live)
+        if isinstance(msg, CPStatus):
+            self._touch(msg.cp_id)
+            self.gone.discard(msg.cp_id)
+        elif isinstance(msg, Removed):
+            self._touch(msg.key)
+            self.dirty.discard(msg.key)
+            self.gone.add(msg.key)
         self.version += 1
 
     def on_changelog(self, key: str, value: str | None, now: float | None = None) -> None:
@@ -75,6 +87,7 @@ class WebModel:
         rec["session_id"] = record_key
         self.sessions[record_key] = rec
         cp_id = rec["cp_id"]
+        self._touch(cp_id)
         if rec.get("status") == "closed":
             if self.open_by_cp.get(cp_id) == record_key:
                 del self.open_by_cp[cp_id]
@@ -88,6 +101,11 @@ class WebModel:
                 del curve[:-CURVE_POINTS]
         self.version += 1
         self._prune(time.time() if now is None else now)
+
+    def _touch(self, cp_id: str) -> None:
+        self.dirty.add(cp_id)
+        self._rows.pop((cp_id, False), None)
+        self._rows.pop((cp_id, True), None)
 
     def tick(self) -> bool:
         """Time passes: True when central's availability changed (the pages must say)."""
@@ -113,23 +131,61 @@ class WebModel:
             self._forget(sid)
 
     # ------------------------------------------------------------------ the board
+    def take_changes(self) -> tuple[set[str], set[str]]:
+        """The CPs changed and removed since the last call (for a ``delta``)."""
+        dirty, gone = self.dirty, self.gone
+        self.dirty, self.gone = set(), set()
+        return dirty, gone
+
     def board(self, operator: bool, now: float | None = None) -> dict[str, Any]:
         """The whole board as JSON data; driver ids only for an operator."""
         now = time.time() if now is None else now
-        c = self.net.central
         cps = [self._cp(s.cp_id, operator, now) for s in
                sorted(self.net.cps.values(), key=lambda s: s.cp_id)]
-        counts = {str(state): 0 for state in CPState}
-        for row in cps:
-            counts[row["state"]] += 1
+        return self._head(cps, operator, now)
+
+    def board_json(self, operator: bool) -> bytes:
+        """``board`` as JSON, from each row's JSON kept until the row changes: a board of
+        thousands of CPs costs its changed rows, not all of them, at each publish."""
+        head = self._head([], operator, time.time(), counted=False)
+        head["cps"] = _CPS
+        rows = b",".join(self._row_json(cp_id, operator) for cp_id in sorted(self.net.cps))
+        return _json(head).replace(_json(_CPS), b"[" + rows + b"]", 1)
+
+    def delta_json(self, dirty: set[str], gone: set[str], operator: bool) -> bytes:
+        head = self._head([], operator, time.time(), counted=False)
+        head["cps"] = _CPS
+        head["removed"] = sorted(gone)
+        rows = b",".join(self._row_json(cp_id, operator) for cp_id in sorted(dirty)
+                         if cp_id in self.net.cps)
+        return _json(head).replace(_json(_CPS), b"[" + rows + b"]", 1)
+
+    def _row_json(self, cp_id: str, operator: bool) -> bytes:
+        row = self._rows.get((cp_id, operator))
+        if row is None:
+            row = self._rows[(cp_id, operator)] = _json(self._cp(cp_id, operator, 0.0))
+        return row
+
+    def delta(self, dirty: set[str], gone: set[str], operator: bool,
+              now: float | None = None) -> dict[str, Any]:
+        """What changed since the board before: the changed rows, the removed ids, and
+        the head (central, counts, sites) whole. A page applies it to its board."""
+        now = time.time() if now is None else now
+        doc = self._head([self._cp(cp_id, operator, now) for cp_id in sorted(dirty)
+                          if cp_id in self.net.cps], operator, now, counted=False)
+        doc["removed"] = sorted(gone)
+        return doc
+
+    def _head(self, cps: list[dict[str, Any]], operator: bool, now: float,
+              counted: bool = True) -> dict[str, Any]:
+        if counted:
+            found = Counter(row["state"] for row in cps)
+            counts = {str(state): found.get(str(state), 0) for state in CPState}
+        else:
+            by_state = Counter(s.state for s in self.net.cps.values())
+            counts = {str(state): by_state.get(state, 0) for state in CPState}
         return {
-            "central": {
-                "available": self.net.central_available(),
-                "central": c.central if c else None,
-                "started_at": c.started_at if c else None,
-                "epoch": c.epoch if c else None,
-                "last_heartbeat": c.ts if c else None,
-            },
+            "central": self.central_doc(),
             "counts": counts,
             "cps": cps,
             "sites": [{"site": s.site, "limit_kw": s.limit_kw, "load_kw": s.load_kw,
@@ -139,12 +195,25 @@ class WebModel:
             "at": now,
         }
 
+    def central_doc(self) -> dict[str, Any]:
+        c = self.net.central
+        return {
+            "available": self.net.central_available(),
+            "central": c.central if c else None,
+            "started_at": c.started_at if c else None,
+            "epoch": c.epoch if c else None,
+            "last_heartbeat": c.ts if c else None,
+        }
+
     def _cp(self, cp_id: str, operator: bool, now: float) -> dict[str, Any]:
         s = self.net.cps[cp_id]
         out: dict[str, Any] = {
             "cp_id": s.cp_id, "location": s.location, "price_eur_kwh": s.price_eur_kwh,
             "state": str(s.state), "label": LABEL[s.state], "class": STATE_CLASS[s.state],
-            "detail": detail(s, now), "proven": s.proven, "trust": trust_word(s.proven, s.state),
+            # a disconnected CP's detail is its last_seen, for the page to write (no clock
+            # of this machine in a row: a row stays as it is until its CP changes)
+            "detail": s.detail if s.state is CPState.DESCONECTADO else detail(s, now),
+            "proven": s.proven, "trust": trust_word(s.proven, s.state),
             "site": s.site or None,
             "kw": s.kw, "free": s.state is CPState.ACTIVADO,
             "last_seen": s.last_seen or None, "supply": None,
@@ -225,6 +294,13 @@ def _public_session(rec: dict[str, Any]) -> dict[str, Any]:
         "price_eur_kwh": _num(rec.get("price_eur_kwh")),
         "reason": rec.get("reason") or rec.get("end_reason"), "ticket_id": rec.get("ticket_id"),
     }
+
+
+_CPS = f"@cps-{secrets.token_hex(8)}@"  # where a board's rows go in its JSON
+
+
+def _json(doc: Any) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def _num(value: Any) -> float:

@@ -159,9 +159,10 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _handle
 
     def _stream(self, operator: bool) -> None:
-        """Server-Sent Events: the board as JSON at each change (at most a few a second:
-        the owner coalesces), a comment when idle so that proxies keep the line open;
-        the operator's board for a logged-in operator."""
+        """Server-Sent Events: the whole board first (``board``), then at each change only
+        what changed (``delta``; the whole board again after a missed one), at most a
+        few a second (the owner coalesces); a comment when idle so that proxies keep the
+        line open; the operator's board for a logged-in operator."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-store")
@@ -172,18 +173,25 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         hub = self.app.hub
-        version = -1
         self.wfile.write(b"retry: 2000\n\n")
+        version = -1  # the version of the board this page has
         while not self.stop.is_set() and not hub.closed:
+            if version < 0:  # its first, or it missed a delta: the whole board
+                version, doc = hub.ask(lambda st: st.board(operator))
+                self.wfile.write(b"event: board\ndata: " + doc + b"\n\n")
+                self.wfile.flush()
             snap = hub.newer(version, KEEPALIVE)
             if hub.closed or self.stop.is_set():
                 break
-            if snap.version != version:
-                version = snap.version
-                doc = snap.operator if operator else snap.public
-                self.wfile.write(b"event: board\ndata: " + doc + b"\n\n")
-            else:
+            if snap.version == version:
                 self.wfile.write(b": idle\n\n")
+            elif snap.base == version:  # what changed since the board it has
+                doc = snap.operator_delta if operator else snap.public_delta
+                self.wfile.write(b"event: delta\ndata: " + doc + b"\n\n")
+                version = snap.version
+            else:
+                version = -1
+                continue
             self.wfile.flush()
 
 

@@ -29,6 +29,7 @@ class WebState:
         self.logins = Logins()
         self.send = send
         self.ready = False  # the answers' consumer reads operator_topic: commands may go
+        self.published = 0  # the version of the board the last delta brought pages to
         # request id -> (the operator's key, the asking thread's future, give-up time)
         self.pending: dict[str, tuple[str, Future[OperatorAnswer], float]] = {}
 
@@ -62,6 +63,10 @@ class WebState:
             self.logins.forget(msg.operator, key)
         if not answer.done():
             answer.set_result(msg)
+
+    def board(self, operator: bool) -> tuple[int, bytes]:
+        """The whole board now, as JSON, and the version the next delta applies to."""
+        return self.published, self.model.board_json(operator)
 
     def expire(self, now: float) -> None:
         for request_id in [r for r, (_, _, until) in self.pending.items() if until < now]:

@@ -26,6 +26,8 @@
       else if (cp.kw) text += " · " + cp.kw.toFixed(1) + " kW";
       return text;
     }
+    if (cp.state === "Desconectado")
+      return cp.last_seen ? "last seen " + time(cp.last_seen) : "never seen";
     return cp.detail || "";
   }
   function row(cp) {
@@ -110,6 +112,21 @@
     document.getElementById("empty").hidden = (doc.cps || []).length > 0;
     document.body.dataset.version = String(Date.now());
     drawn = true;
+  }
+  function merge(d) {
+    // a delta: the rows that changed, the ids removed, the head whole
+    if (!latest) return;
+    const byId = new Map(latest.cps.map(c => [c.cp_id, c]));
+    for (const id of d.removed || []) byId.delete(id);
+    let added = false;
+    for (const c of d.cps) {
+      if (!byId.has(c.cp_id)) added = true;
+      byId.set(c.cp_id, c);
+    }
+    const cps = [...byId.values()];
+    if (added) cps.sort((a, b) => (a.cp_id < b.cp_id ? -1 : a.cp_id > b.cp_id ? 1 : 0));
+    show(Object.assign(latest, {cps: cps, central: d.central, counts: d.counts,
+                                sites: d.sites, at: d.at, operator: d.operator}));
   }
   function show(doc) {
     latest = doc;
@@ -227,6 +244,7 @@
     if (source) source.close();
     source = new EventSource("/api/events");
     source.addEventListener("board", ev => { link(""); show(JSON.parse(ev.data)); });
+    source.addEventListener("delta", ev => { link(""); merge(JSON.parse(ev.data)); });
     source.onopen = () => link("");
     source.onerror = () => link("web server unavailable: reconnecting…");
   }
