@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.procinfo import cpu_seconds, rss_mb
+from benchmarks.scale import machine_ms
 from evc.bus import open_bus
 from evc.net import free_port
 from evc.protocol import messages as m
@@ -150,6 +151,7 @@ def first_paint(url: str, cps: int) -> float | None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    speed = machine_ms()
     prefix = f"bweb{uuid.uuid4().hex[:8]}-"
     port = free_port()
     stop = threading.Event()
@@ -193,9 +195,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 w.counting = False
             rss = rss_mb(web.pid)
             elapsed = t1 - t0
-            rates = [w.events / elapsed for w in watchers]
+            rates = [w.events / elapsed for w in watchers] or [0.0]
             events = sum(w.events for w in watchers)
             return {
+                "machine_ms": speed,
                 "cps": args.cps, "clients": args.clients, "seconds": round(elapsed, 1),
                 "network_changes_per_s": round((sent1 - sent0) / elapsed, 1),
                 "web_cpu_percent": round(100 * (cpu1 - cpu0) / elapsed, 1),
@@ -234,6 +237,7 @@ def main() -> None:
     print(f"  evc web: {out['web_cpu_percent']} % of a core, {out['web_rss_mb']} MB RSS")
     e = out["events_per_client_per_s"]
     print(f"  each stream: {e['min']}-{e['max']} board events/s, {out['kb_per_event']} KB each")
+    print(f"  machine speed: {out['machine_ms']} ms for the fixed work (lower is faster)")
     if out["first_paint_s"] is not None:
         print(f"  Chromium, a fresh page: every row drawn after {out['first_paint_s']} s")
 
