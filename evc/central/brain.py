@@ -87,7 +87,7 @@ from evc.protocol.messages import (
     new_id,
 )
 from evc.protocol.topics import CENTRAL_KEY, CONTROL, NETWORK
-from evc.store import DRIVERS, META, SESSIONS, SITES, Store
+from evc.store import DRIVERS, META, SESSIONS, SITES, AuditRing, Store
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,8 @@ class Brain:
         self.events: queue.Queue[Event] = events if events is not None else queue.Queue()
         self.identity = identity or f"{socket.gethostname()} pid {os.getpid()}"
         self.credentials: Credentials = credentials or Nowhere()
-        self.audit: Audit = audit or Nowhere()
+        # the audit log, its last events also stored (and so replicated: evc web shows them)
+        self.audit: Audit = AuditRing(audit, store) if audit is not None else Nowhere()
         self.drivers: dict[str, str] = {}  # driver id -> its secret (the driver registry)
         self.proven_drivers: set[str] = set()  # drivers that signed with their credential
         self.pairings = pairing.Pairings()  # codes handed out, exchanges under way

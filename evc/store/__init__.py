@@ -8,8 +8,9 @@
     credentials  the secret credential files central hands out
 """
 
-from evc.store.audit import AuditLog, read_audit
+from evc.store.audit import AuditLog, AuditRing, read_audit
 from evc.store.database import (
+    AUDIT,
     CPS,
     DRIVERS,
     LOCAL_TABLES,
@@ -27,8 +28,8 @@ from evc.store.database import (
 from evc.store.files import FileLock, JsonFile, write_atomic
 
 __all__ = [
-    "CPS", "DRIVERS", "LOCAL_TABLES", "META", "OFFSETS", "OPERATORS", "OUTBOX", "SESSIONS",
+    "AUDIT", "CPS", "DRIVERS", "LOCAL_TABLES", "META", "OFFSETS", "OPERATORS", "OUTBOX", "SESSIONS",
     "SITES", "TABLES",
-    "AtomicJSONStorage", "AuditLog", "FileLock", "JsonFile", "Store", "read_audit",
+    "AtomicJSONStorage", "AuditLog", "AuditRing", "FileLock", "JsonFile", "Store", "read_audit",
     "read_database", "write_atomic",
 ]

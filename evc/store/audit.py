@@ -6,9 +6,18 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from evc.errors import StoreError
+
+if TYPE_CHECKING:
+    from evc.store.database import Store
+
+RING = 500  # events of the audit log also kept as stored records (``AuditRing``)
+
+
+class _Log(Protocol):
+    def write(self, event: str, **fields: Any) -> None: ...
 
 
 class AuditLog:
@@ -58,3 +67,26 @@ def read_audit(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         if isinstance(rec, dict):
             out.append(rec)
     return out
+
+
+class AuditRing:
+    """The audit log, with its last ``RING`` events also kept as stored records (table
+    ``audit``, slot = the event's number modulo ``RING``): they go to the changelog with
+    the rest of central's state, so the web board shows them to operators from Kafka,
+    and a central that takes over goes on numbering. Used on the brain's thread only."""
+
+    def __init__(self, log: _Log, store: Store) -> None:
+        from evc.store.database import AUDIT
+
+        self.log, self.store, self.table = log, store, AUDIT
+        self.seq = max((int(r.get("seq", 0)) for r in store.all(AUDIT)), default=0)
+
+    def write(self, event: str, **fields: Any) -> None:
+        self.log.write(event, **fields)
+        self.seq += 1
+        slot = str(self.seq % RING)
+        record = {"slot": slot, "seq": self.seq, "ts": round(time.time(), 3), "event": event}
+        record |= {k: v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
+                   for k, v in fields.items() if k not in record}
+        self.store.remove(self.table, slot)  # the slot's older event goes whole
+        self.store.put(self.table, record)

@@ -39,9 +39,10 @@ META = "meta"
 DRIVERS = "drivers"
 SITES = "sites"
 OPERATORS = "operators"  # evc web's accounts: name -> the operator's key (scrypt)
+AUDIT = "audit"  # the audit log's last events, a ring of slots (store/audit.py: AuditRing)
 LOCAL_TABLES = frozenset({OUTBOX})  # journaled here, never replicated (see ``replica``)
 TABLES = {CPS: "cp_id", SESSIONS: "session_id", OUTBOX: "msg_id", OFFSETS: "tp", META: "name",
-          DRIVERS: "driver_id", SITES: "site", OPERATORS: "name"}
+          DRIVERS: "driver_id", SITES: "site", OPERATORS: "name", AUDIT: "slot"}
 """Every table and the field that keys its records."""
 
 class AtomicJSONStorage(Storage):

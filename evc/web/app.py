@@ -61,6 +61,7 @@ class WebApp:
             ("POST", r"/api/logout", self.logout),
             ("GET", r"/api/sessions", self.sessions),
             ("GET", r"/api/tickets\.csv", self.tickets),
+            ("GET", r"/api/audit", self.audit),
             ("POST", cp + r"/(?P<action>stop|resume)", self.stop_resume),
             ("POST", cp + r"/price", self.price),
             ("POST", r"/api/command", self.command),
@@ -204,6 +205,12 @@ class WebApp:
         text = self.hub.ask(lambda st: st.model.tickets_csv(since, cp_id, driver_id))
         return Reply(200, text.encode("utf-8"), "text/csv; charset=utf-8", headers={
             "Content-Disposition": 'attachment; filename="evc-tickets.csv"'})
+
+    def audit(self, req: Request) -> Reply:
+        self.operator(req)
+        limit = _int(req.arg("limit"), 200, 1, 1000)
+        event = req.arg("event")
+        return json_reply(self.hub.ask(lambda st: st.model.audit_doc(limit, event)))
 
     def stop_resume(self, req: Request) -> Reply:
         login = self.operator(req, changes=True)

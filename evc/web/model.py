@@ -53,6 +53,7 @@ class WebModel:
         self.dirty: set[str] = set()  # CPs whose row changed since ``take_changes``
         self.gone: set[str] = set()  # CPs removed since then
         self._rows: dict[tuple[str, bool], bytes] = {}  # each row's JSON, until it changes
+        self.audit: dict[str, dict[str, Any]] = {}  # central's audit ring: slot -> event
         self._available = False
 
     # ------------------------------------------------------------------ inputs
@@ -70,6 +71,9 @@ class WebModel:
     def on_changelog(self, key: str, value: str | None, now: float | None = None) -> None:
         """A record of central_changelog: ``sessions/<id>`` are the ones shown here."""
         table, _, record_key = key.partition("/")
+        if table == "audit" and record_key:
+            self._on_audit(record_key, value)
+            return
         if table != "sessions" or not record_key:
             return
         if value is None:  # central archived (or dropped) it: kept here if it was closed
@@ -106,6 +110,24 @@ class WebModel:
         self.dirty.add(cp_id)
         self._rows.pop((cp_id, False), None)
         self._rows.pop((cp_id, True), None)
+
+    def _on_audit(self, slot: str, value: str | None) -> None:
+        if value is None:
+            self.audit.pop(slot, None)
+            return
+        try:
+            rec = json.loads(value)
+        except ValueError:
+            return
+        if isinstance(rec, dict) and isinstance(rec.get("seq"), int):
+            self.audit[slot] = rec
+
+    def audit_doc(self, limit: int = 200, event: str | None = None) -> dict[str, Any]:
+        """Central's last audited events, newest first (``event``: only those)."""
+        found = sorted((r for r in self.audit.values()
+                        if event is None or r.get("event") == event),
+                       key=lambda r: r["seq"], reverse=True)
+        return {"count": len(found), "events": found[:limit]}
 
     def tick(self) -> bool:
         """Time passes: True when central's availability changed (the pages must say)."""

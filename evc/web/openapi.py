@@ -13,6 +13,26 @@ def _ok(schema: str, description: str) -> dict[str, Any]:
         "schema": {"$ref": f"#/components/schemas/{schema}"}}}}, "default": _ERROR}
 
 
+_OP: list[dict[str, list[str]]] = [{"cookie": []}, {"token": []}]
+
+
+def _q(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "schema": {"type": "string"},
+            "description": description}
+
+
+def _command(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary, "security": _OP,
+        "parameters": [{"name": "cp_id", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "responses": _ok("Answer", "central's answer"),
+    }
+    if body is not None:
+        op["requestBody"] = {"content": {"application/json": {"schema": body}}}
+    return {"post": op}
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "evc web", "version": "1",
@@ -39,8 +59,68 @@ OPENAPI: dict[str, Any] = {
             "responses": _ok("CP", "the charge point")}},
         "/api/central": {"get": {"summary": "central's liveness",
                                  "responses": _ok("Central", "central")}},
+        "/api/me": {"get": {"summary": "who is logged in, and the session's CSRF token",
+                            "responses": {"200": {"description": "operator and csrf (null "
+                                                                 "when not logged in)"}}}},
+        "/api/login": {"post": {
+            "summary": "log in as an operator (a session cookie: HttpOnly, SameSite=Strict)",
+            "requestBody": {"content": {"application/json": {"schema": {
+                "type": "object", "required": ["name", "password"],
+                "properties": {"name": {"type": "string"}, "password": {"type": "string"}}}}}},
+            "responses": {"200": {"description": "logged in"}, "401": _ERROR, "429": _ERROR}}},
+        "/api/logout": {"post": {"summary": "end the session", "security": _OP,
+                                 "responses": {"200": {"description": "logged out"}}}},
+        "/api/sessions": {"get": {
+            "summary": "sessions, newest first", "security": _OP,
+            "parameters": [_q("status", "open or closed"),
+                           _q("since", "epoch seconds, or YYYY-MM-DD[THH:MM:SS]"),
+                           _q("cp", "one CP"), _q("driver", "one driver"),
+                           _q("limit", "at most this many (1000)")],
+            "responses": _ok("Sessions", "the sessions")}},
+        "/api/tickets.csv": {"get": {
+            "summary": "closed sessions as CSV: session_id, cp_id, driver_id, started_at, "
+                       "ended_at, consumo_kwh, price_eur_kwh, importe_eur, reason, ticket_id",
+            "security": _OP,
+            "parameters": [_q("since", "as for /api/sessions"), _q("cp", "one CP"),
+                           _q("driver", "one driver")],
+            "responses": {"200": {"description": "CSV", "content": {"text/csv": {}}},
+                          "default": _ERROR}}},
+        "/api/audit": {"get": {
+            "summary": "central's last audited events (its audit log's last 500), newest first",
+            "security": _OP, "parameters": [_q("limit", "at most this many (200)"),
+                                            _q("event", "only this kind")],
+            "responses": {"200": {"description": "count and events"}, "default": _ERROR}}},
+        "/api/cps/{cp_id}/stop": _command("PARAR: out of order"),
+        "/api/cps/{cp_id}/resume": _command("REANUDAR"),
+        "/api/cps/{cp_id}/price": _command("a new price (from the next supply)", {
+            "type": "object", "required": ["price"], "properties": {"price": {
+                "type": "number", "description": "€/kWh"}}}),
+        "/api/command": {"post": {
+            "summary": "any console command that central takes from elsewhere",
+            "security": _OP, "requestBody": {"content": {"application/json": {"schema": {
+                "type": "object", "required": ["command"],
+                "properties": {"command": {"type": "string", "maxLength": 200}}}}}},
+            "responses": _ok("Answer", "central's answer")}},
     },
-    "components": {"schemas": {
+    "components": {"securitySchemes": {
+        "cookie": {"type": "apiKey", "in": "cookie", "name": "evc_session",
+                   "description": "from POST /api/login; a POST also needs X-CSRF-Token"},
+        "token": {"type": "http", "scheme": "bearer",
+                  "description": "<operator>.<key>, printed by add-operator at central"}},
+        "schemas": {
+        "Answer": {"type": "object", "properties": {
+            "ok": {"type": "boolean"}, "command": {"type": "string"},
+            "text": {"type": "string", "description": "central's words"}}},
+        "Session": {"type": "object", "properties": {
+            "session_id": {"type": "string"}, "cp_id": {"type": "string"},
+            "driver_id": {"type": "string"}, "status": {"enum": ["open", "closed"]},
+            "started_at": {"type": ["number", "null"]},
+            "ended_at": {"type": ["number", "null"]}, "consumo_kwh": {"type": "number"},
+            "importe_eur": {"type": "number"}, "price_eur_kwh": {"type": "number"},
+            "reason": {"type": ["string", "null"]}, "ticket_id": {"type": ["string", "null"]}}},
+        "Sessions": {"type": "object", "properties": {
+            "count": {"type": "integer"},
+            "sessions": {"type": "array", "items": {"$ref": "#/components/schemas/Session"}}}},
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "properties": {"status": {"type": "integer"},
                                              "message": {"type": "string"}}}}},

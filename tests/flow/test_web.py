@@ -270,6 +270,14 @@ def test_operators_log_in_and_act_through_central_and_nothing_else_changes(netwo
     audit = [r for r in read_audit(net.db.with_name("central.audit.jsonl"))
              if r.get("line") == "stop CP-01"]
     assert audit and audit[-1]["by"] == "ana@127.0.0.1", audit
+    # and the web shows its audit (replicated with central's state) to operators
+    assert call(web, "/api/audit", "GET")[0] == 401
+
+    def audited() -> list:
+        doc = call(web, "/api/audit?event=operator", "GET", headers={"Cookie": cookie})[2]
+        return [e for e in doc["events"] if e.get("line") == "stop CP-01"]
+    (event,) = wait_for(audited, 10, "the stop in the web's audit")
+    assert event["by"] == "ana@127.0.0.1"
     # a script's token
     bearer = {"Authorization": f"Bearer {token}"}
     status, _, doc = call(web, "/api/cps/CP-01/resume", body={}, headers=bearer)

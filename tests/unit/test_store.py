@@ -189,3 +189,26 @@ def test_replaying_a_journal_the_file_already_holds_changes_nothing(tmp_path):
     again = Store(path)
     assert again.sessions() == [{"session_id": "s1", "kwh": 2.0}] and again.cps() == []
     again.close()
+
+
+def test_the_audit_ring_keeps_the_last_events_as_records(tmp_path):
+    from evc.store import AUDIT, AuditRing
+    from evc.store.audit import RING
+
+    class Log:
+        lines: list = []
+
+        def write(self, event, **fields):
+            self.lines.append(event)
+
+    store = Store(tmp_path / "c.json")
+    ring = AuditRing(Log(), store)
+    for i in range(RING + 3):
+        ring.write("operator", line=f"stop CP-{i}", where=tmp_path)
+    store.commit()
+    records = store.all(AUDIT)
+    assert len(records) == RING and len(Log.lines) == RING + 3
+    newest = max(records, key=lambda r: r["seq"])
+    assert newest["seq"] == RING + 3 and newest["line"] == f"stop CP-{RING + 2}"
+    assert isinstance(newest["where"], str)
+    assert AuditRing(Log(), store).seq == RING + 3  # a restart goes on numbering

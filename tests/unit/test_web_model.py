@@ -92,3 +92,14 @@ def test_a_delta_holds_what_changed_since_the_last_one():
     assert whole["cps"] == model.board(operator=True)["cps"] and whole["operator"] is True
     model.on_changelog(*session("s9", "CP-02", "D-1"))  # a session's change is its CP's
     assert model.take_changes()[0] == {"CP-02"}
+
+
+def test_the_audit_ring_is_shown_newest_first():
+    model = network()
+    for seq in (1, 2, 3):
+        model.on_changelog(f"audit/{seq}", json.dumps({"slot": str(seq), "seq": seq,
+                                                       "event": "operator", "line": "x"}))
+    model.on_changelog("audit/9", "not json")
+    model.on_changelog("audit/2", None)
+    assert [e["seq"] for e in model.audit_doc()["events"]] == [3, 1]
+    assert model.audit_doc(event="refused")["count"] == 0

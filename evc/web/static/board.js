@@ -73,7 +73,7 @@
         "Content-Type": "application/json", "X-CSRF-Token": me.csrf || ""},
         body: JSON.stringify(body || {})});
       const doc = await r.json();
-      if (r.ok) say(doc.text || "done");
+      if (r.ok) { say(doc.text || "done"); setTimeout(loadAudit, 500); }
       else say(doc.error ? doc.error.message : "refused (" + r.status + ")", true);
       if (r.status === 401) whoami();
       return doc;
@@ -149,7 +149,7 @@
     document.getElementById("me").hidden = !me.operator;
     document.getElementById("me-name").textContent = me.operator ? "operator " + me.operator : "";
     document.getElementById("operator").hidden = !me.operator;
-    if (me.operator) loadSessions();
+    if (me.operator) { loadSessions(); loadAudit(); }
     connect();
   }
   async function login(ev) {
@@ -200,6 +200,20 @@
     document.querySelector("#sessions tbody").replaceChildren(...doc.sessions.map(s =>
       sessionRow(s, ["started_at", "ended_at", "cp_id", "driver_id", "consumo_kwh",
                      "importe_eur", "reason"])));
+  }
+  async function loadAudit() {
+    const r = await fetch("/api/audit?limit=100");
+    if (!r.ok) return;
+    const doc = await r.json();
+    document.querySelector("#audit tbody").replaceChildren(...doc.events.map(e => {
+      const tr = el("tr", e.event === "rejected" || e.event === "refused" ? "bad" : "");
+      tr.appendChild(el("td", "num", fmt(e.ts)));
+      tr.appendChild(el("td", "", e.event));
+      const what = Object.keys(e).filter(k => !["slot", "seq", "ts", "event"].includes(k))
+        .map(k => k + "=" + e[k]).join("  ");
+      tr.appendChild(el("td", "", what));
+      return tr;
+    }));
   }
   function curve(points) {
     const svg = document.getElementById("curve");
@@ -262,6 +276,7 @@
       if (doc && doc.ok) input.value = "";
     });
     document.getElementById("filter").addEventListener("submit", loadSessions);
+    document.getElementById("audit-load").addEventListener("click", loadAudit);
     document.querySelector("#board tbody").addEventListener("click", ev => {
       const tr = ev.target.closest("tr");
       if (tr && me.operator) showDetail(tr.dataset.cp, true);
