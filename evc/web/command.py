@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from evc.bus import ChangelogReader, open_bus, retrying
+from evc.bus import ChangelogReader, open_bus, ping, retrying
 from evc.errors import BusError, ConfigError
 from evc.lifecycle import Crew, install_stop_signals
 from evc.logs import setup_logging
@@ -41,6 +41,7 @@ from evc.web.state import WebState
 log = logging.getLogger(__name__)
 
 COALESCE = 0.25  # s: the board's documents are published at most this often
+KAFKA_CHECK = 3.0  # s between checks that this process reaches the broker
 
 
 @click.command()
@@ -84,6 +85,11 @@ def web(kafka: Bootstrap, listen: Address, central_timeout: float, common: Commo
                 if isinstance(msg, OperatorAnswer):
                     inbox.put(("answer", msg))
 
+            def check_kafka() -> None:
+                """Whether this process reaches the broker: the page says so when not."""
+                while not stop.wait(KAFKA_CHECK):
+                    inbox.put(("kafka", ping(str(kafka), timeout=2.0, sasl=common.sasl)))
+
             def answers_ready() -> None:
                 while not stop.is_set():
                     if answers.caught_up.wait(0.2):
@@ -110,6 +116,8 @@ def web(kafka: Bootstrap, listen: Address, central_timeout: float, common: Commo
             crew.spawn(consumer.run, got, stop, name="web-network")
             crew.spawn(answers.run, answered, stop, name="web-answers")
             crew.spawn(answers_ready, name="web-answers-ready")
+            # a daemon: a check in flight when the process stops is not waited for
+            crew.spawn(check_kafka, name="web-kafka-check", daemon=True)
             crew.spawn(follow_changelog, name="web-changelog")
             crew.spawn(serve, server, stop, name="web-http")
             click.echo(f"evc web: the board at http://{_shown(host)}:{server.server_port}/ "

@@ -54,6 +54,7 @@ class WebModel:
         self.gone: set[str] = set()  # CPs removed since then
         self._rows: dict[tuple[str, bool], bytes] = {}  # each row's JSON, until it changes
         self.audit: dict[str, dict[str, Any]] = {}  # central's audit ring: slot -> event
+        self.kafka_down_since: float | None = None  # this web server cannot reach Kafka
         self._available = False
 
     # ------------------------------------------------------------------ inputs
@@ -128,6 +129,13 @@ class WebModel:
                         if event is None or r.get("event") == event),
                        key=lambda r: r["seq"], reverse=True)
         return {"count": len(found), "events": found[:limit]}
+
+    def on_kafka(self, ok: bool, now: float) -> None:
+        """Whether this process reaches the broker (its own check, every few seconds)."""
+        if ok == (self.kafka_down_since is None):
+            return
+        self.kafka_down_since = None if ok else now
+        self.version += 1
 
     def tick(self) -> bool:
         """Time passes: True when central's availability changed (the pages must say)."""
@@ -208,6 +216,8 @@ class WebModel:
             counts = {str(state): by_state.get(state, 0) for state in CPState}
         return {
             "central": self.central_doc(),
+            "kafka": {"available": self.kafka_down_since is None,
+                      "since": self.kafka_down_since},
             "counts": counts,
             "cps": cps,
             "sites": [{"site": s.site, "limit_kw": s.limit_kw, "load_kw": s.load_kw,

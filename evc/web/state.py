@@ -80,6 +80,8 @@ class WebState:
             self.model.on_changelog(item[1], item[2])
         elif kind == "answer":
             self.on_answer(item[1])
+        elif kind == "kafka":
+            self.model.on_kafka(item[1], time.time())
         elif kind == "ready":
             self.ready = True
         elif kind == "ask":

@@ -197,6 +197,15 @@ def test_the_board_in_a_real_browser(network, tmp_path: Path):
             "return document.getElementById('link').hidden"), 15, "the page to recover")
         wait_for(lambda: row_states(driver).get("CP-01") == "Suministrando", 10,
                  "the board again")
+        # central killed -9: the page says since when it is unavailable, and recovers
+        banner = lambda: driver.find_element("id", "central").text  # noqa: E731
+        net.central.kill()
+        wait_for(lambda: banner().startswith("CENTRAL UNAVAILABLE since"), 10,
+                 lambda: f"the page to say central is unavailable, it says {banner()!r}")
+        net.start_central("--security", "open")
+        wait_for(lambda: banner().startswith("central "), 15,
+                 lambda: f"the page to see central back, it says {banner()!r}")
+        assert marker == driver.execute_script("return window.__same_page")
         driver_proc.stop(5)
 
 

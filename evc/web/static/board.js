@@ -87,7 +87,11 @@
     if (!doc) return;
     const c = doc.central || {};
     const central = document.getElementById("central");
-    if (c.available) {
+    if (doc.kafka && !doc.kafka.available) {
+      central.className = "central down";
+      central.textContent = "KAFKA UNAVAILABLE" + (doc.kafka.since ? " since " +
+        time(doc.kafka.since) : "") + " (this web server cannot reach the broker)";
+    } else if (c.available) {
       central.className = "central ok";
       central.textContent = "central " + (c.central || "") + " · up since " + time(c.started_at);
     } else {
@@ -125,8 +129,9 @@
     }
     const cps = [...byId.values()];
     if (added) cps.sort((a, b) => (a.cp_id < b.cp_id ? -1 : a.cp_id > b.cp_id ? 1 : 0));
-    show(Object.assign(latest, {cps: cps, central: d.central, counts: d.counts,
-                                sites: d.sites, at: d.at, operator: d.operator}));
+    show(Object.assign(latest, {cps: cps, central: d.central, kafka: d.kafka,
+                                counts: d.counts, sites: d.sites, at: d.at,
+                                operator: d.operator}));
   }
   function show(doc) {
     latest = doc;
