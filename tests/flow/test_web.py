@@ -409,3 +409,49 @@ def test_after_a_failover_the_new_active_central_takes_the_operators_commands(
     wait_for(lambda: web.states()["CP-01"] == "Activado", 15,
              lambda: f"CP-01 Activado after the failover, got {web.states()}\n"
              f"monitor:\n{monitor.output[-2000:]}\ncentral B:\n{b.output[-3000:]}")
+
+
+def test_the_page_says_when_the_broker_is_away_and_recovers(prefix, tmp_path, procs):
+    """A broker of this test's own, stopped for 15 s while a browser watches: the page
+    says Kafka is unavailable (this web server cannot reach it), then recovers by itself,
+    and the operator's commands work again."""
+    from tests.helpers import run_evc
+
+    port, data = free_port(), str(tmp_path / "broker")
+    started = run_evc(["broker", "start", "--listen", f"127.0.0.1:{port}", "--data-dir", data,
+                       "--timeout", "120"], timeout=200)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        net = Network(f"127.0.0.1:{port}", prefix, tmp_path, procs)
+        net.cps_file.write_text("id,location,price_eur_kwh\nCP-01,C/Italia 5,0.35\n")
+        net.start_central("--security", "open")
+        net.start_cp("CP-01")
+        web = Web(net, procs)
+        _, token = add_operator(net)
+        with chromium() as driver:
+            driver.get(web.url + "/")
+            banner = lambda: driver.find_element("id", "central").text  # noqa: E731
+            wait_for(lambda: banner().startswith("central "), 15, "central live on the page")
+            stopped = run_evc(["broker", "stop", "--data-dir", data], timeout=60)
+            assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+            wait_for(lambda: banner().startswith("KAFKA UNAVAILABLE"), 15,
+                     lambda: f"the page to say Kafka is away, it says {banner()!r}")
+            assert call(web, "/api/cps/CP-01/stop", body={}, headers={
+                "Authorization": f"Bearer {token}"})[0] in (401, 503)
+            away_until = time.monotonic() + 15  # the outage: 15 s, and the page says so
+            while time.monotonic() < away_until:
+                assert banner().startswith("KAFKA UNAVAILABLE"), banner()
+                assert web.proc.popen.poll() is None
+                time.sleep(0.5)
+            again = run_evc(["broker", "start", "--listen", f"127.0.0.1:{port}",
+                             "--data-dir", data, "--timeout", "120"], timeout=200)
+            assert again.returncode == 0, again.stdout + again.stderr
+            wait_for(lambda: banner().startswith("central "), 60,
+                     lambda: f"the page to see Kafka and central back, it says {banner()!r}")
+            wait_for(lambda: call(web, "/api/cps/CP-01/stop", body={}, headers={
+                "Authorization": f"Bearer {token}"})[0] == 200, 30, "a command again")
+            wait_for(lambda: row_states(driver).get("CP-01") == "Parado", 15,
+                     lambda: f"CP-01 Parado on the page, got {row_states(driver)}")
+        assert web.proc.popen.poll() is None
+    finally:
+        run_evc(["broker", "stop", "--data-dir", data], timeout=120)
