@@ -103,3 +103,15 @@ def test_the_audit_ring_is_shown_newest_first():
     model.on_changelog("audit/2", None)
     assert [e["seq"] for e in model.audit_doc()["events"]] == [3, 1]
     assert model.audit_doc(event="refused")["count"] == 0
+
+
+def test_the_openapi_document_beside_the_docs_is_the_one_served():
+    from pathlib import Path
+
+    from evc.web.openapi import OPENAPI
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
+    assert json.loads(path.read_text(encoding="utf-8")) == OPENAPI, (
+        "docs/openapi.json is stale: python -c 'import json; from evc.web.openapi import "
+        "OPENAPI; print(json.dumps(OPENAPI, indent=1, ensure_ascii=False))' > "
+        "docs/openapi.json")
