@@ -23,7 +23,9 @@ from evc.protocol.messages import (
     Message,
     Removed,
     SiteStatus,
+    StandbyStatus,
 )
+from evc.protocol.topics import STANDBY_KEY
 
 
 class NetworkView:
@@ -32,6 +34,7 @@ class NetworkView:
         self.cps: dict[str, CPStatus] = {}
         self.sites: dict[str, SiteStatus] = {}
         self.central: CentralStatus | None = None
+        self.standbys: dict[str, float] = {}  # standby central -> when last heard (monotonic)
         self._beat: float | None = None  # monotonic: last live heartbeat
         self._started = time.monotonic()
 
@@ -42,6 +45,11 @@ class NetworkView:
                 self.cps[msg.cp_id] = msg
             case Removed():
                 self.cps.pop(msg.key, None)
+                if msg.key.startswith(STANDBY_KEY):
+                    self.standbys.pop(msg.key[len(STANDBY_KEY):], None)
+            case StandbyStatus():
+                if live:
+                    self.standbys[msg.central.split(" ")[0]] = time.monotonic()
             case CentralStatus():
                 self.central = msg
                 if live:
@@ -63,6 +71,11 @@ class NetworkView:
         """No heartbeat for the timeout (also never one since we started reading)."""
         since = self._beat if self._beat is not None else self._started
         return time.monotonic() - since > self.central_timeout
+
+    def standbys_ready(self) -> list[str]:
+        """The standby centrals heard lately (each says so every 2 s): ready to take over."""
+        now = time.monotonic()
+        return sorted(who for who, heard in self.standbys.items() if now - heard <= 6.0)
 
     def unavailable_since(self) -> float | None:
         """Wall clock of central's last heartbeat (its own time), if any was ever seen."""

@@ -291,7 +291,7 @@ def run_central(cfg: CentralConfig) -> None:
         crew.start()
         if isinstance(view, BoardView):
             view.start()
-        standby = Standby(bus, store, reader, server, events, view)
+        standby = Standby(bus, store, reader, server, events, view, identity)
         first = True
         while not stop.is_set():
             took_over = not first or not wait_for_lease(lease, stop)

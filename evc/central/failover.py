@@ -35,6 +35,7 @@ from evc.central.events import (
 from evc.central.server import MonitorServer
 from evc.central.standby import StandbyModel
 from evc.central.view import PlainView
+from evc.errors import BusError
 from evc.lifecycle import Crew
 from evc.protocol.messages import (
     CentralStatus,
@@ -42,6 +43,7 @@ from evc.protocol.messages import (
     OperatorAnswer,
     RegisterRejected,
     RejectCode,
+    StandbyStatus,
 )
 from evc.protocol.topics import (
     CENTRAL_KEY,
@@ -50,6 +52,7 @@ from evc.protocol.topics import (
     NETWORK,
     OPERATOR,
     REQUESTS,
+    STANDBY_KEY,
     TELEMETRY,
     Delivery,
 )
@@ -85,11 +88,13 @@ class Standby:
 
     def __init__(self, bus: KafkaBus, store: Store, reader: ChangelogReader,
                  server: MonitorServer, events: queue.Queue[Event],
-                 view: PlainView | BoardView) -> None:
+                 view: PlainView | BoardView, identity: str = "") -> None:
         self.bus, self.store, self.reader = bus, store, reader
         self.server, self.events, self.view = server, events, view
         self.model = StandbyModel()
         self.status: Consumer | None = None
+        self.identity = identity
+        self.key = STANDBY_KEY + identity.split(" ")[0]  # @standby/<host>:<port>
 
     def follow(self, lease: Lease, stop: threading.Event) -> None:
         self.model.reload(self.store)
@@ -98,9 +103,26 @@ class Standby:
                 [NETWORK], keys={NETWORK: [CENTRAL_KEY]}, from_beginning=True),
                 wait=3600, stop=stop)
         self.view.note("standby: following the active central; monitors are sent to it")
-        next_draw = 0.0
+        try:
+            self._follow(lease, stop)
+        finally:  # taking over, or stopping: no longer a standby
+            self._say(None)
+
+    def _say(self, status: StandbyStatus | None) -> None:
+        """That this standby is there (None: no longer), on network_topic."""
+        try:
+            self.bus.send(NETWORK, status, self.key)
+        except BusError as exc:
+            log.debug("standby status not sent: %s", exc)
+
+    def _follow(self, lease: Lease, stop: threading.Event) -> None:
+        assert self.status is not None
+        next_draw = next_say = 0.0
         changed = False  # since the model was last rebuilt (at most twice a second)
         while not stop.is_set() and not lease.held.is_set():
+            if time.monotonic() >= next_say:
+                self._say(StandbyStatus(central=self.identity, active=self.model.active))
+                next_say = time.monotonic() + 2.0
             changes = self.reader.poll(0.2)
             if changes:
                 self.store.apply_changes(changes)

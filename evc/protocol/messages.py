@@ -473,6 +473,16 @@ class CentralStatus(Message):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class StandbyStatus(Message):
+    """A standby central -> anyone, every 2 s while it is one (key ``@standby/<who>``; a
+    tombstone when it stops or takes over): a standby is there to take over."""
+
+    TYPE: ClassVar[str] = "standby_status"
+    central: str  # who: host name, port and process id
+    active: str = ""  # the active central it follows, as far as it knows
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class CPStatus(Message):
     """Central -> anyone: a CP's public state (key: the CP id). Nothing about drivers."""
 

@@ -25,6 +25,7 @@ COMPACTED = {NETWORK: {"cleanup.policy": "compact", "segment.ms": "60000",
 """Topic configs: network_topic keeps the latest record per key (a CP, or central);
 central_changelog the latest version of each stored record (removals kept a day)."""
 CENTRAL_KEY = "@central"  # network_topic key of central's heartbeat (never a valid CP id)
+STANDBY_KEY = "@standby/"  # network_topic keys of standby centrals: @standby/<who>
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,15 @@ from evc.logs import setup_logging
 from evc.net import Bootstrap
 from evc.netview import NetworkView, read_current
 from evc.options import KAFKA, Common, common_options
-from evc.protocol.messages import CentralStatus, CPState, CPStatus, Message, Removed, SiteStatus
+from evc.protocol.messages import (
+    CentralStatus,
+    CPState,
+    CPStatus,
+    Message,
+    Removed,
+    SiteStatus,
+    StandbyStatus,
+)
 from evc.protocol.topics import NETWORK, Delivery
 
 
@@ -62,7 +70,7 @@ def status(kafka: Bootstrap, once: bool, as_json: bool, central_timeout: float,
                             wait=common.kafka_wait, stop=stop)
 
         def got(msg: Message, delivery: Delivery) -> None:
-            if isinstance(msg, (CPStatus, CentralStatus, Removed, SiteStatus)):
+            if isinstance(msg, (CPStatus, CentralStatus, Removed, SiteStatus, StandbyStatus)):
                 inbox.put((msg, consumer.is_live(delivery)))
 
         crew.spawn(consumer.run, got, stop, name="status-kafka")
@@ -122,8 +130,10 @@ def frame(view: NetworkView, width: int, height: int, title: str, *,
     now = time.time()
     central = view.central
     if view.central_available() and central is not None:
+        standbys = view.standbys_ready()
         head = (f" EVCharging network  {title}  central {central.central}, up since "
-                f"{stamp(central.started_at)}  {stamp(now)} ")
+                f"{stamp(central.started_at)}"
+                + (f", standby {', '.join(standbys)}" if standbys else "") + f"  {stamp(now)} ")
         lines = [Style.BRIGHT + fit(head, width) + RESET]
     else:
         since = view.unavailable_since()

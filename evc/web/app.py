@@ -39,7 +39,7 @@ STATUS_OF_CODE = {"bad_command": 400, "not_allowed": 403, "failed": 409, "expire
 
 
 def _static(name: str) -> bytes:
-    return (resources.files("evc.web") / "static" / name).read_bytes()
+    return (resources.files("evc.web.static") / name).read_bytes()
 
 
 class WebApp:

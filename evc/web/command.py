@@ -30,6 +30,7 @@ from evc.protocol.messages import (
     OperatorAnswer,
     Removed,
     SiteStatus,
+    StandbyStatus,
 )
 from evc.protocol.topics import CHANGELOG, NETWORK, OPERATOR, Delivery
 from evc.web.app import WebApp
@@ -78,7 +79,8 @@ def web(kafka: Bootstrap, listen: Address, central_timeout: float, common: Commo
                                stop=stop)
 
             def got(msg: Message, delivery: Delivery) -> None:
-                if isinstance(msg, (CPStatus, CentralStatus, Removed, SiteStatus)):
+                if isinstance(msg, (CPStatus, CentralStatus, Removed, SiteStatus,
+                                    StandbyStatus)):
                     inbox.put(("net", msg, consumer.is_live(delivery)))
 
             def answered(msg: Message, delivery: Delivery) -> None:

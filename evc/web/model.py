@@ -55,7 +55,7 @@ class WebModel:
         self._rows: dict[tuple[str, bool], bytes] = {}  # each row's JSON, until it changes
         self.audit: dict[str, dict[str, Any]] = {}  # central's audit ring: slot -> event
         self.kafka_down_since: float | None = None  # this web server cannot reach Kafka
-        self._available = False
+        self._available: tuple[bool, tuple[str, ...]] = (False, ())
 
     # ------------------------------------------------------------------ inputs
     def on_network(self, msg: Message, live: bool) -> None:
@@ -63,7 +63,7 @@ class WebModel:
         if isinstance(msg, CPStatus):
             self._touch(msg.cp_id)
             self.gone.discard(msg.cp_id)
-        elif isinstance(msg, Removed):
+        elif isinstance(msg, Removed) and not msg.key.startswith("@"):
             self._touch(msg.key)
             self.dirty.discard(msg.key)
             self.gone.add(msg.key)
@@ -138,10 +138,10 @@ class WebModel:
         self.version += 1
 
     def tick(self) -> bool:
-        """Time passes: True when central's availability changed (the pages must say)."""
-        available = self.net.central_available()
-        if available != self._available:
-            self._available = available
+        """Time passes: True when central's availability (or its standbys) changed."""
+        seen = (self.net.central_available(), tuple(self.net.standbys_ready()))
+        if seen != self._available:
+            self._available = seen
             self.version += 1
             return True
         return False
@@ -235,6 +235,7 @@ class WebModel:
             "started_at": c.started_at if c else None,
             "epoch": c.epoch if c else None,
             "last_heartbeat": c.ts if c else None,
+            "standbys": self.net.standbys_ready(),
         }
 
     def _cp(self, cp_id: str, operator: bool, now: float) -> dict[str, Any]:

@@ -396,6 +396,9 @@ def test_after_a_failover_the_new_active_central_takes_the_operators_commands(
     monitor = start_cp(net, "CP-01", net.port, b_port)
     web = Web(net, procs)
     wait_for(lambda: web.states().get("CP-01") == "Activado", 20, "CP-01 on the web")
+    # the standby says it is there: the web names it
+    wait_for(lambda: [s for s in web.json("/api/central")["standbys"]
+                      if s.endswith(f":{b_port}")], 10, "central B as the standby on the web")
     _, token = add_operator(net)
     bearer = {"Authorization": f"Bearer {token}"}
     status, _, doc = call(web, "/api/cps/CP-01/stop", body={}, headers=bearer)
@@ -406,6 +409,7 @@ def test_after_a_failover_the_new_active_central_takes_the_operators_commands(
     b.wait_line("central ready (active", timeout=20)
     wait_for(lambda: call(web, "/api/cps/CP-01/resume", body={}, headers=bearer)[0] == 200,
              30, "the new active central to take the command")
+    assert web.json("/api/central")["standbys"] == []  # B took over: no standby now
     wait_for(lambda: web.states()["CP-01"] == "Activado", 15,
              lambda: f"CP-01 Activado after the failover, got {web.states()}\n"
              f"monitor:\n{monitor.output[-2000:]}\ncentral B:\n{b.output[-3000:]}")

@@ -41,6 +41,7 @@ SAMPLES = [
     m.EngineOpen(cp_id="CP-01"),
     m.SetPower(cp_id="CP-01", session_id="s1", kw=7.5, seq=3),
     m.OperatorCommand(operator="ana", command="stop CP-01", source="127.0.0.1"),
+    m.StandbyStatus(central="pc4:5000 pid 9", active="pc2:5000 pid 7"),
     m.OperatorAnswer(operator="ana", request_id="r1", ok=False, text="unknown charge point",
                      code="failed"),
     m.SiteStatus(site="P1", limit_kw=30.0, load_kw=22.5, supplies=3, waiting=1),

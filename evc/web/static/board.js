@@ -30,30 +30,49 @@
       return cp.last_seen ? "last seen " + time(cp.last_seen) : "never seen";
     return cp.detail || "";
   }
+  // Rows are kept and updated in place (a cell's text only when it changed): a button
+  // under the pointer is never replaced by a redraw, so no click is lost.
+  const rows = new Map();
+  function setText(node, text) {
+    if (node.textContent !== text) node.textContent = text;
+  }
+  function makeRow(cpId) {
+    const tr = el("tr");
+    tr.dataset.cp = cpId;
+    for (const cls of ["id", "loc", "price", "state", "detail", "op"]) tr.appendChild(el("td", cls));
+    const actions = tr.lastChild;
+    actions.appendChild(button("Stop", () => {
+      const id = tr.dataset.cp;
+      post("/api/cps/" + encodeURIComponent(id) +
+           (tr.dataset.state === "Parado" ? "/resume" : "/stop"));
+    }));
+    actions.appendChild(button("Price", () => {
+      const id = tr.dataset.cp;
+      const price = window.prompt("New price of " + id + " (€/kWh)", tr.dataset.price);
+      if (price !== null) post("/api/cps/" + encodeURIComponent(id) + "/price", {price: price});
+    }));
+    return tr;
+  }
   function row(cp) {
-    const tr = el("tr", CLASS[cp.state] || "");
-    tr.dataset.cp = cp.cp_id;
+    let tr = rows.get(cp.cp_id);
+    if (!tr) { tr = makeRow(cp.cp_id); rows.set(cp.cp_id, tr); }
+    const cls = CLASS[cp.state] || "";
+    if (tr.className !== cls) tr.className = cls;
     tr.dataset.state = cp.state;
-    tr.appendChild(el("td", "id", cp.cp_id));
-    tr.appendChild(el("td", "loc", cp.location));
-    tr.appendChild(el("td", "price", cp.price_eur_kwh.toFixed(2) + " €/kWh"));
-    const st = el("td", "state " + (CLASS[cp.state] || ""), cp.label || cp.state);
-    if (cp.trust) st.appendChild(el("span", "trust " + cp.trust, cp.trust));
-    tr.appendChild(st);
-    tr.appendChild(el("td", "detail", detail(cp)));
-    const actions = el("td", "op");
-    if (me.operator) {
-      const stopped = cp.state === "Parado";
-      actions.appendChild(button(stopped ? "Resume" : "Stop", () =>
-        post("/api/cps/" + encodeURIComponent(cp.cp_id) + (stopped ? "/resume" : "/stop"))));
-      actions.appendChild(button("Price", () => {
-        const price = window.prompt("New price of " + cp.cp_id + " (€/kWh)",
-                                    cp.price_eur_kwh.toFixed(2));
-        if (price !== null)
-          post("/api/cps/" + encodeURIComponent(cp.cp_id) + "/price", {price: price});
-      }));
+    tr.dataset.price = cp.price_eur_kwh.toFixed(2);
+    const [id, loc, price, st, det, actions] = tr.children;
+    setText(id, cp.cp_id);
+    setText(loc, cp.location);
+    setText(price, cp.price_eur_kwh.toFixed(2) + " €/kWh");
+    const label = cp.label || cp.state, trust = cp.trust || "";
+    if (st.dataset.shown !== label + "|" + trust) {
+      st.dataset.shown = label + "|" + trust;
+      st.className = "state " + cls;
+      st.replaceChildren(document.createTextNode(label));
+      if (trust) st.appendChild(el("span", "trust " + trust, trust));
     }
-    tr.appendChild(actions);
+    setText(det, detail(cp));
+    setText(actions.firstChild, cp.state === "Parado" ? "Resume" : "Stop");
     return tr;
   }
   function button(text, action) {
@@ -93,11 +112,14 @@
         time(doc.kafka.since) : "") + " (this web server cannot reach the broker)";
     } else if (c.available) {
       central.className = "central ok";
-      central.textContent = "central " + (c.central || "") + " · up since " + time(c.started_at);
+      central.textContent = "central " + (c.central || "") + " · up since " + time(c.started_at) +
+        ((c.standbys || []).length ? " · standby " + c.standbys.join(", ") : " · no standby");
     } else {
       central.className = "central down";
       central.textContent = "CENTRAL UNAVAILABLE" +
-        (c.last_heartbeat ? " since " + time(c.last_heartbeat) : "");
+        (c.last_heartbeat ? " since " + time(c.last_heartbeat) : "") +
+        ((c.standbys || []).length ? " · standby " + c.standbys.join(", ") +
+         " taking over" : "");
     }
     const counts = document.getElementById("counts");
     counts.replaceChildren(...STATES.map(s =>
@@ -111,7 +133,19 @@
     }));
     const freeOnly = document.getElementById("free-only").checked;
     const cps = (doc.cps || []).filter(cp => !freeOnly || cp.free);
-    document.querySelector("#board tbody").replaceChildren(...cps.map(row));
+    const body = document.querySelector("#board tbody");
+    const wanted = cps.map(row);
+    const shown = new Set(wanted);
+    const all = new Set((doc.cps || []).map(c => c.cp_id));
+    for (const [id, tr] of rows) {
+      if (!shown.has(tr)) {
+        tr.remove();  // filtered out, or gone from the network
+        if (!all.has(id)) rows.delete(id);
+      }
+    }
+    wanted.forEach((tr, i) => {
+      if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null);
+    });
     if (selected && Date.now() - detailAt > 1000) showDetail(selected, false);
     document.getElementById("empty").hidden = (doc.cps || []).length > 0;
     document.body.dataset.version = String(Date.now());

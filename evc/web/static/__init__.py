@@ -1,0 +1,1 @@
+"""The web board's page, stylesheet, script and icon (served by evc/web/app.py)."""
