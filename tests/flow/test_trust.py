@@ -243,6 +243,33 @@ def test_a_secure_broker_lets_each_role_do_only_its_part(tmp_path, procs):
         d.wait_line("TICKET at CP-01", timeout=30)
         status = run_evc(["status", kafka, "--once"], env=as_role("viewer"))
         assert status.returncode == 0 and "CP-01" in status.stdout, status.stderr
+        # evc web as its own user: it reads the network and sends operators' commands
+        import urllib.error
+        import urllib.request
+
+        web_port = free_port()
+        web = Proc(["web", kafka, "--listen", f"127.0.0.1:{web_port}"], env=as_role("web"),
+                   name="web")
+        procs.append(web)
+        web.wait_line("evc web: the board at", timeout=30)
+        net.central.send("add-operator ana")
+        token = net.central.wait_line("operator ana: password", timeout=10).rsplit(
+            "Bearer ", 1)[1].strip()
+
+        def stop_cp01() -> int:
+            req = urllib.request.Request(f"http://127.0.0.1:{web_port}/api/cps/CP-01/stop",
+                                         method="POST", data=b"{}", headers={
+                                             "Authorization": f"Bearer {token}",
+                                             "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=15) as res:
+                    return res.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+        assert wait_for(lambda: stop_cp01() == 200, 30, "a command through the web user")
+        net.wait_state("CP-01", "Parado", timeout=10)
+        net.central.send("resume CP-01")
+        net.wait_state("CP-01", "Activado", timeout=10)
         # the driver's user may write requests, never orders
         verdicts: list = []
         with KafkaBus(kafka, sasl=Sasl("driver", users["driver"])) as bus:
