@@ -118,9 +118,12 @@ class Lease(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is
         self._consumer._coordinator.request_rejoin()
         return True
 
+    REJOIN = 5.0  # s: undecided this long (no assignment, nobody known to hold it): rejoin
+
     def run(self, stop: threading.Event) -> None:
         """Keep the membership alive (poll) until ``stop``; then leave the group."""
         stable_since = 0.0
+        last_try = time.monotonic()
         try:
             while not stop.is_set():
                 try:
@@ -133,6 +136,17 @@ class Lease(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is
                     stable_since = 0.0
                     continue
                 if self.decided.is_set():
+                    continue
+                if time.monotonic() - last_try >= self.REJOIN:
+                    # Neither assigned nor told that another member holds it: whatever
+                    # kafka-python missed (a blind assignment it never noticed, a lost
+                    # SyncGroup), a new join makes the coordinator decide again; a live
+                    # holder keeps its partition (cooperative-sticky).
+                    last_try = time.monotonic()
+                    stable_since = 0.0
+                    log.warning("lease: no decision from the group coordinator yet; "
+                                "joining again")
+                    self._consumer._coordinator.request_rejoin()
                     continue
                 # Joined and assigned nothing: another member holds the lease, unless the
                 # assignment was made before the lease's partition was known. So: stable,

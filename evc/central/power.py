@@ -93,11 +93,17 @@ def reallocate_all(brain: Brain) -> None:
 
 
 def send_due(brain: Brain, site: str) -> None:
+    """Order the shares that may go now. What decides is what the site counts for each
+    supply (``granted_kw``): a share below it is a decrease (sent at once, counted once
+    obeyed), a share above it an increase (sent only when the count with it stays within
+    the limit), whatever was last sent (a share central does not know it sent, as after
+    a restart, is no exception)."""
     limit = brain.sites.get(site)
     sessions = [s for s in site_sessions(brain, site) if s.end_reason is None]
     for s in sessions:  # decreases first: sent now, counted once obeyed
-        if limit is not None and s.target_kw is not None and (
-                s.sent_kw is None or s.target_kw < s.sent_kw - 1e-9):
+        if limit is not None and s.target_kw is not None and \
+                s.target_kw < s.granted_kw - 1e-9 and \
+                (s.sent_kw is None or s.target_kw < s.sent_kw - 1e-9):
             _order(brain, s, s.target_kw)
     counted = sum(s.granted_kw for s in site_sessions(brain, site))
     for s in sorted(sessions, key=lambda x: (x.started_at, x.session_id)):
@@ -107,12 +113,14 @@ def send_due(brain: Brain, site: str) -> None:
                 s.granted_kw = cap(brain.cps[s.cp_id], s)
             continue
         target = s.target_kw or 0.0
-        if s.sent_kw is not None and target > s.sent_kw + 1e-9:
-            extra = target - s.granted_kw
-            if counted + max(0.0, extra) <= limit + 1e-9:
-                _order(brain, s, target)
-                s.granted_kw = target
-                counted += max(0.0, extra)
+        if target < s.granted_kw - 1e-9 or (
+                s.sent_kw is not None and abs(target - s.sent_kw) <= 1e-9):
+            continue  # a decrease (above), or already ordered
+        extra = target - s.granted_kw
+        if counted + max(0.0, extra) <= limit + 1e-9:
+            _order(brain, s, target)
+            s.granted_kw = target
+            counted += max(0.0, extra)
 
 
 def _order(brain: Brain, session: Session, kw: float | None) -> None:

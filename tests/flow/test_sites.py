@@ -118,4 +118,22 @@ def test_kills_while_shares_change_keep_the_limit_and_every_ticket(kafka, prefix
             assert ticket.consumo_kwh >= reading.consumo_kwh  # never under-billed
         elif reading.kw is not None:
             last[reading.session_id] = reading.kw
-            assert sum(last.values()) <= 30 + 0.01, last
+            assert sum(last.values()) <= 30 + 0.01, _over(observer, reading, last)
+
+
+def _over(observer, reading, last) -> str:
+    """What the engines were told and said around a reading that put the site over."""
+    lines = [f"over at {reading.cp_id} {reading.session_id[-6:]} ts {reading.ts:.3f}: "
+             + ", ".join(f"{sid[-6:]}={kw}" for sid, kw in last.items())]
+    sids = set(last)
+    for kind in (m.StartSupply, m.SetPower, m.EndSupply):
+        for o in observer.of(kind):
+            if o.session_id in sids:
+                lines.append(f"  {kind.__name__} {o.cp_id} {o.session_id[-6:]} ts {o.ts:.3f} "
+                             f"kw {getattr(o, 'kw', '')} seq {getattr(o, 'seq', '')} "
+                             f"id {o.msg_id[-6:]}")
+    for t in sorted(observer.of(m.Telemetry), key=lambda t: t.ts):
+        if t.session_id in sids and abs(t.ts - reading.ts) < 8:
+            lines.append(f"  reading {t.cp_id} {t.session_id[-6:]} ts {t.ts:.3f} kw {t.kw} "
+                         f"order {t.power_order[-6:]} final {t.final}")
+    return "\n".join(lines)
