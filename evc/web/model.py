@@ -177,13 +177,15 @@ class WebModel:
     def board_json(self, operator: bool) -> bytes:
         """``board`` as JSON, from each row's JSON kept until the row changes: a board of
         thousands of CPs costs its changed rows, not all of them, at each publish."""
-        head = self._head([], operator, time.time(), counted=False)
+        head = self._head([], operator, time.time())
         head["cps"] = _CPS
         rows = b",".join(self._row_json(cp_id, operator) for cp_id in sorted(self.net.cps))
         return _json(head).replace(_json(_CPS), b"[" + rows + b"]", 1)
 
     def delta_json(self, dirty: set[str], gone: set[str], operator: bool) -> bytes:
-        head = self._head([], operator, time.time(), counted=False)
+        """What changed since the board before: the changed rows, the removed ids, and
+        the head (central, counts, sites) whole. A page applies it to its board."""
+        head = self._head([], operator, time.time())
         head["cps"] = _CPS
         head["removed"] = sorted(gone)
         rows = b",".join(self._row_json(cp_id, operator) for cp_id in sorted(dirty)
@@ -196,24 +198,10 @@ class WebModel:
             row = self._rows[(cp_id, operator)] = _json(self._cp(cp_id, operator, 0.0))
         return row
 
-    def delta(self, dirty: set[str], gone: set[str], operator: bool,
-              now: float | None = None) -> dict[str, Any]:
-        """What changed since the board before: the changed rows, the removed ids, and
-        the head (central, counts, sites) whole. A page applies it to its board."""
-        now = time.time() if now is None else now
-        doc = self._head([self._cp(cp_id, operator, now) for cp_id in sorted(dirty)
-                          if cp_id in self.net.cps], operator, now, counted=False)
-        doc["removed"] = sorted(gone)
-        return doc
-
-    def _head(self, cps: list[dict[str, Any]], operator: bool, now: float,
-              counted: bool = True) -> dict[str, Any]:
-        if counted:
-            found = Counter(row["state"] for row in cps)
-            counts = {str(state): found.get(str(state), 0) for state in CPState}
-        else:
-            by_state = Counter(s.state for s in self.net.cps.values())
-            counts = {str(state): by_state.get(state, 0) for state in CPState}
+    def _head(self, cps: list[Any], operator: bool, now: float) -> dict[str, Any]:
+        """Central, Kafka, the counts of every CP by state and the sites, with ``cps``."""
+        by_state = Counter(s.state for s in self.net.cps.values())
+        counts = {str(state): by_state.get(state, 0) for state in CPState}
         return {
             "central": self.central_doc(),
             "kafka": {"available": self.kafka_down_since is None,
