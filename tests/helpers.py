@@ -115,6 +115,18 @@ class Proc:
             self.popen.wait(5)
 
 
+def holds(condition: Callable[[], Any], seconds: float, what: str | Callable[[], str],
+          interval: float = 0.05) -> None:
+    """Poll ``condition`` for ``seconds``: it must be true at every look (the twin of
+    ``wait_for``, for what must stay so, such as a page during an outage)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not condition():
+            text = what() if callable(what) else what
+            raise AssertionError(f"no longer {text}")
+        time.sleep(interval)
+
+
 def run_evc(args: list[str], timeout: float = 60.0, env: dict[str, str] | None = None,
             input_text: str | None = None) -> subprocess.CompletedProcess[str]:
     full_env = dict(os.environ)
