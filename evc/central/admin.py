@@ -105,6 +105,46 @@ class RemoveOperator:
 
 
 @dataclass(frozen=True)
+class Ocpp:
+    """An OCPP command for a charger behind a gateway (docs/OCPP.md)."""
+
+    cp_id: str
+    action: str  # Reset, TriggerMessage, GetConfiguration, ChangeConfiguration
+    arg: str = ""
+
+
+@dataclass(frozen=True)
+class OcppPassword:
+    cp_id: str  # show its HTTP Basic password (security profile 1)
+
+
+OCPP_USAGE = ("usage: ocpp <cp> reset soft|hard, ocpp <cp> trigger <message>, "
+              "ocpp <cp> get [key], ocpp <cp> set <key>=<value>")
+TRIGGERS = ("BootNotification", "DiagnosticsStatusNotification", "FirmwareStatusNotification",
+            "Heartbeat", "MeterValues", "StatusNotification")
+
+
+def _ocpp(args: list[str]) -> Ocpp:
+    if len(args) < 2:
+        raise CommandError(OCPP_USAGE)
+    cp_id, what, rest = _cp_id(args[0]), args[1].lower(), args[2:]
+    if what == "reset" and len(rest) == 1 and rest[0].lower() in ("soft", "hard"):
+        return Ocpp(cp_id, "Reset", rest[0].capitalize())
+    if what == "trigger" and len(rest) == 1:
+        names = {t.lower(): t for t in TRIGGERS}
+        if rest[0].lower() not in names:
+            raise CommandError(f"trigger one of {', '.join(TRIGGERS)}")
+        return Ocpp(cp_id, "TriggerMessage", names[rest[0].lower()])
+    if what == "get" and len(rest) <= 1:
+        return Ocpp(cp_id, "GetConfiguration", rest[0] if rest else "")
+    if what == "set" and len(rest) == 1 and "=" in rest[0]:
+        key, _, value = rest[0].partition("=")
+        if key and len(key) <= 50 and len(value) <= 500:
+            return Ocpp(cp_id, "ChangeConfiguration", rest[0])
+    raise CommandError(OCPP_USAGE)
+
+
+@dataclass(frozen=True)
 class Help:
     pass
 
@@ -115,7 +155,8 @@ class Quit:
 
 
 Command = (Stop | Resume | Add | Remove | SetPrice | Rotate | Revoke | AddDriver | RemoveDriver
-           | Pair | SiteLimit | SiteMembers | AddOperator | RemoveOperator | Help | Quit)
+           | Pair | SiteLimit | SiteMembers | AddOperator | RemoveOperator | Ocpp | OcppPassword
+           | Help | Quit)
 
 HELP = (
     "commands: stop <cp>|all, resume <cp>|all (parar/reanudar), "
@@ -123,7 +164,8 @@ HELP = (
     "add-driver <id>, remove-driver <id>, pair <cp|driver> [replace], "
     "site <site> limit <kw>|none, site <site> add|remove <cp>..., "
     "rotate <cp|driver>, revoke <cp|driver>, add-operator <name>, remove-operator <name>, "
-    "help, quit"
+    "ocpp <cp> reset soft|hard|trigger <msg>|get [key]|set <key>=<value>, "
+    "ocpp-password <cp>, help, quit"
 )
 
 ALIASES = {
@@ -140,6 +182,8 @@ ALIASES = {
     "remove-driver": "remove-driver", "baja-conductor": "remove-driver",
     "add-operator": "add-operator", "alta-operador": "add-operator",
     "remove-operator": "remove-operator", "baja-operador": "remove-operator",
+    "ocpp": "ocpp",
+    "ocpp-password": "ocpp-password",
     "help": "help", "ayuda": "help", "?": "help",
     "quit": "quit", "exit": "quit", "salir": "quit",
 }
@@ -226,6 +270,12 @@ def parse_command(line: str) -> Command | None:
             raise CommandError(f"usage: {words[0]} <name>")
         name = _cp_id(args[0])
         return AddOperator(name) if verb == "add-operator" else RemoveOperator(name)
+    if verb == "ocpp":
+        return _ocpp(args)
+    if verb == "ocpp-password":
+        if len(args) != 1:
+            raise CommandError("usage: ocpp-password <cp>")
+        return OcppPassword(_cp_id(args[0]))
     if verb in ("rotate", "revoke", "add-driver", "remove-driver"):
         if len(args) != 1:
             raise CommandError(f"usage: {words[0]} <id>")

@@ -49,6 +49,8 @@ def refusal(brain: Brain, req: ChargeRequest) -> tuple[DenyCode, str] | None:
 def driver_proof(brain: Brain, req: ChargeRequest | EndRequest) -> tuple[DenyCode, str] | None:
     """Why ``req`` is not the driver's own, or None. A driver with a credential signs,
     whatever the level; the open level also serves drivers that have none."""
+    if isinstance(req, ChargeRequest) and req.card:
+        return card_proof(brain, req)
     secret = brain.drivers.get(req.driver_id)
     how = (f"pair this driver: type `pair {req.driver_id}` at central's console, then "
            f"run `evc driver <kafka> {req.driver_id} --pair <code>`")
@@ -65,6 +67,28 @@ def driver_proof(brain: Brain, req: ChargeRequest | EndRequest) -> tuple[DenyCod
     elif brain.settings.secure:
         return (DenyCode.BAD_PROOF, f"driver {req.driver_id}'s credential was revoked; "
                 f"{how}")
+    return None
+
+
+def card_proof(brain: Brain, req: ChargeRequest) -> tuple[DenyCode, str] | None:
+    """Why a card presented at an OCPP charger is not to be served, or None. The card names
+    a driver in central's registry, whatever the level (a local authorization list), and
+    the request comes from the charger's own gateway: signed with the CP's key wherever
+    its readings must be."""
+    cp = brain.cps.get(req.cp_id)
+    if cp is None:
+        return None  # refused as an unknown CP
+    if cp.via != "ocpp":
+        return (DenyCode.BAD_PROOF, f"a card request from {cp.cp_id}, which is not an OCPP "
+                "charger")
+    if brain.settings.secure or cp.proven:
+        key = cp.keys.get(req.kid) if req.kid else None
+        if key is None or not auth.verify(req, key):
+            return (DenyCode.BAD_PROOF, f"a card request for {cp.cp_id} not signed with "
+                    "its key")
+    if req.driver_id not in brain.drivers:
+        return (DenyCode.UNKNOWN_DRIVER, f"card {req.driver_id} is not a registered driver "
+                f"(register it: `add-driver {req.driver_id}`)")
     return None
 
 

@@ -40,7 +40,17 @@ if TYPE_CHECKING:
     from evc.central.model import ChargePoint
 
 def detail(cp: ChargePoint, now: float) -> str:
-    """The board's last column: the driver and live figures, or why the CP is out."""
+    """The board's last column: the driver and live figures, or why the CP is out; an
+    OCPP charger's is marked, with its own status (Charging, SuspendedEV, …)."""
+    text = _detail(cp, now)
+    if cp.via != "ocpp":
+        return text
+    mark = "[OCPP" + (f" {cp.charger_status}" if cp.charger_status
+                      and cp.state is not CPState.DESCONECTADO else "") + "]"
+    return f"{mark} {text}" if text else mark
+
+
+def _detail(cp: ChargePoint, now: float) -> str:
     state = cp.state
     if state is CPState.SUMINISTRANDO and cp.session is not None:
         s = cp.session

@@ -334,8 +334,7 @@ class Brain:
             cp = self.cps.get(cp_id)
             status = None if cp is None else CPStatus(
                 cp_id=cp.cp_id, location=cp.location, price_eur_kwh=cp.price, state=cp.state,
-                detail=cp.fault_reason if cp.state is CPState.AVERIADO else
-                "stopped by the operator" if cp.state is CPState.PARADO else "",
+                detail=cp.public_detail(), via=cp.via,
                 last_seen=cp.last_seen or 0.0, proven=cp.proven, site=cp.site,
                 kw=cp.session.kw if cp.session is not None else 0.0)
             if not self.out.publish(NETWORK, status, cp_id, status_of=cp_id):
@@ -580,7 +579,7 @@ class Brain:
             "cp_id": cp.cp_id, "location": cp.location, "price_eur_kwh": cp.price,
             "stopped": cp.stopped, "state": str(cp.state), "last_seen": cp.last_seen,
             "secret": cp.secret, "keys": cp.keys, "proven": cp.proven, "site": cp.site,
-            "max_kw": cp.max_kw,
+            "max_kw": cp.max_kw, "via": cp.via,
         })
 
     def refresh_cp(self, cp: ChargePoint, why: str, before: CPState) -> None:

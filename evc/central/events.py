@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from evc.errors import BusError
 from evc.protocol.messages import (
     ChargeRequest,
+    ChargerNote,
+    ChargerStatus,
     DriverPair,
     DriverPairProve,
     EndRequest,
@@ -24,7 +26,8 @@ from evc.protocol.messages import (
 from evc.protocol.topics import Delivery
 
 MonitorMessage = (Register | Prove | Heartbeat | FaultReport | RecoveryReport | EngineRefused
-                  | PairStart | PairProve)
+                  | PairStart | PairProve
+                  | ChargerStatus | ChargerNote)
 """What a monitor may say to central (the server refuses any other type:
 messages.TCP_CENTRAL_TYPES)."""
 

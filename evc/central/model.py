@@ -101,6 +101,8 @@ class ChargePoint:
     # Its monitor proved the credential: from then on central signs its orders, wants its
     # readings signed and never serves it unproven again (no downgrade) until revoked.
     proven: bool = False
+    via: str = ""  # "ocpp": an OCPP charger behind a gateway (said at registration)
+    charger_status: str = ""  # an OCPP charger's last StatusNotification, in words
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> ChargePoint:
@@ -111,7 +113,7 @@ class ChargePoint:
             stopped=bool(rec.get("stopped", False)), last_seen=rec.get("last_seen"),
             secret=str(rec.get("secret", "")), keys=dict(rec.get("keys", {})),
             proven=bool(rec.get("proven", False)), site=str(rec.get("site", "")),
-            max_kw=float(rec.get("max_kw", DEFAULT_MAX_KW)))
+            max_kw=float(rec.get("max_kw", DEFAULT_MAX_KW)), via=str(rec.get("via", "")))
 
     def stored_state(self, rec: dict[str, Any]) -> CPState:
         """The state the store last showed for this CP (Desconectado if unreadable)."""
@@ -119,6 +121,15 @@ class ChargePoint:
             return CPState(rec.get("state", CPState.DESCONECTADO))
         except ValueError:
             return CPState.DESCONECTADO
+
+    def public_detail(self) -> str:
+        """Why it is out, in public words (network_topic's ``detail``); an OCPP charger's
+        own status otherwise."""
+        if self.state is CPState.AVERIADO:
+            return self.fault_reason
+        if self.state is CPState.PARADO:
+            return "stopped by the operator"
+        return self.charger_status if self.state is not CPState.DESCONECTADO else ""
 
     def derive(self) -> CPState:
         return CPState.of(connected=self.conn_id is not None, faulted=self.faulted,

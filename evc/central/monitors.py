@@ -24,6 +24,8 @@ from evc.ports import assert_never
 from evc.protocol import auth
 from evc.protocol.messages import (
     Challenge,
+    ChargerNote,
+    ChargerStatus,
     EndReason,
     EngineRefused,
     FaultReport,
@@ -79,6 +81,11 @@ def on_frame(brain: Brain, event: MonitorFrame) -> None:
             on_recovered(brain, cp)
         case EngineRefused():
             on_engine_refused(brain, cp, msg)
+        case ChargerStatus():
+            on_charger_status(brain, cp, msg)
+        case ChargerNote():
+            brain.view.note(f"{cp.cp_id}'s charger: {msg.note}")
+            brain.audit.write("charger", cp_id=cp.cp_id, source=cp.peer, note=msg.note)
         case Heartbeat() | Prove() | PairStart() | PairProve():
             pass  # seen, nothing more (a late proof says nothing; pairing comes first)
         case Register():  # closed above
@@ -111,6 +118,7 @@ def accept(brain: Brain, conn_id: int, peer: str, cp: ChargePoint, msg: Register
     before = cp.state
     cp.proven = bool(key_id) or cp.proven
     cp.conn_id, cp.peer, cp.last_seen = conn_id, peer, time.time()
+    cp.via, cp.charger_status = msg.via, ""
     cp.presumed_until = 0.0
     brain.by_conn[conn_id] = cp.cp_id
     if msg.location and msg.location != cp.location:
@@ -146,7 +154,7 @@ def on_connection_lost(brain: Brain, conn_id: int, reason: str) -> None:
     if cp is None or cp.conn_id != conn_id:
         return
     before = cp.state
-    cp.conn_id = None
+    cp.conn_id, cp.charger_status = None, ""
     if cp.session is not None:
         brain.end_session(cp.session, EndReason.DISCONNECTED)
     brain.refresh_cp(cp, reason, before)
@@ -170,6 +178,17 @@ def on_engine_refused(brain: Brain, cp: ChargePoint, msg: EngineRefused) -> None
             and not session.supplying and session.end_reason is None):
         brain.end_session(session, EndReason.REFUSED)
         brain.close_session(session, EndReason.REFUSED)
+
+
+def on_charger_status(brain: Brain, cp: ChargePoint, msg: ChargerStatus) -> None:
+    """An OCPP charger's own status, for the board (its faults come as FaultReport)."""
+    words = msg.status + (f" ({msg.error_code})" if msg.error_code not in ("", "NoError")
+                          else "") + (f": {msg.info}" if msg.info else "")
+    if words == cp.charger_status:
+        return
+    cp.charger_status = words[:200]
+    brain.view.note(f"{cp.cp_id}'s charger is {cp.charger_status}")
+    brain.refresh_cp(cp, f"charger {msg.status}", cp.state)
 
 
 def on_recovered(brain: Brain, cp: ChargePoint) -> None:

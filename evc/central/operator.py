@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from evc.central import admin, pairing
 from evc.ports import assert_never
 from evc.protocol import auth
-from evc.protocol.messages import RegisterRejected, RejectCode
+from evc.protocol.messages import ChargerCommand, RegisterRejected, RejectCode
 from evc.protocol.pairing import ALPHABET
 from evc.store import DRIVERS, OPERATORS
 
@@ -92,8 +92,43 @@ def apply(brain: Brain, line: str, by: str = "console") -> None:
                 cp.price = command.price
                 brain.save_cp(cp)
                 note(f"{cp.cp_id} now costs {cp.price:.2f} €/kWh (from the next supply)")
+        case admin.Ocpp():
+            ocpp_command(brain, command)
+        case admin.OcppPassword():
+            ocpp_password(brain, command.cp_id)
         case _:
             assert_never(command)
+
+
+def ocpp_command(brain: Brain, command: admin.Ocpp) -> None:
+    """Handed to the charger's gateway as a signed order; its answer comes back over the
+    gateway's link (a ``charger_note`` on the board's event line)."""
+    cp = brain.cps.get(command.cp_id)
+    if cp is None:
+        brain.view.note(f"unknown CP {command.cp_id!r}; nothing sent", "error")
+        return
+    if cp.via != "ocpp" or cp.conn_id is None:
+        brain.view.note(f"{cp.cp_id} is not an OCPP charger connected now (ocpp commands go "
+                        "to chargers behind `evc ocpp`)", "error")
+        return
+    brain.order(cp, ChargerCommand(cp_id=cp.cp_id, action=command.action, arg=command.arg))
+    brain.view.note(f"{cp.cp_id}: {command.action} {command.arg} sent to its charger")
+
+
+def ocpp_password(brain: Brain, cp_id: str) -> None:
+    """The charger's HTTP Basic password (security profile 1): derived from its credential,
+    so the gateway that holds the credential checks it; a new credential, a new password."""
+    cp = brain.cps.get(cp_id)
+    if cp is None:
+        brain.view.note(f"unknown CP {cp_id!r}", "error")
+        return
+    if not cp.secret:
+        brain.view.note(f"{cp_id} has no credential: give it one first (`rotate {cp_id}` or "
+                        f"`pair {cp_id}`), and copy it to the gateway", "error")
+        return
+    brain.audit.write("credential", id=cp_id, action="ocpp password shown")
+    brain.view.note(f"{cp_id}: OCPP Basic user {cp_id}, password "
+                    f"{auth.ocpp_password(cp.secret, cp_id)}")
 
 
 def new_password() -> str:

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 COMMAND_TTL = 15.0  # s: an older command is refused (its client stopped waiting long ago)
 WHOAMI = "whoami"  # what a client sends to check a password or a token
 # console-only: the account commands, and the console's own
-NOT_REMOTE = (admin.AddOperator, admin.RemoveOperator, admin.Quit)
+NOT_REMOTE = (admin.AddOperator, admin.RemoveOperator, admin.Quit, admin.OcppPassword)
 
 
 class _Tee:

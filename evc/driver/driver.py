@@ -171,6 +171,12 @@ REASON_WORDS = {
     EndReason.NO_ENGINE: "the charge point never started supplying",
     EndReason.REFUSED: "the charge point refused to start; the operator sees why",
     EndReason.TIME_LIMIT: "the longest supply allowed was reached",
+    EndReason.LOCAL: "stopped at the charger",
+    EndReason.POWER_LOSS: "the charger lost its power",
+    EndReason.EMERGENCY_STOP: "the charger's emergency stop",
+    EndReason.RESET: "the charger was reset",
+    EndReason.DEAUTHORIZED: "the card was refused",
+    EndReason.OTHER: "ended by the charger",
     EndReason.CENTRAL_RESTART: "central restarted during the supply",
 }
 """A ticket's reason in words, for the person at the driver's screen."""

@@ -14,6 +14,7 @@ cipher: a proof is ``HMAC-SHA256(secret, label | fields…)``, compared in const
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import hashlib
@@ -66,6 +67,13 @@ def central_proof(secret: str, cp_id: str, client_nonce: str, server_nonce: str)
 def kafka_key(secret: str, client_nonce: str, server_nonce: str) -> str:
     """The CP's key for its Kafka traffic during this registration (derived on both sides)."""
     return _hmac(secret, "evc kafka key v1", client_nonce, server_nonce)
+
+
+def ocpp_password(secret: str, cp_id: str) -> str:
+    """An OCPP charger's HTTP Basic password (security profile 1), derived from its CP's
+    credential: 20 characters (OCPP's AuthorizationKey holds 16 to 20 bytes)."""
+    raw = bytes.fromhex(_hmac(secret, "evc ocpp basic v1", cp_id))
+    return base64.b32encode(raw).decode("ascii")[:20]
 
 
 def driver_key(secret: str) -> str:

@@ -60,6 +60,13 @@ class EndReason(StrEnum):
     REFUSED = "refused"  # the engine could not start (faulted, stopped or busy)
     TIME_LIMIT = "time_limit"  # the engine's maximum supply time was reached
     CENTRAL_RESTART = "central_restart"  # central restarted during the supply
+    # Reasons an OCPP charger gives in StopTransaction (docs/OCPP.md maps each one)
+    LOCAL = "local"  # stopped at the charger (its button, or the card presented again)
+    POWER_LOSS = "power_loss"  # the charger lost its power supply
+    EMERGENCY_STOP = "emergency_stop"  # the charger's emergency stop button
+    RESET = "reset"  # the charger rebooted or was reset
+    DEAUTHORIZED = "deauthorized"  # the card was refused after the start
+    OTHER = "other"  # any other reason the charger gave
 
 
 class RejectCode(StrEnum):

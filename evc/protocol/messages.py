@@ -106,6 +106,7 @@ class Register(Message):
     health: Health = Health.OK
     nonce: str = ""  # the monitor's challenge to central (authenticated level)
     max_kw: float = 0.0  # the most its engine can supply (0: not said, central assumes 22)
+    via: str = ""  # "ocpp": an OCPP charger behind `evc ocpp` ("": an evc monitor)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -182,6 +183,28 @@ class ErrorFrame(Message):
 
     TYPE: ClassVar[str] = "error"
     reason: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ChargerStatus(Message):
+    """Gateway -> central: what an OCPP charger says of itself (its StatusNotification:
+    Available, Preparing, Charging, SuspendedEV, Finishing, Faulted, …), for the board."""
+
+    TYPE: ClassVar[str] = "charger_status"
+    cp_id: str
+    status: str
+    error_code: str = ""  # OCPP ChargePointErrorCode (NoError when fine)
+    info: str = ""  # the charger's own words (info, vendorErrorCode)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ChargerNote(Message):
+    """Gateway -> central: the charger's answer to an operator's OCPP command (its
+    ``ocpp CP reset soft`` and the like), for the board's event line and the audit."""
+
+    TYPE: ClassVar[str] = "charger_note"
+    cp_id: str
+    note: str
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -299,6 +322,9 @@ class ChargeRequest(Message):
     driver_id: str
     cp_id: str = dataclasses.field(metadata=wire("cp_id_solicitado"))
     max_kw: float = 0.0  # the EV's own limit (the driver's --max-kw; 0: none)
+    # A card presented at an OCPP charger: the gateway asks for the card's driver, and
+    # signs the request with the CP's key instead of the driver's (docs/OCPP.md)
+    card: bool = False
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -406,6 +432,18 @@ class ResumeCP(Message):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ChargerCommand(Message):
+    """Central -> an OCPP charger's gateway: an operator's OCPP command (``ocpp CP-07 reset
+    soft``): ``action`` is Reset, TriggerMessage, GetConfiguration or ChangeConfiguration,
+    ``arg`` its argument (soft/hard, a message to trigger, a key, ``key=value``)."""
+
+    TYPE: ClassVar[str] = "charger_command"
+    cp_id: str
+    action: str
+    arg: str = ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Authorization(Message):
     """Central -> driver: the answer to one ChargeRequest (``request_id``)."""
 
@@ -494,6 +532,7 @@ class CPStatus(Message):
     detail: str = ""  # public words: why it is Averiado, "stopped by the operator", …
     last_seen: float = 0.0  # the monitor's last word (wall clock), for Desconectado
     proven: bool = False  # its monitor proved the CP's credential (orders and readings signed)
+    via: str = ""  # "ocpp": an OCPP charger behind a gateway
     site: str = ""  # the site whose power limit it shares ("" : none)
     kw: float = 0.0  # the power it supplies now
 
@@ -548,4 +587,4 @@ class Removed(Message):
 
 
 TCP_CENTRAL_TYPES = (Register, Prove, Heartbeat, FaultReport, RecoveryReport, EngineRefused,
-                     PairStart, PairProve)
+                     PairStart, PairProve, ChargerStatus, ChargerNote)

@@ -53,7 +53,8 @@ ID_FIELDS = frozenset({"cp_id", "driver_id", "operator"})
 TOKEN_FIELDS = frozenset({"msg_id", "session_id", "request_id", "kid", "mac", "nonce", "site",
                           "proof", "key_id", "client_nonce", "server_nonce", "pake",
                           "confirm", "power_order"})
-TEXT_FIELDS = frozenset({"location", "reason", "state", "detail", "central", "refused"})
+TEXT_FIELDS = frozenset({"location", "reason", "state", "detail", "central", "refused", "status",
+                         "error_code", "info", "note", "via", "action", "arg"})
 
 M = TypeVar("M", bound="Message")
 _REGISTRY: dict[str, type[Message]] = {}
