@@ -129,6 +129,40 @@ class Network:
         self.procs.append(proc)
         return proc
 
+    def start_gateway(self, *extra: str) -> Proc:
+        """`evc ocpp` for this network (the same port again when restarted)."""
+        if not getattr(self, "gateway_port", 0):
+            self.gateway_port = free_port()
+        gateway = Proc(["ocpp", self.kafka, f"127.0.0.1:{self.port}", "--listen",
+                        f"127.0.0.1:{self.gateway_port}", "--state-dir",
+                        str(self.tmp / "gateway"), "--topic-prefix", self.prefix,
+                        "--log-level", "INFO", *extra], name="gateway")
+        self.procs.append(gateway)
+        gateway.wait_line("OCPP 1.6J gateway on", timeout=30)
+        self.gateway = gateway
+        return gateway
+
+    def ocpp_password(self, cp_id: str) -> str:
+        import os
+
+        from evc.protocol import auth
+        secret = (Path(os.environ["EVC_CREDENTIALS_DIR"]) / f"{cp_id}.key").read_text().strip()
+        return auth.ocpp_password(secret, cp_id)
+
+    def start_charger(self, cp_id: str, *extra: str, password: str | None = "",
+                      booted: bool = True) -> Proc:
+        """A simulated OCPP charger (the ocpp package's ChargePoint) at the gateway; its
+        password is the right one unless said (None: none)."""
+        pw = self.ocpp_password(cp_id) if password == "" else password
+        charger = Proc(["ocpp-charger", f"ws://127.0.0.1:{self.gateway_port}/{cp_id}",
+                        "--state", str(self.tmp / f"{cp_id}-charger.json"),
+                        *(["--password", pw] if pw is not None else []), *extra],
+                       name=f"charger {cp_id}")
+        self.procs.append(charger)
+        if booted:
+            charger.wait_line("booted", timeout=20)
+        return charger
+
     def state_lines(self, cp_id: str) -> list[str]:
         assert self.central is not None
         return [ln for ln in self.central.lines if f" {cp_id} " in f" {ln} " and " -> " in ln]

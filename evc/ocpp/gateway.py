@@ -92,7 +92,7 @@ class Tx:
     meter_start: float  # Wh
     started: str  # the charger's timestamp (with meterStart: a repeated start is the same)
     last_wh: float = 0.0
-    kw: float = 0.0
+    kw: float | None = None  # what the charger says it draws (None: not said yet)
     power_order: str = ""
     ended: bool = False
     end_reason: str = ""  # decided by central (an end order), "" until then
@@ -461,7 +461,8 @@ class Gateway:
             self.send(TELEMETRY, self._sign_for(live.link, Telemetry(
                 cp_id=tx.cp_id, driver_id=tx.driver_id, consumo_kwh=tx.kwh,
                 importe_eur=round(tx.kwh * tx.price, 2), session_id=tx.session_id,
-                kw=round(tx.kw, 3), power_order=tx.power_order)), tx.cp_id)
+                kw=None if tx.kw is None else round(tx.kw, 3),
+                power_order=tx.power_order)), tx.cp_id)
         except BusError as exc:
             log.warning("live reading not sent: %s", exc)
 
@@ -568,7 +569,7 @@ class Gateway:
         try:
             self.send(TELEMETRY, self._sign_for(live.link, Telemetry(
                 cp_id=live.conn.cp_id, driver_id=e.driver_id, consumo_kwh=0.0,
-                importe_eur=0.0, session_id=e.session_id, kw=0.0, power_order=e.order_id)),
+                importe_eur=0.0, session_id=e.session_id, power_order=e.order_id)),
                 live.conn.cp_id)
         except BusError as exc:
             log.warning("first reading not sent: %s", exc)
@@ -679,7 +680,7 @@ class Gateway:
             return
         tx.power_order = order_id
         if kw is not None:
-            tx.kw = min(tx.kw, kw) if tx.kw else 0.0
+            tx.kw = min(tx.kw, kw) if tx.kw is not None else None
         self._reading(live, tx)
 
     async def _command(self, live: Live, msg: ChargerCommand) -> None:

@@ -1,0 +1,276 @@
+"""OCPP chargers through `evc ocpp`: a real broker, a real central, a real gateway process and
+chargers built on the ocpp package's v16 ChargePoint over real WebSockets (the simulator,
+`evc ocpp-charger`), or raw WebSocket clients for what no charger should send."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import signal
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from evc.protocol import messages as m
+from tests.helpers import wait_for
+from tests.network import Network, Observer
+
+pytestmark = pytest.mark.central()
+
+
+def meter_of(charger, tx_line: str) -> tuple[float, float]:
+    """(meterStart, meterStop) in Wh of the charger's transaction, from its own lines."""
+    started = charger.wait_line("started at")
+    stopped = charger.wait_line(tx_line)
+    start = float(re.search(r"started at (\d+) Wh", started).group(1))
+    stop = float(re.search(r"at (\d+) Wh", stopped.split("stopped", 1)[1]).group(1))
+    return start, stop
+
+
+def drive(net: Network, driver: str, cp_id: str, seconds: float = 3.0):
+    return net.start_driver(driver, [cp_id], "--charge-seconds", str(seconds))
+
+
+def test_remote_start_supply_whose_ticket_is_the_chargers_meter(net: Network,
+                                                               observer: Observer):
+    net.start_gateway()
+    charger = net.start_charger("CP-01")
+    net.wait_state("CP-01", "Activado")
+    driver = drive(net, "D-1", "CP-01")
+    ticket = observer.wait(m.Ticket, driver_id="D-1", timeout=30)[0]
+    start, stop = meter_of(charger, "stopped (Remote)")
+    assert ticket.consumo_kwh == round((stop - start) / 1000, 4) > 0
+    assert ticket.importe_eur == round(ticket.consumo_kwh * 0.35, 2)
+    assert ticket.reason is m.EndReason.FINISHED
+    readings = observer.of(m.Telemetry, session_id=ticket.session_id)
+    assert [t for t in readings if t.final][0].consumo_kwh == ticket.consumo_kwh
+    assert all(t.kid for t in readings), "readings signed with the CP's key"
+    driver.wait_line("TICKET at CP-01")
+    # the board marks it, with the charger's own status
+    net.central.wait_line("CP-01's charger is Charging")
+    assert "supply authorized for D-1" in net.central.output
+
+
+def test_card_at_the_charger_registered_and_unknown(net: Network, observer: Observer):
+    net.start_gateway()
+    charger = net.start_charger("CP-01")
+    net.wait_state("CP-01", "Activado")
+    charger.send("card NOBODY")
+    charger.wait_line("card NOBODY refused (Invalid)")
+    assert net.current_state("CP-01") == "Activado"
+    charger.send("card D-2")
+    charger.wait_line("transaction")
+    net.wait_state("CP-01", "Suministrando")
+    observer.wait(m.Telemetry, count=3, driver_id="D-2")
+    charger.send("stop")
+    ticket = observer.wait(m.Ticket, driver_id="D-2", timeout=20)[0]
+    start, stop = meter_of(charger, "stopped (Local)")
+    assert ticket.consumo_kwh == round((stop - start) / 1000, 4)
+    assert ticket.reason is m.EndReason.LOCAL
+    request = observer.of(m.ChargeRequest, driver_id="D-2")[0]
+    assert request.card and request.kid  # signed with the CP's key, not the driver's
+
+
+def test_fault_during_a_supply_ends_it_and_the_cp_is_averiado(net: Network,
+                                                              observer: Observer):
+    net.start_gateway()
+    charger = net.start_charger("CP-01")
+    net.wait_state("CP-01", "Activado")
+    drive(net, "D-1", "CP-01", seconds=60)
+    observer.wait(m.Telemetry, count=3, driver_id="D-1", final=False)
+    charger.send("fault")
+    net.wait_state("CP-01", "Averiado")
+    ticket = observer.wait(m.Ticket, driver_id="D-1", timeout=25)[0]
+    assert ticket.reason is m.EndReason.FAULT
+    start, stop = meter_of(charger, "stopped (Other)")
+    assert ticket.consumo_kwh == round((stop - start) / 1000, 4)
+    charger.send("recover")
+    net.wait_state("CP-01", "Activado")
+
+
+def test_websocket_dropped_means_desconectado(net: Network):
+    net.start_gateway()
+    charger = net.start_charger("CP-01")
+    net.wait_state("CP-01", "Activado")
+    charger.kill()
+    net.wait_state("CP-01", "Desconectado", timeout=8)
+    net.start_charger("CP-01")  # it comes back
+    net.wait_state("CP-01", "Activado")
+
+
+def test_operator_stop_and_resume_reach_the_charger(net: Network):
+    net.start_gateway()
+    charger = net.start_charger("CP-01")
+    net.wait_state("CP-01", "Activado")
+    net.central.send("stop CP-01")
+    net.wait_state("CP-01", "Parado")
+    net.central.wait_line("CP-01's charger is Unavailable")
+    net.central.send("resume CP-01")
+    net.wait_state("CP-01", "Activado")
+    net.central.wait_line("CP-01's charger is Available", count=2)
+    net.central.send("ocpp CP-01 get MeterValueSampleInterval")
+    net.central.wait_line("CP-01's charger: configuration: MeterValueSampleInterval=1")
+    net.central.send("ocpp-password CP-01")
+    net.central.wait_line(f"password {net.ocpp_password('CP-01')}")
+    del charger
+
+
+def test_gateway_killed_mid_transaction_gives_one_ticket_with_the_meter_stop(
+        net: Network, observer: Observer):
+    gateway = net.start_gateway()
+    charger = net.start_charger("CP-01")
+    net.wait_state("CP-01", "Activado")
+    drive(net, "D-1", "CP-01", seconds=60)
+    observer.wait(m.Telemetry, count=3, driver_id="D-1", final=False)
+    gateway.kill()
+    net.wait_state("CP-01", "Desconectado", timeout=10)
+    net.start_gateway()
+    charger.wait_line("booted")  # it never boots again: this is the first line
+    ticket = observer.wait(m.Ticket, driver_id="D-1", timeout=40)[0]
+    start, stop = meter_of(charger, "stopped (Remote)")
+    assert ticket.consumo_kwh == round((stop - start) / 1000, 4) > 0
+    assert ticket.reason is m.EndReason.DISCONNECTED
+    wait_for(lambda: len(observer.of(m.Telemetry, driver_id="D-1", final=True)) >= 1, 5,
+             "the final reading")
+    assert len(observer.of(m.Ticket, driver_id="D-1")) == 1
+    net.wait_state("CP-01", "Activado", timeout=15)
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+async def _open(net: Network, cp_id: str, *, password: str | None = "",
+                protocols=("ocpp1.6",)):
+    pw = net.ocpp_password(cp_id) if password == "" else password
+    headers = {}
+    if pw is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(
+            f"{cp_id}:{pw}".encode()).decode()
+    return await connect(f"ws://127.0.0.1:{net.gateway_port}/{cp_id}",
+                         subprotocols=list(protocols) or None, additional_headers=headers,
+                         open_timeout=5, max_size=None)
+
+
+def _status(net: Network, cp_id: str, **kw) -> int:
+    async def attempt() -> int:
+        try:
+            ws = await _open(net, cp_id, **kw)
+        except InvalidStatus as exc:
+            return exc.response.status_code
+        await ws.close()
+        return 101
+
+    return asyncio.run(attempt())
+
+
+def test_handshakes_refused_and_audited(net: Network):
+    net.start_gateway()
+    assert _status(net, "CP-01", protocols=()) == 400  # no ocpp1.6 subprotocol
+    assert _status(net, "CP-01", password="wrong-password") == 401
+    assert _status(net, "CP-01", password=None) == 401
+    assert _status(net, "NOT-IN-REGISTRY", password=None) == 401
+    assert _status(net, "b%C3%A4d", password=None) == 404  # not an id
+    audit = (net.tmp / "gateway" / f"ocpp-{net.gateway_port}-audit.jsonl").read_text()
+    events = [json.loads(line) for line in audit.splitlines()]
+    assert {e.get("why") for e in events} >= {"wrong password", "no password",
+                                             "not in central's registry"}
+
+
+def test_garbage_gets_ocpp_answers_and_other_chargers_keep_charging(
+        net: Network, observer: Observer):
+    net.start_gateway()
+    net.start_charger("CP-02")
+    net.wait_state("CP-02", "Activado")
+    drive(net, "D-3", "CP-02", seconds=60)
+    observer.wait(m.Telemetry, count=2, driver_id="D-3", final=False)
+
+    async def abuse() -> dict[str, object]:
+        seen: dict[str, object] = {}
+        ws = await _open(net, "CP-01")
+
+        async def ask(text: str):
+            await ws.send(text)
+            while True:  # the gateway's own CALLs (ChangeAvailability...) are let by
+                answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                if answer[0] != 2:
+                    return answer
+
+        seen["not json"] = await ask("this is not json")
+        seen["not array"] = await ask('{"a": 1}')
+        seen["bad type"] = await ask('[7, "x1", "Heartbeat", {}]')
+        seen["unknown"] = await ask('[2, "u1", "MakeCoffee", {}]')
+        seen["type"] = await ask('[2, "s1", "Heartbeat", {"extra": 1}]')
+        seen["schema"] = await ask('[2, "s2", "StatusNotification", {"connectorId": "one", '
+                                   '"errorCode": "NoError", "status": "Available"}]')
+        seen["missing"] = await ask('[2, "s3", "StartTransaction", {"connectorId": 1}]')
+        seen["enum"] = await ask('[2, "s4", "StatusNotification", {"connectorId": 1, '
+                                 '"errorCode": "NoError", "status": "Sleeping"}]')
+        seen["no tx"] = await ask('[2, "mv", "MeterValues", {"connectorId": 1, '
+                                  '"transactionId": 424242, "meterValue": [{"timestamp": '
+                                  '"2026-12-04T10:00:00Z", "sampledValue": [{"value": '
+                                  '"99999"}]}]}]')
+        seen["heartbeat"] = await ask('[2, "h1", "Heartbeat", {}]')
+        try:
+            await ws.send("x" * (10 * 1024 * 1024))
+            while True:
+                await asyncio.wait_for(ws.recv(), 10)
+        except ConnectionClosed as exc:
+            seen["10 MB"] = exc.rcvd.code if exc.rcvd else None
+        return seen
+
+    seen = asyncio.run(abuse())
+    assert seen["not json"][:3] == [4, "-1", "ProtocolError"]
+    assert seen["not array"][2] == "ProtocolError"
+    assert seen["bad type"][:3] == [4, "x1", "ProtocolError"]
+    assert seen["unknown"][:3] == [4, "u1", "NotImplemented"]
+    assert seen["type"][:3] == [4, "s1", "FormationViolation"]
+    assert seen["schema"][:3] == [4, "s2", "TypeConstraintViolation"]
+    assert seen["missing"][:3] == [4, "s3", "OccurenceConstraintViolation"]
+    assert seen["enum"][:3] == [4, "s4", "PropertyConstraintViolation"]
+    assert seen["no tx"] == [3, "mv", {}]
+    assert seen["heartbeat"][:2] == [3, "h1"] and "currentTime" in seen["heartbeat"][2]
+    assert seen["10 MB"] == 1009  # message too big: that connection closed
+    # the other charger was never disturbed: its readings go on, and the gateway too
+    count = len(observer.of(m.Telemetry, driver_id="D-3"))
+    observer.wait(m.Telemetry, count=count + 2, driver_id="D-3", final=False)
+    assert net.current_state("CP-02") == "Suministrando"
+
+
+def test_two_hundred_silent_connections_harm_nobody(net: Network, observer: Observer):
+    gateway = net.start_gateway()
+    net.start_charger("CP-02")
+    net.wait_state("CP-02", "Activado")
+
+    async def crowd() -> tuple[int, int]:
+        # 200 TCP connections that never finish the handshake, and 200 WebSockets that
+        # open and never boot (each replacing the one before: one CP id, one socket)
+        raw = [await asyncio.open_connection("127.0.0.1", net.gateway_port)
+               for _ in range(200)]
+        opened = 0
+        for _ in range(200):
+            ws = await _open(net, "CP-01")
+            opened += 1
+            del ws
+        drive(net, "D-4", "CP-02", seconds=3)
+        ticket = await asyncio.to_thread(observer.wait, m.Ticket, driver_id="D-4",
+                                         timeout=30)
+        for _, writer in raw:
+            writer.close()
+        return opened, len(ticket)
+
+    assert asyncio.run(crowd()) == (200, 1)
+    assert observer.of(m.Ticket, driver_id="D-4")[0].consumo_kwh > 0
+    assert gateway.popen.poll() is None
+
+
+def test_gateway_stops_cleanly(net: Network):
+    gateway = net.start_gateway()
+    net.start_charger("CP-01")
+    net.wait_state("CP-01", "Activado")
+    gateway.signal(signal.SIGINT, group=True)
+    assert gateway.popen.wait(3) == 0
+    assert "Traceback" not in gateway.output
+    net.wait_state("CP-01", "Desconectado", timeout=8)
