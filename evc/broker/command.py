@@ -151,7 +151,7 @@ def print_users(cfg: manager.BrokerConfig) -> None:
     found = manager.users(cfg)
     for role, who in (("central", "central"), ("engine", "every cp-engine"),
                       ("driver", "every driver"), ("viewer", "evc status"),
-                      ("web", "evc web")):
+                      ("web", "evc web"), ("ocpp", "evc ocpp")):
         click.echo(f"  {who:16s} --kafka-user {role} --kafka-password {found[role]}")
 
 

@@ -10,7 +10,7 @@ from evc.bus.errors import kafka_errors
 from evc.errors import BusError
 from evc.protocol.topics import CHANGELOG, CONTROL, LEASE, NETWORK, OPERATOR, REQUESTS, TELEMETRY
 
-ROLES = ("central", "engine", "driver", "viewer", "web")
+ROLES = ("central", "engine", "driver", "viewer", "web", "ocpp")
 
 
 def _allow(topics: Iterable[str], *ops: str) -> list[tuple[str, str, str]]:
@@ -40,6 +40,10 @@ def role_acls(prefix: str) -> dict[str, list[tuple[str, str, str]]]:
         + _allow([t[CONTROL], t[TELEMETRY], t[NETWORK]], *read)
         + [("cluster", "kafka-cluster", "IDEMPOTENT_WRITE")],
         "viewer": _allow([t[NETWORK]], *read),
+        # evc ocpp: an engine's part for its chargers, and their cards' requests
+        "ocpp": _allow([t[TELEMETRY], t[REQUESTS]], *write)
+        + _allow([t[CONTROL], t[NETWORK]], *read)
+        + [("cluster", "kafka-cluster", "IDEMPOTENT_WRITE")],
         # evc web: the network and central's state to show, operators' commands to send
         # (each signed by its operator: only central's accounts can make one count)
         "web": _allow([t[NETWORK], t[CHANGELOG], t[OPERATOR]], *read)

@@ -138,7 +138,8 @@ class Gateway:
     def __init__(self, send: Send, centrals: list[Address], *, journal: Journal,
                  secret_for: Callable[[str], str | None], heartbeat: float = 1.0,
                  boot_interval: int = 30, notify: Callable[[str, BusError | None], None]
-                 | None = None, say: Callable[[str], None] = log.info) -> None:
+                 | None = None, say: Callable[[str], None] = log.info,
+                 make_link: Callable[..., CentralLink] = CentralLink) -> None:
         self.send = send
         self.centrals = centrals
         self.journal = journal
@@ -146,6 +147,7 @@ class Gateway:
         self.heartbeat = heartbeat
         self.boot_interval = boot_interval
         self.say = say
+        self.make_link = make_link  # a fake one in unit tests
         self.live: dict[str, Live] = {}
         self.txs: dict[int, Tx] = {}
         self.next_tx = 1
@@ -202,8 +204,8 @@ class Gateway:
         if old is not None:  # the same charger again: the old socket is replaced
             self._spawn(old.conn.close(1000, "replaced by a new connection"))
             self._spawn(old.link.close())
-        link = CentralLink(conn.cp_id, self.centrals, secret=self.secret_for(conn.cp_id),
-                           heartbeat=self.heartbeat, on_change=self._on_link)
+        link = self.make_link(conn.cp_id, self.centrals, secret=self.secret_for(conn.cp_id),
+                              heartbeat=self.heartbeat, on_change=self._on_link)
         live = self.live[conn.cp_id] = Live(conn, link)
         link.start()
         return live

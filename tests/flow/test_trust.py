@@ -270,6 +270,19 @@ def test_a_secure_broker_lets_each_role_do_only_its_part(tmp_path, procs):
         net.wait_state("CP-01", "Parado", timeout=10)
         net.central.send("resume CP-01")
         net.wait_state("CP-01", "Activado", timeout=10)
+        # evc ocpp as its own user: an OCPP charger's supply, and a card at it
+        net.gateway_port = free_port()
+        gateway = Proc(["ocpp", kafka, f"127.0.0.1:{net.port}", "--listen",
+                        f"127.0.0.1:{net.gateway_port}", "--state-dir", str(tmp_path / "gw")],
+                       env=as_role("ocpp"), name="gateway")
+        procs.append(gateway)
+        gateway.wait_line("OCPP 1.6J gateway on", timeout=30)
+        charger = net.start_charger("CP-02")
+        net.wait_state("CP-02", "Activado")
+        charger.send("card D-2")
+        net.wait_state("CP-02", "Suministrando", timeout=15)
+        charger.send("unplug")
+        net.central.wait_line("ticket to D-2 for CP-02", timeout=20)
         # the driver's user may write requests, never orders
         verdicts: list = []
         with KafkaBus(kafka, sasl=Sasl("driver", users["driver"])) as bus:
