@@ -129,11 +129,11 @@ class Network:
         self.procs.append(proc)
         return proc
 
-    def start_gateway(self, *extra: str) -> Proc:
+    def start_gateway(self, *extra: str, centrals: str = "") -> Proc:
         """`evc ocpp` for this network (the same port again when restarted)."""
         if not getattr(self, "gateway_port", 0):
             self.gateway_port = free_port()
-        gateway = Proc(["ocpp", self.kafka, f"127.0.0.1:{self.port}", "--listen",
+        gateway = Proc(["ocpp", self.kafka, centrals or f"127.0.0.1:{self.port}", "--listen",
                         f"127.0.0.1:{self.gateway_port}", "--state-dir",
                         str(self.tmp / "gateway"), "--topic-prefix", self.prefix,
                         "--log-level", "INFO", *extra], name="gateway")

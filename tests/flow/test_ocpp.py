@@ -12,10 +12,10 @@ import signal
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
 from evc.protocol import messages as m
-from tests.helpers import wait_for
+from tests.helpers import Proc, wait_for
 from tests.network import Network, Observer
 
 pytestmark = pytest.mark.central()
@@ -139,6 +139,55 @@ def test_gateway_killed_mid_transaction_gives_one_ticket_with_the_meter_stop(
     net.wait_state("CP-01", "Activado", timeout=15)
 
 
+def test_central_failover_with_a_charger_mid_supply(net: Network, observer: Observer):
+    from tests.flow.test_failover import second_central
+
+    a = net.central
+    b, b_port = second_central(net)
+    b.wait_line("standby: following the active central", timeout=40)
+    net.start_gateway(centrals=f"127.0.0.1:{net.port},127.0.0.1:{b_port}")
+    charger = net.start_charger("CP-01")
+    net.wait_state("CP-01", "Activado")
+    driver = drive(net, "D-1", "CP-01", seconds=8)
+    driver.wait_line("live at CP-01: 1.", timeout=20)
+    a.kill()
+    b.wait_line("central ready (active", timeout=15)
+    net.gateway.wait_line("CP-01: registered with central", count=2, timeout=15)
+    ticket = observer.wait(m.Ticket, driver_id="D-1", timeout=30)[0]
+    start, stop = meter_of(charger, "stopped (Remote)")
+    assert ticket.consumo_kwh == round((stop - start) / 1000, 4) > 1.0
+    assert ticket.reason is m.EndReason.FINISHED
+    assert len(observer.of(m.Ticket, driver_id="D-1")) == 1
+
+
+def test_a_site_limit_becomes_the_chargers_charging_profile(net: Network,
+                                                            observer: Observer):
+    net.start_gateway()
+    net.start_charger("CP-01")
+    net.wait_state("CP-01", "Activado")
+    net.central.send("site P1 add CP-01")
+    net.central.send("site P1 limit 11")
+    net.central.wait_line("site P1: limit 11 kW")
+    drive(net, "D-1", "CP-01", seconds=60)
+    # the charger accepted the TxProfile and draws 11 kW of its 22: its readings say so
+    observer.wait(m.Telemetry, driver_id="D-1", kw=11.0, timeout=15)
+
+
+def test_security_profile_2_tls_with_a_self_signed_certificate(net: Network,
+                                                                observer: Observer):
+    gateway = net.start_gateway("--self-signed")
+    fingerprint = gateway.wait_line("SHA-256 fingerprint")
+    assert re.search(r"([0-9A-F]{2}:){31}[0-9A-F]{2}", fingerprint)
+    cert = net.tmp / "gateway" / "ocpp-self-signed.pem"
+    charger = Proc(["ocpp-charger", f"wss://127.0.0.1:{net.gateway_port}/CP-01", "--password",
+                    net.ocpp_password("CP-01"), "--ca", str(cert)], name="tls charger")
+    net.procs.append(charger)
+    charger.wait_line("booted", timeout=20)
+    net.wait_state("CP-01", "Activado")
+    # a plain ws:// client gets no WebSocket from a TLS port
+    assert _status_url(f"ws://127.0.0.1:{net.gateway_port}/CP-01") != 101
+
+
 # ---------------------------------------------------------------------- bad input
 
 
@@ -160,6 +209,20 @@ def _status(net: Network, cp_id: str, **kw) -> int:
             ws = await _open(net, cp_id, **kw)
         except InvalidStatus as exc:
             return exc.response.status_code
+        await ws.close()
+        return 101
+
+    return asyncio.run(attempt())
+
+
+def _status_url(url: str) -> int:
+    async def attempt() -> int:
+        try:
+            ws = await connect(url, subprotocols=["ocpp1.6"], open_timeout=5)
+        except InvalidStatus as exc:
+            return exc.response.status_code
+        except (OSError, EOFError, TimeoutError, ConnectionClosed, InvalidMessage):
+            return 0
         await ws.close()
         return 101
 
