@@ -310,7 +310,7 @@ class Gateway:
             live.status = status
         live.link.tell(self._status_word(cp_id, status, code, info))
         expected = live.expected
-        if (status == "Available" and expected is not None and not expected.card
+        if (status == "Available" and expected is not None
                 and time.monotonic() - expected.at > 2.0
                 and not any(t.session_id == expected.session_id for t in self.txs.values())):
             # the remote start it accepted timed out at the charger (no vehicle came)

@@ -280,6 +280,7 @@ def test_a_secure_broker_lets_each_role_do_only_its_part(tmp_path, procs):
         charger = net.start_charger("CP-02")
         net.wait_state("CP-02", "Activado")
         charger.send("card D-2")
+        charger.wait_line("started at", timeout=15)
         net.wait_state("CP-02", "Suministrando", timeout=15)
         charger.send("unplug")
         net.central.wait_line("ticket to D-2 for CP-02", timeout=20)
