@@ -157,6 +157,22 @@ def site_line(s: SiteStatus) -> str:
 
 
 def detail(s: CPStatus, now: float) -> str:
+    """A CP's public detail; an OCPP charger's marked, with its own status."""
+    text = _detail(s, now)
+    if s.via != "ocpp":
+        return text
+    if s.state is CPState.ACTIVADO:
+        return f"[OCPP {s.detail}]" if s.detail else "[OCPP]"
+    return f"[OCPP] {text}".strip()
+
+
+def charger_status(s: CPStatus) -> str:
+    """An OCPP charger's own status while it serves (Available, Charging, …)."""
+    live = s.state in (CPState.ACTIVADO, CPState.SUMINISTRANDO)
+    return s.detail if s.via == "ocpp" and live else ""
+
+
+def _detail(s: CPStatus, now: float) -> str:
     if s.state is CPState.DESCONECTADO:
         return f"last seen {ago(max(0.0, now - s.last_seen))} ago" if s.last_seen else \
             "never seen"

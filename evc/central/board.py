@@ -45,8 +45,8 @@ def detail(cp: ChargePoint, now: float) -> str:
     text = _detail(cp, now)
     if cp.via != "ocpp":
         return text
-    mark = "[OCPP" + (f" {cp.charger_status}" if cp.charger_status
-                      and cp.state is not CPState.DESCONECTADO else "") + "]"
+    shown = cp.charger_status and cp.state not in (CPState.DESCONECTADO, CPState.AVERIADO)
+    mark = "[OCPP" + (f" {cp.charger_status}" if shown else "") + "]"
     return f"{mark} {text}" if text else mark
 
 

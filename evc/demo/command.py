@@ -23,6 +23,7 @@ from evc.broker import manager
 from evc.bus import ping
 from evc.errors import EvcError
 from evc.net import Address, free_port, parse_address, port_free
+from evc.protocol import auth
 
 EVC = [sys.executable, "-m", "evc.cli"]
 LOCATIONS = ["C/Italia 5", "Av. Maisonnave 12", "C/Pintor Sorolla 3", "Pl. de los Luceros 1",
@@ -120,10 +121,33 @@ def all_registered(db: Path, cps: list[str]) -> bool:
 SITE = "Garage"
 
 
+def ocpp_ids(n: int) -> list[str]:
+    """The demo's OCPP chargers (behind its `evc ocpp` gateway)."""
+    return [f"OC-{i:02d}" for i in range(1, n + 1)]
+
+
+def start_ocpp(children: Children, kafka: Address, central_port: int, run_dir: Path,
+               n_ocpp: int) -> str:
+    """The gateway and its simulated chargers, once central has made their credentials
+    (each one's HTTP Basic password is derived from it); their keys: OC-01.keys."""
+    host = "127.0.0.1"
+    port = free_port(host)
+    children.start("ocpp-gateway", ["ocpp", str(kafka), f"{host}:{central_port}", "--listen",
+                                    f"{host}:{port}", "--state-dir", str(run_dir / "state")])
+    children.wait_logs(["ocpp-gateway"], "OCPP 1.6J gateway on", timeout=30)
+    for cp in ocpp_ids(n_ocpp):
+        secret = auth.check_key((run_dir / "credentials" / f"{cp}.key").read_text())
+        children.start(f"charger-{cp}", [
+            "ocpp-charger", f"ws://{host}:{port}/{cp}", "--password",
+            auth.ocpp_password(secret, cp), "--state", str(run_dir / "state" / f"{cp}.json"),
+            "--card", "D-01"], stdin=children.key_pipe(f"charger-{cp}"))
+    return f"ws://{host}:{port}/<id>"
+
+
 def write_inputs(run_dir: Path, n_cps: int, n_drivers: int, per_driver: int,
-                 seed: int) -> tuple[list[str], list[Path]]:
+                 seed: int, n_ocpp: int = 0) -> tuple[list[str], list[Path]]:
     rng = random.Random(seed)
-    cps = [f"CP-{i:02d}" for i in range(1, n_cps + 1)]
+    cps = [f"CP-{i:02d}" for i in range(1, n_cps + 1)] + ocpp_ids(n_ocpp)
     with open(run_dir / "charging_points.csv", "w", encoding="utf-8") as out:
         out.write("id,location,price_eur_kwh,site\n")
         for i, cp in enumerate(cps):
@@ -167,12 +191,15 @@ def write_inputs(run_dir: Path, n_cps: int, n_drivers: int, per_driver: int,
 @click.option("--once", is_flag=True,
               help="Drivers go through their files once (by default each starts its file "
                    "again after a pause, until `quit`: a demo left on a screen stays alive).")
+@click.option("--ocpp", "n_ocpp", type=click.IntRange(0, 100), default=0, show_default=True,
+              help="Simulated OCPP 1.6J chargers (OC-01...) behind an `evc ocpp` gateway, "
+                   "beside the evc CPs.")
 @click.option("--web", "web", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
               help="Where the demo's web board (evc web) listens; 'none': no web board. A "
                    "port in use: the next free one.")
 def demo(kafka: str, n_cps: int, n_drivers: int, per_driver: int, charge_seconds: float,
          central_port: int, run_dir: Path | None, display: str, seed: int | None,
-         once: bool, web: str) -> None:
+         once: bool, web: str, n_ocpp: int) -> None:
     """Run the whole network here: broker, central (board), charge points and drivers.
 
     Ctrl+C (or `quit` at central's prompt) stops everything. While it runs, press an
@@ -194,7 +221,7 @@ def demo(kafka: str, n_cps: int, n_drivers: int, per_driver: int, charge_seconds
                                        f"{exc.strerror or exc}") from None
         run_demo(kafka_addr, n_cps, n_drivers, per_driver, charge_seconds, central_port,
                  run_dir, display, seed if seed is not None else int(time.time()),
-                 loop=not once, web=web_addr)
+                 loop=not once, web=web_addr, n_ocpp=n_ocpp)
     except EvcError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -204,7 +231,8 @@ LOOP_PAUSE = 10.0  # seconds a looping driver rests before its file again
 
 def run_demo(kafka: Address, n_cps: int, n_drivers: int, per_driver: int,
              charge_seconds: float, central_port: int, run_dir: Path, display: str,
-             seed: int, loop: bool = True, web: Address | None = None) -> None:
+             seed: int, loop: bool = True, web: Address | None = None,
+             n_ocpp: int = 0) -> None:
     say = click.echo
     broker_cfg = None
     if not ping(str(kafka), timeout=3.0):
@@ -223,20 +251,22 @@ def run_demo(kafka: Address, n_cps: int, n_drivers: int, per_driver: int,
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a closed terminal too
         signal.signal(signum, on_signal)
     try:
-        cps, files = write_inputs(run_dir, n_cps, n_drivers, per_driver, seed)
+        cps, files = write_inputs(run_dir, n_cps, n_drivers, per_driver, seed, n_ocpp)
+        evc_cps = [cp for cp in cps if cp not in ocpp_ids(n_ocpp)]
         host = "127.0.0.1"
-        ports = {cp: free_port(host) for cp in cps}
-        for cp in cps:
+        ports = {cp: free_port(host) for cp in evc_cps}
+        for cp in evc_cps:
             children.start(f"engine-{cp}", ["cp-engine", str(kafka), "--listen",
                                             f"{host}:{ports[cp]}", "--id", cp,
                                             "--state-dir", str(run_dir / "state")],
                            stdin=children.key_pipe(f"engine-{cp}"))
-        children.wait_logs([f"engine-{cp}" for cp in cps], "engine listening", timeout=30)
-        for cp in cps:
+        children.wait_logs([f"engine-{cp}" for cp in evc_cps], "engine listening", timeout=30)
+        for cp in evc_cps:
             children.start(f"monitor-{cp}", ["cp-monitor", f"{host}:{ports[cp]}",
                                              f"{host}:{central_port}", cp,
                                              "--location", LOCATIONS[cps.index(cp) % 10]])
-        say(f"demo: {n_cps} charge points, {n_drivers} drivers; logs in {run_dir}/")
+        say(f"demo: {n_cps} charge points" + (f", {n_ocpp} OCPP chargers" if n_ocpp else "")
+            + f", {n_drivers} drivers; logs in {run_dir}/")
         web_url = ""
         if web is not None:
             port = web.port if port_free(web) else free_port(web.host)
@@ -255,7 +285,13 @@ def run_demo(kafka: Address, n_cps: int, n_drivers: int, per_driver: int,
         drivers_started = n_drivers == 0
         drivers: dict[str, tuple[subprocess.Popen[bytes], list[str]]] = {}
         rested: dict[str, float] = {}
+        ocpp_started = n_ocpp == 0
         while central.poll() is None:
+            if not ocpp_started and all((run_dir / "credentials" / f"{cp}.key").exists()
+                                        for cp in ocpp_ids(n_ocpp)):
+                url = start_ocpp(children, kafka, central_port, run_dir, n_ocpp)
+                say(f"demo: OCPP gateway at {url}")
+                ocpp_started = True
             if not drivers_started and (all_registered(db, cps) or time.monotonic() > drivers_at):
                 for i, path in enumerate(files, start=1):
                     args = ["driver", str(kafka), f"D-{i:02d}", "--file", str(path),

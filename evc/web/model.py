@@ -21,7 +21,7 @@ from collections import Counter
 from typing import Any
 
 from evc.display import LABEL, trust_word
-from evc.netview import NetworkView, detail
+from evc.netview import NetworkView, charger_status, detail
 from evc.protocol.messages import CPState, CPStatus, Message, Removed
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ class WebModel:
             # of this machine in a row: a row stays as it is until its CP changes)
             "detail": s.detail if s.state is CPState.DESCONECTADO else detail(s, now),
             "proven": s.proven, "trust": trust_word(s.proven, s.state),
-            "site": s.site or None,
+            "site": s.site or None, "via": s.via or None, "charger": charger_status(s) or None,
             "kw": s.kw, "free": s.state is CPState.ACTIVADO,
             "last_seen": s.last_seen or None, "supply": None,
         }

@@ -144,6 +144,10 @@ OPENAPI: dict[str, Any] = {
                       "description": "signed: proven (orders and readings signed); open: "
                                      "served unproven"},
             "site": {"type": ["string", "null"]},
+            "via": {"enum": ["ocpp", None], "description": "ocpp: an OCPP charger behind "
+                    "`evc ocpp`"},
+            "charger": {"type": ["string", "null"],
+                        "description": "an OCPP charger's own status (Charging, …)"},
             "kw": {"type": "number"}, "free": {"type": "boolean"},
             "supply": {"oneOf": [{"$ref": "#/components/schemas/Supply"}, {"type": "null"}]}}},
         "CPList": {"type": "object", "properties": {"cps": {

@@ -16,6 +16,7 @@ from evc.central.events import (
 )
 from evc.central.model import Settings, Wait
 from evc.protocol import messages as m
+from evc.protocol.topics import Delivery
 from evc.store import Store, read_database
 from tests.fakes import FakeLink, FakeOutbox, OneEventBatches, RecordingView
 
@@ -574,3 +575,35 @@ def test_a_slow_start_is_not_taken_for_kafka_being_away(tmp_path):
     brain.run(__import__("threading").Event())
     assert brain.bus_down_since is None
     assert not [text for _, text in view.notes if "Kafka unavailable" in text]
+
+
+def test_an_ocpp_charger_is_marked_and_its_status_and_notes_shown(parts):
+    from evc.central.board import detail
+
+    brain, _, outbox, _, view = parts
+    brain.apply(MonitorFrame(1, "peer", m.Register(cp_id="CP-01", via="ocpp")))
+    brain.apply(MonitorFrame(1, "peer", m.ChargerStatus(cp_id="CP-01", status="Available")))
+    cp = brain.cps["CP-01"]
+    assert cp.via == "ocpp" and detail(cp, time.time()) == "[OCPP Available]"
+    brain.apply(MonitorFrame(1, "peer", m.ChargerNote(cp_id="CP-01", note="Reset: Accepted")))
+    assert ("info", "CP-01's charger: Reset: Accepted") in view.notes
+    brain.apply(OperatorLine("ocpp CP-01 reset soft"))
+    order = outbox.sent[-1][1]
+    assert isinstance(order, m.ChargerCommand) and (order.action, order.arg) == ("Reset", "Soft")
+    brain.apply(OperatorLine("ocpp CP-02 reset soft"))  # not an OCPP charger: nothing sent
+    assert outbox.sent[-1][1] is order and view.notes[-1][0] == "error"
+    brain.apply(ConnectionLost(1, "peer", "closed"))
+    assert detail(cp, time.time()).startswith("[OCPP] last seen")
+
+
+def test_a_card_names_a_registered_driver_and_comes_from_an_ocpp_charger(parts):
+    brain, _, outbox, _, _ = parts
+    brain.upsert_driver("D-1")
+    brain.apply(MonitorFrame(1, "peer", m.Register(cp_id="CP-01", via="ocpp")))
+    register(brain, 2, "CP-02")  # an evc CP: no cards there
+    for i, (driver, cp) in enumerate((("NOBODY", "CP-01"), ("D-1", "CP-02"), ("D-1", "CP-01"))):
+        brain.apply(BusMessage(m.ChargeRequest(driver_id=driver, cp_id=cp, card=True),
+                               Delivery("r", 0, i)))
+    answers = [msg for _, msg, _ in outbox.sent if isinstance(msg, m.Authorization)]
+    assert [(a.authorized, a.code) for a in answers] == [
+        (False, m.DenyCode.UNKNOWN_DRIVER), (False, m.DenyCode.BAD_PROOF), (True, None)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evc.central import admin
@@ -70,6 +70,7 @@ def test_encoded_frames_are_ocpp_j():
     assert json.loads(ocppj.encode_error(error)) == [4, "9", "NotImplemented", "x" * 255, {}]
 
 
+@settings(max_examples=60, deadline=None)
 @given(st.one_of(st.text(max_size=200), st.binary(max_size=200),
                  st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10),
                               lambda c: st.lists(c, max_size=5)

@@ -18,6 +18,11 @@
     return ts ? new Date(ts * 1000).toLocaleTimeString() : "";
   }
   function detail(cp) {
+    if (cp.via !== "ocpp") return plainDetail(cp);
+    const mark = "[OCPP" + (cp.charger ? " " + cp.charger : "") + "]";
+    return cp.state === "Activado" ? mark : mark + " " + plainDetail(cp);
+  }
+  function plainDetail(cp) {
     if (cp.state === "Suministrando" && cp.supply) {
       const s = cp.supply;
       let text = (s.driver_id ? s.driver_id + " · " : "") + s.consumo_kwh.toFixed(2) +
