@@ -68,6 +68,10 @@ CARD_WAIT = 10.0  # seconds a card waits for central's answer
 BOOT_WAIT = 5.0  # seconds a BootNotification waits for the registration
 ORDERS = (StartSupply, EndSupply, StopCP, ResumeCP, SetPower, ChargerCommand)
 ID_TAG = 20  # OCPP 1.6's idTag is a CiString20
+REGISTERING = 32  # registrations with central under way at once
+GATHER = 0.02  # seconds the journal gathers changes into one write, before answers go out
+METER_EVERY = 2.0  # seconds between journal writes for readings alone (the charger's
+# own meter is the truth; the journal's last reading is a fallback)
 
 
 class Charger(Protocol):
@@ -156,6 +160,10 @@ class Gateway:
         self.offsets: dict[str, int] = {}  # "partition" -> next offset of control_topic
         self.finals = Unconfirmed(send, notify or self.final_done, say=say, sign=self._signed)
         self.dirty = False
+        self.meter_dirty = False  # only readings changed: written every METER_EVERY s
+        self.meter_saved = 0.0
+        self._flushed: asyncio.Future[None] | None = None
+        self.slots: asyncio.Semaphore | None = None  # made on the loop, at the first charger
         self.tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ journal
@@ -190,11 +198,29 @@ class Gateway:
             "offsets": self.offsets, "txs": [asdict(t) for t in self.txs.values()],
             "finals": [p.message.to_wire() for p in self.finals.pending.values()],
         })
-        self.dirty = False
+        self.dirty = self.meter_dirty = False
+        self.meter_saved = time.monotonic()
 
     def flush(self) -> None:
         if self.dirty:
             self.save()
+
+    async def durable(self) -> None:
+        """Until what changed is in the journal: one write for every caller meanwhile
+        (a thousand chargers starting at once make a few writes, not a thousand)."""
+        self.dirty = True
+        if self._flushed is None or self._flushed.done():
+            loop = asyncio.get_running_loop()
+            self._flushed = loop.create_future()
+            loop.call_later(GATHER, self._flush_now, self._flushed)
+        await asyncio.shield(self._flushed)
+
+    def _flush_now(self, done: asyncio.Future[None]) -> None:
+        try:
+            self.flush()
+        finally:
+            if not done.done():
+                done.set_result(None)
 
     # ------------------------------------------------------------------ chargers
     def connected(self, conn: Charger) -> Live:
@@ -204,8 +230,11 @@ class Gateway:
         if old is not None:  # the same charger again: the old socket is replaced
             self._spawn(old.conn.close(1000, "replaced by a new connection"))
             self._spawn(old.link.close())
+        if self.slots is None:
+            self.slots = asyncio.Semaphore(REGISTERING)
         link = self.make_link(conn.cp_id, self.centrals, secret=self.secret_for(conn.cp_id),
-                              heartbeat=self.heartbeat, on_change=self._on_link)
+                              heartbeat=self.heartbeat, on_change=self._on_link,
+                              slots=self.slots)
         live = self.live[conn.cp_id] = Live(conn, link)
         link.start()
         return live
@@ -375,7 +404,7 @@ class Gateway:
             live.expected = None
             tx.power_order = expected.order_id
         self.txs[tx.tx_id] = tx
-        self.save()
+        await self.durable()  # journaled before the charger learns its transactionId
         if expected is not None:
             self._reading(live, tx)
             if expected.kw is not None:
@@ -401,7 +430,7 @@ class Gateway:
             tx.last_wh = got.wh
         if got.kw is not None:
             tx.kw = max(0.0, got.kw)
-        self.dirty = True
+        self.meter_dirty = True
 
     async def _stop_tx(self, live: Live, p: dict[str, Any]) -> dict[str, Any]:
         answer: dict[str, Any] = {"idTagInfo": {"status": "Accepted"}} if "idTag" in p else {}
@@ -422,7 +451,7 @@ class Gateway:
                           importe_eur=round(tx.kwh * tx.price, 2), session_id=tx.session_id,
                           final=True, reason=str(reason), kw=0.0)
         self.finals.add(tx.session_id, TELEMETRY, final, tx.cp_id)
-        self.save()  # journaled before the charger is answered: it will not send it again
+        await self.durable()  # journaled before the charger is answered: it sends it once
         if live.link.state is LinkState.REGISTERED or not live.link.proven:
             self.finals.send_now(tx.session_id)
         self.say(f"{tx.cp_id}: transaction {tx.tx_id} of {tx.driver_id} ended "
@@ -474,7 +503,7 @@ class Gateway:
                           importe_eur=0.0, session_id=expected.session_id, final=True,
                           reason=str(reason), kw=0.0)
         self.finals.add(final.session_id, TELEMETRY, final, cp_id)
-        self.save()
+        self.dirty = True
         self.finals.send_now(final.session_id)
 
     def final_done(self, session_id: str, error: BusError | None) -> None:
@@ -484,6 +513,8 @@ class Gateway:
     def tick(self) -> None:
         """From the loop, a few times a second: finals due again, the journal."""
         self.finals.resend_due()
+        if self.meter_dirty and time.monotonic() - self.meter_saved >= METER_EVERY:
+            self.dirty = True
         self.flush()
 
     # ------------------------------------------------------------------ central's orders
@@ -610,7 +641,7 @@ class Gateway:
             if tx.ended:
                 return
             tx.end_reason = str(reason)
-            self.save()
+            self.dirty = True
             self._spawn(self._remote_stop(live, tx))
             return
         expected = live.expected

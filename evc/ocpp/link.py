@@ -50,7 +50,7 @@ class LinkState(Enum):
 class CentralLink:
     def __init__(self, cp_id: str, centrals: list[Address], *, secret: str | None,
                  location: str = "", max_kw: float = 0.0, heartbeat: float = 1.0,
-                 timeout: float = 5.0,
+                 timeout: float = 5.0, slots: asyncio.Semaphore | None = None,
                  on_change: Callable[[CentralLink], None] = lambda _link: None) -> None:
         self.cp_id = cp_id
         self.centrals = centrals
@@ -61,6 +61,11 @@ class CentralLink:
         self.heartbeat = heartbeat
         self.timeout = timeout
         self.on_change = on_change
+        # registrations under way at once, over all chargers: a gateway whose thousand
+        # chargers connect together registers them at central's pace (central refuses
+        # more than a few dozen unregistered connections from one address)
+        self.slots = slots
+        self._slot = False
         self.state = LinkState.CONNECTING
         self.why = "not connected yet"  # the last refusal or loss, in words
         self.keys: dict[str, str] = {}  # kid -> this CP's Kafka key (newest last, 2 kept)
@@ -136,6 +141,20 @@ class CentralLink:
                 backoff = 0.5
 
     async def _session(self) -> None:
+        if self.slots is not None:
+            await self.slots.acquire()
+            self._slot = True
+        try:
+            await self._talk()
+        finally:
+            self._free_slot()
+
+    def _free_slot(self) -> None:
+        if self._slot and self.slots is not None:
+            self._slot = False
+            self.slots.release()
+
+    async def _talk(self) -> None:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(*self.central.pair), self.timeout)
         self._writer = writer
@@ -214,6 +233,7 @@ class CentralLink:
             self.proven = True
         self.price = msg.price_eur_kwh
         self.state = LinkState.REGISTERED
+        self._free_slot()
         self.why = ""
         self._registered.set()
         said, self._said = self._said, []

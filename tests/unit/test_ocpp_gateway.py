@@ -17,7 +17,7 @@ KEY = "11" * 32
 
 
 class FakeLink:
-    def __init__(self, cp_id: str, centrals, *, secret, heartbeat, on_change) -> None:
+    def __init__(self, cp_id: str, centrals, *, secret, heartbeat, on_change, slots) -> None:
         self.cp_id = cp_id
         self.state = LinkState.REGISTERED
         self.keys = {auth.key_id(KEY): KEY}
