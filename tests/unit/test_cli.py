@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from evc import __version__, cli
 from tests.helpers import one_clear_line, run_evc
 
-COMMANDS = ["broker", "central", "cp-monitor", "cp-engine", "driver", "demo"]
+COMMANDS = ["broker", "central", "cp-monitor", "cp-engine", "driver", "demo", "status", "web",
+            "ocpp", "ocpp-charger"]
 
 
 def test_version():
