@@ -48,10 +48,11 @@ def test_demo_runs_the_network_and_stops_cleanly(kafka, tmp_path):
     demo = Proc(["demo", "--kafka", kafka, "--cps", "3", "--drivers", "2", "--requests", "2",
                  "--charge-seconds", "2", "--run-dir", str(run_dir), "--display", "plain",
                  "--central-port", str(free_port()), "--seed", "1", "--once",
-                 "--web", "none"], name="demo")
+                 "--web", "none", "--ocpp", "1"], name="demo")
     try:
         demo.wait_line("central ready", timeout=60)
-        for cp in ("CP-01", "CP-02", "CP-03"):
+        demo.wait_line("demo: OCPP gateway at ws://", timeout=30)
+        for cp in ("CP-01", "CP-02", "CP-03", "OC-01"):
             wait_for(lambda cp=cp: [ln for ln in demo.lines
                                     if ln.split()[1:2] == [cp] and ln.endswith(")")
                                     and "-> Activado" in ln], 20, f"{cp} Activado")
@@ -64,7 +65,8 @@ def test_demo_runs_the_network_and_stops_cleanly(kafka, tmp_path):
             keys.write("f\n")
         demo.wait_line("CP-01 Activado -> Averiado", timeout=10)
         kids = children_of(demo.popen.pid)
-        assert len(kids) >= 3 * 2 + 1  # engines, monitors, central (drivers may be done)
+        # engines, monitors, central, the gateway and its charger (drivers may be done)
+        assert len(kids) >= 3 * 2 + 3
     finally:
         demo.popen.send_signal(signal.SIGINT)
         try:
@@ -77,6 +79,7 @@ def test_demo_runs_the_network_and_stops_cleanly(kafka, tmp_path):
     assert "Traceback" not in demo.output
     wait_for(lambda: not [k for k in kids if alive(k)], 3, "no process left behind")
     for name in ("central.log", "engine-CP-01.log", "monitor-CP-02.log", "driver-D-02.log",
+                 "ocpp-gateway.log", "charger-OC-01.log",
                  "central.json", "charging_points.csv", "requests-D-01.txt"):
         assert (run_dir / name).exists(), name
     for log in run_dir.glob("*.log"):
