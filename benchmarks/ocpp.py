@@ -42,7 +42,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 from benchmarks.procinfo import cpu_seconds, rss_mb
-from benchmarks.scale import machine_ms, secret, show, summary
+from benchmarks.scale import machine_ms, secret, show, started, summary
 from evc.bus import KafkaBus
 from evc.net import free_port
 from evc.protocol import auth
@@ -243,22 +243,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bench = Bench()
     stop = threading.Event()
     try:
-        deadline = time.monotonic() + 120
-        while "central ready" not in (tmp / "central.out").read_text(errors="replace"):
-            if central.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("central did not start:\n" + (tmp / "central.out").read_text())
-            time.sleep(0.1)
+        started(central, tmp / "central.out", "central ready", "central")
         gateway = subprocess.Popen(
             EVC + ["ocpp", args.kafka, f"127.0.0.1:{central_port}", "--listen",
                    f"127.0.0.1:{gateway_port}", "--state-dir", str(tmp / "gw"),
                    "--topic-prefix", prefix, *(["--no-validate"] if args.no_validate else [])],
             stdout=open(tmp / "gateway.out", "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        while "OCPP 1.6J gateway on" not in (tmp / "gateway.out").read_text(errors="replace"):
-            if gateway.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the gateway did not start:\n"
-                                 + (tmp / "gateway.out").read_text())
-            time.sleep(0.1)
+        started(gateway, tmp / "gateway.out", "OCPP 1.6J gateway on", "the gateway")
         bus = KafkaBus(args.kafka, prefix=prefix, client_id="bench-ocpp")
         consumer = bus.consumer([CONTROL])
 

@@ -543,6 +543,16 @@ class Real:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+def started(proc: subprocess.Popen[bytes], out: Path, text: str, what: str,
+            timeout: float = 120) -> None:
+    """Until ``out`` (the process' output) shows ``text``; SystemExit if it dies first."""
+    deadline = time.monotonic() + timeout
+    while text not in out.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not start:\n" + out.read_text(errors="replace"))
+        time.sleep(0.1)
+
+
 def machine_ms() -> float:
     """How fast this machine is right now: the best of three runs of a fixed piece of
     pure-Python work (~0.7 s on the machine the README's figures come from). A shared
@@ -601,11 +611,7 @@ def step(args: argparse.Namespace, n_cps: int, n_supplies: int) -> dict[str, Any
                                "real_cps": len(real_cps), "real_drivers": len(real_drivers)}
     real = None
     try:
-        deadline = time.monotonic() + 120
-        while "central ready" not in (tmp / "central.out").read_text(errors="replace"):
-            if central.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("central did not start:\n" + (tmp / "central.out").read_text())
-            time.sleep(0.1)
+        started(central, tmp / "central.out", "central ready", "central")
         bus = KafkaBus(args.kafka, prefix=prefix, client_id="evc-bench")
         real = Real(tmp, args.kafka, prefix, port, real_cps, real_drivers, env)
         real.start_drivers()

@@ -197,16 +197,30 @@ def test_a_card_becomes_a_request_and_centrals_answer_the_id_tag_info():
         answer = await gw.on_call(charger, "StartTransaction", {
             "connectorId": 1, "idTag": "D2", "meterStart": 0, "timestamp": "t"})
         assert answer["idTagInfo"]["status"] == "Accepted"
-        # a card central refuses
+        # a second card while it charges is not even asked for
+        assert (await gw.on_call(charger, "Authorize", {"idTag": "D3"}))[
+            "idTagInfo"]["status"] == "Blocked"
+
+    asyncio.run(scenario())
+
+
+def test_a_card_central_refuses_is_invalid_and_a_bad_id_tag_never_asked():
+    async def scenario() -> None:
+        sent: list = []
+        gw = gateway(Journal(), sent)
+        charger = FakeCharger()
+        gw.connected(charger)
         asking = asyncio.ensure_future(gw.on_call(charger, "Authorize", {"idTag": "NOBODY"}))
         await settle()
         request = [msg for topic, msg in sent if topic == REQUESTS][-1]
         gw.on_record(m.Authorization(driver_id="NOBODY", cp_id="CP-07",
                                      request_id=request.msg_id, authorized=False,
-                                     code=m.DenyCode.UNKNOWN_DRIVER), delivery(1))
-        assert (await asking)["idTagInfo"]["status"] in ("Invalid", "ConcurrentTx", "Blocked")
+                                     code=m.DenyCode.UNKNOWN_DRIVER), delivery())
+        assert (await asking)["idTagInfo"]["status"] == "Invalid"
+        asked = len(sent)
         assert (await gw.on_call(charger, "Authorize", {"idTag": "bad id!"}))[
             "idTagInfo"]["status"] == "Invalid"
+        assert len(sent) == asked
 
     asyncio.run(scenario())
 
