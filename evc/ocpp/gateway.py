@@ -452,8 +452,8 @@ class Gateway:
                           final=True, reason=str(reason), kw=0.0)
         self.finals.add(tx.session_id, TELEMETRY, final, tx.cp_id)
         await self.durable()  # journaled before the charger is answered: it sends it once
-        if live.link.state is LinkState.REGISTERED or not live.link.proven:
-            self.finals.send_now(tx.session_id)
+        if self._can_sign(live.link):
+            self.finals.send_now(tx.session_id)  # else once registered (_on_link)
         self.say(f"{tx.cp_id}: transaction {tx.tx_id} of {tx.driver_id} ended "
                  f"({p.get('reason', 'Local')}): {tx.kwh:.3f} kWh")
         return answer
@@ -487,7 +487,15 @@ class Gateway:
         key = link.key
         return auth.sign(msg, key) if key is not None else msg
 
+    def _can_sign(self, link: CentralLink) -> bool:
+        """Readings can go: signed with this registration's key, or a CP served without
+        a credential (its readings unsigned)."""
+        return link.secret is None or (link.state is LinkState.REGISTERED
+                                       and link.key is not None)
+
     def _reading(self, live: Live, tx: Tx) -> None:
+        if not self._can_sign(live.link):
+            return  # central would refuse it; the next one, or the final, carries on
         try:
             self.send(TELEMETRY, self._sign_for(live.link, Telemetry(
                 cp_id=tx.cp_id, driver_id=tx.driver_id, consumo_kwh=tx.kwh,
@@ -555,8 +563,9 @@ class Gateway:
 
     def _trusted(self, link: CentralLink, msg: Message) -> bool:
         """Signed with this registration's key (or the one before); unsigned only for a
-        CP served unproven."""
-        if link.proven or link.keys:
+        CP served unproven. A CP whose credential the gateway holds wants signed orders
+        from the start, also before its registration is done (no key yet: none counts)."""
+        if link.proven or link.keys or link.secret is not None:
             key = link.keys.get(msg.kid)
             if key is None or not auth.verify(msg, key):
                 log.warning("%s: refused a %s order not signed with its key", link.cp_id,

@@ -188,6 +188,25 @@ def test_security_profile_2_tls_with_a_self_signed_certificate(net: Network,
     assert _status_url(f"ws://127.0.0.1:{net.gateway_port}/CP-01") != 101
 
 
+def test_charger_stops_while_the_gateway_is_dead_and_its_queued_stop_is_the_final(
+        net: Network, observer: Observer):
+    gateway = net.start_gateway()
+    charger = net.start_charger("CP-01")
+    net.wait_state("CP-01", "Activado")
+    drive(net, "D-1", "CP-01", seconds=60)
+    observer.wait(m.Telemetry, count=3, driver_id="D-1", final=False)
+    gateway.kill()
+    charger.send("unplug")  # queued by the charger until the gateway is back
+    charger.wait_line("stopped (EVDisconnected)")
+    net.start_gateway()
+    ticket = observer.wait(m.Ticket, driver_id="D-1", timeout=40)[0]
+    start, stop = meter_of(charger, "stopped (EVDisconnected)")
+    assert ticket.consumo_kwh == round((stop - start) / 1000, 4) > 0
+    finals = observer.of(m.Telemetry, driver_id="D-1", final=True)
+    assert len(finals) == 1 and finals[0].kid  # signed: sent once the charger registered
+    assert len(observer.of(m.Ticket, driver_id="D-1")) == 1
+
+
 # ---------------------------------------------------------------------- bad input
 
 

@@ -19,6 +19,7 @@ KEY = "11" * 32
 class FakeLink:
     def __init__(self, cp_id: str, centrals, *, secret, heartbeat, on_change, slots) -> None:
         self.cp_id = cp_id
+        self.secret = secret
         self.state = LinkState.REGISTERED
         self.keys = {auth.key_id(KEY): KEY}
         self.proven = True
@@ -176,6 +177,13 @@ def test_unsigned_or_forged_orders_are_refused_and_said():
         await settle()
         assert charger.calls == []
         assert [type(t) for t in live.link.told] == [m.EngineRefused, m.EngineRefused]
+        # before its registration is done (no key yet), an unsigned order is not obeyed
+        # either, nor a reading sent unsigned for a CP whose credential is here
+        live.link.keys, live.link.proven = {}, False
+        live.link.state = LinkState.CONNECTING
+        gw.on_record(m.StopCP(cp_id="CP-07"), delivery(2))
+        await settle()
+        assert charger.calls == []
 
     asyncio.run(scenario())
 
