@@ -18,6 +18,7 @@ import base64
 import binascii
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -40,6 +41,7 @@ SUBPROTOCOL = "ocpp1.6"
 MAX_FRAME = 256 * 1024  # OCPP messages are small; a larger one closes the connection
 CALL_TIMEOUT = 30.0
 QUEUED_CALLS = 8  # a charger waits for each answer; more than this at once is refused
+REMEMBERED = 32  # answers kept per connection for CALLs sent again
 
 
 class Connection:
@@ -51,6 +53,9 @@ class Connection:
         self.validate = validate
         self._waiting: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
         self._lock = asyncio.Lock()
+        # the answers to its last CALLs by unique id: a CALL sent again (its answer lost)
+        # gets the same answer, and is not handled twice
+        self.replies: OrderedDict[str, str] = OrderedDict()
 
     async def call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
         """The charger's answer (ConnectionError when it is gone, TimeoutError when it
@@ -173,6 +178,9 @@ class Door:
             if isinstance(text, bytes):
                 raise OcppError("ProtocolError", "OCPP-J frames are text, not binary")
             frame = ocppj.parse(text)
+            if isinstance(frame, Call) and frame.unique_id in conn.replies:
+                await conn.ws.send(conn.replies[frame.unique_id])
+                return
             if isinstance(frame, Call):
                 if self.validate:
                     ocppj.check(frame.action, frame.payload, unique_id=frame.unique_id)
@@ -199,6 +207,9 @@ class Door:
                 text = ocppj.encode_error(OcppError(
                     "FormationViolation", f"{call.action}: {type(exc).__name__} {exc}"[:200],
                     call.unique_id))
+            conn.replies[call.unique_id] = text
+            while len(conn.replies) > REMEMBERED:
+                conn.replies.popitem(last=False)
             try:
                 await conn.ws.send(text)
             except ConnectionClosed:

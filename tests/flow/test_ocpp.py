@@ -207,6 +207,23 @@ def test_charger_stops_while_the_gateway_is_dead_and_its_queued_stop_is_the_fina
     assert len(observer.of(m.Ticket, driver_id="D-1")) == 1
 
 
+def test_central_killed_and_restarted_mid_supply_the_charger_goes_on(net: Network,
+                                                                      observer: Observer):
+    net.start_gateway()
+    charger = net.start_charger("CP-01")
+    net.wait_state("CP-01", "Activado")
+    drive(net, "D-1", "CP-01", seconds=12)
+    observer.wait(m.Telemetry, count=3, driver_id="D-1", final=False)
+    net.central.kill()
+    net.start_central()
+    net.gateway.wait_line("CP-01: registered with central", count=2, timeout=20)
+    ticket = observer.wait(m.Ticket, driver_id="D-1", timeout=40)[0]
+    start, stop = meter_of(charger, "stopped (Remote)")
+    assert ticket.consumo_kwh == round((stop - start) / 1000, 4)
+    assert ticket.reason is m.EndReason.FINISHED
+    assert len(observer.of(m.Ticket, driver_id="D-1")) == 1
+
+
 # ---------------------------------------------------------------------- bad input
 
 
@@ -295,6 +312,7 @@ def test_garbage_gets_ocpp_answers_and_other_chargers_keep_charging(
                                   '"2026-12-04T10:00:00Z", "sampledValue": [{"value": '
                                   '"99999"}]}]}]')
         seen["heartbeat"] = await ask('[2, "h1", "Heartbeat", {}]')
+        seen["again"] = await ask('[2, "h1", "Heartbeat", {}]')  # the same id: same answer
         try:
             await ws.send("x" * (10 * 1024 * 1024))
             while True:
@@ -314,6 +332,7 @@ def test_garbage_gets_ocpp_answers_and_other_chargers_keep_charging(
     assert seen["enum"][:3] == [4, "s4", "PropertyConstraintViolation"]
     assert seen["no tx"] == [3, "mv", {}]
     assert seen["heartbeat"][:2] == [3, "h1"] and "currentTime" in seen["heartbeat"][2]
+    assert seen["again"] == seen["heartbeat"]
     assert seen["10 MB"] == 1009  # message too big: that connection closed
     # the other charger was never disturbed: its readings go on, and the gateway too
     count = len(observer.of(m.Telemetry, driver_id="D-3"))
