@@ -83,7 +83,7 @@ def test_oversized_outgoing_frame_is_refused():
         encode_frame({"type": "x", "blob": "a" * MAX_FRAME})
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=2048))
 def test_arbitrary_bytes_only_raise_protocol_error(data):
     dec = FrameDecoder()
@@ -105,7 +105,7 @@ def test_arbitrary_bytes_only_raise_protocol_error(data):
             pass
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(st.dictionaries(st.text(max_size=10), st.recursive(
     st.none() | st.booleans() | st.integers(-10**9, 10**9) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4)

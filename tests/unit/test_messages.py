@@ -151,7 +151,7 @@ KEYS = st.sampled_from(["type", "cp_id", "driver_id", "ts", "msg_id", "consumo_k
                         "status", "authorized", "cp_id_solicitado", "price_eur_kwh", "code"])
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(kind=st.sampled_from(sorted(m.message_types())), extra=st.dictionaries(KEYS, JSON))
 def test_any_object_is_a_message_or_a_protocol_error(kind, extra):
     obj = {"type": kind, **extra}

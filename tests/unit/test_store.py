@@ -87,7 +87,7 @@ def test_kill_at_random_moments_never_loses_a_committed_record(tmp_path):
     path = tmp_path / "central.json"
     rng = random.Random(7)
     committed = -1
-    for _ in range(30):  # kills
+    for _ in range(20):  # kills
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child never returns: it is killed (or dies trying)
