@@ -266,3 +266,70 @@ def test_a_fault_and_its_recovery_reach_central():
         assert "GroundFailure" in live.link.told[0].reason
 
     asyncio.run(scenario())
+
+
+def test_orders_become_the_chargers_calls():
+    async def scenario() -> None:
+        sent: list = []
+        gw = gateway(Journal(), sent)
+        charger = FakeCharger(answers={"GetConfiguration": {"configurationKey": [
+            {"key": "HeartbeatInterval", "readonly": False, "value": "30"}],
+            "unknownKey": ["Nope"]}})
+        live = gw.connected(charger)
+        boot = await gw.on_call(charger, "BootNotification", {
+            "chargePointVendor": "v", "chargePointModel": "m"})
+        assert boot["status"] == "Accepted" and boot["interval"] == 30
+        await settle()
+        assert [c[1]["key"] for c in charger.calls] == ["MeterValueSampleInterval",
+                                                          "MeterValuesSampledData"]
+        for i, order in enumerate((m.StopCP(cp_id="CP-07"), m.StopCP(cp_id="CP-07"),
+                                   m.ResumeCP(cp_id="CP-07"),
+                                   m.ChargerCommand(cp_id="CP-07", action="Reset", arg="Hard"),
+                                   m.ChargerCommand(cp_id="CP-07", action="GetConfiguration",
+                                                    arg=""))):
+            gw.on_record(auth.sign(order, KEY), delivery(i))
+            await settle()
+        calls = charger.calls[2:]
+        assert calls == [("ChangeAvailability", {"connectorId": 0, "type": "Inoperative"}),
+                         ("ChangeAvailability", {"connectorId": 0, "type": "Operative"}),
+                         ("Reset", {"type": "Hard"}), ("GetConfiguration", {})]
+        notes = [t.note for t in live.link.told if isinstance(t, m.ChargerNote)]
+        assert notes == ["Reset: Accepted",
+                         "configuration: HeartbeatInterval=30; unknown: Nope"]
+        # a site's share: the transaction's TxProfile, and readings name the order
+        gw.on_record(start_order(), delivery(9))
+        await settle()
+        tx_id = (await gw.on_call(charger, "StartTransaction", {
+            "connectorId": 1, "idTag": "D1", "meterStart": 0, "timestamp": "t"}))[
+            "transactionId"]
+        power = auth.sign(m.SetPower(cp_id="CP-07", session_id="s1", kw=7.4, seq=1), KEY)
+        gw.on_record(power, delivery(10))
+        await settle()
+        action, payload = charger.calls[-1]
+        profile = payload["csChargingProfiles"]
+        assert action == "SetChargingProfile" and profile["transactionId"] == tx_id
+        assert profile["chargingProfilePurpose"] == "TxProfile"
+        assert profile["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"] == 7400.0
+        assert readings(sent)[-1].power_order == power.msg_id
+        gw.on_record(auth.sign(m.SetPower(cp_id="CP-07", session_id="s1", kw=None, seq=2),
+                               KEY), delivery(11))
+        await settle()
+        assert charger.calls[-1] == ("ClearChargingProfile", {"id": tx_id})
+
+    asyncio.run(scenario())
+
+
+def test_a_remote_start_the_charger_rejects_is_refused_with_0_kwh():
+    async def scenario() -> None:
+        sent: list = []
+        gw = gateway(Journal(), sent)
+        charger = FakeCharger(answers={"RemoteStartTransaction": {"status": "Rejected"}})
+        live = gw.connected(charger)
+        gw.on_record(start_order(), delivery())
+        await settle()
+        final = readings(sent)[-1]
+        assert (final.final, final.consumo_kwh, final.reason) == (True, 0.0, "refused")
+        refused = [t for t in live.link.told if isinstance(t, m.EngineRefused)]
+        assert "Rejected" in refused[0].refused and refused[0].session_id == "s1"
+
+    asyncio.run(scenario())
