@@ -161,9 +161,9 @@ def detail(s: CPStatus, now: float) -> str:
     text = _detail(s, now)
     if s.via != "ocpp":
         return text
-    if s.state is CPState.ACTIVADO:
-        return f"[OCPP {s.detail}]" if s.detail else "[OCPP]"
-    return f"[OCPP] {text}".strip()
+    status = charger_status(s)
+    mark = f"[OCPP {status}]" if status else "[OCPP]"
+    return mark if s.state is CPState.ACTIVADO else f"{mark} {text}".strip()
 
 
 def charger_status(s: CPStatus) -> str:

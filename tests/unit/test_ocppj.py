@@ -155,3 +155,21 @@ def test_the_consoles_ocpp_commands():
                 "ocpp bad! reset soft"):
         with pytest.raises(admin.CommandError):
             parse(bad)
+
+
+def test_an_ocpp_chargers_row_is_marked_with_its_own_status():
+    import time
+
+    from evc.netview import detail
+    from evc.protocol import messages as m
+
+    def row(state, text):
+        return detail(m.CPStatus(cp_id="OC-1", location="x", price_eur_kwh=0.3, state=state,
+                                 detail=text, via="ocpp", kw=22.0, last_seen=time.time() - 5),
+                      time.time())
+
+    assert row(m.CPState.SUMINISTRANDO, "Charging") == "[OCPP Charging] in use, 22.0 kW"
+    assert row(m.CPState.ACTIVADO, "Available") == "[OCPP Available]"
+    assert row(m.CPState.AVERIADO, "charger Faulted (GroundFailure)") == \
+        "[OCPP] charger Faulted (GroundFailure)"
+    assert row(m.CPState.DESCONECTADO, "") == "[OCPP] last seen 5 s ago"
