@@ -378,7 +378,7 @@ class Charger:
             self.cp = None
             if not stop.is_set() and not self.stopping:
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, 3.0)  # a lab charger comes back soon
         for task in list(self.tasks):
             task.cancel()
 
