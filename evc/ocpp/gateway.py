@@ -159,6 +159,7 @@ class Gateway:
         self.obeyed: deque[str] = deque(maxlen=SEEN)  # orders' msg_ids
         self.offsets: dict[str, int] = {}  # "partition" -> next offset of control_topic
         self.finals = Unconfirmed(send, notify or self.final_done, say=say, sign=self._signed)
+        self.held: set[str] = set()  # finals that wait for their charger's registration key
         self.dirty = False
         self.meter_dirty = False  # only readings changed: written every METER_EVERY s
         self.meter_saved = 0.0
@@ -183,6 +184,7 @@ class Gateway:
                 log.error("journal entry not understood, dropped: %s", exc)
                 continue
             self.finals.add(final.session_id, TELEMETRY, final, final.cp_id)
+            self.held.add(final.session_id)  # sent once its charger is registered again
         running = [tx for tx in self.txs.values() if not tx.ended and tx.session_id]
         if running:
             self.say(f"{len(running)} transaction(s) were running when the gateway stopped: "
@@ -260,7 +262,8 @@ class Gateway:
             if live.status:
                 link.tell(self._status_word(link.cp_id, live.status, "", ""))
             for ident, pending in list(self.finals.pending.items()):
-                if pending.key == link.cp_id:
+                if pending.key == link.cp_id and ident in self.held:
+                    self.held.discard(ident)
                     self.finals.send_now(ident)
             self.resume_stops(live)
         elif link.state is LinkState.REFUSED:
@@ -453,7 +456,9 @@ class Gateway:
         self.finals.add(tx.session_id, TELEMETRY, final, tx.cp_id)
         await self.durable()  # journaled before the charger is answered: it sends it once
         if self._can_sign(live.link):
-            self.finals.send_now(tx.session_id)  # else once registered (_on_link)
+            self.finals.send_now(tx.session_id)
+        else:
+            self.held.add(tx.session_id)  # sent once registered (_on_link)
         self.say(f"{tx.cp_id}: transaction {tx.tx_id} of {tx.driver_id} ended "
                  f"({p.get('reason', 'Local')}): {tx.kwh:.3f} kWh")
         return answer

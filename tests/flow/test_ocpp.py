@@ -8,7 +8,6 @@ import asyncio
 import base64
 import json
 import re
-import signal
 
 import pytest
 from websockets.asyncio.client import connect
@@ -91,17 +90,8 @@ def test_fault_during_a_supply_ends_it_and_the_cp_is_averiado(net: Network,
     net.wait_state("CP-01", "Activado")
 
 
-def test_websocket_dropped_means_desconectado(net: Network):
-    net.start_gateway()
-    charger = net.start_charger("CP-01")
-    net.wait_state("CP-01", "Activado")
-    charger.kill()
-    net.wait_state("CP-01", "Desconectado", timeout=8)
-    net.start_charger("CP-01")  # it comes back
-    net.wait_state("CP-01", "Activado")
-
-
-def test_operator_stop_and_resume_reach_the_charger(net: Network):
+def test_operator_stop_resume_and_commands_reach_the_charger_and_a_drop_is_seen(
+        net: Network):
     net.start_gateway()
     charger = net.start_charger("CP-01")
     net.wait_state("CP-01", "Activado")
@@ -115,7 +105,11 @@ def test_operator_stop_and_resume_reach_the_charger(net: Network):
     net.central.wait_line("CP-01's charger: configuration: MeterValueSampleInterval=1")
     net.central.send("ocpp-password CP-01")
     net.central.wait_line(f"password {net.ocpp_password('CP-01')}")
-    del charger
+    # the WebSocket dropped (the charger killed): Desconectado; back, Activado
+    charger.kill()
+    net.wait_state("CP-01", "Desconectado", timeout=8)
+    net.start_charger("CP-01")
+    net.wait_state("CP-01", "Activado")
 
 
 def test_gateway_killed_mid_transaction_gives_one_ticket_with_the_meter_stop(
@@ -203,7 +197,8 @@ def test_charger_stops_while_the_gateway_is_dead_and_its_queued_stop_is_the_fina
     start, stop = meter_of(charger, "stopped (EVDisconnected)")
     assert ticket.consumo_kwh == round((stop - start) / 1000, 4) > 0
     finals = observer.of(m.Telemetry, driver_id="D-1", final=True)
-    assert len(finals) == 1 and finals[0].kid  # signed: sent once the charger registered
+    assert finals and all(f.kid for f in finals)  # signed: sent once it registered
+    assert len({f.msg_id for f in finals}) == 1  # one final (Kafka may hold it twice)
     assert len(observer.of(m.Ticket, driver_id="D-1")) == 1
 
 
@@ -265,8 +260,7 @@ def _status_url(url: str) -> int:
     return asyncio.run(attempt())
 
 
-def test_handshakes_refused_and_audited(net: Network):
-    net.start_gateway()
+def handshakes_refused_and_audited(net: Network) -> None:
     assert _status(net, "CP-01", protocols=()) == 400  # no ocpp1.6 subprotocol
     assert _status(net, "CP-01", password="wrong-password") == 401
     assert _status(net, "CP-01", password=None) == 401
@@ -278,13 +272,14 @@ def test_handshakes_refused_and_audited(net: Network):
                                              "not in central's registry"}
 
 
-def test_garbage_gets_ocpp_answers_and_other_chargers_keep_charging(
+def test_bad_handshakes_garbage_and_a_crowd_harm_no_other_charger(
         net: Network, observer: Observer):
-    net.start_gateway()
+    gateway = net.start_gateway()
     net.start_charger("CP-02")
     net.wait_state("CP-02", "Activado")
-    drive(net, "D-3", "CP-02", seconds=60)
+    drive(net, "D-3", "CP-02", seconds=15)
     observer.wait(m.Telemetry, count=2, driver_id="D-3", final=False)
+    handshakes_refused_and_audited(net)
 
     async def abuse() -> dict[str, object]:
         seen: dict[str, object] = {}
@@ -339,39 +334,22 @@ def test_garbage_gets_ocpp_answers_and_other_chargers_keep_charging(
     observer.wait(m.Telemetry, count=count + 2, driver_id="D-3", final=False)
     assert net.current_state("CP-02") == "Suministrando"
 
-
-def test_two_hundred_silent_connections_harm_nobody(net: Network, observer: Observer):
-    gateway = net.start_gateway()
-    net.start_charger("CP-02")
-    net.wait_state("CP-02", "Activado")
-
-    async def crowd() -> tuple[int, int]:
+    async def crowd() -> int:
         # 200 TCP connections that never finish the handshake, and 200 WebSockets that
         # open and never boot (each replacing the one before: one CP id, one socket)
         raw = [await asyncio.open_connection("127.0.0.1", net.gateway_port)
                for _ in range(200)]
         opened = 0
         for _ in range(200):
-            ws = await _open(net, "CP-01")
+            await _open(net, "CP-01")
             opened += 1
-            del ws
-        drive(net, "D-4", "CP-02", seconds=3)
-        ticket = await asyncio.to_thread(observer.wait, m.Ticket, driver_id="D-4",
-                                         timeout=30)
         for _, writer in raw:
             writer.close()
-        return opened, len(ticket)
+        return opened
 
-    assert asyncio.run(crowd()) == (200, 1)
-    assert observer.of(m.Ticket, driver_id="D-4")[0].consumo_kwh > 0
+    assert asyncio.run(crowd()) == 200
+    ticket = observer.wait(m.Ticket, driver_id="D-3", timeout=30)[0]
+    assert ticket.consumo_kwh > 0 and ticket.reason is m.EndReason.FINISHED
     assert gateway.popen.poll() is None
 
 
-def test_gateway_stops_cleanly(net: Network):
-    gateway = net.start_gateway()
-    net.start_charger("CP-01")
-    net.wait_state("CP-01", "Activado")
-    gateway.signal(signal.SIGINT, group=True)
-    assert gateway.popen.wait(3) == 0
-    assert "Traceback" not in gateway.output
-    net.wait_state("CP-01", "Desconectado", timeout=8)
