@@ -56,21 +56,21 @@ def test_every_component_stops_cleanly_mid_supply(kafka, prefix, tmp_path, procs
     a closed terminal's hangup do (central's TCP process is in it)."""
     net = Network(kafka, prefix, tmp_path, procs)
     net.start_central()
+    # an evc CP and an OCPP charger behind its gateway, started together
+    net.start_gateway()
+    charger = net.start_charger("CP-02", booted=False)
     net.start_cp("CP-01")
+    net.wait_state("CP-02", "Activado")
     requests = tmp_path / "r.txt"
     requests.write_text("CP-01\n")
     driver = Proc(["driver", kafka, "D-1", "--file", str(requests), "--charge-seconds", "60",
                    "--topic-prefix", prefix], name="driver")
     procs.append(driver)
-    driver.wait_line("live at CP-01")  # mid-supply: the busiest moment to stop
-    # and an OCPP charger mid-supply behind its gateway
-    net.start_gateway()
-    charger = net.start_charger("CP-02")
-    net.wait_state("CP-02", "Activado")
     ocpp_driver = Proc(["driver", kafka, "D-2", "--charge-seconds", "60", "--topic-prefix",
                         prefix], name="driver D-2")
     procs.append(ocpp_driver)
     ocpp_driver.send("CP-02")
+    driver.wait_line("live at CP-01")  # mid-supply: the busiest moment to stop
     ocpp_driver.wait_line("live at CP-02")
     for proc in (driver, ocpp_driver, charger, net.gateway, net.monitors["CP-01"],
                  net.engines["CP-01"], net.central):
