@@ -1,6 +1,7 @@
-"""The gateway's rules: what each OCPP call means to the evc network, and what each of
-central's orders asks of a charger. One thread owns it all: the gateway's event loop
-(Kafka's threads hand their records over to it; server.py gives it the chargers' calls).
+"""The gateway's rules: what each OCPP call means to the evc network (here), and what each
+of central's orders asks of a charger (orders.py); the state they share is model.py's.
+One thread owns it all: the gateway's event loop (Kafka's threads hand their records over
+to it; server.py gives it the chargers' calls).
 
 For each connected charger it plays an evc CP's monitor and engine:
 
@@ -28,34 +29,25 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Protocol
+from dataclasses import asdict
+from typing import Any
 
 from evc.errors import BusError, ProtocolError
 from evc.net import Address
-from evc.ocpp import meter
+from evc.ocpp import meter, orders
 from evc.ocpp.link import CentralLink, LinkState
+from evc.ocpp.model import Charger, Expected, Live, Tx, now_iso
 from evc.ocpp.ocppj import OcppError
 from evc.ports import Journal, Send, Unconfirmed, Verdict
 from evc.protocol import auth
 from evc.protocol.ids import is_id
 from evc.protocol.messages import (
-    Authorization,
-    ChargerCommand,
     ChargeRequest,
-    ChargerNote,
     ChargerStatus,
     EndReason,
-    EndSupply,
-    EngineRefused,
     FaultReport,
     Message,
     RecoveryReport,
-    ResumeCP,
-    SetPower,
-    StartSupply,
-    StopCP,
     Telemetry,
     parse,
 )
@@ -66,76 +58,10 @@ log = logging.getLogger(__name__)
 SEEN = 2000  # start orders and obeyed orders remembered (over all chargers)
 CARD_WAIT = 10.0  # seconds a card waits for central's answer
 BOOT_WAIT = 5.0  # seconds a BootNotification waits for the registration
-ORDERS = (StartSupply, EndSupply, StopCP, ResumeCP, SetPower, ChargerCommand)
-ID_TAG = 20  # OCPP 1.6's idTag is a CiString20
 REGISTERING = 32  # registrations with central under way at once
 GATHER = 0.02  # seconds the journal gathers changes into one write, before answers go out
 METER_EVERY = 2.0  # seconds between journal writes for readings alone (the charger's
 # own meter is the truth; the journal's last reading is a fallback)
-
-
-class Charger(Protocol):
-    """One charger's WebSocket, as the rules see it (server.py's ``Connection``)."""
-
-    cp_id: str
-
-    async def call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]: ...
-
-    async def close(self, code: int, reason: str) -> None: ...
-
-
-@dataclass
-class Tx:
-    """A transaction the charger started: its session at central and its meter."""
-
-    tx_id: int
-    cp_id: str
-    session_id: str  # "" : refused by central (the charger is told to stop it)
-    driver_id: str
-    price: float
-    meter_start: float  # Wh
-    started: str  # the charger's timestamp (with meterStart: a repeated start is the same)
-    last_wh: float = 0.0
-    kw: float | None = None  # what the charger says it draws (None: not said yet)
-    power_order: str = ""
-    ended: bool = False
-    end_reason: str = ""  # decided by central (an end order), "" until then
-
-    @property
-    def kwh(self) -> float:
-        return round(max(0.0, self.last_wh - self.meter_start) / 1000, 4)
-
-
-@dataclass
-class Expected:
-    """A start central ordered, waiting for the charger's StartTransaction."""
-
-    session_id: str
-    driver_id: str
-    price: float
-    order_id: str
-    kw: float | None
-    card: bool = False  # asked with a card at the charger (no remote start sent)
-    at: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class Live:
-    """A connected charger."""
-
-    conn: Charger
-    link: CentralLink
-    status: str = ""  # its connector's last status
-    faulted: bool = False
-    availability: str = ""  # the last ChangeAvailability it accepted
-    booted: bool = False
-    expected: Expected | None = None
-    cards: dict[str, asyncio.Future[str]] = field(default_factory=dict)  # idTag -> status
-    asked: dict[str, str] = field(default_factory=dict)  # request id -> idTag
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class Gateway:
@@ -230,8 +156,8 @@ class Gateway:
         charger that reconnects does not boot again)."""
         old = self.live.pop(conn.cp_id, None)
         if old is not None:  # the same charger again: the old socket is replaced
-            self._spawn(old.conn.close(1000, "replaced by a new connection"))
-            self._spawn(old.link.close())
+            self.spawn(old.conn.close(1000, "replaced by a new connection"))
+            self.spawn(old.link.close())
         if self.slots is None:
             self.slots = asyncio.Semaphore(REGISTERING)
         link = self.make_link(conn.cp_id, self.centrals, secret=self.secret_for(conn.cp_id),
@@ -265,7 +191,7 @@ class Gateway:
                 if pending.key == link.cp_id and ident in self.held:
                     self.held.discard(ident)
                     self.finals.send_now(ident)
-            self.resume_stops(live)
+            orders.resume_stops(self, live)
         elif link.state is LinkState.REFUSED:
             self.say(f"{link.cp_id}: central refused it: {link.why}")
 
@@ -273,7 +199,7 @@ class Gateway:
         return ChargerStatus(cp_id=cp_id, status=status[:40], error_code=code[:40],
                              info=info[:150])
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self._done)
@@ -300,7 +226,7 @@ class Gateway:
         link = live.link
         if await link.registered(BOOT_WAIT):
             live.booted = True
-            self._spawn(self._configure(live))
+            self.spawn(self._configure(live))
             return {"status": "Accepted", "currentTime": now_iso(),
                     "interval": self.boot_interval}
         if link.state is LinkState.REFUSED:
@@ -347,7 +273,7 @@ class Gateway:
                 and not any(t.session_id == expected.session_id for t in self.txs.values())):
             # the remote start it accepted timed out at the charger (no vehicle came)
             live.expected = None
-            self._final_without_tx(cp_id, expected, EndReason.UNPLUGGED)
+            self.final_without_tx(cp_id, expected, EndReason.UNPLUGGED)
         return {}
 
     async def _authorize(self, live: Live, p: dict[str, Any]) -> dict[str, Any]:
@@ -372,7 +298,7 @@ class Gateway:
             request = ChargeRequest(driver_id=id_tag, cp_id=live.conn.cp_id, card=True)
             live.asked[request.msg_id] = id_tag
             try:
-                self.send(REQUESTS, self._sign_for(live.link, request), id_tag)
+                self.send(REQUESTS, self.sign_for(live.link, request), id_tag)
             except BusError as exc:
                 log.warning("%s: card %s not asked: %s", live.conn.cp_id, id_tag, exc)
                 live.cards.pop(id_tag, None)
@@ -409,9 +335,9 @@ class Gateway:
         self.txs[tx.tx_id] = tx
         await self.durable()  # journaled before the charger learns its transactionId
         if expected is not None:
-            self._reading(live, tx)
+            self.reading(live, tx)
             if expected.kw is not None:
-                self._spawn(self._profile(live, tx, expected.kw, expected.order_id))
+                self.spawn(orders.profile(self, live, tx, expected.kw, expected.order_id))
         return {"transactionId": tx.tx_id,
                 "idTagInfo": {"status": "Accepted" if expected else "Invalid"}}
 
@@ -424,7 +350,7 @@ class Gateway:
             return {}
         self._read(tx, p["meterValue"])
         if not tx.ended:
-            self._reading(live, tx)
+            self.reading(live, tx)
         return {}
 
     def _read(self, tx: Tx, values: list[dict[str, Any]]) -> None:
@@ -486,9 +412,9 @@ class Gateway:
     # ------------------------------------------------------------------ readings
     def _signed(self, msg: Message) -> Message:
         live = self.live.get(getattr(msg, "cp_id", ""))
-        return self._sign_for(live.link, msg) if live is not None else msg
+        return self.sign_for(live.link, msg) if live is not None else msg
 
-    def _sign_for(self, link: CentralLink, msg: Message) -> Message:
+    def sign_for(self, link: CentralLink, msg: Message) -> Message:
         key = link.key
         return auth.sign(msg, key) if key is not None else msg
 
@@ -498,11 +424,11 @@ class Gateway:
         return link.secret is None or (link.state is LinkState.REGISTERED
                                        and link.key is not None)
 
-    def _reading(self, live: Live, tx: Tx) -> None:
+    def reading(self, live: Live, tx: Tx) -> None:
         if not self._can_sign(live.link):
             return  # central would refuse it; the next one, or the final, carries on
         try:
-            self.send(TELEMETRY, self._sign_for(live.link, Telemetry(
+            self.send(TELEMETRY, self.sign_for(live.link, Telemetry(
                 cp_id=tx.cp_id, driver_id=tx.driver_id, consumo_kwh=tx.kwh,
                 importe_eur=round(tx.kwh * tx.price, 2), session_id=tx.session_id,
                 kw=None if tx.kw is None else round(tx.kw, 3),
@@ -510,7 +436,7 @@ class Gateway:
         except BusError as exc:
             log.warning("live reading not sent: %s", exc)
 
-    def _final_without_tx(self, cp_id: str, expected: Expected, reason: EndReason) -> None:
+    def final_without_tx(self, cp_id: str, expected: Expected, reason: EndReason) -> None:
         """A start central ordered ends before any transaction: 0 kWh, once."""
         final = Telemetry(cp_id=cp_id, driver_id=expected.driver_id, consumo_kwh=0.0,
                           importe_eur=0.0, session_id=expected.session_id, final=True,
@@ -530,234 +456,7 @@ class Gateway:
             self.dirty = True
         self.flush()
 
-    # ------------------------------------------------------------------ central's orders
     def on_record(self, msg: Message, delivery: Delivery) -> None:
-        """A record of control_topic (orders for CPs, answers for drivers)."""
-        self.offsets[str(delivery.partition)] = delivery.offset + 1
-        self.dirty = True
-        if isinstance(msg, Authorization):
-            self._on_authorization(msg)
-            return
-        if not isinstance(msg, ORDERS):
-            return
-        live = self.live.get(msg.cp_id)
-        if live is None:
-            if isinstance(msg, EndSupply):
-                self._end_offline(msg)
-            return
-        if not self._trusted(live.link, msg):
-            return
-        if msg.msg_id in self.obeyed:
-            return
-        self.obeyed.append(msg.msg_id)
-        match msg:
-            case StartSupply():
-                self._on_start(live, msg)
-            case EndSupply():
-                self._on_end(live, msg.session_id, msg.reason)
-            case StopCP():
-                self._spawn(self._availability(live, "Inoperative"))
-            case ResumeCP():
-                self._spawn(self._availability(live, "Operative"))
-            case SetPower():
-                tx = self._tx_of(msg.session_id)
-                if tx is not None and not tx.ended:
-                    self._spawn(self._profile(live, tx, msg.kw, msg.msg_id))
-            case ChargerCommand():
-                self._spawn(self._command(live, msg))
-
-    def _trusted(self, link: CentralLink, msg: Message) -> bool:
-        """Signed with this registration's key (or the one before); unsigned only for a
-        CP served unproven. A CP whose credential the gateway holds wants signed orders
-        from the start, also before its registration is done (no key yet: none counts)."""
-        if link.proven or link.keys or link.secret is not None:
-            key = link.keys.get(msg.kid)
-            if key is None or not auth.verify(msg, key):
-                log.warning("%s: refused a %s order not signed with its key", link.cp_id,
-                            msg.TYPE)
-                link.tell(EngineRefused(cp_id=link.cp_id, refused=(
-                    f"a {msg.TYPE} order not signed with its key")))
-                return False
-        return True
-
-    def _tx_of(self, session_id: str) -> Tx | None:
-        return next((t for t in self.txs.values() if t.session_id == session_id), None)
-
-    def _on_authorization(self, msg: Authorization) -> None:
-        live = self.live.get(msg.cp_id)
-        if live is None or msg.request_id not in live.asked:
-            return
-        id_tag = live.asked.pop(msg.request_id)
-        if not msg.authorized:
-            future = live.cards.pop(id_tag, None)
-            if future is not None and not future.done():
-                future.set_result("Blocked" if msg.code is not None
-                                  and str(msg.code) == "driver_busy" else "Invalid")
-            self.say(f"{live.conn.cp_id}: card {id_tag} refused by central: {msg.reason}")
-
-    def _on_start(self, live: Live, msg: StartSupply) -> None:
-        if msg.session_id in self.seen:
-            return
-        self.seen.append(msg.session_id)
-        self.dirty = True
-        card = live.cards.pop(msg.driver_id, None)
-        expected = Expected(msg.session_id, msg.driver_id, msg.price_eur_kwh, msg.msg_id,
-                            msg.kw, card=card is not None)
-        if card is not None:  # the card's own request: the charger is starting already
-            live.expected = expected
-            if not card.done():
-                card.set_result("Accepted")
-            self._first_reading(live, expected)
-            return
-        self._spawn(self._remote_start(live, expected))
-
-    def _first_reading(self, live: Live, e: Expected) -> None:
-        """The start is under way at the charger: central's start deadline is met."""
-        try:
-            self.send(TELEMETRY, self._sign_for(live.link, Telemetry(
-                cp_id=live.conn.cp_id, driver_id=e.driver_id, consumo_kwh=0.0,
-                importe_eur=0.0, session_id=e.session_id, power_order=e.order_id)),
-                live.conn.cp_id)
-        except BusError as exc:
-            log.warning("first reading not sent: %s", exc)
-
-    async def _remote_start(self, live: Live, e: Expected) -> None:
-        cp_id = live.conn.cp_id
-        why = ""
-        if len(e.driver_id) > ID_TAG:
-            why = f"driver id {e.driver_id} is longer than OCPP's {ID_TAG}-character idTag"
-        elif live.expected is not None or any(
-                t.cp_id == cp_id and not t.ended and t.session_id for t in self.txs.values()):
-            why = "busy with another transaction"
-        else:
-            live.expected = e
-            try:
-                answer = await live.conn.call("RemoteStartTransaction",
-                                              {"connectorId": 1, "idTag": e.driver_id})
-                if answer.get("status") != "Accepted":
-                    why = f"the charger answered RemoteStartTransaction {answer.get('status')}"
-            except (OcppError, TimeoutError, ConnectionError) as exc:
-                why = f"RemoteStartTransaction failed: {exc}"
-            if why and live.expected is e:
-                live.expected = None
-        if why:
-            self.say(f"{cp_id}: start for {e.driver_id} refused: {why}")
-            live.link.tell(EngineRefused(cp_id=cp_id, refused=why[:190],
-                                         session_id=e.session_id))
-            self._final_without_tx(cp_id, e, EndReason.REFUSED)
-            return
-        if live.expected is e:
-            self._first_reading(live, e)
-
-    def _on_end(self, live: Live, session_id: str, reason: EndReason) -> None:
-        tx = self._tx_of(session_id)
-        if tx is not None:
-            if tx.ended:
-                return
-            tx.end_reason = str(reason)
-            self.dirty = True
-            self._spawn(self._remote_stop(live, tx))
-            return
-        expected = live.expected
-        if expected is not None and expected.session_id == session_id:
-            live.expected = None  # no transaction yet: nothing was supplied
-            self._final_without_tx(live.conn.cp_id, expected, reason)
-
-    def _end_offline(self, msg: EndSupply) -> None:
-        """An end for a charger that is away: its transaction is stopped when it returns
-        (its StopTransaction then carries the meter)."""
-        tx = self._tx_of(msg.session_id)
-        if tx is not None and not tx.ended and not tx.end_reason:
-            tx.end_reason = str(msg.reason)
-            self.dirty = True
-
-    async def _remote_stop(self, live: Live, tx: Tx) -> None:
-        try:
-            answer = await live.conn.call("RemoteStopTransaction", {"transactionId": tx.tx_id})
-        except (OcppError, TimeoutError, ConnectionError) as exc:
-            log.warning("%s: RemoteStopTransaction failed: %s", tx.cp_id, exc)
-            return
-        if answer.get("status") != "Accepted":
-            self.say(f"{tx.cp_id}: the charger rejected RemoteStopTransaction "
-                     f"{tx.tx_id}")
-
-    def resume_stops(self, live: Live) -> None:
-        """A charger back: transactions central ended meanwhile are stopped now."""
-        for tx in list(self.txs.values()):
-            if tx.cp_id == live.conn.cp_id and not tx.ended and tx.end_reason:
-                self._spawn(self._remote_stop(live, tx))
-
-    async def _availability(self, live: Live, kind: str) -> None:
-        if live.availability == kind:
-            return
-        try:
-            answer = await live.conn.call("ChangeAvailability",
-                                          {"connectorId": 0, "type": kind})
-        except (OcppError, TimeoutError, ConnectionError) as exc:
-            log.warning("%s: ChangeAvailability %s failed: %s", live.conn.cp_id, kind, exc)
-            return
-        if answer.get("status") in ("Accepted", "Scheduled"):
-            live.availability = kind
-        else:
-            live.link.tell(ChargerNote(cp_id=live.conn.cp_id,
-                                       note=f"ChangeAvailability {kind}: {answer.get('status')}"))
-
-    async def _profile(self, live: Live, tx: Tx, kw: float | None, order_id: str) -> None:
-        """Central's share of the site's limit, as the transaction's TxProfile (none: the
-        profile cleared); readings name the order once the charger accepted it."""
-        try:
-            if kw is None:
-                answer = await live.conn.call("ClearChargingProfile", {"id": tx.tx_id})
-                ok = answer.get("status") in ("Accepted", "Unknown")
-            else:
-                answer = await live.conn.call("SetChargingProfile", {
-                    "connectorId": 1, "csChargingProfiles": {
-                        "chargingProfileId": tx.tx_id, "transactionId": tx.tx_id,
-                        "stackLevel": 0, "chargingProfilePurpose": "TxProfile",
-                        "chargingProfileKind": "Relative", "chargingSchedule": {
-                            "chargingRateUnit": "W", "chargingSchedulePeriod": [
-                                {"startPeriod": 0, "limit": round(max(0.0, kw) * 1000, 1)}]}}})
-                ok = answer.get("status") == "Accepted"
-        except (OcppError, TimeoutError, ConnectionError) as exc:
-            log.warning("%s: charging profile not set: %s", tx.cp_id, exc)
-            return
-        if not ok:
-            live.link.tell(EngineRefused(cp_id=tx.cp_id, refused=(
-                f"a power limit of {kw} kW (the charger answered {answer.get('status')})")))
-            return
-        tx.power_order = order_id
-        if kw is not None:
-            tx.kw = min(tx.kw, kw) if tx.kw is not None else None
-        self._reading(live, tx)
-
-    async def _command(self, live: Live, msg: ChargerCommand) -> None:
-        action, arg = msg.action, msg.arg
-        payload: dict[str, Any]
-        if action == "Reset":
-            payload = {"type": arg or "Soft"}
-        elif action == "TriggerMessage":
-            payload = {"requestedMessage": arg, "connectorId": 1} \
-                if arg in ("MeterValues", "StatusNotification") else {"requestedMessage": arg}
-        elif action == "GetConfiguration":
-            payload = {"key": [arg]} if arg else {}
-        elif action == "ChangeConfiguration":
-            key, _, value = arg.partition("=")
-            payload = {"key": key, "value": value}
-        else:
-            live.link.tell(ChargerNote(cp_id=live.conn.cp_id, note=f"unknown command {action}"))
-            return
-        try:
-            answer = await live.conn.call(action, payload)
-            text = _answer_words(action, answer)
-        except (OcppError, TimeoutError, ConnectionError) as exc:
-            text = f"{action} failed: {exc or type(exc).__name__}"
-        live.link.tell(ChargerNote(cp_id=live.conn.cp_id, note=text[:190]))
-
-
-def _answer_words(action: str, answer: dict[str, Any]) -> str:
-    if action == "GetConfiguration":
-        pairs = [f"{k.get('key')}={k.get('value', '')}" for k in answer.get("configurationKey", [])]
-        unknown = answer.get("unknownKey", [])
-        return ("configuration: " + ", ".join(pairs)
-                + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
-    return f"{action}: {answer.get('status', 'done')}"
+        """A record of control_topic: orders for its chargers, answers to their cards
+        (orders.py says what each one asks of a charger)."""
+        orders.on_record(self, msg, delivery)

@@ -40,7 +40,7 @@ from websockets.typing import Subprotocol
 from evc.console import KeyReader, pump_keys, say
 from evc.lifecycle import install_stop_signals
 from evc.logs import setup_logging
-from evc.ocpp.gateway import now_iso
+from evc.ocpp.model import now_iso
 from evc.protocol.codes import DEFAULT_SPEED
 
 log = logging.getLogger("evc.ocpp.charger")

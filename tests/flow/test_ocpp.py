@@ -33,6 +33,16 @@ def drive(net: Network, driver: str, cp_id: str, seconds: float = 3.0):
     return net.start_driver(driver, [cp_id], "--charge-seconds", str(seconds))
 
 
+def supplying(net: Network, observer: Observer, seconds: float = 60):
+    """The gateway and charger CP-01, supplying D-1 (three live readings seen)."""
+    gateway = net.start_gateway()
+    charger = net.start_charger("CP-01")
+    net.wait_state("CP-01", "Activado")
+    drive(net, "D-1", "CP-01", seconds=seconds)
+    observer.wait(m.Telemetry, count=3, driver_id="D-1", final=False)
+    return gateway, charger
+
+
 def test_remote_start_supply_whose_ticket_is_the_chargers_meter(net: Network,
                                                                observer: Observer):
     net.start_gateway()
@@ -75,11 +85,7 @@ def test_card_at_the_charger_registered_and_unknown(net: Network, observer: Obse
 
 def test_fault_during_a_supply_ends_it_and_the_cp_is_averiado(net: Network,
                                                               observer: Observer):
-    net.start_gateway()
-    charger = net.start_charger("CP-01")
-    net.wait_state("CP-01", "Activado")
-    drive(net, "D-1", "CP-01", seconds=60)
-    observer.wait(m.Telemetry, count=3, driver_id="D-1", final=False)
+    _, charger = supplying(net, observer)
     charger.send("fault")
     net.wait_state("CP-01", "Averiado")
     ticket = observer.wait(m.Ticket, driver_id="D-1", timeout=25)[0]
@@ -114,11 +120,7 @@ def test_operator_stop_resume_and_commands_reach_the_charger_and_a_drop_is_seen(
 
 def test_gateway_killed_mid_transaction_gives_one_ticket_with_the_meter_stop(
         net: Network, observer: Observer):
-    gateway = net.start_gateway()
-    charger = net.start_charger("CP-01")
-    net.wait_state("CP-01", "Activado")
-    drive(net, "D-1", "CP-01", seconds=60)
-    observer.wait(m.Telemetry, count=3, driver_id="D-1", final=False)
+    gateway, charger = supplying(net, observer)
     gateway.kill()
     net.wait_state("CP-01", "Desconectado", timeout=10)
     net.start_gateway()
@@ -184,11 +186,7 @@ def test_security_profile_2_tls_with_a_self_signed_certificate(net: Network,
 
 def test_charger_stops_while_the_gateway_is_dead_and_its_queued_stop_is_the_final(
         net: Network, observer: Observer):
-    gateway = net.start_gateway()
-    charger = net.start_charger("CP-01")
-    net.wait_state("CP-01", "Activado")
-    drive(net, "D-1", "CP-01", seconds=60)
-    observer.wait(m.Telemetry, count=3, driver_id="D-1", final=False)
+    gateway, charger = supplying(net, observer)
     gateway.kill()
     charger.send("unplug")  # queued by the charger until the gateway is back
     charger.wait_line("stopped (EVDisconnected)")
@@ -204,11 +202,7 @@ def test_charger_stops_while_the_gateway_is_dead_and_its_queued_stop_is_the_fina
 
 def test_central_killed_and_restarted_mid_supply_the_charger_goes_on(net: Network,
                                                                       observer: Observer):
-    net.start_gateway()
-    charger = net.start_charger("CP-01")
-    net.wait_state("CP-01", "Activado")
-    drive(net, "D-1", "CP-01", seconds=12)
-    observer.wait(m.Telemetry, count=3, driver_id="D-1", final=False)
+    _, charger = supplying(net, observer, seconds=12)
     net.central.kill()
     net.start_central()
     net.gateway.wait_line("CP-01: registered with central", count=2, timeout=20)

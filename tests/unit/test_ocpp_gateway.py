@@ -80,6 +80,22 @@ def gateway(journal: Journal, sent: list) -> Gateway:
     return gw
 
 
+def connected(answers: dict[str, dict] | None = None, journal: Journal | None = None):
+    """A gateway (on the running loop) with charger CP-07 connected and registered:
+    (gateway, charger, its Live, what went to Kafka)."""
+    sent: list = []
+    gw = gateway(journal or Journal(), sent)
+    charger = FakeCharger(answers=answers)
+    return gw, charger, gw.connected(charger), sent
+
+
+async def card(gw: Gateway, charger: FakeCharger, sent: list, id_tag: str):
+    """A card presented: (the Authorize's answer still to come, the request it made)."""
+    asking = asyncio.ensure_future(gw.on_call(charger, "Authorize", {"idTag": id_tag}))
+    await settle()
+    return asking, [msg for topic, msg in sent if topic == REQUESTS][-1]
+
+
 def delivery(offset: int = 0) -> m.Delivery:
     return m.Delivery("control_topic", 0, offset)
 
@@ -100,10 +116,8 @@ def readings(sent) -> list[m.Telemetry]:
 
 def test_a_remote_supply_from_order_to_final():
     async def scenario() -> None:
-        journal, sent = Journal(), []
-        gw = gateway(journal, sent)
-        charger = FakeCharger()
-        gw.connected(charger)
+        journal = Journal()
+        gw, charger, _, sent = connected(journal=journal)
         gw.on_record(start_order(), delivery())
         await settle()
         assert charger.calls[0] == ("RemoteStartTransaction", {"connectorId": 1, "idTag": "D1"})
@@ -138,10 +152,8 @@ def test_a_remote_supply_from_order_to_final():
 
 def test_a_restarted_gateway_finishes_the_journaled_transaction():
     async def scenario() -> None:
-        journal, sent = Journal(), []
-        gw = gateway(journal, sent)
-        charger = FakeCharger()
-        gw.connected(charger)
+        journal = Journal()
+        gw, charger, _, sent = connected(journal=journal)
         gw.on_record(start_order(), delivery())
         await settle()
         tx_id = (await gw.on_call(charger, "StartTransaction", {
@@ -168,9 +180,7 @@ def test_a_restarted_gateway_finishes_the_journaled_transaction():
 
 def test_unsigned_or_forged_orders_are_refused_and_said():
     async def scenario() -> None:
-        gw = gateway(Journal(), [])
-        charger = FakeCharger()
-        live = gw.connected(charger)
+        gw, charger, live, _ = connected()
         gw.on_record(m.StartSupply(cp_id="CP-07", driver_id="D1", session_id="s1",
                                    price_eur_kwh=0.5), delivery())
         gw.on_record(auth.sign(m.StopCP(cp_id="CP-07"), "22" * 32), delivery(1))
@@ -190,13 +200,8 @@ def test_unsigned_or_forged_orders_are_refused_and_said():
 
 def test_a_card_becomes_a_request_and_centrals_answer_the_id_tag_info():
     async def scenario() -> None:
-        sent: list = []
-        gw = gateway(Journal(), sent)
-        charger = FakeCharger()
-        gw.connected(charger)
-        asking = asyncio.ensure_future(gw.on_call(charger, "Authorize", {"idTag": "D2"}))
-        await settle()
-        request = [msg for topic, msg in sent if topic == REQUESTS][-1]
+        gw, charger, _, sent = connected()
+        asking, request = await card(gw, charger, sent, "D2")
         assert request.card and request.driver_id == "D2" and auth.verify(request, KEY)
         gw.on_record(auth.sign(m.StartSupply(cp_id="CP-07", driver_id="D2", session_id="s2",
                                              price_eur_kwh=0.5), KEY), delivery())
@@ -214,13 +219,8 @@ def test_a_card_becomes_a_request_and_centrals_answer_the_id_tag_info():
 
 def test_a_card_central_refuses_is_invalid_and_a_bad_id_tag_never_asked():
     async def scenario() -> None:
-        sent: list = []
-        gw = gateway(Journal(), sent)
-        charger = FakeCharger()
-        gw.connected(charger)
-        asking = asyncio.ensure_future(gw.on_call(charger, "Authorize", {"idTag": "NOBODY"}))
-        await settle()
-        request = [msg for topic, msg in sent if topic == REQUESTS][-1]
+        gw, charger, _, sent = connected()
+        asking, request = await card(gw, charger, sent, "NOBODY")
         gw.on_record(m.Authorization(driver_id="NOBODY", cp_id="CP-07",
                                      request_id=request.msg_id, authorized=False,
                                      code=m.DenyCode.UNKNOWN_DRIVER), delivery())
@@ -235,10 +235,7 @@ def test_a_card_central_refuses_is_invalid_and_a_bad_id_tag_never_asked():
 
 def test_meter_values_for_a_transaction_never_started_are_answered_and_ignored():
     async def scenario() -> None:
-        sent: list = []
-        gw = gateway(Journal(), sent)
-        charger = FakeCharger()
-        gw.connected(charger)
+        gw, charger, _, sent = connected()
         assert await gw.on_call(charger, "MeterValues", {
             "connectorId": 1, "transactionId": 99, "meterValue": []}) == {}
         assert await gw.on_call(charger, "StopTransaction", {
@@ -254,9 +251,7 @@ def test_meter_values_for_a_transaction_never_started_are_answered_and_ignored()
 
 def test_a_fault_and_its_recovery_reach_central():
     async def scenario() -> None:
-        gw = gateway(Journal(), [])
-        charger = FakeCharger()
-        live = gw.connected(charger)
+        gw, charger, live, _ = connected()
         for status in ("Faulted", "Available"):
             await gw.on_call(charger, "StatusNotification", {
                 "connectorId": 1, "errorCode": "GroundFailure" if status == "Faulted"
@@ -270,12 +265,9 @@ def test_a_fault_and_its_recovery_reach_central():
 
 def test_orders_become_the_chargers_calls():
     async def scenario() -> None:
-        sent: list = []
-        gw = gateway(Journal(), sent)
-        charger = FakeCharger(answers={"GetConfiguration": {"configurationKey": [
-            {"key": "HeartbeatInterval", "readonly": False, "value": "30"}],
-            "unknownKey": ["Nope"]}})
-        live = gw.connected(charger)
+        gw, charger, live, sent = connected(answers={"GetConfiguration": {
+            "configurationKey": [{"key": "HeartbeatInterval", "readonly": False,
+                                  "value": "30"}], "unknownKey": ["Nope"]}})
         boot = await gw.on_call(charger, "BootNotification", {
             "chargePointVendor": "v", "chargePointModel": "m"})
         assert boot["status"] == "Accepted" and boot["interval"] == 30
@@ -321,10 +313,8 @@ def test_orders_become_the_chargers_calls():
 
 def test_a_remote_start_the_charger_rejects_is_refused_with_0_kwh():
     async def scenario() -> None:
-        sent: list = []
-        gw = gateway(Journal(), sent)
-        charger = FakeCharger(answers={"RemoteStartTransaction": {"status": "Rejected"}})
-        live = gw.connected(charger)
+        gw, charger, live, sent = connected(
+            answers={"RemoteStartTransaction": {"status": "Rejected"}})
         gw.on_record(start_order(), delivery())
         await settle()
         final = readings(sent)[-1]
