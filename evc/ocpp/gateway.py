@@ -36,7 +36,7 @@ from evc.errors import BusError, ProtocolError
 from evc.net import Address
 from evc.ocpp import meter, orders
 from evc.ocpp.link import CentralLink, LinkState
-from evc.ocpp.model import Charger, Expected, Live, Tx, now_iso
+from evc.ocpp.model import CALL_FAILED, Charger, Expected, Live, Tx, now_iso
 from evc.ocpp.ocppj import OcppError
 from evc.ports import Journal, Send, Unconfirmed, Verdict
 from evc.protocol import auth
@@ -239,7 +239,7 @@ class Gateway:
                            ("MeterValuesSampledData", f"{meter.ENERGY},{meter.POWER}")):
             try:
                 answer = await live.conn.call("ChangeConfiguration", {"key": key, "value": value})
-            except (OcppError, TimeoutError, ConnectionError) as exc:
+            except CALL_FAILED as exc:
                 log.info("%s: ChangeConfiguration %s not done: %s", live.conn.cp_id, key, exc)
                 continue
             if answer.get("status") not in ("Accepted", "RebootRequired"):

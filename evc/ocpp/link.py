@@ -71,7 +71,7 @@ class CentralLink:
         self.keys: dict[str, str] = {}  # kid -> this CP's Kafka key (newest last, 2 kept)
         self.proven = False
         self.healthy = True  # what the next Register says
-        self.price = 0.0
+        self._backoff = 0.5  # before the next round of centrals; reset by a registration
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self._nonce = ""
@@ -121,7 +121,7 @@ class CentralLink:
 
     # ------------------------------------------------------------------ the loop
     async def _run(self) -> None:
-        backoff, tried = 0.5, 0
+        tried = 0
         while self.state is not LinkState.CLOSED:
             try:
                 await self._session()
@@ -135,10 +135,8 @@ class CentralLink:
             self.central = self.centrals[tried % len(self.centrals)]
             if tried % len(self.centrals):
                 continue  # the next central at once; the backoff after a whole round
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
-            if self.state is LinkState.REGISTERED:
-                backoff = 0.5
+            await asyncio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, 5.0)
 
     async def _session(self) -> None:
         if self.slots is not None:
@@ -163,7 +161,8 @@ class CentralLink:
                              health=Health.OK if self.healthy else Health.KO,
                              max_kw=self.max_kw, via="ocpp"))
         decoder = FrameDecoder()
-        next_beat = time.monotonic() + self.heartbeat
+        last_rx = time.monotonic()  # this connection's: a new one starts afresh
+        next_beat = last_rx + self.heartbeat
         while True:
             wait = max(0.05, next_beat - time.monotonic())
             try:
@@ -175,11 +174,11 @@ class CentralLink:
                 if not data:
                     decoder.close()
                     raise ConnectionError("central closed the connection")
-                self._last_rx = now
+                last_rx = now
                 for obj in decoder.feed(data):
                     if self._on_frame(from_wire(obj)):
                         return
-            if now - getattr(self, "_last_rx", now) > self.timeout:
+            if now - last_rx > self.timeout:
                 raise TimeoutError(f"central silent for {self.timeout:g} s")
             if now >= next_beat:
                 if self.state is LinkState.REGISTERED:
@@ -231,8 +230,8 @@ class CentralLink:
                 return True
             self.keys = {**dict(list(self.keys.items())[-1:]), msg.key_id: key}
             self.proven = True
-        self.price = msg.price_eur_kwh
         self.state = LinkState.REGISTERED
+        self._backoff = 0.5
         self._free_slot()
         self.why = ""
         self._registered.set()

@@ -10,6 +10,11 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from evc.ocpp.link import CentralLink
+from evc.ocpp.ocppj import OcppError
+
+CALL_FAILED = (OcppError, TimeoutError, ConnectionError)
+"""What a CALL to a charger may end in instead of its answer: a CALLERROR (or an answer
+against its schema), no answer in time, the charger gone."""
 
 
 class Charger(Protocol):

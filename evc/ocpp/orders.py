@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from evc.errors import BusError
 from evc.ocpp.link import CentralLink
-from evc.ocpp.model import Expected, Live, Tx
-from evc.ocpp.ocppj import OcppError
+from evc.ocpp.model import CALL_FAILED, Expected, Live, Tx
 from evc.protocol import auth
 from evc.protocol.messages import (
     Authorization,
@@ -142,7 +141,7 @@ async def _remote_start(gw: Gateway, live: Live, e: Expected) -> None:
                                           {"connectorId": 1, "idTag": e.driver_id})
             if answer.get("status") != "Accepted":
                 why = f"the charger answered RemoteStartTransaction {answer.get('status')}"
-        except (OcppError, TimeoutError, ConnectionError) as exc:
+        except CALL_FAILED as exc:
             why = f"RemoteStartTransaction failed: {exc}"
         if why and live.expected is e:
             live.expected = None
@@ -180,7 +179,7 @@ def _end_offline(gw: Gateway, msg: EndSupply) -> None:
 async def _remote_stop(gw: Gateway, live: Live, tx: Tx) -> None:
     try:
         answer = await live.conn.call("RemoteStopTransaction", {"transactionId": tx.tx_id})
-    except (OcppError, TimeoutError, ConnectionError) as exc:
+    except CALL_FAILED as exc:
         log.warning("%s: RemoteStopTransaction failed: %s", tx.cp_id, exc)
         return
     if answer.get("status") != "Accepted":
@@ -199,7 +198,7 @@ async def _availability(gw: Gateway, live: Live, kind: str) -> None:
     try:
         answer = await live.conn.call("ChangeAvailability",
                                       {"connectorId": 0, "type": kind})
-    except (OcppError, TimeoutError, ConnectionError) as exc:
+    except CALL_FAILED as exc:
         log.warning("%s: ChangeAvailability %s failed: %s", live.conn.cp_id, kind, exc)
         return
     if answer.get("status") in ("Accepted", "Scheduled"):
@@ -224,7 +223,7 @@ async def profile(gw: Gateway, live: Live, tx: Tx, kw: float | None, order_id: s
                         "chargingRateUnit": "W", "chargingSchedulePeriod": [
                             {"startPeriod": 0, "limit": round(max(0.0, kw) * 1000, 1)}]}}})
             ok = answer.get("status") == "Accepted"
-    except (OcppError, TimeoutError, ConnectionError) as exc:
+    except CALL_FAILED as exc:
         log.warning("%s: charging profile not set: %s", tx.cp_id, exc)
         return
     if not ok:
@@ -255,7 +254,7 @@ async def _command(gw: Gateway, live: Live, msg: ChargerCommand) -> None:
     try:
         answer = await live.conn.call(action, payload)
         text = _answer_words(action, answer)
-    except (OcppError, TimeoutError, ConnectionError) as exc:
+    except CALL_FAILED as exc:
         text = f"{action} failed: {exc or type(exc).__name__}"
     live.link.tell(ChargerNote(cp_id=live.conn.cp_id, note=text[:190]))
 

@@ -158,7 +158,7 @@ class Door:
     async def serve(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         conn = Connection(ws, charger_id(ws.request.path), validate=self.validate)
-        live = self.gateway.connected(conn)
+        self.gateway.connected(conn)
         calls: asyncio.Queue[Call] = asyncio.Queue(QUEUED_CALLS)
         worker = asyncio.get_running_loop().create_task(self._work(conn, calls))
         log.info("%s: charger connected from %s", conn.cp_id, _peer(ws))
@@ -170,7 +170,6 @@ class Door:
         finally:
             worker.cancel()
             await self.gateway.disconnected(conn)
-            del live
 
     async def _frame(self, conn: Connection, calls: asyncio.Queue[Call],
                      text: str | bytes) -> None:

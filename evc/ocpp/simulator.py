@@ -65,8 +65,7 @@ class Meter:
 
     def save(self, path: Path | None) -> None:
         if path is not None:
-            data = {k: v for k, v in self.__dict__.items()}
-            path.write_text(json.dumps(data), encoding="utf-8")
+            path.write_text(json.dumps(self.__dict__), encoding="utf-8")
 
     @classmethod
     def load(cls, path: Path | None) -> Meter:
