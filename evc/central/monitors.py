@@ -182,11 +182,11 @@ def on_engine_refused(brain: Brain, cp: ChargePoint, msg: EngineRefused) -> None
 
 def on_charger_status(brain: Brain, cp: ChargePoint, msg: ChargerStatus) -> None:
     """An OCPP charger's own status, for the board (its faults come as FaultReport)."""
-    words = msg.status + (f" ({msg.error_code})" if msg.error_code not in ("", "NoError")
-                          else "") + (f": {msg.info}" if msg.info else "")
-    if words == cp.charger_status:
+    words = (msg.status + (f" ({msg.error_code})" if msg.error_code not in ("", "NoError")
+                           else "") + (f": {msg.info}" if msg.info else ""))[:200]
+    if words == cp.charger_status:  # the same again (every boot says it): no news
         return
-    cp.charger_status = words[:200]
+    cp.charger_status = words
     brain.view.note(f"{cp.cp_id}'s charger is {cp.charger_status}")
     brain.refresh_cp(cp, f"charger {msg.status}", cp.state)
 
