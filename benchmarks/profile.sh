@@ -2,7 +2,8 @@
 # Where central's CPU goes under the 1,000-CP burst (benchmarks.scale, simulated load):
 # py-spy (from PyPI) samples the running central process for the burst and the supplies
 # that follow, only the thread holding the interpreter lock (--gil: what costs CPU, not
-# what waits), then benchmarks.profile_top folds the samples into the top functions.
+# what waits), each sample with its thread's name, then benchmarks.profile_top folds the
+# samples into the threads, libraries and functions that cost most.
 #
 #   bash benchmarks/profile.sh [OUT_DIR]        (EVC_KAFKA: the broker, 127.0.0.1:9092)
 #
@@ -40,7 +41,7 @@ for _ in $(seq 1 600); do
   sleep 0.2
 done
 [ -n "$central" ] || { echo "central did not start" >&2; exit 1; }
-"$SPY" record --pid "$central" --duration "$SECONDS_PROFILED" --rate 200 --gil --nonblocking \
+"$SPY" record --pid "$central" --duration "$SECONDS_PROFILED" --rate 200 --gil --threads --nonblocking \
   --format raw --output "$OUT/central.txt" >/dev/null
 wait "$bench" || true
 trap - EXIT

@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+THREAD = re.compile(r"^thread \(\d+\):? ?")
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::\d+)?\)$")
 
 
@@ -40,6 +41,7 @@ def main() -> int:
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     library: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
     total = 0
     for line in args.samples.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -48,6 +50,8 @@ def main() -> int:
         count = int(count_text)
         total += count
         frames = [f for f in stack.split(";") if f]
+        if frames and THREAD.match(frames[0]):  # py-spy --threads: "thread (tid): name"
+            threads[THREAD.sub("", frames.pop(0)) or "?"] += count
         names = []
         for frame in frames:
             m = FRAME.match(frame)
@@ -66,6 +70,10 @@ def main() -> int:
     print("\nby library (own samples):")
     for name, count in library.most_common(12):
         print(f"  {100 * count / total:5.1f} %  {name}")
+    if threads:
+        print("\nby thread:")
+        for name, count in threads.most_common(12):
+            print(f"  {100 * count / total:5.1f} %  {name}")
     print(f"\ntop {args.top} by own samples:")
     for name, count in own.most_common(args.top):
         print(f"  {100 * count / total:5.1f} %  {name}")

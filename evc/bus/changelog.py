@@ -12,7 +12,7 @@ from kafka import (
     TopicPartition,
 )
 
-from evc.bus.config import base_config
+from evc.bus.config import client_config
 from evc.bus.consumer import GATHER_BYTES, poll_once
 from evc.bus.errors import kafka_errors
 from evc.errors import BusError
@@ -33,7 +33,7 @@ class ChangelogReader:
         self._tp = TopicPartition(bus.topic(changelog), 0)
         with kafka_errors(f"cannot read {self._tp.topic}", bus.bootstrap, bus.connect_timeout):
             self._consumer = KafkaConsumer(
-                bootstrap_servers=bus.bootstrap, **base_config(bus.sasl),
+                bootstrap_servers=bus.bootstrap, **client_config(bus.sasl),
                 client_id=f"{bus.client_id}-changelog", group_id=None,
                 enable_auto_commit=False, isolation_level="read_committed",
                 fetch_max_wait_ms=int(gather * 1000) if gather else 200,

@@ -20,7 +20,13 @@ from kafka.errors import (
     TopicAlreadyExistsError,
 )
 
-from evc.bus.config import DEFAULT_CONNECT_TIMEOUT, MAX_BLOCK_MS, Sasl, base_config
+from evc.bus.config import (
+    DEFAULT_CONNECT_TIMEOUT,
+    MAX_BLOCK_MS,
+    Sasl,
+    base_config,
+    client_config,
+)
 from evc.bus.consumer import Consumer
 from evc.bus.errors import bus_error, kafka_errors
 from evc.bus.records import encode, partition_for
@@ -57,7 +63,7 @@ class KafkaBus:
         with kafka_errors(f"cannot use Kafka broker at {bootstrap}", bootstrap, connect_timeout,
                           sasl.user if sasl else ""):
             self._producer = KafkaProducer(
-                bootstrap_servers=bootstrap, **base_config(sasl),
+                bootstrap_servers=bootstrap, **client_config(sasl),
                 client_id=client_id,
                 acks="all",
                 linger_ms=2,
@@ -156,7 +162,7 @@ class KafkaBus:
         """Records of ``names`` that ``group`` has not committed yet (a gauge of its lag)."""
         if self._gauge is None:
             self._gauge = (self._admin(), KafkaConsumer(bootstrap_servers=self.bootstrap,
-                                                        **base_config(self.sasl)))
+                                                        **client_config(self.sasl)))
         admin, consumer = self._gauge
         tps = [TopicPartition(self.topic(n), p) for n in names for p in range(
             self.partitions(n))]

@@ -17,7 +17,7 @@ from kafka.errors import (
 )
 from kafka.structs import MemberState
 
-from evc.bus.config import base_config
+from evc.bus.config import client_config
 from evc.bus.errors import kafka_errors
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class Lease(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is
         with kafka_errors(f"cannot join group {group}", bus.bootstrap, bus.connect_timeout):
             self._consumer = KafkaConsumer(
                 bootstrap_servers=bus.bootstrap, client_id=f"{bus.client_id}-lease",
-                **base_config(bus.sasl),
+                **client_config(bus.sasl),
                 group_id=group, group_instance_id=instance, enable_auto_commit=False,
                 # the holder keeps its partition when another member joins: never moved
                 # away from a live central by a newcomer

@@ -17,7 +17,7 @@ from kafka.errors import (
     KafkaTimeoutError,
 )
 
-from evc.bus.config import base_config
+from evc.bus.config import client_config
 from evc.bus.errors import fenced, kafka_errors
 from evc.bus.records import encode
 from evc.errors import BusError
@@ -75,7 +75,7 @@ class Transactions:
     def _kafka_producer(self) -> KafkaProducer:
         bus = self._bus
         return KafkaProducer(
-            bootstrap_servers=bus.bootstrap, **base_config(bus.sasl),
+            bootstrap_servers=bus.bootstrap, **client_config(bus.sasl),
             client_id=f"{bus.client_id}-txn", transactional_id=self.transactional_id,
             enable_idempotence=True, acks="all", linger_ms=0,
             # the broker answers "concurrent transactions" for a few ms after each

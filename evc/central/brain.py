@@ -241,8 +241,9 @@ class Brain:
                 monitors.on_connection_lost(self, event.conn_id, event.reason)
             case BusMessage():
                 late = _late(event.message)
-                if not late:  # it brings the late changes along
-                    self.store.flush_late()
+                delivery = event.delivery
+                if not late and self.store.offset_is_late(delivery.topic, delivery.partition):
+                    self.store.flush_late()  # it brings its partition's late readings along
                 if self.out.first_time(event.delivery, late=late):
                     self.on_bus(event.message)
             case BusSkipped():
@@ -492,7 +493,7 @@ class Brain:
         self.store.put(SESSIONS, {"session_id": session.session_id, "consumo_kwh": session.kwh,
                                   "importe_eur": session.eur, "supplying": True,
                                   "kw": session.kw},
-                       late=_late(t))
+                       late=_late(t) and not t.final)
         if t.final:
             reason = session.end_reason or reason_of(t.reason)
             self.close_session(session, reason)
@@ -596,10 +597,13 @@ class Brain:
 
 
 def _late(msg: Message) -> bool:
-    """A running supply's own reading: it may reach the changelog late (Store.late_every),
-    with how far its partition was read, for a central taking over reads it again (a
-    reading only raises its session's figures). Any other record, a final reading or one
-    in the seed's bare shape (whose session is its CP's open one, whichever that is when
-    it is read), is never read twice: it brings the late changes along."""
-    return isinstance(msg, Telemetry) and bool(msg.session_id) and not msg.final
-
+    """A reading of a supply named by its session: how far its partition was read may
+    reach the changelog late (Store.late_every), for a central taking over reads it again.
+    A running supply's reading only raises its session's figures (reading it twice
+    changes nothing); a final one closes its session, and that close goes at once, so a
+    final read again finds no open session and is ignored. A record that must never be
+    read twice (a reading in the seed's bare shape, whose session is its CP's open one,
+    whichever that is when it is read) read in a partition whose offset is late brings
+    the late changes along. Records of other partitions, a driver's requests, need not:
+    a session they change goes whole, its figures with it."""
+    return isinstance(msg, Telemetry) and bool(msg.session_id)

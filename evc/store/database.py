@@ -248,6 +248,13 @@ class Store:
                    late: bool = False) -> None:
         self.put(OFFSETS, {"tp": f"{topic}:{partition}", "next": next_offset}, late=late)
 
+    def offset_is_late(self, topic: str, partition: int) -> bool:
+        """Whether how far this partition was read has not reached the replica yet (it
+        was set ``late``): then an offset of it that must go at once takes every late
+        change along, or the replica would skip the late ones' records."""
+        key = f"{topic}:{partition}"
+        return key in self._late_keys[OFFSETS] or f"{OFFSETS}/{key}" in self._late
+
     # ------------------------------------------------------------------ replication
     def changes(self) -> list[tuple[str, str]]:
         """Every record as a change ("<table>/<key>", JSON): the whole database, for a

@@ -138,35 +138,48 @@ def test_supply_lifecycle_and_exactly_one_ticket(parts):
     assert store.get_session(auth.session_id)["status"] == "closed"
 
 
-def test_readings_reach_the_changelog_late_and_anything_else_brings_them(parts):
-    """A running supply's readings (and how far they were read) may reach the replica
-    late; a final reading, a request or a bare reading is never read twice after a
-    takeover, so it brings them along, offsets and figures together."""
+def test_readings_reach_the_changelog_late_and_a_bare_reading_brings_them(parts):
+    """How far a supply's readings were read may reach the replica late (a central taking
+    over reads them again: a reading only raises its session's figures, and a final one
+    finds its session closed, the close replicated at once). A reading in the seed's bare
+    shape must never be read twice: in that partition it brings the late changes along,
+    offsets and figures together. A record of another partition (a request) does not: the
+    sessions it changes go whole."""
     from evc.protocol.topics import Delivery
 
     brain, store, outbox, _, _ = parts
     store.late_every = 3600
     seen: dict[str, str | None] = {}
     store.replica = lambda changes: seen.update(changes)
+    brain.upsert_cp("CP-03", "Calle 3", 0.3)
     register(brain, 1, "CP-01")
+    register(brain, 2, "CP-02")
+    register(brain, 3, "CP-03")
     auth = authorize(brain, outbox)
+    other = authorize(brain, outbox, driver="D-3", cp="CP-03")
+    brain.flush()
 
-    def reading(offset, kwh, final=False):
+    def reading(offset, kwh, final=False, session=auth.session_id, cp="CP-01", driver="D-1"):
         brain.apply(BusMessage(m.Telemetry(
-            cp_id="CP-01", driver_id="D-1", consumo_kwh=kwh, importe_eur=round(kwh * 0.3, 2),
-            session_id=auth.session_id, final=final, reason="finished" if final else ""),
+            cp_id=cp, driver_id=driver, consumo_kwh=kwh, importe_eur=round(kwh * 0.3, 2),
+            session_id=session, final=final, reason="finished" if final else ""),
             Delivery("t", 0, offset)))
+        brain.flush()
 
-    key = f"sessions/{auth.session_id}"
+    key, other_key = f"sessions/{auth.session_id}", f"sessions/{other.session_id}"
     reading(0, 0.5)
     reading(1, 1.0)
+    reading(2, 0.2, session=other.session_id, cp="CP-03", driver="D-3")
     assert '"consumo_kwh":0.0' in seen[key] and "offsets/t:0" not in seen  # late
     brain.apply(BusMessage(m.ChargeRequest(driver_id="D-2", cp_id="CP-02"),
                            Delivery("r", 0, 0)))
-    assert '"consumo_kwh":1.0' in seen[key] and '"next":2' in seen["offsets/t:0"]
-    reading(2, 1.5)
-    reading(3, 2.0, final=True)  # the ticket's batch carries the offset past the final
-    assert '"status":"closed"' in seen[key] and '"next":4' in seen["offsets/t:0"]
+    brain.flush()
+    assert "offsets/r:0" in seen and '"consumo_kwh":0.0' in seen[key]  # still late
+    reading(3, 2.0, final=True)  # closed at once, its offset late with the others'
+    assert '"status":"closed"' in seen[key] and '"consumo_kwh":2.0' in seen[key]
+    assert "offsets/t:0" not in seen and '"consumo_kwh":0.0' in seen[other_key]
+    reading(4, 0.3, session="", cp="CP-03", driver="D-3")  # bare: never read twice
+    assert '"next":5' in seen["offsets/t:0"] and '"consumo_kwh":0.3' in seen[other_key]
 
 
 @pytest.mark.parametrize("event, reason, after", [
