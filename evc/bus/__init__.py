@@ -27,14 +27,14 @@ from evc.bus.acls import ROLES, provision, role_acls
 from evc.bus.changelog import ChangelogReader
 from evc.bus.client import KafkaBus, open_bus, ping, retrying
 from evc.bus.config import DEFAULT_CONNECT_TIMEOUT, Sasl
-from evc.bus.consumer import GATHER_BYTES, Consumer
+from evc.bus.consumer import GATHER_BYTES, Consumer, Read
 from evc.bus.errors import bus_error, fenced, kafka_errors
 from evc.bus.lease import Lease
 from evc.bus.records import decode, encode, partition_for
 from evc.bus.transactions import Transactions
 
 __all__ = [
-    "DEFAULT_CONNECT_TIMEOUT", "GATHER_BYTES", "ROLES", "ChangelogReader", "Consumer",
+    "DEFAULT_CONNECT_TIMEOUT", "GATHER_BYTES", "ROLES", "ChangelogReader", "Consumer", "Read",
     "KafkaBus", "Lease", "Sasl", "Transactions", "bus_error", "decode", "encode", "fenced",
     "kafka_errors", "open_bus", "partition_for", "ping", "provision", "retrying", "role_acls",
 ]

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+Read = tuple[Message | None, Delivery, str]
+"""A record as read: its message and delivery, or None and why it is malformed."""
+
 
 GATHER_BYTES = 256 << 10  # a gathering fetch returns early once it holds this much
 GATHER_FROM, GATHER_UNTIL = 50, 20  # records a second: a gathering consumer is busy
@@ -231,20 +234,32 @@ class Consumer:
              on_skip: Callable[[Delivery, str], Any] | None = None
              ) -> list[tuple[Message, Delivery]]:
         """One poll: decoded messages; malformed records are logged and given to ``on_skip``."""
+        out: list[tuple[Message, Delivery]] = []
+        for message, delivery, error in self.read(timeout):
+            if message is not None:
+                out.append((message, delivery))
+            elif on_skip is not None:
+                on_skip(delivery, error)
+        return out
+
+    def read(self, timeout: float = 0.2) -> list[Read]:
+        """One poll, every record in the order read (a partition's in its offsets' order):
+        (message, delivery, "") or, for a malformed record (logged), (None, delivery,
+        why)."""
         self._commit_acked()
         try:
             self._apply_retarget()
         except KafkaError as exc:
             log.warning("cannot reassign partitions yet: %s", exc)
         batches = poll_once(self._consumer, timeout, "poll")
-        out: list[tuple[Message, Delivery]] = []
+        out: list[Read] = []
         for tp, records in batches.items():
             for record in records:
                 delivery = Delivery(tp.topic, tp.partition, record.offset,
                                     (record.timestamp or 0) / 1000.0)
                 if record.value is None and record.key:  # a tombstone: the key is gone
                     try:
-                        out.append((Removed(key=record.key.decode("utf-8")), delivery))
+                        out.append((Removed(key=record.key.decode("utf-8")), delivery, ""))
                     except (UnicodeDecodeError, ProtocolError):
                         pass
                     continue
@@ -253,10 +268,9 @@ class Consumer:
                 except ProtocolError as exc:
                     log.warning("skipping malformed record %s[%d]@%d: %s",
                                 tp.topic, tp.partition, record.offset, exc)
-                    if on_skip is not None:
-                        on_skip(delivery, str(exc))
+                    out.append((None, delivery, str(exc)))
                     continue
-                out.append((message, delivery))
+                out.append((message, delivery, ""))
         if self._gather:
             self._adapt(sum(len(records) for records in batches.values()))
         return out
@@ -291,11 +305,26 @@ class Consumer:
         poll_timeout: float = 0.2,
         on_skip: Callable[[Delivery, str], Any] | None = None,
     ) -> None:
-        """Poll until ``stop`` is set, handing every message to ``handle``; then close."""
+        """Poll until ``stop`` is set, handing every message to ``handle`` (and every
+        malformed record to ``on_skip``) in the order read; then close."""
+        def each(reads: list[Read]) -> None:
+            for message, delivery, error in reads:
+                if message is not None:
+                    handle(message, delivery)
+                elif on_skip is not None:
+                    on_skip(delivery, error)
+
+        self.run_batches(each, stop, poll_timeout)
+
+    def run_batches(self, handle: Callable[[list[Read]], Any], stop: threading.Event,
+                    poll_timeout: float = 0.2) -> None:
+        """Poll until ``stop`` is set, handing what each poll read (``read``), when it
+        read anything, to ``handle`` at once; then close."""
         try:
             while not stop.is_set():
-                for message, delivery in self.poll(poll_timeout, on_skip):
-                    handle(message, delivery)
+                reads = self.read(poll_timeout)
+                if reads:
+                    handle(reads)
                 if not self.caught_up.is_set():  # after handing out what was read
                     self._check_caught_up()
             self._commit_acked(wait=True)

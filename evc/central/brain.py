@@ -43,6 +43,7 @@ from evc.central import admission, monitors, operator, operators, pairing, power
 from evc.central.announce import Announcer
 from evc.central.events import (
     BusMessage,
+    BusRecords,
     BusSkipped,
     CentralRecord,
     ConnectionLost,
@@ -248,6 +249,9 @@ class Brain:
                     self.on_bus(event.message)
             case BusSkipped():
                 self.out.first_time(event.delivery)
+            case BusRecords():
+                for record in event.records:  # each on its own: a bug harms only one
+                    self.apply(record)
             case Sent():
                 self.on_sent(event)
             case OperatorLine():

@@ -86,6 +86,14 @@ class BusSkipped:
 
 
 @dataclass(frozen=True)
+class BusRecords:
+    """What one poll of central's consumer read, in the order read: one event for the
+    brain, not one per record (each is a hand-over between threads)."""
+
+    records: tuple[BusMessage | BusSkipped, ...]
+
+
+@dataclass(frozen=True)
 class Sent:
     """Kafka's verdict on a message central sent (``error`` None: Kafka took it).
 
@@ -116,5 +124,5 @@ class OperatorKey:
     key: str
 
 
-Event = (MonitorFrame | Heartbeats | ConnectionLost | BusMessage | BusSkipped | Sent | OperatorLine
-         | OperatorKey)
+Event = (MonitorFrame | Heartbeats | ConnectionLost | BusMessage | BusSkipped | BusRecords | Sent
+         | OperatorLine | OperatorKey)

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 
-from evc.bus import ChangelogReader, Consumer, KafkaBus, Lease, Transactions, retrying
+from evc.bus import ChangelogReader, Consumer, KafkaBus, Lease, Read, Transactions, retrying
 from evc.central import pairing, power
 from evc.central.board import BoardView
 from evc.central.brain import Brain
@@ -25,6 +25,7 @@ from evc.central.config import CONSUMER_GATHER, CentralConfig
 from evc.central.events import (
     CENTRAL_RECORD_TYPES,
     BusMessage,
+    BusRecords,
     BusSkipped,
     Event,
     MonitorFrame,
@@ -39,7 +40,6 @@ from evc.errors import BusError
 from evc.lifecycle import Crew
 from evc.protocol.messages import (
     CentralStatus,
-    Message,
     OperatorAnswer,
     RegisterRejected,
     RejectCode,
@@ -54,7 +54,6 @@ from evc.protocol.topics import (
     REQUESTS,
     STANDBY_KEY,
     TELEMETRY,
-    Delivery,
 )
 from evc.store import DRIVERS, META, OUTBOX, AuditLog, Store
 from evc.store.credentials import CredentialFiles
@@ -279,8 +278,7 @@ class ActiveTerm:
             # holds is in the store), and must not hold the process at a stop
             committer = crew.spawn(txn.run, term_stop, name="central-transactions",
                                    daemon=True)
-            crew.spawn(consumer.run, self._record, term_stop, 0.2,
-                       lambda delivery, error: self.events.put(BusSkipped(delivery, error)),
+            crew.spawn(consumer.run_batches, self._records, term_stop, 0.2,
                        name="central-kafka")
 
             def ends_the_term() -> None:
@@ -310,18 +308,23 @@ class ActiveTerm:
                     self.server.close_connection(conn_id, "this central stepped down")
         crew.check()
 
-    def _record(self, message: Message, delivery: Delivery) -> None:
-        """A record of requests_topic, telemetry_topic or operator_topic, for the brain
-        (from the consumer's thread): one of another type is skipped, its offset counted
-        as read."""
-        if isinstance(message, CENTRAL_RECORD_TYPES):
-            self.events.put(BusMessage(message, delivery))
-        elif isinstance(message, OperatorAnswer):  # central's own, on operator_topic
-            self.events.put(BusSkipped(delivery, "an answer to an operator"))
-        else:
-            log.warning("skipping %s on %s: not a message for central", message.TYPE,
-                        delivery.topic)
-            self.events.put(BusSkipped(delivery, f"{message.TYPE} is not for central"))
+    def _records(self, reads: list[Read]) -> None:
+        """What a poll of requests_topic, telemetry_topic and operator_topic read, for the
+        brain (from the consumer's thread) as one event: a malformed record, or one of
+        another type, is skipped, its offset counted as read."""
+        records: list[BusMessage | BusSkipped] = []
+        for message, delivery, error in reads:
+            if message is None:
+                records.append(BusSkipped(delivery, error))
+            elif isinstance(message, CENTRAL_RECORD_TYPES):
+                records.append(BusMessage(message, delivery))
+            elif isinstance(message, OperatorAnswer):  # central's own, on operator_topic
+                records.append(BusSkipped(delivery, "an answer to an operator"))
+            else:
+                log.warning("skipping %s on %s: not a message for central", message.TYPE,
+                            delivery.topic)
+                records.append(BusSkipped(delivery, f"{message.TYPE} is not for central"))
+        self.events.put(BusRecords(tuple(records)))
 
     def drain(self) -> None:
         """Kafka events of an earlier term are not this term's (the consumer starts again
@@ -332,7 +335,7 @@ class ActiveTerm:
                 event = self.events.get_nowait()
             except queue.Empty:
                 break
-            if not isinstance(event, (BusMessage, BusSkipped, Sent)):
+            if not isinstance(event, (BusRecords, BusMessage, BusSkipped, Sent)):
                 kept.append(event)
         for event in kept:
             self.events.put(event)

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from evc.bus import KafkaBus
+from evc.bus import KafkaBus, encode
 from evc.errors import BusError
 from evc.protocol import messages as m
 from evc.protocol.topics import CONTROL, REQUESTS, TELEMETRY
@@ -57,21 +57,34 @@ def test_raw_seed_keys_on_the_wire(bus, kafka):
     assert record.key == b"CP-01"
 
 
-def test_malformed_records_are_skipped(bus, kafka, caplog):
+def test_malformed_records_are_skipped_in_their_place(bus, kafka, caplog):
+    """Each malformed record is logged and handed to ``on_skip`` where it was read, between
+    the messages around it: a reader that counts offsets (central) must see a partition's
+    records in its order."""
     from kafka import KafkaProducer
     consumer = bus.consumer([REQUESTS])
     raw = KafkaProducer(bootstrap_servers=kafka)
     topic = bus.topic(REQUESTS)
     for junk in [b"\xff\xfe", b"not json", b"[1]", b'{"type": "nope"}',
                  b'{"type": "charge_request", "driver_id": 5}']:
-        raw.send(topic, key=b"CP-01", value=junk)
+        raw.send(topic, key=b"CP-01", value=junk, partition=0)
+        raw.send(topic, key=b"CP-01", partition=0,
+                 value=encode(m.ChargeRequest(driver_id="D-1", cp_id="CP-01")))
     raw.flush()
     raw.close()
-    bus.send(REQUESTS, m.ChargeRequest(driver_id="D-1", cp_id="CP-01"), "CP-01")
-    bus.flush()
-    got = collect(consumer, 1)
-    consumer.close()
-    assert [type(x) for x, _ in got] == [m.ChargeRequest]
+    seen: list[tuple[str, int]] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(
+        lambda msg, d: seen.append((msg.TYPE, d.offset)), stop, 0.2,
+        lambda d, why: seen.append(("skipped", d.offset))))
+    thread.start()
+    try:
+        wait_for(lambda: len(seen) >= 10, 15, "ten records")
+    finally:
+        stop.set()
+        thread.join(5)
+    assert [kind for kind, _ in seen] == ["skipped", "charge_request"] * 5
+    assert [offset for _, offset in seen] == sorted(offset for _, offset in seen)
     assert caplog.text.count("skipping malformed record") == 5
 
 
