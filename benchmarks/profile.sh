@@ -41,7 +41,7 @@ for _ in $(seq 1 600); do
   sleep 0.2
 done
 [ -n "$central" ] || { echo "central did not start" >&2; exit 1; }
-"$SPY" record --pid "$central" --duration "$SECONDS_PROFILED" --rate 200 --gil --threads --nonblocking \
+"$SPY" record --pid "$central" --duration "$SECONDS_PROFILED" --rate ${EVC_PROFILE_RATE:-200} --gil --threads --nonblocking \
   --format raw --output "$OUT/central.txt" >/dev/null
 wait "$bench" || true
 trap - EXIT

@@ -189,10 +189,15 @@ class Consumer:
 
     def ack(self, delivery: Delivery) -> None:
         """The owner applied this record (and every earlier one of its partition)."""
-        tp = TopicPartition(delivery.topic, delivery.partition)
+        self.ack_all([delivery])
+
+    def ack_all(self, deliveries: list[Delivery]) -> None:
+        """``ack`` for each of ``deliveries``, taking the lock once."""
         with self._ack_lock:
-            if delivery.offset + 1 > self._acked.get(tp, -1):
-                self._acked[tp] = delivery.offset + 1
+            for delivery in deliveries:
+                tp = TopicPartition(delivery.topic, delivery.partition)
+                if delivery.offset + 1 > self._acked.get(tp, -1):
+                    self._acked[tp] = delivery.offset + 1
 
     def _commit_acked(self, wait: bool = False) -> None:
         """Commit what the owner acknowledged. Between polls without waiting for the

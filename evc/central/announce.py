@@ -6,16 +6,18 @@ how far each Kafka partition was applied), and only then sends them and acknowle
 the records the batch read. Each message leaves the stored outbox when Kafka confirms
 it; one that fails is sent again (after a crash too: the outbox is reloaded), one Kafka
 refuses for good is said and kept for the next start. The brain's own thread does all
-of this; Kafka's verdicts come back to it as ``Sent`` events.
+of this; Kafka's verdicts come back to it as ``Sent`` records, gathered here until it
+takes them (one ``Verdicts`` event for all that came meanwhile).
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 
-from evc.central.events import Event, Sent
+from evc.central.events import Event, Sent, Verdicts
 from evc.central.ports import Acker, Outbox, View
 from evc.errors import BusError, ProtocolError
 from evc.ports import Done, Unconfirmed, Verdict
@@ -41,6 +43,9 @@ class Announcer:
         self._new: list[str] = []  # decided in this batch: sent after the commit
         self._seq = 0
         self._acks: list[Delivery] = []
+        # Kafka's verdicts, from the producer's thread, until the brain takes them
+        self._verdicts: list[Sent] = []
+        self._verdicts_lock = threading.Lock()
 
     def restore(self) -> None:
         """Messages decided before a stop but never confirmed by Kafka: sent again with
@@ -83,9 +88,8 @@ class Announcer:
         for msg_id in new:
             self.unsent.send_now(msg_id)
         acks, self._acks = self._acks, []
-        if self.acker is not None:
-            for delivery in acks:
-                self.acker.ack(delivery)
+        if self.acker is not None and acks:
+            self.acker.ack_all(acks)
 
     def publish(self, topic: str, message: Message | None, key: str,
                 status_of: str | None = None) -> bool:
@@ -108,10 +112,25 @@ class Announcer:
         if self.unsent.settle(event.msg_id, event.error) is Verdict.CONFIRMED:
             self.store.remove(OUTBOX, event.msg_id)
 
+    def take_verdicts(self) -> list[Sent]:
+        """The verdicts that arrived since the last take (the brain's thread)."""
+        with self._verdicts_lock:
+            verdicts, self._verdicts = self._verdicts, []
+        return verdicts
+
+    def _verdict(self, sent: Sent) -> None:
+        """A verdict, from the producer's thread: kept for the brain, which an event
+        wakes when it has none waiting yet (a thread hand-over per batch of verdicts,
+        not per message)."""
+        with self._verdicts_lock:
+            wake = not self._verdicts
+            self._verdicts.append(sent)
+        if wake:
+            self.events.put(Verdicts())
+
     def _report(self, msg_id: str, error: BusError | None) -> None:
-        """Kafka's verdict on an outbox message, from the producer's thread: an event."""
-        self.events.put(Sent(msg_id, error))
+        """Kafka's verdict on an outbox message, from the producer's thread."""
+        self._verdict(Sent(msg_id, error))
 
     def _confirmer(self, status_of: str | None) -> Done:
-        events = self.events
-        return lambda error: events.put(Sent(None, error, status_of=status_of))
+        return lambda error: self._verdict(Sent(None, error, status_of=status_of))

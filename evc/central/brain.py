@@ -53,6 +53,7 @@ from evc.central.events import (
     OperatorKey,
     OperatorLine,
     Sent,
+    Verdicts,
 )
 from evc.central.model import (
     ChargePoint,
@@ -252,8 +253,9 @@ class Brain:
             case BusRecords():
                 for record in event.records:  # each on its own: a bug harms only one
                     self.apply(record)
-            case Sent():
-                self.on_sent(event)
+            case Verdicts():
+                for sent in self.out.take_verdicts():
+                    self.on_sent(sent)
             case OperatorLine():
                 self.on_operator(event.text)
             case OperatorKey():

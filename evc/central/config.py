@@ -9,9 +9,12 @@ from evc.central.model import Settings
 from evc.net import Bootstrap
 from evc.options import Common
 
-# Central reads every request and reading of the network: the broker may hold its fetch
-# this long to gather them (a few ms of latency for a fraction of kafka-python's CPU)
-CONSUMER_GATHER = 0.02
+# Central reads every request and reading of the network: while busy, the broker may hold
+# its fetch this long to gather them. Each fetch costs kafka-python ~1.4 ms of CPU, and
+# each one is a brain batch and a transaction (~2.5 ms more): 40 ms instead of 20 took a
+# quarter off central's CPU at 1,000 CPs with 500 supplying, for ~15 ms more latency
+# under load (benchmarks/README.md). Idle, a fetch is answered at once.
+CONSUMER_GATHER = 0.04
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,13 @@ class Sent:
 
 
 @dataclass(frozen=True)
+class Verdicts:
+    """Kafka gave verdicts (``Sent``) on what central sent: the brain takes them all from
+    its Announcer. One such event stands for all that arrived before the brain took them
+    (a transaction confirms every message in it at once)."""
+
+
+@dataclass(frozen=True)
 class OperatorLine:
     """One line typed by the operator."""
 
@@ -124,5 +131,5 @@ class OperatorKey:
     key: str
 
 
-Event = (MonitorFrame | Heartbeats | ConnectionLost | BusMessage | BusSkipped | BusRecords | Sent
-         | OperatorLine | OperatorKey)
+Event = (MonitorFrame | Heartbeats | ConnectionLost | BusMessage | BusSkipped | BusRecords
+         | Verdicts | OperatorLine | OperatorKey)

@@ -31,7 +31,7 @@ from evc.central.events import (
     MonitorFrame,
     OperatorKey,
     OperatorLine,
-    Sent,
+    Verdicts,
 )
 from evc.central.server import MonitorServer
 from evc.central.standby import StandbyModel
@@ -335,7 +335,7 @@ class ActiveTerm:
                 event = self.events.get_nowait()
             except queue.Empty:
                 break
-            if not isinstance(event, (BusRecords, BusMessage, BusSkipped, Sent)):
+            if not isinstance(event, (BusRecords, BusMessage, BusSkipped, Verdicts)):
                 kept.append(event)
         for event in kept:
             self.events.put(event)

@@ -40,7 +40,7 @@ class Outbox(Protocol):
 
 
 class Acker(Protocol):
-    def ack(self, delivery: Delivery) -> None: ...
+    def ack_all(self, deliveries: list[Delivery]) -> None: ...
 
 
 class Credentials(Protocol):

@@ -526,11 +526,12 @@ def test_run_applies_batches_stores_them_then_sends_and_acks(tmp_path):
         def __init__(self):
             self.acked = []
 
-        def ack(self, delivery):
+        def ack_all(self, deliveries):
             on_disk = read_database(tmp_path / "c.json")["offsets"]
             (stored,) = [r["next"] for r in on_disk.values()]
-            assert stored > delivery.offset  # applied and stored before acked
-            self.acked.append(delivery.offset)
+            for delivery in deliveries:
+                assert stored > delivery.offset  # applied and stored before acked
+                self.acked.append(delivery.offset)
 
     store = Store(tmp_path / "c.json")
     outbox = FakeOutbox()
