@@ -27,6 +27,7 @@ from evc.protocol.messages import (
     ChargerNote,
     ChargerStatus,
     EndReason,
+    EndSupply,
     EngineRefused,
     FaultReport,
     Health,
@@ -141,6 +142,14 @@ def accept(brain: Brain, conn_id: int, peer: str, cp: ChargePoint, msg: Register
         session.wait(None)  # resumed after central's restart
         if cp.faulted:
             brain.end_session(session, EndReason.FAULT)
+    elif session is not None and session.end_reason is not None:
+        # Its end was ordered under an earlier registration's key, which the engine may
+        # never have got (its monitor killed between registering and handing the key
+        # over): the order again, under this one's, and the final awaited anew. (An
+        # engine or gateway that ended it already ignores it: its final is on its way.)
+        brain.order(cp, EndSupply(cp_id=cp.cp_id, session_id=session.session_id,
+                                  reason=session.end_reason))
+        session.wait(Wait.FINAL, brain.settings.final_timeout)
     brain.refresh_cp(cp, f"monitor registered from {peer}"
                      + (" (proven)" if key_id else " (unproven: orders unsigned)"), before)
 

@@ -6,10 +6,12 @@ operator's credential commands change: each rule once, with the audit it leaves.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from evc.central.events import ConnectionLost, MonitorFrame, OperatorLine
-from evc.central.model import Settings
+from evc.central.model import Settings, Wait
 from evc.protocol import auth
 from evc.protocol import messages as m
 from evc.store import Store
@@ -226,6 +228,28 @@ def test_an_end_request_needs_the_drivers_signature(secure):
     brain.on_bus(auth.sign(end, auth.driver_key(keys.files["D-1"])))
     assert brain.sessions[start.session_id].end_reason is m.EndReason.FINISHED
     assert outbox.of(m.EndSupply)[-1].session_id == start.session_id
+
+
+def test_an_end_ordered_under_a_key_the_engine_missed_is_ordered_again(secure):
+    """The end of a supply was ordered under a registration's key that its engine may
+    never have got (the monitor killed between registering and handing the key over):
+    the next registration orders it again, under its own key, and awaits the final
+    anew."""
+    brain, keys, _, outbox, link, _ = secure
+    start, key = supplying(secure)
+    brain.on_bus(auth.sign(m.EndRequest(driver_id="D-1", cp_id="CP-01",
+                                        session_id=start.session_id),
+                           auth.driver_key(keys.files["D-1"])))
+    first = outbox.of(m.EndSupply)[-1]
+    assert auth.verify(first, key)
+    brain.apply(ConnectionLost(1, "10.0.0.9:5000", "monitor killed"))
+    register(brain, keys, link, conn=2, nonce="b" * 32)
+    again = outbox.of(m.EndSupply)[-1]
+    assert again.msg_id != first.msg_id and again.session_id == start.session_id
+    assert again.reason is m.EndReason.FINISHED
+    assert auth.verify(again, kafka_key(keys, link, nonce="b" * 32))
+    session = brain.sessions[start.session_id]
+    assert session.waiting is Wait.FINAL and session.deadline > time.monotonic()
 
 
 def test_rotating_a_connected_cp_disconnects_it_and_bills_its_supply(secure):
