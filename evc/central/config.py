@@ -10,11 +10,11 @@ from evc.net import Bootstrap
 from evc.options import Common
 
 # Central reads every request and reading of the network: while busy, the broker may hold
-# its fetch this long to gather them. Each fetch costs kafka-python ~1.4 ms of CPU, and
-# each one is a brain batch and a transaction (~2.5 ms more): 40 ms instead of 20 took a
-# quarter off central's CPU at 1,000 CPs with 500 supplying, for ~15 ms more latency
-# under load (benchmarks/README.md). Idle, a fetch is answered at once.
-CONSUMER_GATHER = 0.04
+# its fetch this long to gather them. Each fetch costs kafka-python ~1.4 ms of CPU and is
+# one brain batch and one transaction; 40 ms took a quarter off central's steady CPU at
+# 1,000 CPs but put the burst's p99 over 100 ms (benchmarks/README.md). Idle, a fetch is
+# answered at once.
+CONSUMER_GATHER = 0.02
 
 
 @dataclass(frozen=True)
