@@ -118,8 +118,8 @@ def send_due(brain: Brain, site: str) -> None:
             continue  # a decrease (above), or already ordered
         extra = target - s.granted_kw
         if counted + max(0.0, extra) <= limit + 1e-9:
+            s.granted_kw = target  # counted from now, and stored with the order
             _order(brain, s, target)
-            s.granted_kw = target
             counted += max(0.0, extra)
 
 

@@ -136,3 +136,21 @@ def test_a_cps_own_maximum_caps_its_share(site):
     assert brain.cps["CP-01"].max_kw == 7.0
     brain.on_bus(m.ChargeRequest(driver_id="D-1", cp_id="CP-01"))
     assert share(outbox, brain.cps["CP-01"].session.session_id) == 7.0
+
+
+def test_an_increase_is_stored_with_the_power_it_grants(site):
+    """A central that takes over or restarts counts what the engines were last allowed:
+    an increase's granted power is stored with its order (it was stored before it was
+    raised: a takeover counted a supply of 17.6 kW as 0 and gave the others its power)."""
+    brain, outbox = site
+    brain.on_bus(m.ChargeRequest(driver_id="D-1", cp_id="CP-01"))
+    obey(brain, outbox, "CP-01")
+    brain.on_bus(m.ChargeRequest(driver_id="D-2", cp_id="CP-02"))  # waits: 0 kW
+    obey(brain, outbox, "CP-01")  # CP-01 obeyed its decrease: CP-02's increase goes
+    second = brain.cps["CP-02"].session
+    assert share(outbox, second.session_id) == 15 and second.granted_kw == 15
+    brain.flush()
+    assert brain.store.get_session(second.session_id)["granted_kw"] == 15
+    again = OneEventBatches(brain.store, FakeOutbox(), FakeLink(), RecordingView(),
+                            Settings(secure=False, start_timeout=60))
+    assert sorted(s.granted_kw for s in again.sessions.values()) == [15.0, 15.0]
