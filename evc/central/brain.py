@@ -8,11 +8,11 @@ and only then sends those messages: nothing is announced that a crash could
 forget, nothing decided is lost, and no record is applied twice.
 
 Here: the loop, charge requests, telemetry, supplies and tickets, the operator's
-stop and resume, the deadlines. Beside it, with the same brain: admission.py (what
+stop and resume. Beside it, with the same brain: admission.py (what
 is authorized, whose request is its own, which reading can be true), monitors.py (the
 TCP side: registration, heartbeats, faults, lost connections), operator.py (the
 console's commands), pairing.py, power.py (site limits), restore.py (taking up the
-stored state at start).
+stored state at start), ticks.py (the deadlines and what else each tick does).
 
 A charge point's state is derived, never stored twice:
 
@@ -39,7 +39,16 @@ import threading
 import time
 from collections import OrderedDict
 
-from evc.central import admission, monitors, operator, operators, pairing, power, restore
+from evc.central import (
+    admission,
+    monitors,
+    operator,
+    operators,
+    pairing,
+    power,
+    restore,
+    ticks,
+)
 from evc.central.announce import Announcer
 from evc.central.events import (
     BusMessage,
@@ -69,10 +78,8 @@ from evc.ports import assert_never
 from evc.protocol import auth
 from evc.protocol.messages import (
     Authorization,
-    CentralStatus,
     ChargeRequest,
     CPState,
-    CPStatus,
     DenyCode,
     DriverPair,
     DriverPairProve,
@@ -88,8 +95,8 @@ from evc.protocol.messages import (
     Ticket,
     new_id,
 )
-from evc.protocol.topics import CENTRAL_KEY, CONTROL, NETWORK
-from evc.store import DRIVERS, META, SESSIONS, SITES, AuditRing, Store
+from evc.protocol.topics import CONTROL
+from evc.store import DRIVERS, SESSIONS, SITES, AuditRing, Store
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +150,9 @@ class Brain:
         # what the rules decide, stored with its batch and sent once that is durable
         self.out = Announcer(store, outbox, self.events, view)
         self.bus_down_since: float | None = None  # wall clock, while Kafka is unavailable
-        self._bus_down_mono = 0.0
-        self._next_heartbeat = 0.0
-        self._next_alive = 0.0
+        self.bus_down_mono = 0.0  # monotonic, from when Kafka was unavailable
+        self.next_heartbeat = 0.0  # monotonic: central's next CentralStatus
+        self.next_alive = 0.0  # monotonic: the next "alive" record
         self.status_due: set[str] = set()  # CPs whose public state must be published
         self.presumed: set[str] = set()  # CPs shown in their last state (``presume``)
         restore.restore(self)
@@ -297,94 +304,7 @@ class Brain:
 
     def tick(self) -> None:
         """Deadlines, re-sends, Kafka's health and central's heartbeat; then the view."""
-        now = time.monotonic()
-        self._check_bus(now)
-        self.pairings.expire(now)
-        if self.bus_down_since is None:
-            for session in list(self.sessions.values()):
-                if session.waiting is not None and now > session.deadline:
-                    self._deadline_passed(session)
-            if self.settings.max_supply:
-                limit = time.time() - self.settings.max_supply
-                for session in list(self.sessions.values()):
-                    if session.end_reason is None and session.started_at < limit:
-                        self.view.note(f"{session.cp_id}: supply of {session.driver_id} ended "
-                                       f"after the maximum of {self.settings.max_supply:g} s")
-                        self.end_session(session, EndReason.TIME_LIMIT)
-        self.out.unsent.resend_due(now)
-        if self.presumed and now > min(self.cps[c].presumed_until if c in self.cps else 0.0
-                                        for c in self.presumed):
-            for cp_id in sorted(self.presumed):
-                cp = self.cps.get(cp_id)
-                if cp is None or now > cp.presumed_until:
-                    self.presumed.discard(cp_id)
-                    if cp is not None and cp.presumed_until and cp.conn_id is None:
-                        cp.presumed_until = 0.0
-                        self.refresh_cp(cp, "its monitor did not register again", cp.state)
-        if now >= self._next_alive:  # how long central was away, if it dies now
-            self._next_alive = now + 1.0
-            self.store.put(META, {"name": "alive", "at": time.time()})
-        self._publish_status()
-        if now >= self._next_heartbeat:
-            self._next_heartbeat = now + self.settings.heartbeat
-            self.out.publish(NETWORK, CentralStatus(
-                central=self.identity, started_at=self.started_at,
-                kafka_ok=self.bus_down_since is None, epoch=self.epoch), CENTRAL_KEY)
-            for status in power.site_statuses(self):
-                self.out.publish(NETWORK, status, f"@site/{status.site}")
-        self.view.refresh(self)
-
-    def _publish_status(self) -> None:
-        """Each changed CP's public state to network_topic (a tombstone once removed)."""
-        due, self.status_due = self.status_due, set()
-        for cp_id in sorted(due):
-            cp = self.cps.get(cp_id)
-            status = None if cp is None else CPStatus(
-                cp_id=cp.cp_id, location=cp.location, price_eur_kwh=cp.price, state=cp.state,
-                detail=cp.public_detail(), via=cp.via,
-                last_seen=cp.last_seen or 0.0, proven=cp.proven, site=cp.site,
-                kw=cp.session.kw if cp.session is not None else 0.0)
-            if not self.out.publish(NETWORK, status, cp_id, status_of=cp_id):
-                self.status_due.add(cp_id)
-
-    def _check_bus(self, now: float) -> None:
-        """Kafka is unavailable while nothing we send is confirmed (heartbeats each second).
-
-        Deadlines stop counting meanwhile: an engine's final figures or a driver's
-        end request may be waiting in a producer's buffer, not lost.
-        """
-        silent = now - self.out.last_confirm > self.settings.bus_timeout
-        if silent and self.bus_down_since is None:
-            self.bus_down_since = time.time()
-            self._bus_down_mono = now
-            self.view.note("Kafka unavailable: supplies go on; deadlines wait for it", "error")
-        elif not silent and self.bus_down_since is not None:
-            outage = now - self._bus_down_mono
-            for session in self.sessions.values():
-                if session.waiting is not None:
-                    session.deadline += outage
-            self.outages = [*self.outages[-19:], (self.bus_down_since, time.time())]
-            self.bus_down_since = None
-            self.view.note(f"Kafka is back after {outage:.0f} s")
-
-    def _deadline_passed(self, session: Session) -> None:
-        if session.waiting is Wait.START:
-            self.view.note(f"{session.cp_id}: its engine did not start the supply of "
-                           f"{session.driver_id} within {self.settings.start_timeout:g} s; "
-                           "ended", "warning")
-            self.end_session(session, EndReason.NO_ENGINE)
-            if not session.supplying:  # it never sent a first figure: no final will come
-                self.close_session(session, EndReason.NO_ENGINE)
-        elif session.waiting is Wait.MONITOR:
-            self.view.note(f"{session.cp_id}: its monitor did not come back after the "
-                           "restart; ending the supply", "warning")
-            self.end_session(session, EndReason.DISCONNECTED)
-        else:
-            assert session.end_reason is not None
-            self.view.note(
-                f"{session.cp_id}: no final telemetry from the engine; billing the "
-                f"last figures seen ({session.kwh:.2f} kWh)", "warning")
-            self.close_session(session, session.end_reason)
+        ticks.tick(self)
 
     # ------------------------------------------------------------------ Kafka
     def on_bus(self, msg: CentralRecord) -> None:
@@ -515,13 +435,21 @@ class Brain:
         if session.end_reason is not None:
             return
         session.end_reason = reason
-        session.wait(Wait.FINAL, self.settings.final_timeout)
         self.store.put_session({"session_id": session.session_id, "end_reason": str(reason)})
+        self.order_end(session)
         cp = self.cps.get(session.cp_id)
-        end = EndSupply(cp_id=session.cp_id, session_id=session.session_id, reason=reason)
+        if cp is not None:
+            power.reallocate(self, cp.site)  # the others' shares rise once it is over
+
+    def order_end(self, session: Session) -> None:
+        """Order the engine to end a supply whose end is decided, and await its final."""
+        assert session.end_reason is not None
+        session.wait(Wait.FINAL, self.settings.final_timeout)
+        end = EndSupply(cp_id=session.cp_id, session_id=session.session_id,
+                        reason=session.end_reason)
+        cp = self.cps.get(session.cp_id)
         if cp is not None:
             self.order(cp, end)
-            power.reallocate(self, cp.site)  # the others' shares rise once it is over
         else:
             self.emit(CONTROL, end, session.cp_id)
 

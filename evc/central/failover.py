@@ -335,7 +335,7 @@ class ActiveTerm:
                 event = self.events.get_nowait()
             except queue.Empty:
                 break
-            if not isinstance(event, (BusRecords, BusMessage, BusSkipped, Verdicts)):
+            if not isinstance(event, (BusRecords, Verdicts)):
                 kept.append(event)
         for event in kept:
             self.events.put(event)

@@ -27,7 +27,6 @@ from evc.protocol.messages import (
     ChargerNote,
     ChargerStatus,
     EndReason,
-    EndSupply,
     EngineRefused,
     FaultReport,
     Health,
@@ -147,9 +146,7 @@ def accept(brain: Brain, conn_id: int, peer: str, cp: ChargePoint, msg: Register
         # never have got (its monitor killed between registering and handing the key
         # over): the order again, under this one's, and the final awaited anew. (An
         # engine or gateway that ended it already ignores it: its final is on its way.)
-        brain.order(cp, EndSupply(cp_id=cp.cp_id, session_id=session.session_id,
-                                  reason=session.end_reason))
-        session.wait(Wait.FINAL, brain.settings.final_timeout)
+        brain.order_end(session)
     brain.refresh_cp(cp, f"monitor registered from {peer}"
                      + (" (proven)" if key_id else " (unproven: orders unsigned)"), before)
 
